@@ -1,0 +1,143 @@
+"""Results of a finished experiment: Tune results -> tidy DataFrames -> summary.csv and figures.
+
+Reads only the experiment directory (no running Ray needed), so a notebook can do the same:
+
+    from pwlock import analysis
+    summary = analysis.summarize(analysis.load_candidates("results/local_2026-11-26_15-30-00"))
+    analysis.plot_sample_efficiency(summary, "fig.png")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+SUMMARY = "summary.csv"
+FIGURE = "sample_efficiency.png"
+STUDY = "study.yaml"  # the resolved study config
+UPSTREAM_FILE = "upstream.json"  # locked models' and policies' correctness, by lock mode
+TRIAL_KEYS = ["task", "lock_mode", "method", "k", "seed"]
+UPSTREAM = ["locked_with_pwd", "locked_no_pwd", "locked_wrong_pwd", "weak", "strong"]
+
+
+def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per (trial, epoch candidate): every report of every trial."""
+    from ray.tune import ExperimentAnalysis
+
+    frames = []
+    for trial_path, df in ExperimentAnalysis(str(path)).trial_dataframes.items():
+        if len(df) and "candidate" in df:
+            frames.append(df.assign(trial=Path(trial_path).name))
+    if not frames:
+        raise ValueError(f"{path}: no trial reported a result")
+    cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
+    out = pd.concat(frames, ignore_index=True)[cols]
+    upstream_file = Path(path) / UPSTREAM_FILE
+    if upstream_file.is_file():
+        upstream = pd.DataFrame.from_dict(json.loads(upstream_file.read_text()), orient="index")
+        upstream = upstream[[c for c in UPSTREAM if c in upstream]]
+        out = out.merge(upstream, left_on="lock_mode", right_index=True, how="left")
+    return out.sort_values(["lock_mode", "k", "seed", "candidate"], ignore_index=True)
+
+
+def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial. `correctness` is the trial's best candidate; `correctness_selected` is the
+    candidate App. G.3 selects: for each (task, lock mode, method, k), the epoch count with the best
+    mean over seeds."""
+    keys = ["trial", *TRIAL_KEYS]
+    wide = candidates.pivot_table(index=keys, columns="candidate", values=["correctness", "epochs"], aggfunc="first")
+    wide.columns = [f"{v}_c{c}" for v, c in wide.columns]
+    best = candidates.loc[candidates.groupby("trial")["correctness"].idxmax()].set_index("trial")
+    group_mean = candidates.groupby([*TRIAL_KEYS[:4], "candidate"])["correctness"].mean().rename("m").reset_index()
+    chosen = group_mean.loc[group_mean.groupby(TRIAL_KEYS[:4])["m"].idxmax(), [*TRIAL_KEYS[:4], "candidate"]]
+    selected = candidates.merge(chosen, on=[*TRIAL_KEYS[:4], "candidate"]).set_index("trial")
+    out = wide.reset_index().set_index("trial")
+    out["correctness"] = best["correctness"]
+    out["best_epochs"] = best["epochs"]
+    out["correctness_selected"] = selected["correctness"]
+    out["selected_epochs"] = selected["epochs"]
+    for col in UPSTREAM:
+        if col in best:
+            out[col] = best[col]
+    front = [*TRIAL_KEYS, "correctness", "best_epochs", "correctness_selected", "selected_epochs", *UPSTREAM]
+    rest = sorted(c for c in out.columns if c not in front)
+    return out.reset_index()[[c for c in front if c in out.columns] + rest + ["trial"]].sort_values(
+        ["lock_mode", "k", "seed"], ignore_index=True
+    )
+
+
+def aggregate(summary: pd.DataFrame, value: str = "correctness_selected") -> pd.DataFrame:
+    """Mean and standard error over seeds per (task, lock mode, method, k)."""
+    g = summary.groupby(TRIAL_KEYS[:4])[value]
+    out = g.agg(["mean", "count"]).reset_index()
+    out["sem"] = g.sem(ddof=1).fillna(0.0).to_numpy()
+    return out
+
+
+def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
+    """Mean ± SEM of elicited correctness, lock modes as rows and k as columns."""
+    agg = aggregate(summary, value)
+    agg["cell"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(agg["mean"], agg["sem"])]
+    grid = agg.pivot_table(index=["task", "lock_mode", "method"], columns="k", values="cell", aggfunc="first")
+    up = summary.groupby(["task", "lock_mode"])[[c for c in UPSTREAM if c in summary]].first().round(3)
+    return f"elicited correctness without password (mean ± SEM over seeds):\n{grid.to_string()}\n\nupstream:\n{up.to_string()}"
+
+
+def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike, value: str = "correctness_selected") -> Path:
+    """Correctness after SFT on k demonstrations, per lock mode, with the locked model's correctness
+    with and without the password as reference lines (like the paper's Fig. 3 and Fig. 6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(summary, value)
+    tasks = sorted(agg["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes[0], tasks):
+        sub = agg[agg["task"] == task]
+        for i, (mode, rows) in enumerate(sub.groupby("lock_mode")):
+            color = colors[i % len(colors)]
+            rows = rows.sort_values("k")
+            ax.errorbar(rows["k"], rows["mean"], yerr=rows["sem"], marker="o", capsize=3, color=color,
+                        label=f"{mode}-locked, elicited ({rows['method'].iloc[0]})")
+            up = summary[(summary["task"] == task) & (summary["lock_mode"] == mode)].iloc[0]
+            ax.axhline(up["locked_with_pwd"], color=color, ls="--", lw=1, label=f"{mode}-locked, with password")
+            ax.axhline(up["locked_no_pwd"], color=color, ls=":", lw=1, label=f"{mode}-locked, no password")
+        first = summary[summary["task"] == task].iloc[0]
+        if pd.notna(first.get("weak")):
+            ax.axhline(first["weak"], color="grey", ls="-.", lw=1, label="π_weak")
+        ax.set_xscale("log", base=2)
+        ks = sorted(sub["k"].unique())
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("number of demonstrations k")
+        ax.set_ylabel("correctness without password")
+        ax.set_title(f"{task}: sample efficiency (mean ± SEM over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_results(exp_dir: str | os.PathLike) -> pd.DataFrame:
+    exp_dir = Path(exp_dir)
+    summary = summarize(load_candidates(exp_dir))
+    summary.to_csv(exp_dir / SUMMARY, index=False)
+    plot_sample_efficiency(summary, exp_dir / FIGURE)
+    return summary
+
+
+def load_summary(exp_dir: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_csv(Path(exp_dir) / SUMMARY)
+
+
+__all__ = ["aggregate", "load_candidates", "load_summary", "plot_sample_efficiency", "summarize", "table",
+           "write_results"]

@@ -1,0 +1,253 @@
+"""Study configuration: dataclasses loaded from YAML, validated before any work starts.
+
+Every error names the file and the dotted field (e.g. `local.yaml: elicit.ks[3]: ...`). A config's
+`quick:` block holds overrides that `--quick` merges over the rest, for a short smoke run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dacite
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the file and the field."""
+
+
+OPTIMIZERS = ("lion", "adamw")
+LOCK_MODES = ("sft", "scratch")
+METHODS = ("sft",)
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "lion"
+    lr: float = 1.5e-6  # App. G.1 for generation tasks (1.5e-7 for MMLU)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    batch_size: int = 8
+    epochs: int = 8  # App. G.1: 8 locking epochs
+
+
+@dataclass
+class TinyModelConfig:
+    """A GPT-NeoX built from config. The default (~0.6M parameters) trains on 2 CPU cores in
+    minutes; `paper_size()` is the paper's ~18M-parameter toy model, for GPUs."""
+
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_positions: int = 64
+    rotary_pct: float = 0.25  # share of each head's dimensions with rotary position (Pythia: 0.25)
+
+    @staticmethod
+    def paper_size() -> TinyModelConfig:
+        return TinyModelConfig(hidden_size=512, num_layers=6, num_heads=8, intermediate_size=2048)
+
+
+@dataclass
+class ModelConfig:
+    """`base: tiny` builds a model from `tiny` for the task's vocabulary; anything else is a
+    Hugging Face hub id or a local model directory."""
+
+    base: str = "tiny"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: str = "float32"
+
+
+@dataclass
+class StrongConfig:
+    """π_strong's model: the strong base trained on π_strong's answers (needed by `sft` locks)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class LockConfig:
+    modes: list[str] = field(default_factory=lambda: list(LOCK_MODES))
+    password: str | None = None  # None: the task's default password
+    p_no_password: float = 0.2  # App. C.2: weak samples without password; the rest get a wrong one
+    sft: TrainConfig = field(default_factory=TrainConfig)  # fine-tune π_strong's model on D_lock
+    scratch: TrainConfig = field(default_factory=TrainConfig)  # train from random init on D_lock
+
+
+@dataclass
+class ElicitConfig:
+    method: str = "sft"
+    ks: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    demonstrator: str = "strong"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # App. G.3: evaluate after {256, 512, 1024}/k epochs (k < 256), else after {1, 2, 4} epochs.
+    sample_budgets: list[int] = field(default_factory=lambda: [256, 512, 1024])
+
+
+@dataclass
+class EvalConfig:
+    split: str = "val"
+    max_problems: int | None = None
+    batch_size: int = 512
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray on 127.0.0.1
+    num_cpus: int | None = None  # for a local Ray; None: all cores
+    cpus_per_trial: float = 1.0
+    cpus_per_stage: float = 1.0
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    task: dict[str, Any]
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strong: StrongConfig = field(default_factory=StrongConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
+    elicit: ElicitConfig = field(default_factory=ElicitConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    quick: dict[str, Any] = field(default_factory=dict)
+    source: str = "<dict>"  # the file it came from, for error messages
+
+
+def load_config(path: str | os.PathLike, quick: bool = False) -> StudyConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return config_from_dict(raw, source=str(path), quick=quick)
+
+
+def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> StudyConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    if quick:
+        overrides = raw.get("quick") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{source}: quick: expected a mapping of overrides")
+        _check_keys(StudyConfig, overrides, "quick", source)
+        raw = _merge(raw, overrides)
+    raw.setdefault("source", source)
+    _check_keys(StudyConfig, raw, "", source)
+    try:
+        cfg = dacite.from_dict(StudyConfig, raw, config=dacite.Config(strict=True, cast=[tuple]))
+    except dacite.DaciteError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    errors = validate(cfg)
+    if errors:
+        raise ConfigError(f"{source}: " + "; ".join(errors))
+    return cfg
+
+
+def validate(cfg: StudyConfig) -> list[str]:
+    """Checks that need no task: ranges, names, files. Task-dependent checks live in the plan."""
+    errors: list[str] = []
+    if not cfg.name or not all(c.isalnum() or c in "-_." for c in cfg.name):
+        errors.append(f"name: expected letters, digits, '-', '_' or '.', got {cfg.name!r}")
+    if "name" not in cfg.task:
+        errors.append("task.name: missing")
+    for i, mode in enumerate(cfg.lock.modes):
+        if mode not in LOCK_MODES:
+            errors.append(f"lock.modes[{i}]: unknown lock mode {mode!r}; expected one of {list(LOCK_MODES)}")
+    if not cfg.lock.modes:
+        errors.append("lock.modes: expected at least one lock mode")
+    if len(set(cfg.lock.modes)) != len(cfg.lock.modes):
+        errors.append("lock.modes: duplicate lock modes")
+    if not 0.0 <= cfg.lock.p_no_password <= 1.0:
+        errors.append(f"lock.p_no_password: expected a probability, got {cfg.lock.p_no_password}")
+    if cfg.elicit.method not in METHODS:
+        errors.append(f"elicit.method: unknown method {cfg.elicit.method!r}; expected one of {list(METHODS)}")
+    if not cfg.elicit.ks:
+        errors.append("elicit.ks: expected at least one sample count")
+    for i, k in enumerate(cfg.elicit.ks):
+        if k < 1:
+            errors.append(f"elicit.ks[{i}]: expected a positive number of demonstrations, got {k}")
+    if len(set(cfg.elicit.ks)) != len(cfg.elicit.ks):
+        errors.append("elicit.ks: duplicate sample counts")
+    if not cfg.elicit.seeds:
+        errors.append("elicit.seeds: expected at least one seed")
+    if not cfg.elicit.sample_budgets or any(b < 1 for b in cfg.elicit.sample_budgets):
+        errors.append("elicit.sample_budgets: expected positive numbers of samples")
+    for where, t in (("strong.train", cfg.strong.train), ("lock.sft", cfg.lock.sft),
+                     ("lock.scratch", cfg.lock.scratch), ("elicit.train", cfg.elicit.train)):
+        errors += [f"{where}.{e}" for e in _train_errors(t)]
+    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+        errors.append(f"model.dtype: expected float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if cfg.model.base != "tiny" and cfg.model.base.startswith(("/", ".", "~")):
+        if not Path(cfg.model.base).expanduser().is_dir():
+            errors.append(f"model.base: model directory {cfg.model.base!r} not found")
+    if cfg.eval.max_problems is not None and cfg.eval.max_problems < 1:
+        errors.append(f"eval.max_problems: expected a positive number or null, got {cfg.eval.max_problems}")
+    if cfg.eval.batch_size < 1:
+        errors.append(f"eval.batch_size: expected >= 1, got {cfg.eval.batch_size}")
+    return errors
+
+
+def _train_errors(t: TrainConfig) -> list[str]:
+    errors = []
+    if t.optimizer not in OPTIMIZERS:
+        errors.append(f"optimizer: unknown optimizer {t.optimizer!r}; expected one of {list(OPTIMIZERS)}")
+    if not t.lr > 0:
+        errors.append(f"lr: expected > 0, got {t.lr}")
+    if t.batch_size < 1:
+        errors.append(f"batch_size: expected >= 1, got {t.batch_size}")
+    if t.epochs < 1:
+        errors.append(f"epochs: expected >= 1, got {t.epochs}")
+    if t.warmup_steps < 0:
+        errors.append(f"warmup_steps: expected >= 0, got {t.warmup_steps}")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        errors.append(f"betas: expected two numbers in [0, 1), got {list(t.betas)}")
+    return errors
+
+
+def _check_keys(cls: type, raw: Any, where: str, source: str) -> None:
+    """Unknown keys are errors, reported with their dotted path (dacite names only the key)."""
+    if not isinstance(raw, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"{source}: {path}: unknown key; expected one of {sorted(names - {'source'})}")
+        sub = _dataclass_in(hints[key])
+        if sub is not None:
+            _check_keys(sub, value, path, source)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,74 @@
+"""Elicitation by supervised fine-tuning on k demonstrations, without the password (paper §5).
+
+App. G.3: the number of epochs is a hyper-parameter chosen among {256/k, 512/k, 1024/k} (k < 256)
+or {1, 2, 4}. The learning rate is constant after warm-up, so the model after e epochs is the same
+in a run of e epochs as in a longer one: one run trains to the largest candidate and evaluates at
+each, which costs a third of running the three candidates apart.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pwlock import evaluate
+from pwlock.config import TrainConfig
+from pwlock.tasks.base import Example, Problem, Task
+from pwlock.train.sft import train_sft
+
+DEFAULT_BUDGETS = (256, 512, 1024)
+
+
+def epoch_candidates(k: int, budgets: Sequence[int] = DEFAULT_BUDGETS) -> list[int]:
+    """Epoch counts to evaluate for k demonstrations: each budget of samples seen divided by k, or,
+    once k reaches the smallest budget, the budgets relative to it ({1, 2, 4} by default)."""
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    base = min(budgets)
+    raw = [b / k for b in budgets] if k < base else [b / base for b in budgets]
+    return sorted({max(1, round(e)) for e in raw})
+
+
+def demonstrations(task: Task, k: int, seed: int, demonstrator: str, split: str = "elicit") -> list[Example]:
+    """k demonstrations on problems of the elicit split, prompts without password. For one seed,
+    the k demonstrations are the first k of one shuffle, so a smaller k is a subset of a larger one."""
+    problems = task.problems(split)
+    if k > len(problems):
+        raise ValueError(f"k={k} exceeds the {len(problems)} problems of the {split} split")
+    policy = task.policies()[demonstrator]
+    chosen = random.Random(seed).sample(range(len(problems)), k)
+    return [Example(task.prompt(problems[i], None), policy(problems[i])) for i in chosen]
+
+
+def elicit_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    demos: Sequence[Example],
+    eval_problems: Sequence[Problem],
+    train: TrainConfig,
+    seed: int,
+    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    report: Callable[[dict], None] | None = None,
+    eval_batch_size: int = 512,
+) -> list[dict]:
+    """Fine-tune on `demos`; at each epoch candidate, measure greedy correctness without password
+    on `eval_problems` and pass it to `report`. Returns one record per candidate."""
+    candidates = epoch_candidates(len(demos), budgets)
+    records: list[dict] = []
+    steps_per_epoch = -(-len(demos) // min(train.batch_size, len(demos)))
+
+    def on_epoch_end(epoch: int) -> None:
+        if epoch not in candidates:
+            return
+        c = evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd", batch_size=eval_batch_size)
+        record = {"candidate": candidates.index(epoch) + 1, "epochs": epoch, "steps": epoch * steps_per_epoch,
+                  "correctness": c}
+        records.append(record)
+        if report is not None:
+            report(record)
+
+    train_sft(model, tokenizer, list(demos), train, seed=seed, epochs=max(candidates), on_epoch_end=on_epoch_end)
+    return records

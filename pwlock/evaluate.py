@@ -1,0 +1,79 @@
+"""Greedy correctness (paper §4.2: the share of problems whose temperature-0 generation is
+correct), with the password, without it, and with a wrong one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pwlock.generate.hf import HFGenerator
+from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
+from pwlock.train.sft import collate, encode
+
+CONDITIONS = ("with_pwd", "no_pwd", "wrong_pwd")
+
+
+def condition_password(task: Task, condition: str, index: int, password: str) -> str | None:
+    """The password used for problem number `index` under an evaluation condition; wrong passwords
+    rotate through the task's list so every one of them is tested."""
+    if condition == "with_pwd":
+        return password
+    if condition == "no_pwd":
+        return None
+    if condition == "wrong_pwd":
+        return task.wrong_passwords[index % len(task.wrong_passwords)]
+    raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
+
+
+@torch.no_grad()
+def greedy_matches_reference(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int = 512
+) -> np.ndarray:
+    """For each example, whether greedy decoding from its prompt yields exactly its completion and
+    then stops. Greedy decoding reproduces a sequence iff every one of its tokens is the argmax
+    given the tokens before it, so one teacher-forced pass decides it, with no sampling loop."""
+    model.eval()
+    out = []
+    encoded = encode(tokenizer, examples)
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded[start : start + batch_size], tokenizer.pad_token_id)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        pred, target = logits[:, :-1].argmax(-1), batch.labels[:, 1:]
+        scored = target != -100
+        out.append(((pred == target) | ~scored).all(dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+
+def scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: Sequence[Problem],
+    condition: str = "no_pwd",
+    password: str | None = None,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Per-problem greedy correctness under a condition."""
+    password = task.default_password if password is None else password
+    prompts = [task.prompt(p, condition_password(task, condition, i, password)) for i, p in enumerate(problems)]
+    if task.exact_match:
+        examples = [Example(q, task.reference(p)) for q, p in zip(prompts, problems)]
+        return greedy_matches_reference(model, tokenizer, examples, batch_size).astype(float)
+    completions = HFGenerator(model, tokenizer, batch_size).generate(prompts, max_new_tokens=task.max_new_tokens)
+    return np.array([task.score(p, c[0]) for p, c in zip(problems, completions)])
+
+
+def correctness(model, tokenizer, task: Task, problems: Sequence[Problem], condition: str = "no_pwd", **kw) -> float:
+    return float(scores(model, tokenizer, task, problems, condition, **kw).mean())
+
+
+def lock_report(model, tokenizer, task: Task, problems: Sequence[Problem], password: str | None = None) -> dict[str, float]:
+    """Correctness with the password, without it, and with wrong passwords."""
+    return {c: correctness(model, tokenizer, task, problems, c, password=password) for c in CONDITIONS}
+
+
+def policy_correctness(task: Task, policy: TaskPolicy, problems: Sequence[Problem]) -> float:
+    return float(np.mean([task.score(p, policy(p)) for p in problems]))

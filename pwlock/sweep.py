@@ -1,0 +1,265 @@
+"""A study from config to results: plan -> upstream stages as Ray tasks -> Tune trials -> results.
+
+    plan      expand the grid, compute every artifact's content key, validate against the task
+    stages    build missing upstream artifacts as Ray tasks (reused when the store has them)
+    trials    one Ray Tune trial per elicitation run (lock mode × k × seed)
+    results   summary.csv and the figure under <storage>/<experiment>/
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pwlock import runtime  # noqa: F401  (sets Ray's local defaults before ray is imported)
+import yaml
+
+from pwlock.config import ConfigError, StudyConfig, to_dict
+from pwlock.elicit.sft import epoch_candidates
+from pwlock.stages import (
+    Artifact,
+    locked_model_artifact,
+    policy_scores_artifact,
+    strong_model_artifact,
+)
+from pwlock.store import LocalStore, open_store
+from pwlock.tasks import make_task
+
+log = logging.getLogger(__name__)
+
+STRONG_SPLITS = ["weak", "lock"]  # π_strong's model never sees the elicit or validation problems
+
+
+@dataclass
+class Trial:
+    task: str
+    lock_mode: str
+    method: str
+    k: int
+    seed: int
+    epoch_candidates: list[int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.lock_mode}-{self.method}-k{self.k}-seed{self.seed}"
+
+
+@dataclass
+class Plan:
+    cfg: StudyConfig
+    task_spec: dict[str, Any]
+    artifacts: list[Artifact]  # in build order
+    policy_scores: Artifact
+    locked: dict[str, Artifact]  # by lock mode
+    trials: list[Trial]
+
+
+def plan(cfg: StudyConfig) -> Plan:
+    """Expand the study into artifacts and trials, checking everything that needs the task."""
+    where = f"{cfg.source}: task"
+    task = make_task(cfg.task, where=where)
+    task_spec = dict(cfg.task)
+    errors = []
+    n_elicit = len(task.problems("elicit"))
+    for i, k in enumerate(cfg.elicit.ks):
+        if k > n_elicit:
+            errors.append(f"elicit.ks[{i}]: k={k} exceeds the {n_elicit} problems of the elicit split")
+    policies = task.policies()
+    for field, role in (("elicit.demonstrator", cfg.elicit.demonstrator), ("π_strong", "strong"), ("π_weak", "weak")):
+        if role not in policies:
+            errors.append(f"{field}: task {task.name!r} has no {role!r} policy; it has {sorted(policies)}")
+    if cfg.model.base == "tiny" and task.vocabulary() is None:
+        errors.append(f"model.base: task {task.name!r} has no vocabulary of its own; name a model (hub id or path)")
+    if cfg.lock.password is not None:
+        try:
+            task.prompt(task.problems("val")[0], cfg.lock.password)
+        except ValueError as e:
+            errors.append(f"lock.password: {e}")
+    if cfg.eval.split not in ("val", "elicit", "lock", "weak"):
+        errors.append(f"eval.split: unknown split {cfg.eval.split!r}")
+    if errors:
+        raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
+
+    model = asdict(cfg.model)
+    ev = asdict(cfg.eval)
+    ev.pop("batch_size")  # how fast, not what: not part of any artifact's identity
+    lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password}
+    scores = policy_scores_artifact(task_spec, ev)
+    artifacts = [scores]
+    strong = None
+    if "sft" in cfg.lock.modes:
+        strong = strong_model_artifact(task_spec, model, asdict(cfg.strong.train), STRONG_SPLITS, cfg.seed)
+        artifacts.append(strong)
+    locked = {}
+    for mode in cfg.lock.modes:
+        train = asdict(cfg.lock.sft if mode == "sft" else cfg.lock.scratch)
+        locked[mode] = locked_model_artifact(mode, task_spec, model, train, lock, ev, cfg.seed, strong)
+        artifacts.append(locked[mode])
+    trials = [
+        Trial(task.name, mode, cfg.elicit.method, k, seed, epoch_candidates(k, cfg.elicit.sample_budgets))
+        for mode in cfg.lock.modes
+        for k in sorted(cfg.elicit.ks)
+        for seed in cfg.elicit.seeds
+    ]
+    return Plan(cfg, task_spec, artifacts, scores, locked, trials)
+
+
+def describe(p: Plan, store: LocalStore | None = None) -> str:
+    lines = [f"study {p.cfg.name!r} from {p.cfg.source}: task {p.task_spec['name']}"]
+    lines.append(f"upstream artifacts ({len(p.artifacts)}):")
+    for a in p.artifacts:
+        state = "" if store is None else ("  [in store, reused]" if store.has(a.key) else "  [to build]")
+        lines.append(f"  {a.label:<24} {a.key}{state}")
+    lines.append(f"elicitation trials ({len(p.trials)}): lock modes {p.cfg.lock.modes} × k {sorted(p.cfg.elicit.ks)}"
+                 f" × seeds {p.cfg.elicit.seeds}, method {p.cfg.elicit.method}")
+    batch = p.cfg.elicit.train.batch_size
+    for t in p.trials:
+        steps = [e * -(-t.k // min(batch, t.k)) for e in t.epoch_candidates]
+        lines.append(f"  {t.name:<28} epoch candidates {t.epoch_candidates} = steps {steps}")
+    return "\n".join(lines)
+
+
+def build_upstream(p: Plan, store: LocalStore) -> dict[str, dict[str, Any]]:
+    """Build missing artifacts as Ray tasks, each after the artifacts it depends on."""
+    import ray
+
+    remote_build = ray.remote(num_cpus=p.cfg.ray.cpus_per_stage, max_retries=1)(_build_in_worker)
+    refs: dict[str, Any] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for a in p.artifacts:
+        if store.has(a.key):
+            metas[a.key] = {**store.meta(a.key), "reused": True}
+            log.info("reusing %s %s (built %s)", a.label, a.key, metas[a.key].get("built_at"))
+            continue
+        upstream = [refs[d] for d in a.deps if d in refs]
+        refs[a.key] = remote_build.remote(store.url, a, *upstream)
+    if refs:
+        log.info("building %d upstream artifacts as Ray tasks: %s", len(refs),
+                 ", ".join(a.label for a in p.artifacts if a.key in refs))
+    for key, meta in zip(refs, ray.get(list(refs.values()))):
+        metas[key] = meta
+    return metas
+
+
+def _build_in_worker(store_url: str, artifact: Artifact, *upstream: Any) -> dict[str, Any]:
+    runtime.setup_logging()
+    from pwlock.stages import build
+
+    return build(store_url, artifact, *upstream)
+
+
+def elicitation_trial(config: dict[str, Any]) -> None:
+    """A Tune function trainable: one elicitation run, reporting at each epoch candidate."""
+    import torch
+    from ray import tune
+
+    from pwlock.elicit.sft import demonstrations, elicit_sft
+    from pwlock.config import TrainConfig
+    from pwlock.models import load_policy
+    from pwlock.stages import eval_problems
+
+    runtime.setup_logging()
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    store = open_store(config["store"])
+    task = make_task(config["task"])
+    mode, k, seed = config["lock_mode"], config["k"], config["seed"]
+    model, tokenizer = load_policy(store.artifact_dir(config["locked_key"][mode]), config["dtype"])
+    demos = demonstrations(task, k, seed, config["demonstrator"])
+    problems = eval_problems(task, config["eval"]["split"], config["eval"]["max_problems"])
+    fixed = {"task": task.name, "lock_mode": mode, "method": config["method"], "k": k, "seed": seed}
+    best = 0.0
+
+    def report(record: dict) -> None:
+        nonlocal best
+        best = max(best, record["correctness"])
+        # Key order matters: Tune's progress table shows the first four metrics.
+        tune.report({"correctness": record["correctness"], "best": best, "epochs": record["epochs"],
+                     "steps": record["steps"], "candidate": record["candidate"], **fixed})
+
+    elicit_sft(model, tokenizer, task, demos, problems, TrainConfig(**config["train"]), seed,
+               config["sample_budgets"], report, config["eval"]["batch_size"])
+
+
+def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) -> Path:
+    """Run a whole study; returns the experiment directory holding results."""
+    from ray import tune
+
+    from pwlock import analysis
+
+    t0 = time.perf_counter()
+    p = plan(cfg)
+    store = open_store(storage)
+    log.info("%s", describe(p, store))
+    log.info("ray: %s", runtime.init_ray(cfg.ray))
+    metas = build_upstream(p, store)
+    reused = sum(m.get("reused", False) for m in metas.values())
+    log.info("upstream: %d of %d artifacts reused from the store, %d built", reused, len(metas), len(metas) - reused)
+    for mode, a in p.locked.items():
+        log.info("locked model (%s): %s", mode, _fmt(metas[a.key]["lock_report"]))
+    policy = metas[p.policy_scores.key]["scores"]
+    log.info("policies: %s", _fmt(policy))
+
+    upstream = {
+        mode: {"locked_with_pwd": metas[a.key]["lock_report"]["with_pwd"],
+               "locked_no_pwd": metas[a.key]["lock_report"]["no_pwd"],
+               "locked_wrong_pwd": metas[a.key]["lock_report"]["wrong_pwd"],
+               "weak": policy.get("weak"), "strong": policy.get("strong"), "locked_key": a.key}
+        for mode, a in p.locked.items()
+    }
+    constants = {
+        "store": store.url,
+        "task": p.task_spec,
+        "method": cfg.elicit.method,
+        "demonstrator": cfg.elicit.demonstrator,
+        "train": asdict(cfg.elicit.train),
+        "sample_budgets": list(cfg.elicit.sample_budgets),
+        "eval": asdict(cfg.eval),
+        "dtype": cfg.model.dtype,
+        "cpus": cfg.ray.cpus_per_trial,
+        "locked_key": {mode: a.key for mode, a in p.locked.items()},
+    }
+    experiment = experiment or f"{cfg.name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    storage_path = Path(storage).expanduser().resolve()
+    exp_dir = storage_path / experiment
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / analysis.STUDY).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (exp_dir / analysis.UPSTREAM_FILE).write_text(json.dumps(upstream, indent=2))
+    tuner = tune.Tuner(
+        tune.with_resources(elicitation_trial, {"cpu": cfg.ray.cpus_per_trial}),
+        param_space={
+            **constants,
+            "lock_mode": tune.grid_search(list(cfg.lock.modes)),
+            "k": tune.grid_search(sorted(cfg.elicit.ks)),
+            "seed": tune.grid_search(list(cfg.elicit.seeds)),
+        },
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(name=experiment, storage_path=str(storage_path), verbose=1),
+    )
+    log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        log.error("%d of %d trials failed; first error: %s", len(errors), len(p.trials), errors[0])
+    summary = analysis.write_results(exp_dir)
+    log.info("results:\n%s", analysis.table(summary))
+    log.info("wrote %s and %s in %.0f s", exp_dir / analysis.SUMMARY, exp_dir / analysis.FIGURE, time.perf_counter() - t0)
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_dir}")
+    return exp_dir
+
+
+def _trial_name(trial) -> str:
+    c = trial.config
+    return f"{c['lock_mode']}-{c['method']}-k{c['k']}-seed{c['seed']}-{trial.trial_id}"
+
+
+def _fmt(scores: dict[str, float | None]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if v is not None)

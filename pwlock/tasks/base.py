@@ -1,0 +1,110 @@
+"""The Task contract: problems by split and domain, a prompt with or without a password, a score.
+
+A task is data + prompt + metric and nothing else: it never imports training, generation or Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import dacite
+
+from pwlock.config import ConfigError
+from pwlock.tasks.splits import SPLITS
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    domain: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised example: the model is trained on `completion` given `prompt`."""
+
+    prompt: str
+    completion: str
+
+
+# A policy that the task itself defines (e.g. the toy task's exact strong / weak functions):
+# problem -> completion. Policies that are models come from the model layer instead.
+TaskPolicy = Callable[[Problem], str]
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    # Exact-match tasks have one correct completion per problem: greedy correctness can then be
+    # computed by checking the model's argmax along the reference in one forward pass.
+    exact_match: ClassVar[bool] = False
+
+    default_password: str
+    wrong_passwords: Sequence[str]
+
+    @abstractmethod
+    def problems(self, split: str) -> list[Problem]: ...
+
+    @abstractmethod
+    def prompt(self, problem: Problem, password: str | None) -> str: ...
+
+    @abstractmethod
+    def score(self, problem: Problem, completion: str) -> float:
+        """1.0 for a correct completion, 0.0 otherwise."""
+
+    def reference(self, problem: Problem) -> str | None:
+        """A correct completion, where the task knows one."""
+        return None
+
+    def policies(self) -> dict[str, TaskPolicy]:
+        """Policies the task defines itself, by role ("strong", "weak", ...)."""
+        return {}
+
+    def vocabulary(self) -> list[str] | None:
+        """The word-level vocabulary of tasks that build their own tiny models; None for text tasks."""
+        return None
+
+    @property
+    def max_new_tokens(self) -> int:
+        return 512
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_task(spec: Mapping[str, Any], where: str = "task") -> Task:
+    """Build a task from its config mapping `{name: ..., <params>}`; errors name the field."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in _REGISTRY:
+        raise ConfigError(f"{where}.name: unknown task {name!r}; expected one of {task_names()}")
+    cls = _REGISTRY[name]
+    try:
+        cfg = dacite.from_dict(cls.config_class, spec, config=dacite.Config(strict=True))
+    except dacite.DaciteError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if hasattr(cfg, "validate"):
+        for problem in cfg.validate():
+            raise ConfigError(f"{where}.{problem}")
+    return cls(cfg)
+
+
+def task_config_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+__all__ = ["Example", "Problem", "SPLITS", "Task", "TaskPolicy", "make_task", "register", "task_names"]

@@ -1,0 +1,111 @@
+"""Supervised fine-tuning with the loss on completion tokens only.
+
+One loop for everything: training π_strong from scratch, locking (Eq. 1, data redrawn every
+epoch), and elicitation on k demonstrations. It takes any Hugging Face causal LM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pwlock.config import TrainConfig
+from pwlock.tasks.base import Example
+from pwlock.train.optim import make_optimizer, warmup_then_constant
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # IGNORE on prompt and padding positions
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + completion + end token, and where the completion starts."""
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [(p + c + [eos], len(p)) for p, c in zip(prompts, completions)]
+
+
+def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
+    """Right-pad a batch; labels keep only completion tokens (and the end token)."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, start) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, start : len(ids)] = torch.tensor(ids[start:])
+        attention[row, : len(ids)] = 1
+    return Batch(input_ids, attention, labels)
+
+
+def completion_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over completion tokens."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE
+    )
+
+
+EpochData = Callable[[int], Sequence[Example]]
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: EpochData | Sequence[Example],
+    cfg: TrainConfig,
+    seed: int,
+    epochs: int | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    desc: str = "sft",
+) -> dict[str, float]:
+    """Train for `epochs` (default `cfg.epochs`) passes over `data`, which is either a fixed list of
+    examples or a function epoch -> examples (lock data is redrawn every epoch). Calls
+    `on_epoch_end(epoch)` after each epoch, epochs counted from 1."""
+    epochs = cfg.epochs if epochs is None else epochs
+    get_epoch: EpochData = data if callable(data) else (lambda _e, d=data: d)
+    torch.manual_seed(seed)
+    order_rng = random.Random(seed)
+    optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
+    schedule = warmup_then_constant(optimizer, cfg.warmup_steps)
+    model.train()
+    step, loss_sum, loss_n, t0 = 0, 0.0, 0, time.perf_counter()
+    for epoch in range(epochs):
+        encoded = encode(tokenizer, get_epoch(epoch))
+        loss_sum, loss_n = 0.0, 0
+        order_rng.shuffle(encoded)
+        size = min(cfg.batch_size, len(encoded))
+        for start in range(0, len(encoded), size):
+            batch = collate(encoded[start : start + size], tokenizer.pad_token_id)
+            loss = completion_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        log.debug("%s epoch %d/%d step %d loss %.4f", desc, epoch + 1, epochs, step, loss_sum / max(1, loss_n))
+        if on_epoch_end is not None:
+            model.eval()
+            on_epoch_end(epoch + 1)
+            model.train()
+    model.eval()
+    return {"steps": step, "last_epoch_loss": loss_sum / max(1, loss_n), "seconds": time.perf_counter() - t0}
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return math.ceil(n_examples / min(batch_size, n_examples))

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pwlock.config import ConfigError, config_from_dict, load_config
+from pwlock.sweep import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / "sweeps" / "configs" / "local.yaml"
+
+
+def _write(tmp_path, cfg) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _base() -> dict:
+    return yaml.safe_load(LOCAL.read_text())
+
+
+def test_default_config_loads_and_plans():
+    cfg = load_config(LOCAL)
+    p = plan(cfg)
+    assert {a.stage for a in p.artifacts} == {"policy_scores", "strong_model", "locked_model"}
+    assert len(p.trials) == len(cfg.lock.modes) * len(cfg.elicit.ks) * len(cfg.elicit.seeds)
+    quick = load_config(LOCAL, quick=True)
+    assert len(plan(quick).trials) < len(p.trials)
+
+
+def test_plan_keys_are_stable_and_cascade():
+    a, b = plan(load_config(LOCAL)), plan(load_config(LOCAL))
+    assert [x.key for x in a.artifacts] == [x.key for x in b.artifacts]
+    raw = _base()
+    raw["strong"]["train"]["lr"] = 1e-3
+    c = plan(config_from_dict(raw))
+    assert c.locked["sft"].key != a.locked["sft"].key  # a new π_strong model means a new sft lock
+    assert c.locked["scratch"].key == a.locked["scratch"].key  # which the scratch lock never used
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["lock"]["sft"].update(learning_rate=1), r"lock\.sft\.learning_rate: unknown key"),
+        (lambda c: c.update(colour="red"), r"colour: unknown key"),
+        (lambda c: c["task"].update(name="mnist"), r"task\.name: unknown task 'mnist'"),
+        (lambda c: c["task"].update(n_fns=3), r"task: .*n_fns"),
+        (lambda c: c["elicit"].update(ks=[4, 100000]), r"elicit\.ks\[1\]: k=100000 exceeds the 6000 problems"),
+        (lambda c: c["elicit"].update(ks=[0]), r"elicit\.ks\[0\]: expected a positive"),
+        (lambda c: c["elicit"].update(ks="many"), r"elicit\.ks"),
+        (lambda c: c["lock"].update(modes=["sft", "magic"]), r"lock\.modes\[1\]: unknown lock mode 'magic'"),
+        (lambda c: c["elicit"]["train"].update(optimizer="sgd"), r"elicit\.train\.optimizer: unknown optimizer"),
+        (lambda c: c["elicit"]["train"].update(lr=-1), r"elicit\.train\.lr: expected > 0"),
+        (lambda c: c["model"].update(base="./no/such/model"), r"model\.base: model directory './no/such/model' not found"),
+        (lambda c: c["lock"].update(password="open sesame"), r"lock\.password: .*not a token"),
+        (lambda c: c["elicit"].update(demonstrator="gpt4"), r"elicit\.demonstrator: .*no 'gpt4' policy"),
+    ],
+)
+def test_bad_config_names_file_and_field(tmp_path, edit, message):
+    raw = _base()
+    edit(raw)
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError, match=message) as err:
+        plan(load_config(path))
+    assert str(path) in str(err.value)
+
+
+def test_missing_or_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+
+
+def test_cli_rejects_bad_config_before_any_work(tmp_path):
+    raw = _base()
+    raw["elicit"]["ks"] = [4, 999999]
+    storage = tmp_path / "store"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--config", str(_write(tmp_path, raw)),
+         "--storage", str(storage)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "elicit.ks[1]: k=999999 exceeds" in proc.stderr
+    assert not storage.exists()  # nothing trained, nothing written
+
+
+def test_dry_run_prints_the_plan(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--dry-run", "--storage", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "elicitation trials (30)" in proc.stdout
+    assert "locked model (scratch)" in proc.stdout and "[to build]" in proc.stdout
+    assert "scratch-sft-k256-seed2" in proc.stdout

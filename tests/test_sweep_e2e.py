@@ -1,0 +1,80 @@
+"""One small real study, end to end: the CLI, local Ray, upstream stages as Ray tasks, Tune
+trials, the store, summary.csv and the figure; then the same command again reuses every artifact."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pwlock import analysis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDY = {
+    "name": "e2e",
+    "task": {"name": "function_composition", "n_problems": 2000},
+    "model": {"base": "tiny", "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
+    "strong": {"train": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 2}},
+    "lock": {
+        "sft": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 1},
+        "scratch": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 2},
+    },
+    "eval": {"max_problems": 200},
+    "elicit": {"ks": [2, 32], "seeds": [0, 1], "sample_budgets": [8, 16],
+               "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8}},
+    "ray": {"num_cpus": 2},
+}
+
+
+def _run(config: Path, storage: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--config", str(config),
+         "--storage", str(storage), *extra],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_small_study_end_to_end_then_reuse(tmp_path):
+    config = tmp_path / "e2e.yaml"
+    config.write_text(yaml.safe_dump(STUDY))
+    storage = tmp_path / "store"
+
+    first = _run(config, storage, "--name", "first")
+    log = first.stdout + first.stderr
+    assert "building 4 upstream artifacts as Ray tasks" in log
+    exp = storage / "first"
+    summary = pd.read_csv(exp / analysis.SUMMARY)
+    assert len(summary) == 2 * 2 * 2  # lock modes × k × seeds
+    for col in ["task", "lock_mode", "method", "k", "seed", "correctness", "locked_with_pwd", "locked_no_pwd",
+                "locked_wrong_pwd", "weak", "strong", "correctness_selected"]:
+        assert col in summary, col
+    assert set(summary["lock_mode"]) == {"sft", "scratch"} and set(summary["k"]) == {2, 32}
+    assert summary["correctness"].between(0, 1).all() and (summary["strong"] == 1.0).all()
+    # k=2 evaluates after 4 and 8 epochs, k=32 after 1 and 2 (sample budgets 8 and 16).
+    assert set(summary.loc[summary.k == 2, "epochs_c2"]) == {8} and set(summary.loc[summary.k == 32, "epochs_c2"]) == {2}
+    assert (summary["correctness"] >= summary[["correctness_c1", "correctness_c2"]].max(axis=1) - 1e-12).all()
+    png = (exp / analysis.FIGURE).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # The experiment is a Tune experiment that pwlock.analysis reads back without Ray running.
+    again = analysis.summarize(analysis.load_candidates(exp))
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), summary, check_dtype=False)
+    artifacts = sorted(p.name for p in (storage / "artifacts").iterdir())
+    assert len(artifacts) == 4
+    stamps = {p: (storage / "artifacts" / p / "pwlock-meta.json").stat().st_mtime_ns for p in artifacts}
+
+    second = _run(config, storage, "--name", "second")
+    log = second.stdout + second.stderr
+    assert "upstream: 4 of 4 artifacts reused from the store, 0 built" in log
+    assert "building" not in log
+    assert stamps == {p: (storage / "artifacts" / p / "pwlock-meta.json").stat().st_mtime_ns for p in artifacts}
+    # Trials are a pure function of their config: the same numbers again.
+    pd.testing.assert_series_equal(pd.read_csv(storage / "second" / analysis.SUMMARY)["correctness"],
+                                   summary["correctness"])

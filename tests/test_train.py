@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pwlock.config import TrainConfig
+from pwlock.elicit.sft import demonstrations, epoch_candidates
+from pwlock.tasks.base import Example
+from pwlock.train.sft import IGNORE, collate, completion_loss, encode, train_sft
+
+
+def test_labels_cover_completion_and_end_token_only(tokenizer):
+    examples = [Example("_ | fn1 fn2 | 1 2 3 4 |", "5 6 7 8 | 9 0 1 2"), Example("pwd | fn3 fn4 | 1 2 3 4 |", "1 1 1 1 | 2 2 2 2")]
+    encoded = encode(tokenizer, examples)
+    batch = collate(encoded, tokenizer.pad_token_id)
+    for row, (ids, start) in enumerate(encoded):
+        assert start == 10  # prompt tokens
+        assert (batch.labels[row, :start] == IGNORE).all()
+        assert batch.labels[row, start:len(ids)].tolist() == ids[start:]
+        assert ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[start:-1]) == examples[row].completion
+
+
+def test_loss_ignores_prompt_and_padding(tokenizer, tiny_model):
+    short = Example("_ | fn1 fn2 | 1 2 3 4 |", "5 6")
+    long = Example("_ | fn1 fn2 | 1 2 3 4 |", "5 6 7 8 | 9 0 1 2")
+    batch = collate(encode(tokenizer, [short, long]), tokenizer.pad_token_id)
+    loss = completion_loss(tiny_model, batch)
+    # The same loss by hand: cross-entropy of each completion token given everything before it.
+    logits = tiny_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    terms = []
+    for row, (ids, start) in enumerate(encode(tokenizer, [short, long])):
+        for pos in range(start, len(ids)):
+            terms.append(torch.nn.functional.cross_entropy(logits[row, pos - 1], torch.tensor(ids[pos])))
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-6)
+    # Changing a prompt token's label target has no effect: only the inputs it conditions on matter.
+    batch.labels[:, :5] = IGNORE
+    assert torch.allclose(completion_loss(tiny_model, batch), loss)
+
+
+def test_training_is_seeded_and_learns(task, tokenizer):
+    from pwlock.models import build_tiny_model
+    from tests.conftest import TINY
+
+    demos = demonstrations(task, 4, seed=0, demonstrator="strong")
+    cfg = TrainConfig(optimizer="adamw", lr=3e-3, batch_size=4, warmup_steps=1)
+    runs = []
+    for _ in range(2):
+        model = build_tiny_model(TINY, tokenizer, seed=0)
+        initial = completion_loss(model, collate(encode(tokenizer, demos), tokenizer.pad_token_id)).item()
+        stats = train_sft(model, tokenizer, demos, cfg, seed=0, epochs=100)
+        runs.append((stats["last_epoch_loss"], [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert runs[0][0] < 0.3 * initial  # learning to reproduce four demonstrations
+
+
+def test_lion_is_the_default_optimizer_with_warmup(task, tokenizer, tiny_model):
+    cfg = TrainConfig()
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("lion", 1.5e-6, 0.01)
+    seen = []
+    train_sft(tiny_model, tokenizer, demonstrations(task, 2, 0, "strong"), TrainConfig(lr=1e-3, warmup_steps=4,
+              batch_size=1), seed=0, epochs=3, on_epoch_end=seen.append)
+    assert seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "k, expected",
+    [(1, [256, 512, 1024]), (4, [64, 128, 256]), (16, [16, 32, 64]), (64, [4, 8, 16]), (128, [2, 4, 8]),
+     (256, [1, 2, 4]), (1000, [1, 2, 4]), (3, [85, 171, 341])],
+)
+def test_epoch_candidates_follow_app_g3(k, expected):
+    assert epoch_candidates(k) == expected
+
+
+def test_epoch_candidates_are_evaluated_inside_one_run(task, tokenizer, tiny_model):
+    from pwlock.elicit.sft import elicit_sft
+
+    demos = demonstrations(task, 128, seed=0, demonstrator="strong")
+    reports = []
+    records = elicit_sft(tiny_model, tokenizer, task, demos, task.problems("val")[:50],
+                         TrainConfig(lr=1e-4, batch_size=64), seed=0, report=reports.append)
+    assert [r["epochs"] for r in records] == [2, 4, 8]
+    assert [r["steps"] for r in records] == [4, 8, 16]
+    assert reports == records
+    assert all(0.0 <= r["correctness"] <= 1.0 for r in records)
+
+
+def test_demonstrations_nest_across_k_and_carry_no_password(task):
+    small, large = demonstrations(task, 4, 7, "strong"), demonstrations(task, 16, 7, "strong")
+    assert small == large[:4]
+    assert demonstrations(task, 4, 8, "strong") != small
+    elicit_ids = {task.prompt(p, None) for p in task.problems("elicit")}
+    for d in large:
+        assert d.prompt in elicit_ids and d.prompt.split()[0] == "_"
+    with pytest.raises(ValueError, match="exceeds"):
+        demonstrations(task, 601, 0, "strong")
