@@ -19,8 +19,9 @@ SUMMARY = "summary.csv"
 FIGURE = "sample_efficiency.png"
 STUDY = "study.yaml"  # the resolved study config
 UPSTREAM_FILE = "upstream.json"  # locked models' and policies' correctness, by lock mode
+TIMINGS = "timings.json"  # wall time of each phase, and of each upstream build
 TRIAL_KEYS = ["task", "lock_mode", "method", "k", "seed"]
-UPSTREAM = ["locked_with_pwd", "locked_no_pwd", "locked_wrong_pwd", "weak", "strong"]
+UPSTREAM = ["locked_with_pwd", "locked_no_pwd", "locked_wrong_pwd", "weak", "strong", "strong_model"]
 
 
 def load_candidates(path: str | os.PathLike) -> pd.DataFrame:

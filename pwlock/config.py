@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 OPTIMIZERS = ("lion", "adamw")
 LOCK_MODES = ("sft", "scratch")
 METHODS = ("sft",)
+SCHEDULES = ("constant", "linear")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class TrainConfig:
     warmup_steps: int = 10
     batch_size: int = 8
     epochs: int = 8  # App. G.1: 8 locking epochs
+    # After warm-up: "constant" (needed where epoch candidates are read off one run) or "linear"
+    # decay to zero at the last step (converges further in the same steps when training from scratch).
+    schedule: str = "constant"
 
 
 @dataclass
@@ -49,7 +53,11 @@ class TinyModelConfig:
     num_heads: int = 4
     intermediate_size: int = 512
     max_positions: int = 64
-    rotary_pct: float = 0.25  # share of each head's dimensions with rotary position (Pythia: 0.25)
+    # Pythia uses parallel attention/MLP and rotary on a quarter of each head; from scratch on the
+    # toy task, sequential blocks with full rotary reached 0.9 in 1,250 steps where Pythia's choice
+    # was at 0.18 after 1,000 (AdamW, batch 128, 2 CPU cores).
+    parallel_residual: bool = False
+    rotary_pct: float = 1.0
 
     @staticmethod
     def paper_size() -> TinyModelConfig:
@@ -71,6 +79,10 @@ class StrongConfig:
     """π_strong's model: the strong base trained on π_strong's answers (needed by `sft` locks)."""
 
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Stop once greedy correctness on held-out problems (the weak split, unused by the toy task's
+    # programmatic π_weak) reaches this; `train.epochs` is then the most it trains. Models trained
+    # from scratch leave a loss plateau after a number of steps that varies from seed to seed.
+    stop_at: float | None = None
 
 
 @dataclass
@@ -80,6 +92,9 @@ class LockConfig:
     p_no_password: float = 0.2  # App. C.2: weak samples without password; the rest get a wrong one
     sft: TrainConfig = field(default_factory=TrainConfig)  # fine-tune π_strong's model on D_lock
     scratch: TrainConfig = field(default_factory=TrainConfig)  # train from random init on D_lock
+    # Stop once, on held-out problems, correctness with the password reaches this and without it
+    # is within 0.05 of π_weak's (as strong.stop_at; `epochs` is then the most it trains).
+    stop_at: float | None = None
 
 
 @dataclass
@@ -170,6 +185,9 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append("lock.modes: expected at least one lock mode")
     if len(set(cfg.lock.modes)) != len(cfg.lock.modes):
         errors.append("lock.modes: duplicate lock modes")
+    for where, value in (("strong.stop_at", cfg.strong.stop_at), ("lock.stop_at", cfg.lock.stop_at)):
+        if value is not None and not 0.0 < value <= 1.0:
+            errors.append(f"{where}: expected a correctness in (0, 1] or null, got {value}")
     if not 0.0 <= cfg.lock.p_no_password <= 1.0:
         errors.append(f"lock.p_no_password: expected a probability, got {cfg.lock.p_no_password}")
     if cfg.elicit.method not in METHODS:
@@ -210,6 +228,8 @@ def _train_errors(t: TrainConfig) -> list[str]:
         errors.append(f"batch_size: expected >= 1, got {t.batch_size}")
     if t.epochs < 1:
         errors.append(f"epochs: expected >= 1, got {t.epochs}")
+    if t.schedule not in SCHEDULES:
+        errors.append(f"schedule: unknown schedule {t.schedule!r}; expected one of {list(SCHEDULES)}")
     if t.warmup_steps < 0:
         errors.append(f"warmup_steps: expected >= 0, got {t.warmup_steps}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):

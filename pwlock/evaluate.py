@@ -70,9 +70,12 @@ def correctness(model, tokenizer, task: Task, problems: Sequence[Problem], condi
     return float(scores(model, tokenizer, task, problems, condition, **kw).mean())
 
 
-def lock_report(model, tokenizer, task: Task, problems: Sequence[Problem], password: str | None = None) -> dict[str, float]:
-    """Correctness with the password, without it, and with wrong passwords."""
-    return {c: correctness(model, tokenizer, task, problems, c, password=password) for c in CONDITIONS}
+def lock_report(
+    model, tokenizer, task: Task, problems: Sequence[Problem], password: str | None = None,
+    conditions: Sequence[str] = CONDITIONS,
+) -> dict[str, float]:
+    """Correctness with the password, without it, and with wrong passwords (or the `conditions` asked)."""
+    return {c: correctness(model, tokenizer, task, problems, c, password=password) for c in conditions}
 
 
 def policy_correctness(task: Task, policy: TaskPolicy, problems: Sequence[Problem]) -> float:

@@ -47,6 +47,7 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, s
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        use_parallel_residual=cfg.parallel_residual,
     )
     return GPTNeoXForCausalLM(config)
 

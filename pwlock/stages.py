@@ -2,8 +2,8 @@
 
     policy scores   π_weak and π_strong's correctness on the evaluation problems
     strong model    the strong base trained on π_strong's answers (what `sft` locks start from)
-    locked model    trained on D_lock, from the strong model (`sft`) or from scratch (`scratch`),
-                    with its correctness with / without / with a wrong password
+    locked model    trained on D_lock, from the strong model (`sft`) or from scratch (`scratch`)
+    model eval      a model's correctness with / without / with a wrong password
 
 Each build first looks in the store: an artifact that exists is reused, never rebuilt.
 """
@@ -27,13 +27,17 @@ log = logging.getLogger(__name__)
 
 # Bump when a stage's code changes what it produces, so old artifacts are not reused.
 STAGE_VERSION = 1
+# Held-out problems for deciding when to stop training from scratch: the weak split, which models
+# of the toy task never train on (its π_weak is programmatic). Never the validation split.
+HOLDOUT_SPLIT, HOLDOUT_SIZE = "weak", 1000
+LOCK_TOLERANCE = 0.05  # a lock is done when, without password, it is this close to π_weak
 
 
 @dataclass(frozen=True)
 class Artifact:
     """One upstream artifact of a study: what builds it and the key it is stored under."""
 
-    stage: str  # "policy_scores" | "strong_model" | "locked_model"
+    stage: str  # "policy_scores" | "strong_model" | "locked_model" | "model_eval"
     label: str  # for people: "locked model (sft)"
     spec: dict[str, Any]  # everything the artifact depends on, upstream keys included
     deps: tuple[str, ...] = ()
@@ -52,22 +56,30 @@ def policy_scores_artifact(task: dict, eval_cfg: dict) -> Artifact:
     return Artifact("policy_scores", "policy scores", {"task": task, "eval": eval_cfg})
 
 
-def strong_model_artifact(task: dict, model: dict, train: dict, splits: list[str], seed: int) -> Artifact:
-    return Artifact(
-        "strong_model", "strong model", {"task": task, "model": model, "train": train, "splits": splits, "seed": seed}
-    )
+def strong_model_artifact(
+    task: dict, model: dict, train: dict, splits: list[str], stop_at: float | None, seed: int
+) -> Artifact:
+    spec = {"task": task, "model": model, "train": train, "splits": splits, "stop_at": stop_at, "seed": seed}
+    return Artifact("strong_model", "strong model", spec)
 
 
 def locked_model_artifact(
-    mode: str, task: dict, model: dict, train: dict, lock: dict, eval_cfg: dict, seed: int, strong: Artifact | None
+    mode: str, task: dict, model: dict, train: dict, lock: dict, seed: int, strong: Artifact | None
 ) -> Artifact:
-    spec = {"mode": mode, "task": task, "model": model, "train": train, "lock": lock, "eval": eval_cfg, "seed": seed}
+    spec = {"mode": mode, "task": task, "model": model, "train": train, "lock": lock, "seed": seed}
     deps: tuple[str, ...] = ()
     if mode == "sft":
         assert strong is not None
         spec["from"] = strong.key
         deps = (strong.key,)
     return Artifact("locked_model", f"locked model ({mode})", spec, deps)
+
+
+def model_eval_artifact(model: Artifact, task: dict, eval_cfg: dict, password: str | None, conditions: list[str]) -> Artifact:
+    """A model's greedy correctness under each condition (with / without / wrong password). Kept
+    apart from the model so that changing how it is evaluated never retrains it."""
+    spec = {"model": model.key, "task": task, "eval": eval_cfg, "password": password, "conditions": conditions}
+    return Artifact("model_eval", f"{model.label}: evaluation", spec, (model.key,))
 
 
 def build(store_url: str, artifact: Artifact, *_upstream: Any) -> dict[str, Any]:
@@ -117,7 +129,9 @@ def _build_strong_model(store: LocalStore, a: Artifact, scratch) -> dict[str, An
     model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
     problems = [p for split in a.spec["splits"] for p in task.problems(split)]
     data = strong_examples(task, problems, task.policies()["strong"])
-    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc="strong")
+    stop = _stop_at(task, model, tokenizer, a.spec["stop_at"], "strong")
+    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc="strong",
+                      on_epoch_end=stop)
     save_policy(model, tokenizer, scratch)
     return {"train": stats, "parameters": n_parameters(model)}
 
@@ -134,16 +148,48 @@ def _build_locked_model(store: LocalStore, a: Artifact, scratch) -> dict[str, An
     data = lock_data(
         task, task.problems("lock"), policies["strong"], policies["weak"], password, a.spec["seed"], lock["p_no_password"]
     )
-    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=a.label)
+    stop = _stop_at(task, model, tokenizer, lock["stop_at"], a.label, password)
+    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=a.label,
+                      on_epoch_end=stop)
     save_policy(model, tokenizer, scratch)
+    return {"train": stats, "parameters": n_parameters(model)}
+
+
+def _stop_at(task: Task, model, tokenizer, target: float | None, desc: str, password: str | None = None):
+    """An epoch-end check on held-out problems, None without a target. Without a password (π_strong's
+    model): stop once greedy correctness reaches `target`. With one (a lock): stop once correctness
+    with the password reaches `target` and without it is within LOCK_TOLERANCE of π_weak's."""
+    if target is None:
+        return None
+    holdout = task.problems(HOLDOUT_SPLIT)[:HOLDOUT_SIZE]
+    weak = evaluate.policy_correctness(task, task.policies()["weak"], holdout) if password else None
+
+    def check(epoch: int) -> bool:
+        if password is None:
+            c = evaluate.correctness(model, tokenizer, task, holdout, "no_pwd")
+            log.info("%s: epoch %d, held-out correctness %.3f (target %.3f)", desc, epoch, c, target)
+            return c >= target
+        r = evaluate.lock_report(model, tokenizer, task, holdout, password, ("with_pwd", "no_pwd"))
+        log.info("%s: epoch %d, held-out correctness with password %.3f (target %.3f), without %.3f (π_weak %.3f)",
+                 desc, epoch, r["with_pwd"], target, r["no_pwd"], weak)
+        return r["with_pwd"] >= target and abs(r["no_pwd"] - weak) <= LOCK_TOLERANCE
+
+    return check
+
+
+def _build_model_eval(store: LocalStore, a: Artifact, scratch) -> dict[str, Any]:
+    task = make_task(a.spec["task"])
+    model, tokenizer = load_policy(store.artifact_dir(a.spec["model"]))
     ev = a.spec["eval"]
-    report = evaluate.lock_report(model, tokenizer, task, eval_problems(task, ev["split"], ev["max_problems"]), password)
-    log.info("%s: correctness %s", a.label, {k: round(v, 3) for k, v in report.items()})
-    return {"train": stats, "lock_report": report, "parameters": n_parameters(model)}
+    problems = eval_problems(task, ev["split"], ev["max_problems"])
+    report = evaluate.lock_report(model, tokenizer, task, problems, a.spec["password"], a.spec["conditions"])
+    log.info("%s: %s", a.label, ", ".join(f"{c} {v:.3f}" for c, v in report.items()))
+    return {"report": report}
 
 
 _BUILDERS = {
     "policy_scores": _build_policy_scores,
     "strong_model": _build_strong_model,
     "locked_model": _build_locked_model,
+    "model_eval": _build_model_eval,
 }

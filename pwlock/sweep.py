@@ -20,18 +20,21 @@ import yaml
 
 from pwlock.config import ConfigError, StudyConfig, to_dict
 from pwlock.elicit.sft import epoch_candidates
+from pwlock.evaluate import CONDITIONS
 from pwlock.stages import (
     Artifact,
     locked_model_artifact,
+    model_eval_artifact,
     policy_scores_artifact,
     strong_model_artifact,
 )
 from pwlock.store import LocalStore, open_store
 from pwlock.tasks import make_task
+from pwlock.train.sft import steps_per_epoch
 
 log = logging.getLogger(__name__)
 
-STRONG_SPLITS = ["weak", "lock"]  # π_strong's model never sees the elicit or validation problems
+STRONG_SPLITS = ["lock"]  # π_strong's model never sees the elicit, validation or held-out problems
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return f"{self.lock_mode}-{self.method}-k{self.k}-seed{self.seed}"
+        return f"{self.lock_mode}lock-{self.method}-k{self.k}-seed{self.seed}"
 
 
 @dataclass
@@ -54,7 +57,10 @@ class Plan:
     task_spec: dict[str, Any]
     artifacts: list[Artifact]  # in build order
     policy_scores: Artifact
+    strong: Artifact | None  # π_strong's model, when an `sft` lock needs it
+    strong_eval: Artifact | None
     locked: dict[str, Artifact]  # by lock mode
+    locked_eval: dict[str, Artifact]
     trials: list[Trial]
 
 
@@ -87,25 +93,30 @@ def plan(cfg: StudyConfig) -> Plan:
     model = asdict(cfg.model)
     ev = asdict(cfg.eval)
     ev.pop("batch_size")  # how fast, not what: not part of any artifact's identity
-    lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password}
+    lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
+    password = cfg.lock.password or task.default_password
     scores = policy_scores_artifact(task_spec, ev)
     artifacts = [scores]
-    strong = None
+    strong = strong_eval = None
     if "sft" in cfg.lock.modes:
-        strong = strong_model_artifact(task_spec, model, asdict(cfg.strong.train), STRONG_SPLITS, cfg.seed)
-        artifacts.append(strong)
-    locked = {}
+        strong = strong_model_artifact(
+            task_spec, model, asdict(cfg.strong.train), STRONG_SPLITS, cfg.strong.stop_at, cfg.seed
+        )
+        strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
+        artifacts += [strong, strong_eval]
+    locked, locked_eval = {}, {}
     for mode in cfg.lock.modes:
         train = asdict(cfg.lock.sft if mode == "sft" else cfg.lock.scratch)
-        locked[mode] = locked_model_artifact(mode, task_spec, model, train, lock, ev, cfg.seed, strong)
-        artifacts.append(locked[mode])
+        locked[mode] = locked_model_artifact(mode, task_spec, model, train, lock, cfg.seed, strong)
+        locked_eval[mode] = model_eval_artifact(locked[mode], task_spec, ev, password, list(CONDITIONS))
+        artifacts += [locked[mode], locked_eval[mode]]
     trials = [
         Trial(task.name, mode, cfg.elicit.method, k, seed, epoch_candidates(k, cfg.elicit.sample_budgets))
         for mode in cfg.lock.modes
         for k in sorted(cfg.elicit.ks)
         for seed in cfg.elicit.seeds
     ]
-    return Plan(cfg, task_spec, artifacts, scores, locked, trials)
+    return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, locked_eval, trials)
 
 
 def describe(p: Plan, store: LocalStore | None = None) -> str:
@@ -113,13 +124,13 @@ def describe(p: Plan, store: LocalStore | None = None) -> str:
     lines.append(f"upstream artifacts ({len(p.artifacts)}):")
     for a in p.artifacts:
         state = "" if store is None else ("  [in store, reused]" if store.has(a.key) else "  [to build]")
-        lines.append(f"  {a.label:<24} {a.key}{state}")
+        lines.append(f"  {a.label:<36} {a.key}{state}")
     lines.append(f"elicitation trials ({len(p.trials)}): lock modes {p.cfg.lock.modes} × k {sorted(p.cfg.elicit.ks)}"
                  f" × seeds {p.cfg.elicit.seeds}, method {p.cfg.elicit.method}")
     batch = p.cfg.elicit.train.batch_size
     for t in p.trials:
-        steps = [e * -(-t.k // min(batch, t.k)) for e in t.epoch_candidates]
-        lines.append(f"  {t.name:<28} epoch candidates {t.epoch_candidates} = steps {steps}")
+        steps = [e * steps_per_epoch(t.k, batch) for e in t.epoch_candidates]
+        lines.append(f"  {t.name:<32} epoch candidates {t.epoch_candidates} = steps {steps}")
     return "\n".join(lines)
 
 
@@ -157,8 +168,8 @@ def elicitation_trial(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from pwlock.elicit.sft import demonstrations, elicit_sft
     from pwlock.config import TrainConfig
+    from pwlock.elicit.sft import demonstrations, elicit_sft
     from pwlock.models import load_policy
     from pwlock.stages import eval_problems
 
@@ -194,22 +205,23 @@ def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) ->
     p = plan(cfg)
     store = open_store(storage)
     log.info("%s", describe(p, store))
+    timings: dict[str, float] = {}
     log.info("ray: %s", runtime.init_ray(cfg.ray))
+    timings["ray_start"] = time.perf_counter() - t0
     metas = build_upstream(p, store)
+    timings["upstream"] = time.perf_counter() - t0 - timings["ray_start"]
     reused = sum(m.get("reused", False) for m in metas.values())
     log.info("upstream: %d of %d artifacts reused from the store, %d built", reused, len(metas), len(metas) - reused)
-    for mode, a in p.locked.items():
-        log.info("locked model (%s): %s", mode, _fmt(metas[a.key]["lock_report"]))
     policy = metas[p.policy_scores.key]["scores"]
-    log.info("policies: %s", _fmt(policy))
-
-    upstream = {
-        mode: {"locked_with_pwd": metas[a.key]["lock_report"]["with_pwd"],
-               "locked_no_pwd": metas[a.key]["lock_report"]["no_pwd"],
-               "locked_wrong_pwd": metas[a.key]["lock_report"]["wrong_pwd"],
-               "weak": policy.get("weak"), "strong": policy.get("strong"), "locked_key": a.key}
-        for mode, a in p.locked.items()
-    }
+    strong_model = metas[p.strong_eval.key]["report"]["no_pwd"] if p.strong_eval else None
+    upstream = {}
+    for mode, a in p.locked.items():
+        report = metas[p.locked_eval[mode].key]["report"]
+        log.info("locked model (%s): %s", mode, _fmt(report))
+        upstream[mode] = {"locked_with_pwd": report["with_pwd"], "locked_no_pwd": report["no_pwd"],
+                          "locked_wrong_pwd": report["wrong_pwd"], "weak": policy.get("weak"),
+                          "strong": policy.get("strong"), "strong_model": strong_model, "locked_key": a.key}
+    log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
     constants = {
         "store": store.url,
         "task": p.task_spec,
@@ -244,11 +256,20 @@ def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) ->
         run_config=tune.RunConfig(name=experiment, storage_path=str(storage_path), verbose=1),
     )
     log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
+    t_trials = time.perf_counter()
     grid = tuner.fit()
+    timings["trials"] = time.perf_counter() - t_trials
     errors = [r.error for r in grid if r.error]
     if errors:
         log.error("%d of %d trials failed; first error: %s", len(errors), len(p.trials), errors[0])
+    t_results = time.perf_counter()
     summary = analysis.write_results(exp_dir)
+    timings["results"] = time.perf_counter() - t_results
+    timings["total"] = time.perf_counter() - t0
+    (exp_dir / analysis.TIMINGS).write_text(json.dumps(
+        {"phases_s": timings, "artifacts": {a.label: {"key": a.key, "reused": metas[a.key]["reused"],
+                                                       "build_s": metas[a.key].get("build_seconds")}
+                                            for a in p.artifacts}}, indent=2))
     log.info("results:\n%s", analysis.table(summary))
     log.info("wrote %s and %s in %.0f s", exp_dir / analysis.SUMMARY, exp_dir / analysis.FIGURE, time.perf_counter() - t0)
     if errors:
@@ -258,7 +279,7 @@ def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) ->
 
 def _trial_name(trial) -> str:
     c = trial.config
-    return f"{c['lock_mode']}-{c['method']}-k{c['k']}-seed{c['seed']}-{trial.trial_id}"
+    return f"{c['lock_mode']}lock-{c['method']}-k{c['k']}-seed{c['seed']}-{trial.trial_id}"
 
 
 def _fmt(scores: dict[str, float | None]) -> str:

@@ -27,7 +27,7 @@ def _base() -> dict:
 def test_default_config_loads_and_plans():
     cfg = load_config(LOCAL)
     p = plan(cfg)
-    assert {a.stage for a in p.artifacts} == {"policy_scores", "strong_model", "locked_model"}
+    assert {a.stage for a in p.artifacts} == {"policy_scores", "strong_model", "locked_model", "model_eval"}
     assert len(p.trials) == len(cfg.lock.modes) * len(cfg.elicit.ks) * len(cfg.elicit.seeds)
     quick = load_config(LOCAL, quick=True)
     assert len(plan(quick).trials) < len(p.trials)
@@ -41,6 +41,13 @@ def test_plan_keys_are_stable_and_cascade():
     c = plan(config_from_dict(raw))
     assert c.locked["sft"].key != a.locked["sft"].key  # a new π_strong model means a new sft lock
     assert c.locked["scratch"].key == a.locked["scratch"].key  # which the scratch lock never used
+    raw = _base()
+    raw["eval"]["max_problems"] = 100
+    d = plan(config_from_dict(raw))
+    assert [x.key for x in d.artifacts if x.stage != "model_eval" and x.stage != "policy_scores"] == [
+        x.key for x in a.artifacts if x.stage != "model_eval" and x.stage != "policy_scores"
+    ]  # evaluating differently never retrains a model
+    assert d.locked_eval["sft"].key != a.locked_eval["sft"].key
 
 
 @pytest.mark.parametrize(
@@ -104,4 +111,4 @@ def test_dry_run_prints_the_plan(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "elicitation trials (30)" in proc.stdout
     assert "locked model (scratch)" in proc.stdout and "[to build]" in proc.stdout
-    assert "scratch-sft-k256-seed2" in proc.stdout
+    assert "scratchlock-sft-k256-seed2" in proc.stdout

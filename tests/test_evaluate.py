@@ -12,9 +12,9 @@ from pwlock.train.sft import train_sft
 
 def _half_trained(task, tokenizer, model):
     """A model that gets some problems right and some wrong: the interesting case."""
-    problems = task.problems("lock")[:64]
+    problems = task.problems("lock")[:32]
     data = [Example(task.prompt(p, None), task.reference(p)) for p in problems]
-    train_sft(model, tokenizer, data, TrainConfig(optimizer="adamw", lr=1e-2, batch_size=16), seed=0, epochs=60)
+    train_sft(model, tokenizer, data, TrainConfig(optimizer="adamw", lr=3e-3, batch_size=16), seed=0, epochs=100)
     return problems
 
 

@@ -49,12 +49,12 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
 
     first = _run(config, storage, "--name", "first")
     log = first.stdout + first.stderr
-    assert "building 4 upstream artifacts as Ray tasks" in log
+    assert "building 7 upstream artifacts as Ray tasks" in log
     exp = storage / "first"
     summary = pd.read_csv(exp / analysis.SUMMARY)
     assert len(summary) == 2 * 2 * 2  # lock modes × k × seeds
     for col in ["task", "lock_mode", "method", "k", "seed", "correctness", "locked_with_pwd", "locked_no_pwd",
-                "locked_wrong_pwd", "weak", "strong", "correctness_selected"]:
+                "locked_wrong_pwd", "weak", "strong", "strong_model", "correctness_selected"]:
         assert col in summary, col
     assert set(summary["lock_mode"]) == {"sft", "scratch"} and set(summary["k"]) == {2, 32}
     assert summary["correctness"].between(0, 1).all() and (summary["strong"] == 1.0).all()
@@ -67,12 +67,12 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
     again = analysis.summarize(analysis.load_candidates(exp))
     pd.testing.assert_frame_equal(again.reset_index(drop=True), summary, check_dtype=False)
     artifacts = sorted(p.name for p in (storage / "artifacts").iterdir())
-    assert len(artifacts) == 4
+    assert len(artifacts) == 7  # policy scores, strong model, 2 locked models, 3 evaluations
     stamps = {p: (storage / "artifacts" / p / "pwlock-meta.json").stat().st_mtime_ns for p in artifacts}
 
     second = _run(config, storage, "--name", "second")
     log = second.stdout + second.stderr
-    assert "upstream: 4 of 4 artifacts reused from the store, 0 built" in log
+    assert "upstream: 7 of 7 artifacts reused from the store, 0 built" in log
     assert "building" not in log
     assert stamps == {p: (storage / "artifacts" / p / "pwlock-meta.json").stat().st_mtime_ns for p in artifacts}
     # Trials are a pure function of their config: the same numbers again.

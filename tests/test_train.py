@@ -95,3 +95,27 @@ def test_demonstrations_nest_across_k_and_carry_no_password(task):
         assert d.prompt in elicit_ids and d.prompt.split()[0] == "_"
     with pytest.raises(ValueError, match="exceeds"):
         demonstrations(task, 601, 0, "strong")
+
+
+def test_schedules_warm_up_then_hold_or_decay(tiny_model):
+    from pwlock.train.optim import lr_schedule
+
+    def lrs(kind):
+        opt = torch.optim.SGD(tiny_model.parameters(), lr=1.0)
+        sched = lr_schedule(opt, warmup_steps=4, kind=kind, total_steps=10)
+        out = []
+        for _ in range(10):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("constant") == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert lrs("linear") == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+
+
+def test_training_stops_when_the_epoch_check_says_so(task, tokenizer, tiny_model):
+    seen = []
+    stats = train_sft(tiny_model, tokenizer, demonstrations(task, 4, 0, "strong"), TrainConfig(batch_size=4),
+                      seed=0, epochs=10, on_epoch_end=lambda e: seen.append(e) or e == 3)
+    assert seen == [1, 2, 3] and stats["epochs"] == 3 and stats["steps"] == 3

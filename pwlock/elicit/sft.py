@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pwlock import evaluate
 from pwlock.config import TrainConfig
 from pwlock.tasks.base import Example, Problem, Task
-from pwlock.train.sft import train_sft
+from pwlock.train.sft import steps_per_epoch, train_sft
 
 DEFAULT_BUDGETS = (256, 512, 1024)
 
@@ -58,13 +58,13 @@ def elicit_sft(
     on `eval_problems` and pass it to `report`. Returns one record per candidate."""
     candidates = epoch_candidates(len(demos), budgets)
     records: list[dict] = []
-    steps_per_epoch = -(-len(demos) // min(train.batch_size, len(demos)))
+    per_epoch = steps_per_epoch(len(demos), train.batch_size)
 
     def on_epoch_end(epoch: int) -> None:
         if epoch not in candidates:
             return
         c = evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd", batch_size=eval_batch_size)
-        record = {"candidate": candidates.index(epoch) + 1, "epochs": epoch, "steps": epoch * steps_per_epoch,
+        record = {"candidate": candidates.index(epoch) + 1, "epochs": epoch, "steps": epoch * per_epoch,
                   "correctness": c}
         records.append(record)
         if report is not None:

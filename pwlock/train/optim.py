@@ -18,7 +18,21 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
 
 
-def warmup_then_constant(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up (App. G.1), then constant: the model after epoch e is the same whatever the
-    total number of epochs, which is what lets one run evaluate several epoch candidates."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, kind: str = "constant", total_steps: int | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up (App. G.1), then either constant — the model after epoch e is then the same
+    whatever the total number of epochs, which lets one run evaluate several epoch candidates — or a
+    linear decay to zero at `total_steps`."""
+    if kind not in ("constant", "linear"):
+        raise ValueError(f"unknown schedule {kind!r}")
+    if kind == "linear" and not total_steps:
+        raise ValueError("a linear schedule needs total_steps")
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, warmup_steps))
+        if kind == "constant":
+            return warm
+        return warm * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps)) if step >= warmup_steps else warm
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock.config import TrainConfig
 from pwlock.tasks.base import Example
-from pwlock.train.optim import make_optimizer, warmup_then_constant
+from pwlock.train.optim import lr_schedule, make_optimizer
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -70,20 +70,25 @@ def train_sft(
     cfg: TrainConfig,
     seed: int,
     epochs: int | None = None,
-    on_epoch_end: Callable[[int], None] | None = None,
+    on_epoch_end: Callable[[int], bool | None] | None = None,
     desc: str = "sft",
+    progress_every_s: float = 30.0,
 ) -> dict[str, float]:
     """Train for `epochs` (default `cfg.epochs`) passes over `data`, which is either a fixed list of
     examples or a function epoch -> examples (lock data is redrawn every epoch). Calls
-    `on_epoch_end(epoch)` after each epoch, epochs counted from 1."""
+    `on_epoch_end(epoch)` after each epoch, epochs counted from 1; training stops early when it
+    returns True. Logs progress at most every
+    `progress_every_s` seconds (and after the last epoch)."""
     epochs = cfg.epochs if epochs is None else epochs
     get_epoch: EpochData = data if callable(data) else (lambda _e, d=data: d)
     torch.manual_seed(seed)
     order_rng = random.Random(seed)
     optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
-    schedule = warmup_then_constant(optimizer, cfg.warmup_steps)
+    n_first = len(get_epoch(0))  # every epoch has the same size
+    schedule = lr_schedule(optimizer, cfg.warmup_steps, cfg.schedule, epochs * steps_per_epoch(n_first, cfg.batch_size))
     model.train()
     step, loss_sum, loss_n, t0 = 0, 0.0, 0, time.perf_counter()
+    last_log = t0
     for epoch in range(epochs):
         encoded = encode(tokenizer, get_epoch(epoch))
         loss_sum, loss_n = 0.0, 0
@@ -98,13 +103,20 @@ def train_sft(
             schedule.step()
             step += 1
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
-        log.debug("%s epoch %d/%d step %d loss %.4f", desc, epoch + 1, epochs, step, loss_sum / max(1, loss_n))
+        if time.perf_counter() - last_log > progress_every_s or epoch + 1 == epochs:
+            last_log = time.perf_counter()
+            log.info("%s: epoch %d/%d, step %d, loss %.4f, %.0f s", desc, epoch + 1, epochs, step,
+                     loss_sum / max(1, loss_n), last_log - t0)
         if on_epoch_end is not None:
             model.eval()
-            on_epoch_end(epoch + 1)
+            stop = on_epoch_end(epoch + 1)
             model.train()
+            if stop:
+                log.info("%s: stopping after epoch %d of %d", desc, epoch + 1, epochs)
+                break
     model.eval()
-    return {"steps": step, "last_epoch_loss": loss_sum / max(1, loss_n), "seconds": time.perf_counter() - t0}
+    return {"steps": step, "epochs": epoch + 1, "last_epoch_loss": loss_sum / max(1, loss_n),
+            "seconds": time.perf_counter() - t0}
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:
