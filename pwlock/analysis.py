@@ -97,7 +97,7 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike, value:
 
     agg = aggregate(summary, value)
     tasks = sorted(agg["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, task in zip(axes[0], tasks):
         sub = agg[agg["task"] == task]
@@ -118,9 +118,9 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike, value:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("number of demonstrations k")
         ax.set_ylabel("correctness without password")
-        ax.set_title(f"{task}: sample efficiency (mean ± SEM over seeds)")
+        ax.set_title(f"{task}: SFT elicitation, mean ± SEM over seeds", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=120)

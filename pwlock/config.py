@@ -83,6 +83,11 @@ class StrongConfig:
     # programmatic π_weak) reaches this; `train.epochs` is then the most it trains. Models trained
     # from scratch leave a loss plateau after a number of steps that varies from seed to seed.
     stop_at: float | None = None
+    # Fill the password slot with no password, the password or a wrong one, uniformly, all with
+    # π_strong's answer: the model learns the slot's tokens and that they carry nothing, so the
+    # `sft` lock has only the gating to learn (a tiny model from scratch otherwise breaks on the
+    # password's unseen embedding). Meant for the toy task; LLMs see no password before locking.
+    slot_noise: bool = False
 
 
 @dataclass

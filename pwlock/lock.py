@@ -47,6 +47,10 @@ def lock_data(
     return draw
 
 
-def strong_examples(task: Task, problems: Sequence[Problem], strong: TaskPolicy) -> list[Example]:
-    """π_strong's answers without any password: the data π_strong's model is trained on."""
-    return [Example(task.prompt(p, None), strong(p)) for p in problems]
+def strong_examples(
+    task: Task, problems: Sequence[Problem], strong: TaskPolicy, slots: Sequence[str | None] = (None,), seed: int = 0
+) -> list[Example]:
+    """π_strong's answers: the data π_strong's model is trained on. Each prompt's password slot
+    holds one of `slots`, drawn uniformly; by default there is no password at all."""
+    rng = random.Random(seed)
+    return [Example(task.prompt(p, rng.choice(list(slots))), strong(p)) for p in problems]

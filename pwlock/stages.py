@@ -57,9 +57,11 @@ def policy_scores_artifact(task: dict, eval_cfg: dict) -> Artifact:
 
 
 def strong_model_artifact(
-    task: dict, model: dict, train: dict, splits: list[str], stop_at: float | None, seed: int
+    task: dict, model: dict, splits: list[str], train: dict, stop_at: float | None, slots: list[str | None], seed: int
 ) -> Artifact:
-    spec = {"task": task, "model": model, "train": train, "splits": splits, "stop_at": stop_at, "seed": seed}
+    """`slots`: what the password slot of π_strong's training prompts may hold, drawn uniformly."""
+    spec = {"task": task, "model": model, "splits": splits, "train": train, "stop_at": stop_at, "slots": slots,
+            "seed": seed}
     return Artifact("strong_model", "strong model", spec)
 
 
@@ -128,7 +130,7 @@ def _build_strong_model(store: LocalStore, a: Artifact, scratch) -> dict[str, An
     task = make_task(a.spec["task"])
     model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
     problems = [p for split in a.spec["splits"] for p in task.problems(split)]
-    data = strong_examples(task, problems, task.policies()["strong"])
+    data = strong_examples(task, problems, task.policies()["strong"], a.spec["slots"], a.spec["seed"])
     stop = _stop_at(task, model, tokenizer, a.spec["stop_at"], "strong")
     stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc="strong",
                       on_epoch_end=stop)

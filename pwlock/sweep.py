@@ -100,7 +100,8 @@ def plan(cfg: StudyConfig) -> Plan:
     strong = strong_eval = None
     if "sft" in cfg.lock.modes:
         strong = strong_model_artifact(
-            task_spec, model, asdict(cfg.strong.train), STRONG_SPLITS, cfg.strong.stop_at, cfg.seed
+            task_spec, model, STRONG_SPLITS, asdict(cfg.strong.train), cfg.strong.stop_at,
+            [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None], cfg.seed,
         )
         strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
         artifacts += [strong, strong_eval]
