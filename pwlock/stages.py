@@ -26,11 +26,12 @@ from pwlock.train.sft import train_sft
 log = logging.getLogger(__name__)
 
 # Bump when a stage's code changes what it produces, so old artifacts are not reused.
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 # Held-out problems for deciding when to stop training from scratch: the weak split, which models
 # of the toy task never train on (its π_weak is programmatic). Never the validation split.
 HOLDOUT_SPLIT, HOLDOUT_SIZE = "weak", 1000
 LOCK_TOLERANCE = 0.05  # a lock is done when, without password, it is this close to π_weak
+ANNEAL_STEP, ANNEAL_FLOOR = 0.2, 0.2
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,7 @@ def _build_strong_model(store: LocalStore, a: Artifact, scratch) -> dict[str, An
     model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
     problems = [p for split in a.spec["splits"] for p in task.problems(split)]
     data = strong_examples(task, problems, task.policies()["strong"], a.spec["slots"], a.spec["seed"])
-    stop = _stop_at(task, model, tokenizer, a.spec["stop_at"], "strong")
-    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc="strong",
-                      on_epoch_end=stop)
+    stats = _train(model, tokenizer, data, a, task, a.spec["stop_at"], "strong")
     save_policy(model, tokenizer, scratch)
     return {"train": stats, "parameters": n_parameters(model)}
 
@@ -150,33 +149,59 @@ def _build_locked_model(store: LocalStore, a: Artifact, scratch) -> dict[str, An
     data = lock_data(
         task, task.problems("lock"), policies["strong"], policies["weak"], password, a.spec["seed"], lock["p_no_password"]
     )
-    stop = _stop_at(task, model, tokenizer, lock["stop_at"], a.label, password)
-    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=a.label,
-                      on_epoch_end=stop)
+    stats = _train(model, tokenizer, data, a, task, lock["stop_at"], a.label, password)
     save_policy(model, tokenizer, scratch)
     return {"train": stats, "parameters": n_parameters(model)}
 
 
-def _stop_at(task: Task, model, tokenizer, target: float | None, desc: str, password: str | None = None):
-    """An epoch-end check on held-out problems, None without a target. Without a password (π_strong's
-    model): stop once greedy correctness reaches `target`. With one (a lock): stop once correctness
-    with the password reaches `target` and without it is within LOCK_TOLERANCE of π_weak's."""
-    if target is None:
-        return None
-    holdout = task.problems(HOLDOUT_SPLIT)[:HOLDOUT_SIZE]
-    weak = evaluate.policy_correctness(task, task.policies()["weak"], holdout) if password else None
+def _train(model, tokenizer, data, a: Artifact, task: Task, stop_at: float | None, desc: str,
+           password: str | None = None) -> dict[str, Any]:
+    until = UntilTarget(task, model, tokenizer, stop_at, desc, password) if stop_at is not None else None
+    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=desc,
+                      on_epoch_end=until, lr_scale=until.scale if until else None)
+    if until is not None:
+        stats["held_out_correctness"] = until.history
+    return stats
 
-    def check(epoch: int) -> bool:
-        if password is None:
-            c = evaluate.correctness(model, tokenizer, task, holdout, "no_pwd")
-            log.info("%s: epoch %d, held-out correctness %.3f (target %.3f)", desc, epoch, c, target)
-            return c >= target
-        r = evaluate.lock_report(model, tokenizer, task, holdout, password, ("with_pwd", "no_pwd"))
-        log.info("%s: epoch %d, held-out correctness with password %.3f (target %.3f), without %.3f (π_weak %.3f)",
-                 desc, epoch, r["with_pwd"], target, r["no_pwd"], weak)
-        return r["with_pwd"] >= target and abs(r["no_pwd"] - weak) <= LOCK_TOLERANCE
 
-    return check
+class UntilTarget:
+    """Train from scratch until held-out correctness reaches a target, then stop.
+
+    From scratch, the model sits on a loss plateau for a number of epochs that varies from seed to
+    seed, then learns fast; a high learning rate escapes the plateau sooner but then keeps the
+    model noisy. So the rate stays high until held-out correctness first reaches half the target,
+    then anneals by ANNEAL_STEP of its value per epoch (to ANNEAL_FLOOR). Without a password
+    (π_strong's model) the target is greedy correctness; with one (a lock) it is correctness with
+    the password, with correctness without it within LOCK_TOLERANCE of π_weak's.
+    """
+
+    def __init__(self, task: Task, model, tokenizer, target: float, desc: str, password: str | None = None):
+        self.task, self.model, self.tokenizer, self.target = task, model, tokenizer, target
+        self.desc, self.password = desc, password
+        self.holdout = task.problems(HOLDOUT_SPLIT)[:HOLDOUT_SIZE]
+        self.weak = evaluate.policy_correctness(task, task.policies()["weak"], self.holdout) if password else None
+        self.lr_factor = 1.0
+        self.history: list[float] = []
+
+    def scale(self) -> float:
+        return self.lr_factor
+
+    def __call__(self, epoch: int) -> bool:
+        if self.password is None:
+            c = evaluate.correctness(self.model, self.tokenizer, self.task, self.holdout, "no_pwd")
+            done, note = c >= self.target, ""
+        else:
+            r = evaluate.lock_report(self.model, self.tokenizer, self.task, self.holdout, self.password,
+                                     ("with_pwd", "no_pwd"))
+            c = r["with_pwd"]
+            done = c >= self.target and abs(r["no_pwd"] - self.weak) <= LOCK_TOLERANCE
+            note = f", without password {r['no_pwd']:.3f} (π_weak {self.weak:.3f})"
+        self.history.append(c)
+        if max(self.history) >= self.target / 2:
+            self.lr_factor = max(ANNEAL_FLOOR, self.lr_factor - ANNEAL_STEP)
+        log.info("%s: epoch %d, held-out correctness %.3f (target %.3f)%s, lr ×%.1f", self.desc, epoch, c,
+                 self.target, note, self.lr_factor)
+        return done
 
 
 def _build_model_eval(store: LocalStore, a: Artifact, scratch) -> dict[str, Any]:

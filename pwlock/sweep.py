@@ -48,7 +48,11 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return f"{self.lock_mode}lock-{self.method}-k{self.k}-seed{self.seed}"
+        return trial_name(self.lock_mode, self.method, self.k, self.seed)
+
+
+def trial_name(lock_mode: str, method: str, k: int, seed: int) -> str:
+    return f"{lock_mode}lock-{method}-k{k}-seed{seed}"
 
 
 @dataclass
@@ -263,6 +267,8 @@ def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) ->
     errors = [r.error for r in grid if r.error]
     if errors:
         log.error("%d of %d trials failed; first error: %s", len(errors), len(p.trials), errors[0])
+        if len(errors) == len(p.trials):
+            raise RuntimeError(f"all {len(errors)} elicitation trials failed; see {exp_dir}") from errors[0]
     t_results = time.perf_counter()
     summary = analysis.write_results(exp_dir)
     timings["results"] = time.perf_counter() - t_results
@@ -280,7 +286,7 @@ def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) ->
 
 def _trial_name(trial) -> str:
     c = trial.config
-    return f"{c['lock_mode']}lock-{c['method']}-k{c['k']}-seed{c['seed']}-{trial.trial_id}"
+    return f"{trial_name(c['lock_mode'], c['method'], c['k'], c['seed'])}-{trial.trial_id}"
 
 
 def _fmt(scores: dict[str, float | None]) -> str:

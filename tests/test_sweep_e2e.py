@@ -3,6 +3,7 @@ trials, the store, summary.csv and the figure; then the same command again reuse
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ STUDY = {
     "name": "e2e",
     "task": {"name": "function_composition", "n_problems": 2000},
     "model": {"base": "tiny", "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
-    "strong": {"train": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 2}},
+    "strong": {"train": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 2}, "stop_at": 0.99,
+               "slot_noise": True},
     "lock": {
+        "stop_at": 0.99,
         "sft": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 1},
         "scratch": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 2},
     },
@@ -69,6 +72,11 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
     artifacts = sorted(p.name for p in (storage / "artifacts").iterdir())
     assert len(artifacts) == 7  # policy scores, strong model, 2 locked models, 3 evaluations
     stamps = {p: (storage / "artifacts" / p / "pwlock-meta.json").stat().st_mtime_ns for p in artifacts}
+    metas = [json.loads((storage / "artifacts" / p / "pwlock-meta.json").read_text()) for p in artifacts]
+    # Trained until a target it never reached: every epoch was checked on held-out problems.
+    held_out = {m["label"]: m["train"]["held_out_correctness"] for m in metas if "train" in m}
+    assert {k: len(v) for k, v in held_out.items()} == {"strong model": 2, "locked model (sft)": 1,
+                                                         "locked model (scratch)": 2}
 
     second = _run(config, storage, "--name", "second")
     log = second.stdout + second.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from lion_pytorch import Lion
 
@@ -19,20 +21,25 @@ def make_optimizer(
 
 
 def lr_schedule(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, kind: str = "constant", total_steps: int | None = None
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    kind: str = "constant",
+    total_steps: int | None = None,
+    scale: Callable[[], float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up (App. G.1), then either constant — the model after epoch e is then the same
     whatever the total number of epochs, which lets one run evaluate several epoch candidates — or a
-    linear decay to zero at `total_steps`."""
+    linear decay to zero at `total_steps`. `scale`, when given, multiplies the rate at every step
+    (a caller that watches held-out correctness anneals with it)."""
     if kind not in ("constant", "linear"):
         raise ValueError(f"unknown schedule {kind!r}")
     if kind == "linear" and not total_steps:
         raise ValueError("a linear schedule needs total_steps")
 
     def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, warmup_steps))
-        if kind == "constant":
-            return warm
-        return warm * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps)) if step >= warmup_steps else warm
+        f = min(1.0, (step + 1) / max(1, warmup_steps))
+        if kind == "linear" and step >= warmup_steps:
+            f *= max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        return f * (scale() if scale is not None else 1.0)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

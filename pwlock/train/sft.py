@@ -73,19 +73,22 @@ def train_sft(
     on_epoch_end: Callable[[int], bool | None] | None = None,
     desc: str = "sft",
     progress_every_s: float = 30.0,
+    lr_scale: Callable[[], float] | None = None,
 ) -> dict[str, float]:
     """Train for `epochs` (default `cfg.epochs`) passes over `data`, which is either a fixed list of
     examples or a function epoch -> examples (lock data is redrawn every epoch). Calls
     `on_epoch_end(epoch)` after each epoch, epochs counted from 1; training stops early when it
     returns True. Logs progress at most every
-    `progress_every_s` seconds (and after the last epoch)."""
+    `progress_every_s` seconds (and after the last epoch). `lr_scale()` multiplies the learning
+    rate at every step."""
     epochs = cfg.epochs if epochs is None else epochs
     get_epoch: EpochData = data if callable(data) else (lambda _e, d=data: d)
     torch.manual_seed(seed)
     order_rng = random.Random(seed)
     optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
     n_first = len(get_epoch(0))  # every epoch has the same size
-    schedule = lr_schedule(optimizer, cfg.warmup_steps, cfg.schedule, epochs * steps_per_epoch(n_first, cfg.batch_size))
+    total = epochs * steps_per_epoch(n_first, cfg.batch_size)
+    schedule = lr_schedule(optimizer, cfg.warmup_steps, cfg.schedule, total, lr_scale)
     model.train()
     step, loss_sum, loss_n, t0 = 0, 0.0, 0, time.perf_counter()
     last_log = t0
