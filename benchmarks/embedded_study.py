@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pwlock import analysis, runtime, sweep
+from pwlock import analysis, runtime, sweep  # noqa: F401  (runtime first: Ray's local defaults)
 from pwlock.config import load_config
+from pwlock.logs import setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="run a second time on the same store")
     parser.add_argument("--storage", type=Path, default=None, help="default: a fresh temporary directory")
     args = parser.parse_args()
-    runtime.setup_logging()
+    setup_logging()
     cfg = load_config(args.config, quick=args.quick)
     storage = args.storage or Path(tempfile.mkdtemp(prefix="pwlock-bench-"))
     runs = [sweep.run(cfg, storage, f"{cfg.name}_bench_{i}") for i in range(2 if args.reuse else 1)]

@@ -7,8 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from pwlock import runtime
+from pwlock import runtime  # noqa: F401  (Ray's local defaults, before anything imports ray)
 from pwlock.config import ConfigError, load_config
+from pwlock.logs import setup_logging
 
 log = logging.getLogger("pwlock")
 
@@ -21,7 +22,7 @@ def main(argv: list[str], default_config: Path, description: str | None = None) 
     parser.add_argument("--quick", action="store_true", help="apply the config's `quick:` overrides: a short smoke run")
     parser.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; train nothing")
     args = parser.parse_args(argv)
-    runtime.setup_logging()
+    setup_logging()
 
     from pwlock import sweep
     from pwlock.store import open_store

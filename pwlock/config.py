@@ -126,6 +126,8 @@ class RayConfig:
     num_cpus: int | None = None  # for a local Ray; None: all cores
     cpus_per_trial: float = 1.0
     cpus_per_stage: float = 1.0
+    gpus_per_trial: float = 0.0  # e.g. 1 on a GPU cluster; models then train on the GPU Ray assigns
+    gpus_per_stage: float = 0.0
 
 
 @dataclass

@@ -39,11 +39,11 @@ def greedy_matches_reference(
     out = []
     encoded = encode(tokenizer, examples)
     for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start : start + batch_size], tokenizer.pad_token_id)
+        batch = collate(encoded[start : start + batch_size], tokenizer.pad_token_id).to(model.device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         pred, target = logits[:, :-1].argmax(-1), batch.labels[:, 1:]
         scored = target != -100
-        out.append(((pred == target) | ~scored).all(dim=1).numpy())
+        out.append(((pred == target) | ~scored).all(dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 

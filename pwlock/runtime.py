@@ -22,16 +22,7 @@ import ray  # noqa: E402
 
 from pwlock.config import RayConfig  # noqa: E402
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """pwlock's log lines at `level`; transformers' per-file progress bars off (noise in Ray logs)."""
-    from transformers.utils import logging as hf_logging
-
-    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S")
-    logging.getLogger("pwlock").setLevel(level)
-    hf_logging.disable_progress_bar()
+from pwlock.logs import setup_logging  # noqa: E402,F401  (re-exported: workers call runtime.setup_logging)
 
 
 def init_ray(cfg: RayConfig) -> str:

@@ -18,7 +18,15 @@ from typing import Any
 from pwlock import evaluate
 from pwlock.config import ModelConfig, TrainConfig
 from pwlock.lock import lock_data, strong_examples
-from pwlock.models import build_tiny_model, load_policy, n_parameters, save_policy, word_level_tokenizer
+from pwlock.models import (
+    build_tiny_model,
+    default_device,
+    dtype_of,
+    load_policy,
+    n_parameters,
+    save_policy,
+    word_level_tokenizer,
+)
 from pwlock.store import LocalStore, content_key, open_store
 from pwlock.tasks import Task, make_task
 from pwlock.train.sft import train_sft
@@ -117,7 +125,8 @@ def _new_model(task: Task, model_cfg: dict, seed: int):
         from pwlock.config import TinyModelConfig
 
         tokenizer = word_level_tokenizer(task.vocabulary())
-        return build_tiny_model(TinyModelConfig(**model_cfg["tiny"]), tokenizer, seed), tokenizer
+        model = build_tiny_model(TinyModelConfig(**model_cfg["tiny"]), tokenizer, seed)
+        return model.to(default_device(), dtype_of(cfg.dtype)), tokenizer
     return load_policy(cfg.base, cfg.dtype)
 
 

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pwlock import runtime  # noqa: F401  (sets Ray's local defaults before ray is imported)
 import yaml
 
 from pwlock.config import ConfigError, StudyConfig, to_dict
@@ -141,9 +140,11 @@ def describe(p: Plan, store: LocalStore | None = None) -> str:
 
 def build_upstream(p: Plan, store: LocalStore) -> dict[str, dict[str, Any]]:
     """Build missing artifacts as Ray tasks, each after the artifacts it depends on."""
+    from pwlock import runtime  # noqa: F401  (Ray's local defaults, before ray is imported)
     import ray
 
-    remote_build = ray.remote(num_cpus=p.cfg.ray.cpus_per_stage, max_retries=1)(_build_in_worker)
+    remote_build = ray.remote(num_cpus=p.cfg.ray.cpus_per_stage, num_gpus=p.cfg.ray.gpus_per_stage,
+                              max_retries=1)(_build_in_worker)
     refs: dict[str, Any] = {}
     metas: dict[str, dict[str, Any]] = {}
     for a in p.artifacts:
@@ -162,9 +163,10 @@ def build_upstream(p: Plan, store: LocalStore) -> dict[str, dict[str, Any]]:
 
 
 def _build_in_worker(store_url: str, artifact: Artifact, *upstream: Any) -> dict[str, Any]:
-    runtime.setup_logging()
+    from pwlock.logs import setup_logging
     from pwlock.stages import build
 
+    setup_logging()
     return build(store_url, artifact, *upstream)
 
 
@@ -175,10 +177,11 @@ def elicitation_trial(config: dict[str, Any]) -> None:
 
     from pwlock.config import TrainConfig
     from pwlock.elicit.sft import demonstrations, elicit_sft
+    from pwlock.logs import setup_logging
     from pwlock.models import load_policy
     from pwlock.stages import eval_problems
 
-    runtime.setup_logging()
+    setup_logging()
     torch.set_num_threads(max(1, int(config["cpus"])))
     store = open_store(config["store"])
     task = make_task(config["task"])
@@ -202,6 +205,7 @@ def elicitation_trial(config: dict[str, Any]) -> None:
 
 def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) -> Path:
     """Run a whole study; returns the experiment directory holding results."""
+    from pwlock import runtime  # Ray's local defaults, before ray is imported
     from ray import tune
 
     from pwlock import analysis
@@ -246,7 +250,7 @@ def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) ->
     (exp_dir / analysis.STUDY).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (exp_dir / analysis.UPSTREAM_FILE).write_text(json.dumps(upstream, indent=2))
     tuner = tune.Tuner(
-        tune.with_resources(elicitation_trial, {"cpu": cfg.ray.cpus_per_trial}),
+        tune.with_resources(elicitation_trial, {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial}),
         param_space={
             **constants,
             "lock_mode": tune.grid_search(list(cfg.lock.modes)),

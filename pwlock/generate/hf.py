@@ -27,8 +27,8 @@ class HFGenerator:
             input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in ids])
             attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
             sampled = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention.to(model.device),
                 max_new_tokens=max_new_tokens,
                 do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None,
@@ -38,7 +38,7 @@ class HFGenerator:
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
             )
-            texts = tok.batch_decode(sampled[:, width:], skip_special_tokens=True)
+            texts = tok.batch_decode(sampled[:, width:].cpu(), skip_special_tokens=True)
             out.extend(texts[i : i + n] for i in range(0, len(texts), n))
         return out
 

@@ -30,6 +30,9 @@ class Batch:
     attention_mask: torch.Tensor
     labels: torch.Tensor  # IGNORE on prompt and padding positions
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
 
 def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
     """Token ids of prompt + completion + end token, and where the completion starts."""
@@ -54,6 +57,7 @@ def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
 
 def completion_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy over completion tokens."""
+    batch = batch.to(model.device)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE
