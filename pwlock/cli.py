@@ -37,6 +37,9 @@ def main(argv: list[str], default_config: Path, description: str | None = None) 
     if args.dry_run:
         print(sweep.describe(plan, store))
         return 0
+    if args.quick:
+        log.warning("--quick: a smoke run of the whole pipeline; its models train a few epochs only, "
+                    "so its numbers say nothing about elicitation")
     exp_dir = sweep.run(cfg, args.storage, args.name)
     print(f"\nresults: {exp_dir}")
     return 0
