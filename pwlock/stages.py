@@ -11,12 +11,13 @@ Each build first looks in the store: an artifact that exists is reused, never re
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pwlock import evaluate
-from pwlock.config import ModelConfig, TrainConfig
+from pwlock.config import TinyModelConfig, TrainConfig
 from pwlock.lock import lock_data, strong_examples
 from pwlock.models import (
     build_tiny_model,
@@ -104,7 +105,11 @@ def build(store_url: str, artifact: Artifact, *_upstream: Any) -> dict[str, Any]
     log.info("building %s: %s", artifact.label, artifact.key)
     t0 = time.perf_counter()
     scratch = store.scratch_dir(artifact.key)
-    result = _BUILDERS[artifact.stage](store, artifact, scratch)
+    try:
+        result = _BUILDERS[artifact.stage](store, artifact, scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)  # a failed build leaves nothing behind
+        raise
     meta = {
         "key": artifact.key,
         "stage": artifact.stage,
@@ -120,14 +125,12 @@ def build(store_url: str, artifact: Artifact, *_upstream: Any) -> dict[str, Any]
 
 
 def _new_model(task: Task, model_cfg: dict, seed: int):
-    cfg = ModelConfig(**{**model_cfg, "tiny": None})
-    if cfg.base == "tiny":
-        from pwlock.config import TinyModelConfig
-
+    """A fresh tiny model for the task's vocabulary, or the configured base model."""
+    if model_cfg["base"] == "tiny":
         tokenizer = word_level_tokenizer(task.vocabulary())
         model = build_tiny_model(TinyModelConfig(**model_cfg["tiny"]), tokenizer, seed)
-        return model.to(default_device(), dtype_of(cfg.dtype)), tokenizer
-    return load_policy(cfg.base, cfg.dtype)
+        return model.to(default_device(), dtype_of(model_cfg["dtype"])), tokenizer
+    return load_policy(model_cfg["base"], model_cfg["dtype"])
 
 
 def _build_policy_scores(store: LocalStore, a: Artifact, scratch) -> dict[str, Any]:
