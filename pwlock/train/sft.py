@@ -82,23 +82,23 @@ def train_sft(
     """Train for `epochs` (default `cfg.epochs`) passes over `data`, which is either a fixed list of
     examples or a function epoch -> examples (lock data is redrawn every epoch). Calls
     `on_epoch_end(epoch)` after each epoch, epochs counted from 1; training stops early when it
-    returns True. Logs progress at most every
-    `progress_every_s` seconds (and after the last epoch). `lr_scale()` multiplies the learning
-    rate at every step."""
+    returns True. Logs progress at most every `progress_every_s` seconds (and after the last
+    epoch). `lr_scale()` multiplies the learning rate at every step."""
     epochs = cfg.epochs if epochs is None else epochs
     get_epoch: EpochData = data if callable(data) else (lambda _e, d=data: d)
     torch.manual_seed(seed)
     order_rng = random.Random(seed)
     optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
-    n_first = len(get_epoch(0))  # every epoch has the same size
-    total = epochs * steps_per_epoch(n_first, cfg.batch_size)
+    first = get_epoch(0)
+    total = epochs * steps_per_epoch(len(first), cfg.batch_size)  # every epoch has the same size
     schedule = lr_schedule(optimizer, cfg.warmup_steps, cfg.schedule, total, lr_scale)
     model.train()
-    step, loss_sum, loss_n, t0 = 0, 0.0, 0, time.perf_counter()
+    step, t0 = 0, time.perf_counter()
     last_log = t0
     for epoch in range(epochs):
-        encoded = encode(tokenizer, get_epoch(epoch))
-        loss_sum, loss_n = 0.0, 0
+        encoded = encode(tokenizer, first if epoch == 0 else get_epoch(epoch))
+        # Summed on the model's device: reading it every step would stall a GPU.
+        loss_sum, loss_n = torch.zeros((), device=model.device), 0
         order_rng.shuffle(encoded)
         size = min(cfg.batch_size, len(encoded))
         for start in range(0, len(encoded), size):
@@ -109,11 +109,11 @@ def train_sft(
             optimizer.step()
             schedule.step()
             step += 1
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1
         if time.perf_counter() - last_log > progress_every_s or epoch + 1 == epochs:
             last_log = time.perf_counter()
             log.info("%s: epoch %d/%d, step %d, loss %.4f, %.0f s", desc, epoch + 1, epochs, step,
-                     loss_sum / max(1, loss_n), last_log - t0)
+                     loss_sum.item() / max(1, loss_n), last_log - t0)
         if on_epoch_end is not None:
             model.eval()
             stop = on_epoch_end(epoch + 1)
@@ -122,7 +122,7 @@ def train_sft(
                 log.info("%s: stopping after epoch %d of %d", desc, epoch + 1, epochs)
                 break
     model.eval()
-    return {"steps": step, "epochs": epoch + 1, "last_epoch_loss": loss_sum / max(1, loss_n),
+    return {"steps": step, "epochs": epoch + 1, "last_epoch_loss": loss_sum.item() / max(1, loss_n),
             "seconds": time.perf_counter() - t0}
 
 
