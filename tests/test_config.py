@@ -119,3 +119,14 @@ def test_every_shipped_config_loads_and_plans(path):
     for quick in (False, True):
         p = plan(load_config(path, quick=quick))
         assert p.trials and p.locked
+
+
+def test_paper_toy_config_is_the_papers_18m_model(task):
+    from pwlock.config import TinyModelConfig
+    from pwlock.models import build_tiny_model, n_parameters, word_level_tokenizer
+
+    cfg = load_config(ROOT / "sweeps" / "configs" / "paper_toy.yaml")
+    assert cfg.model.tiny == TinyModelConfig.paper_size()
+    model = build_tiny_model(cfg.model.tiny, word_level_tokenizer(task.vocabulary()), seed=0)
+    assert 17e6 < n_parameters(model) < 20e6
+    assert cfg.ray.gpus_per_trial > 0

@@ -5,7 +5,6 @@ A task is data + prompt + metric and nothing else: it never imports training, ge
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,10 +100,6 @@ def make_task(spec: Mapping[str, Any], where: str = "task") -> Task:
         for problem in cfg.validate():
             raise ConfigError(f"{where}.{problem}")
     return cls(cfg)
-
-
-def task_config_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 __all__ = ["Example", "Problem", "SPLITS", "Task", "TaskPolicy", "make_task", "register", "task_names"]
