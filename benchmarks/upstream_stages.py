@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pwlock import stages
-from pwlock.config import TrainConfig, load_config
+from pwlock.config import load_config
 from pwlock.elicit.sft import demonstrations, elicit_sft
 from pwlock.models import default_device, load_policy, n_parameters
 from pwlock.logs import setup_logging
@@ -52,7 +52,7 @@ def main() -> int:
         row = {"seconds": round(time.perf_counter() - t0, 1)}
         if "train" in meta:
             tr = meta["train"]
-            tokens = tr["steps"] * _batch(cfg, a) * TOY_EXAMPLE_TOKENS
+            tokens = tr["steps"] * a.spec["train"]["batch_size"] * TOY_EXAMPLE_TOKENS
             row |= {"epochs": tr["epochs"], "steps": tr["steps"], "steps_per_s": round(tr["steps"] / tr["seconds"], 1),
                     "approx_tokens_per_s": round(tokens / tr["seconds"]), "parameters": meta.get("parameters")}
         if "report" in meta:
@@ -68,7 +68,7 @@ def main() -> int:
             model, tok = load_policy(Path(store) / "artifacts" / a.key, cfg.model.dtype)
             t0 = time.perf_counter()
             records = elicit_sft(model, tok, task, demonstrations(task, k, 0, cfg.elicit.demonstrator), problems,
-                                 TrainConfig(**vars(cfg.elicit.train)), 0, cfg.elicit.sample_budgets)
+                                 cfg.elicit.train, 0, cfg.elicit.sample_budgets)
             row = {"lock_mode": mode, "k": k, "seconds": round(time.perf_counter() - t0, 1),
                    "candidates": [(r["epochs"], r["steps"], round(r["correctness"], 3)) for r in records],
                    "parameters": n_parameters(model)}
@@ -77,12 +77,6 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
-
-
-def _batch(cfg, a) -> int:
-    if a.stage == "strong_model":
-        return cfg.strong.train.batch_size
-    return (cfg.lock.sft if a.spec.get("mode") == "sft" else cfg.lock.scratch).batch_size
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from lion_pytorch import Lion
 
-OPTIMIZERS = ("lion", "adamw")
+from pwlock.config import OPTIMIZERS, SCHEDULES
+
 
 
 def make_optimizer(
@@ -31,8 +32,8 @@ def lr_schedule(
     whatever the total number of epochs, which lets one run evaluate several epoch candidates — or a
     linear decay to zero at `total_steps`. `scale`, when given, multiplies the rate at every step
     (a caller that watches held-out correctness anneals with it)."""
-    if kind not in ("constant", "linear"):
-        raise ValueError(f"unknown schedule {kind!r}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; expected one of {SCHEDULES}")
     if kind == "linear" and not total_steps:
         raise ValueError("a linear schedule needs total_steps")
 
