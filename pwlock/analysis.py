@@ -1,6 +1,7 @@
 """Results of a finished experiment: Tune results -> tidy DataFrames -> summary.csv and figures.
 
-Reads only the experiment directory (no running Ray needed), so a notebook can do the same:
+Reads only the experiment, a directory or an s3:// URL (no running Ray needed), so a notebook can
+do the same:
 
     from pwlock import analysis
     summary = analysis.summarize(analysis.load_candidates("results/local_2026-11-26_15-30-00"))
@@ -9,11 +10,14 @@ Reads only the experiment directory (no running Ray needed), so a notebook can d
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
 import pandas as pd
+
+from pwlock.store import Store, open_store
 
 SUMMARY = "summary.csv"
 FIGURE = "sample_efficiency.png"
@@ -24,21 +28,35 @@ TRIAL_KEYS = ["task", "lock_mode", "method", "k", "seed"]
 UPSTREAM = ["locked_with_pwd", "locked_no_pwd", "locked_wrong_pwd", "weak", "strong", "strong_model"]
 
 
+def experiment_store(path: str | os.PathLike) -> tuple[Store, str]:
+    """The store holding an experiment, and the experiment's name, from its directory or s3:// URL."""
+    url = str(path).rstrip("/")
+    parent, _, name = url.rpartition("/")
+    if not name or (url.startswith("s3://") and parent == "s3:/"):
+        raise ValueError(f"{path}: expected an experiment directory or s3://bucket/prefix/<experiment>")
+    return open_store(parent or "."), name
+
+
 def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
-    """One row per (trial, epoch candidate): every report of every trial."""
+    """One row per (trial, epoch candidate) that any trial reported, from a finished (or running)
+    experiment's directory or s3:// URL. A candidate reported twice (a trial resumed from an older
+    checkpoint than its last report) counts once: the last report."""
     from ray.tune import ExperimentAnalysis
 
+    store, name = experiment_store(path)
+    fs = None if store.local else store.fs
     frames = []
-    for trial_path, df in ExperimentAnalysis(str(path)).trial_dataframes.items():
+    for trial_path, df in ExperimentAnalysis(store.path(name), storage_filesystem=fs).trial_dataframes.items():
         if len(df) and "candidate" in df:
             frames.append(df.assign(trial=Path(trial_path).name))
     if not frames:
         raise ValueError(f"{path}: no trial reported a result")
     cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
-    out = pd.concat(frames, ignore_index=True)[cols]
-    upstream_file = Path(path) / UPSTREAM_FILE
-    if upstream_file.is_file():
-        upstream = pd.DataFrame.from_dict(json.loads(upstream_file.read_text()), orient="index")
+    out = pd.concat(frames, ignore_index=True)
+    out = out[out["candidate"].notna()][cols]  # rows without a candidate are checkpoints between candidates
+    out = out.astype({"candidate": int}).drop_duplicates(["trial", "candidate"], keep="last")
+    if store.exists(f"{name}/{UPSTREAM_FILE}"):
+        upstream = pd.DataFrame.from_dict(json.loads(store.read_text(f"{name}/{UPSTREAM_FILE}")), orient="index")
         upstream = upstream[[c for c in UPSTREAM if c in upstream]]
         out = out.merge(upstream, left_on="lock_mode", right_index=True, how="left")
     return out.sort_values(["lock_mode", "k", "seed", "candidate"], ignore_index=True)
@@ -87,7 +105,8 @@ def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
     return f"elicited correctness without password (mean ± SEM over seeds):\n{grid.to_string()}\n\nupstream:\n{up.to_string()}"
 
 
-def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike, value: str = "correctness_selected") -> Path:
+def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike | io.BytesIO,
+                           value: str = "correctness_selected") -> str | os.PathLike | io.BytesIO:
     """Correctness after SFT on k demonstrations, per lock mode, with the locked model's correctness
     with and without the password as reference lines (like the paper's Fig. 3 and Fig. 6)."""
     import matplotlib
@@ -123,22 +142,25 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike, value:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, format="png")
     plt.close(fig)
     return out
 
 
-def write_results(exp_dir: str | os.PathLike) -> pd.DataFrame:
-    exp_dir = Path(exp_dir)
-    summary = summarize(load_candidates(exp_dir))
-    summary.to_csv(exp_dir / SUMMARY, index=False)
-    plot_sample_efficiency(summary, exp_dir / FIGURE)
+def write_results(path: str | os.PathLike) -> pd.DataFrame:
+    """summary.csv and the figure, into the experiment (a directory or s3:// URL)."""
+    store, name = experiment_store(path)
+    summary = summarize(load_candidates(path))
+    store.write_text(f"{name}/{SUMMARY}", summary.to_csv(index=False))
+    figure = io.BytesIO()
+    plot_sample_efficiency(summary, figure)
+    store.write_bytes(f"{name}/{FIGURE}", figure.getvalue())
     return summary
 
 
-def load_summary(exp_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_csv(Path(exp_dir) / SUMMARY)
+def load_summary(path: str | os.PathLike) -> pd.DataFrame:
+    store, name = experiment_store(path)
+    return pd.read_csv(io.StringIO(store.read_text(f"{name}/{SUMMARY}")))
 
 
 __all__ = ["aggregate", "load_candidates", "load_summary", "plot_sample_efficiency", "summarize", "table",

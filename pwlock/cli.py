@@ -16,30 +16,50 @@ log = logging.getLogger("pwlock")
 
 def main(argv: list[str], default_config: Path, description: str | None = None) -> int:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=default_config, help=f"study YAML (default: {default_config})")
-    parser.add_argument("--storage", default="results", help="where artifacts and results go (default: ./results)")
+    parser.add_argument("--config", type=Path, default=None, help=f"study YAML (default: {default_config})")
+    parser.add_argument("--storage", default=None,
+                        help="where artifacts and results go: a directory or s3://bucket/prefix "
+                             "(default: the config's store.url, else ./results)")
     parser.add_argument("--name", default=None, help="experiment name (default: <config name>_<timestamp>)")
     parser.add_argument("--quick", action="store_true", help="apply the config's `quick:` overrides: a short smoke run")
     parser.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; train nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish the interrupted experiment --name in the store, with the config it was "
+                             "started with: finished trials stay, the rest go on from their last checkpoint")
     args = parser.parse_args(argv)
     setup_logging()
 
     from pwlock import sweep
-    from pwlock.store import open_store
+    from pwlock.store import StoreError, open_store
 
     try:
-        cfg = load_config(args.config, quick=args.quick)
+        if args.resume and not args.name:
+            raise ConfigError("--resume: name the experiment to finish with --name")
+        if args.resume and (args.config or args.quick):
+            raise ConfigError("--resume: runs the experiment's own config; drop --config / --quick")
+        cfg = load_config(args.config or default_config, quick=args.quick)
+        store = open_store(args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region,
+                           cfg.store.retry_s)
+        if args.resume:
+            store.check()
+            cfg = sweep.load_experiment_config(store, args.name)
+            store = open_store(args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region,
+                           cfg.store.retry_s)
         plan = sweep.plan(cfg)
-        store = open_store(args.storage)
-    except (ConfigError, ValueError) as e:
+        if args.dry_run:
+            print(sweep.describe(plan, store))
+            return 0
+        store.check()
+    except (ConfigError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        print(sweep.describe(plan, store))
-        return 0
     if args.quick:
         log.warning("--quick: a smoke run of the whole pipeline; its models train a few epochs only, "
                     "so its numbers say nothing about elicitation")
-    exp_dir = sweep.run(cfg, args.storage, args.name)
-    print(f"\nresults: {exp_dir}")
+    try:
+        where = sweep.run(cfg, store, args.name, resume=args.resume)
+    except (ConfigError, StoreError) as e:  # found once Ray is up: an existing experiment, a store gone
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nresults: {where}")
     return 0

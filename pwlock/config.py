@@ -131,6 +131,25 @@ class RayConfig:
 
 
 @dataclass
+class StoreConfig:
+    """Where artifacts and results go. Credentials never belong here: they come from the AWS chain
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role)."""
+
+    url: str | None = None  # a directory or s3://bucket/prefix; --storage overrides; default ./results
+    endpoint_url: str | None = None  # S3-compatible servers (MinIO, SeaweedFS, R2); else AWS_ENDPOINT_URL
+    region: str | None = None  # else AWS_REGION, else us-east-1
+    retry_s: float = 120.0  # how long transient store errors are retried before the sweep fails
+
+
+@dataclass
+class FaultToleranceConfig:
+    max_failures: int = 3  # a trial whose worker dies restarts from its last checkpoint this many times
+    # A trial checkpoints at each epoch candidate, and after any epoch that ends this long after its
+    # last checkpoint: the most training a worker's death can cost.
+    checkpoint_every_s: float = 600.0
+
+
+@dataclass
 class StudyConfig:
     name: str
     task: dict[str, Any]
@@ -141,6 +160,8 @@ class StudyConfig:
     elicit: ElicitConfig = field(default_factory=ElicitConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     quick: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"  # the file it came from, for error messages
 
@@ -222,6 +243,18 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append(f"eval.max_problems: expected a positive number or null, got {cfg.eval.max_problems}")
     if cfg.eval.batch_size < 1:
         errors.append(f"eval.batch_size: expected >= 1, got {cfg.eval.batch_size}")
+    if cfg.store.url is not None and "://" in cfg.store.url and not cfg.store.url.startswith(("s3://", "file://")):
+        errors.append(f"store.url: expected a directory or s3://bucket/prefix, got {cfg.store.url!r}")
+    if cfg.store.endpoint_url is not None and not cfg.store.endpoint_url.startswith(("http://", "https://")):
+        errors.append(f"store.endpoint_url: expected http://host:port or https://host, got {cfg.store.endpoint_url!r}")
+    if cfg.store.retry_s < 0:
+        errors.append(f"store.retry_s: expected >= 0 seconds, got {cfg.store.retry_s}")
+    if cfg.fault_tolerance.max_failures < -1:
+        errors.append(f"fault_tolerance.max_failures: expected >= 0 (or -1: retry forever), got "
+                      f"{cfg.fault_tolerance.max_failures}")
+    if cfg.fault_tolerance.checkpoint_every_s < 0:
+        errors.append(f"fault_tolerance.checkpoint_every_s: expected >= 0 seconds, got "
+                      f"{cfg.fault_tolerance.checkpoint_every_s}")
     return errors
 
 

@@ -28,7 +28,7 @@ from pwlock.models import (
     save_policy,
     word_level_tokenizer,
 )
-from pwlock.store import LocalStore, content_key, open_store
+from pwlock.store import Store, StoreSpec, content_key, open_store
 from pwlock.tasks import Task, make_task
 from pwlock.train.sft import train_sft
 
@@ -94,10 +94,10 @@ def model_eval_artifact(model: Artifact, task: dict, eval_cfg: dict, password: s
     return Artifact("model_eval", f"{model.label}: evaluation", spec, (model.key,))
 
 
-def build(store_url: str, artifact: Artifact, *_upstream: Any) -> dict[str, Any]:
+def build(store_spec: StoreSpec | str, artifact: Artifact, *_upstream: Any) -> dict[str, Any]:
     """Build `artifact` unless the store has it; return its metadata. Extra arguments are upstream
     results, passed only so that Ray runs this after them."""
-    store = open_store(store_url)
+    store = open_store(store_spec)
     if store.has(artifact.key):
         meta = store.meta(artifact.key)
         log.info("reusing %s: %s (built %s)", artifact.label, artifact.key, meta.get("built_at", "?"))
@@ -133,13 +133,13 @@ def _new_model(task: Task, model_cfg: dict, seed: int):
     return load_policy(model_cfg["base"], model_cfg["dtype"])
 
 
-def _build_policy_scores(store: LocalStore, a: Artifact, scratch) -> dict[str, Any]:
+def _build_policy_scores(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     problems = eval_problems(task, a.spec["eval"]["split"], a.spec["eval"]["max_problems"])
     return {"scores": {role: evaluate.policy_correctness(task, pol, problems) for role, pol in task.policies().items()}}
 
 
-def _build_strong_model(store: LocalStore, a: Artifact, scratch) -> dict[str, Any]:
+def _build_strong_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
     problems = [p for split in a.spec["splits"] for p in task.problems(split)]
@@ -149,7 +149,7 @@ def _build_strong_model(store: LocalStore, a: Artifact, scratch) -> dict[str, An
     return {"train": stats, "parameters": n_parameters(model)}
 
 
-def _build_locked_model(store: LocalStore, a: Artifact, scratch) -> dict[str, Any]:
+def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     if a.spec["mode"] == "sft":
         model, tokenizer = load_policy(store.artifact_dir(a.spec["from"]), a.spec["model"]["dtype"])
@@ -216,7 +216,7 @@ class UntilTarget:
         return done
 
 
-def _build_model_eval(store: LocalStore, a: Artifact, scratch) -> dict[str, Any]:
+def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     model, tokenizer = load_policy(store.artifact_dir(a.spec["model"]))
     ev = a.spec["eval"]

@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,9 +26,11 @@ from pwlock.stages import (
     policy_scores_artifact,
     strong_model_artifact,
 )
-from pwlock.store import LocalStore, open_store
+from pwlock.analysis import STUDY as STUDY_FILE
+from pwlock.store import Store, StoreSpec
 from pwlock.tasks import make_task
 from pwlock.train.sft import steps_per_epoch
+from pwlock.trial import elicitation_trial, trial_name
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ class Trial:
     @property
     def name(self) -> str:
         return trial_name(self.lock_mode, self.method, self.k, self.seed)
-
-
-def trial_name(lock_mode: str, method: str, k: int, seed: int) -> str:
-    return f"{lock_mode}lock-{method}-k{k}-seed{seed}"
 
 
 @dataclass
@@ -123,7 +120,7 @@ def plan(cfg: StudyConfig) -> Plan:
     return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, locked_eval, trials)
 
 
-def describe(p: Plan, store: LocalStore | None = None) -> str:
+def describe(p: Plan, store: Store | None = None) -> str:
     lines = [f"study {p.cfg.name!r} from {p.cfg.source}: task {p.task_spec['name']}"]
     lines.append(f"upstream artifacts ({len(p.artifacts)}):")
     for a in p.artifacts:
@@ -138,7 +135,7 @@ def describe(p: Plan, store: LocalStore | None = None) -> str:
     return "\n".join(lines)
 
 
-def build_upstream(p: Plan, store: LocalStore) -> dict[str, dict[str, Any]]:
+def build_upstream(p: Plan, store: Store) -> dict[str, dict[str, Any]]:
     """Build missing artifacts as Ray tasks, each after the artifacts it depends on."""
     from pwlock import runtime  # noqa: F401  (Ray's local defaults, before ray is imported)
     import ray
@@ -153,7 +150,7 @@ def build_upstream(p: Plan, store: LocalStore) -> dict[str, dict[str, Any]]:
             log.info("reusing %s %s (built %s)", a.label, a.key, metas[a.key].get("built_at"))
             continue
         upstream = [refs[d] for d in a.deps if d in refs]
-        refs[a.key] = remote_build.remote(store.url, a, *upstream)
+        refs[a.key] = remote_build.remote(store.spec, a, *upstream)
     if refs:
         log.info("building %d upstream artifacts as Ray tasks: %s", len(refs),
                  ", ".join(a.label for a in p.artifacts if a.key in refs))
@@ -162,49 +159,33 @@ def build_upstream(p: Plan, store: LocalStore) -> dict[str, dict[str, Any]]:
     return metas
 
 
-def _build_in_worker(store_url: str, artifact: Artifact, *upstream: Any) -> dict[str, Any]:
+def _build_in_worker(store: StoreSpec, artifact: Artifact, *upstream: Any) -> dict[str, Any]:
     from pwlock.logs import setup_logging
     from pwlock.stages import build
 
     setup_logging()
-    return build(store_url, artifact, *upstream)
+    return build(store, artifact, *upstream)
 
 
-def elicitation_trial(config: dict[str, Any]) -> None:
-    """A Tune function trainable: one elicitation run, reporting at each epoch candidate."""
-    import torch
-    from ray import tune
-
-    from pwlock.config import TrainConfig
-    from pwlock.elicit.sft import demonstrations, elicit_sft
-    from pwlock.logs import setup_logging
-    from pwlock.models import load_policy
-    from pwlock.stages import eval_problems
-
-    setup_logging()
-    torch.set_num_threads(max(1, int(config["cpus"])))
-    store = open_store(config["store"])
-    task = make_task(config["task"])
-    mode, k, seed = config["lock_mode"], config["k"], config["seed"]
-    model, tokenizer = load_policy(store.artifact_dir(config["locked_key"][mode]), config["dtype"])
-    demos = demonstrations(task, k, seed, config["demonstrator"])
-    problems = eval_problems(task, config["eval"]["split"], config["eval"]["max_problems"])
-    fixed = {"task": task.name, "lock_mode": mode, "method": config["method"], "k": k, "seed": seed}
-    best = 0.0
-
-    def report(record: dict) -> None:
-        nonlocal best
-        best = max(best, record["correctness"])
-        # Key order matters: Tune's progress table shows the first four metrics.
-        tune.report({"correctness": record["correctness"], "best": best, "epochs": record["epochs"],
-                     "steps": record["steps"], "candidate": record["candidate"], **fixed})
-
-    elicit_sft(model, tokenizer, task, demos, problems, TrainConfig(**config["train"]), seed,
-               config["sample_budgets"], report, config["eval"]["batch_size"])
+def experiment_exists(store: Store, experiment: str) -> bool:
+    return store.exists(f"{experiment}/{STUDY_FILE}")
 
 
-def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) -> Path:
-    """Run a whole study; returns the experiment directory holding results."""
+def load_experiment_config(store: Store, experiment: str) -> StudyConfig:
+    """The resolved config an experiment was started with (what `--resume` runs)."""
+    from pwlock.config import config_from_dict
+
+    rel = f"{experiment}/{STUDY_FILE}"
+    if not store.exists(rel):
+        raise ConfigError(f"{store.uri(experiment)}: no experiment {experiment!r} in the store (no {STUDY_FILE})")
+    raw = yaml.safe_load(store.read_text(rel))
+    raw.pop("source", None)
+    return config_from_dict(raw, source=store.uri(rel))
+
+
+def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: bool = False) -> str:
+    """Run a whole study, or with `resume` finish an interrupted one; returns where its results are
+    (a directory or s3:// URL)."""
     from pwlock import runtime  # Ray's local defaults, before ray is imported
     from ray import tune
 
@@ -212,7 +193,12 @@ def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) ->
 
     t0 = time.perf_counter()
     p = plan(cfg)
-    store = open_store(storage)
+    store.check()
+    experiment = experiment or f"{cfg.name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    if resume != experiment_exists(store, experiment):
+        raise ConfigError(f"{store.uri(experiment)}: " + (
+            "nothing to resume: no such experiment" if resume else
+            "an experiment of this name exists; pass --resume to finish it, or choose another --name"))
     log.info("%s", describe(p, store))
     timings: dict[str, float] = {}
     log.info("ray: %s", runtime.init_ray(cfg.ray))
@@ -232,61 +218,70 @@ def run(cfg: StudyConfig, storage: str | Path, experiment: str | None = None) ->
                           "strong": policy.get("strong"), "strong_model": strong_model, "locked_key": a.key}
     log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
     constants = {
-        "store": store.url,
+        "store": asdict(store.spec),
+        "experiment": experiment,
         "task": p.task_spec,
-        "method": cfg.elicit.method,
         "demonstrator": cfg.elicit.demonstrator,
         "train": asdict(cfg.elicit.train),
         "sample_budgets": list(cfg.elicit.sample_budgets),
         "eval": asdict(cfg.eval),
         "dtype": cfg.model.dtype,
         "cpus": cfg.ray.cpus_per_trial,
+        "checkpoint_every_s": cfg.fault_tolerance.checkpoint_every_s,
         "locked_key": {mode: a.key for mode, a in p.locked.items()},
     }
-    experiment = experiment or f"{cfg.name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    storage_path = Path(storage).expanduser().resolve()
-    exp_dir = storage_path / experiment
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / analysis.STUDY).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (exp_dir / analysis.UPSTREAM_FILE).write_text(json.dumps(upstream, indent=2))
-    tuner = tune.Tuner(
-        tune.with_resources(elicitation_trial, {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial}),
-        param_space={
-            **constants,
-            "lock_mode": tune.grid_search(list(cfg.lock.modes)),
-            "k": tune.grid_search(sorted(cfg.elicit.ks)),
-            "seed": tune.grid_search(list(cfg.elicit.seeds)),
-        },
-        tune_config=tune.TuneConfig(
-            reuse_actors=True,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-        ),
-        run_config=tune.RunConfig(name=experiment, storage_path=str(storage_path), verbose=1),
-    )
-    log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
+    if not resume:
+        store.write_text(f"{experiment}/{STUDY_FILE}", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    store.write_text(f"{experiment}/{analysis.UPSTREAM_FILE}", json.dumps(upstream, indent=2))
+    # Constants go to the object store once, not into every trial's config and Tune's state.
+    trainable = tune.with_resources(tune.with_parameters(elicitation_trial, constants=constants),
+                                    {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial})
+    tune_storage = store.tune_storage()
+    if resume:
+        tuner = tune.Tuner.restore(store.path(experiment), trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=tune_storage.get("storage_filesystem"))
+        log.info("resuming %s: finished trials stay as they are; the rest go on from their last checkpoint",
+                 store.uri(experiment))
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "method": tune.grid_search([cfg.elicit.method]),
+                "lock_mode": tune.grid_search(list(cfg.lock.modes)),
+                "k": tune.grid_search(sorted(cfg.elicit.ks)),
+                "seed": tune.grid_search(list(cfg.elicit.seeds)),
+            },
+            tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                name=experiment, verbose=1, **tune_storage,
+                failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
     t_trials = time.perf_counter()
     grid = tuner.fit()
     timings["trials"] = time.perf_counter() - t_trials
     errors = [r.error for r in grid if r.error]
+    exp_uri = store.uri(experiment)
     if errors:
         log.error("%d of %d trials failed; first error: %s", len(errors), len(p.trials), errors[0])
         if len(errors) == len(p.trials):
-            raise RuntimeError(f"all {len(errors)} elicitation trials failed; see {exp_dir}") from errors[0]
+            raise RuntimeError(f"all {len(errors)} elicitation trials failed; see {exp_uri}") from errors[0]
     t_results = time.perf_counter()
-    summary = analysis.write_results(exp_dir)
+    summary = analysis.write_results(exp_uri)
     timings["results"] = time.perf_counter() - t_results
     timings["total"] = time.perf_counter() - t0
-    (exp_dir / analysis.TIMINGS).write_text(json.dumps(
+    store.write_text(f"{experiment}/{analysis.TIMINGS}", json.dumps(
         {"phases_s": timings, "artifacts": {a.label: {"key": a.key, "reused": metas[a.key]["reused"],
                                                        "build_s": metas[a.key].get("build_seconds")}
                                             for a in p.artifacts}}, indent=2))
     log.info("results:\n%s", analysis.table(summary))
-    log.info("wrote %s and %s in %.0f s", exp_dir / analysis.SUMMARY, exp_dir / analysis.FIGURE, time.perf_counter() - t0)
+    log.info("wrote %s/%s and %s in %.0f s", exp_uri, analysis.SUMMARY, analysis.FIGURE, time.perf_counter() - t0)
     if errors:
-        raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_dir}")
-    return exp_dir
-
+        raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_uri}")
+    return exp_uri
 
 def _trial_name(trial) -> str:
     c = trial.config

@@ -23,3 +23,31 @@ def tokenizer(task):
 @pytest.fixture
 def tiny_model(tokenizer):
     return build_tiny_model(TINY, tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on loopback for the whole session, bucket `pwlock`."""
+    from pwlock.s3server import SeaweedServer
+
+    with SeaweedServer(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """The server's endpoint, region and credentials in the environment, as a user would export
+    them; a fresh local artifact cache per test."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PWLOCK_CACHE", str(tmp_path / "cache"))
+    return s3_server
+
+
+def bucket_objects(server, prefix: str = "") -> dict[str, int]:
+    """Every object under `prefix` in the server's bucket, listed with boto3 (not pyarrow), with its size."""
+    client = server._client()
+    out: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.bucket, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out

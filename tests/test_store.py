@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pwlock.stages import Artifact, build
-from pwlock.store import LocalStore, content_key, open_store
+from pwlock.store import content_key, open_store
 from tests.conftest import SMALL_TASK
 
 
@@ -16,17 +16,17 @@ def test_content_key_depends_on_content_not_order():
 def test_artifact_is_built_once_then_reused(tmp_path):
     store = open_store(tmp_path)
     a = Artifact("policy_scores", "policy scores", {"task": SMALL_TASK, "eval": {"split": "val", "max_problems": 50}})
-    first = build(store.url, a)
+    first = build(store.spec, a)
     assert not first["reused"] and store.has(a.key)
     built_at = (store.artifact_dir(a.key) / "pwlock-meta.json").stat().st_mtime_ns
-    second = build(store.url, a)
+    second = build(store.spec, a)
     assert second["reused"] and second["scores"] == first["scores"]
     assert (store.artifact_dir(a.key) / "pwlock-meta.json").stat().st_mtime_ns == built_at
     assert first["scores"]["strong"] == 1.0
 
 
 def test_commit_is_atomic_and_first_writer_wins(tmp_path):
-    store = LocalStore(tmp_path)
+    store = open_store(tmp_path)
     half = store.scratch_dir("k-1")
     (half / "weights").write_text("partial")
     assert not store.has("k-1")  # a scratch directory is never taken as built
@@ -40,4 +40,4 @@ def test_commit_is_atomic_and_first_writer_wins(tmp_path):
 def test_unsupported_store_url_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="gs://"):
         open_store("gs://bucket/prefix")
-    assert open_store(f"file://{tmp_path}").root == tmp_path.resolve()
+    assert open_store(f"file://{tmp_path}").root == str(tmp_path.resolve())

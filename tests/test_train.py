@@ -119,3 +119,46 @@ def test_training_stops_when_the_epoch_check_says_so(task, tokenizer, tiny_model
     stats = train_sft(tiny_model, tokenizer, demonstrations(task, 4, 0, "strong"), TrainConfig(batch_size=4),
                       seed=0, epochs=10, on_epoch_end=lambda e: seen.append(e) or e == 3)
     assert seen == [1, 2, 3] and stats["epochs"] == 3 and stats["steps"] == 3
+
+
+@pytest.mark.parametrize("optimizer", ["lion", "adamw"])
+def test_elicitation_resumed_from_a_checkpoint_ends_as_if_never_stopped(task, tokenizer, tmp_path, optimizer):
+    """Interrupt after epoch 3 of 8 (the weights and trainer state saved to disk as a trial's
+    checkpoint is), resume in a fresh model: same records and the same weights as one run."""
+    from pwlock.elicit.sft import elicit_sft
+    from pwlock.models import build_tiny_model, load_policy, save_policy
+    from tests.conftest import TINY
+
+    demos = demonstrations(task, 16, seed=0, demonstrator="strong")
+    problems = task.problems("val")[:50]
+    cfg = TrainConfig(optimizer=optimizer, lr=1e-3, batch_size=4, warmup_steps=6)
+    budgets = [64, 128]  # candidates after 4 and 8 epochs
+
+    def run(model, start=None, stop_after=None):
+        seen = []
+
+        def checkpoint(record, state):
+            seen.append((record, state["epoch"]))
+            if state["epoch"] == stop_after:
+                save_policy(model, tokenizer, tmp_path / "model")
+                torch.save(state, tmp_path / "trainer.pt")
+                raise KeyboardInterrupt  # the worker dies here
+
+        try:
+            elicit_sft(model, tokenizer, task, demos, problems, cfg, seed=0, budgets=budgets, checkpoint=checkpoint,
+                       checkpoint_every_s=0, start=start)
+        except KeyboardInterrupt:
+            pass
+        return seen
+
+    whole = build_tiny_model(TINY, tokenizer, seed=0)
+    full = run(whole)
+    assert [e for _, e in full] == list(range(1, 9))  # every epoch checkpoints with checkpoint_every_s=0
+    assert [r["epochs"] for r, _ in full if r] == [4, 8]
+
+    first = run(build_tiny_model(TINY, tokenizer, seed=0), stop_after=3)
+    resumed, _ = load_policy(tmp_path / "model")
+    second = run(resumed, start=torch.load(tmp_path / "trainer.pt", weights_only=False))
+    assert first + second == full
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -9,6 +9,7 @@ each, which costs a third of running the three candidates apart.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -16,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pwlock import evaluate
 from pwlock.config import TrainConfig
 from pwlock.tasks.base import Example, Problem, Task
-from pwlock.train.sft import steps_per_epoch, train_sft
+from pwlock.train.sft import TrainState, steps_per_epoch, train_sft
 
 DEFAULT_BUDGETS = (256, 512, 1024)
 
@@ -42,6 +43,9 @@ def demonstrations(task: Task, k: int, seed: int, demonstrator: str, split: str 
     return [Example(task.prompt(problems[i], None), policy(problems[i])) for i in chosen]
 
 
+Checkpoint = Callable[[dict | None, TrainState], None]
+
+
 def elicit_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -53,22 +57,37 @@ def elicit_sft(
     budgets: Sequence[int] = DEFAULT_BUDGETS,
     report: Callable[[dict], None] | None = None,
     eval_batch_size: int = 512,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every_s: float | None = None,
+    start: TrainState | None = None,
 ) -> list[dict]:
     """Fine-tune on `demos`; at each epoch candidate, measure greedy correctness without password
-    on `eval_problems` and pass it to `report`. Returns one record per candidate."""
+    on `eval_problems` and pass it to `report`. Returns one record per candidate.
+
+    With `checkpoint`, the run can be resumed: at each candidate, and after any epoch ending
+    `checkpoint_every_s` after the last checkpoint, `checkpoint(record or None, state)` is called
+    instead of `report`, with the trainer's state; the caller saves it with the model's weights and
+    reports the record. `start` (such a state, weights loaded in `model`) resumes after its epoch."""
     candidates = epoch_candidates(len(demos), budgets)
     records: list[dict] = []
     per_epoch = steps_per_epoch(len(demos), train.batch_size)
+    last_checkpoint = time.monotonic()
 
-    def on_epoch_end(epoch: int) -> None:
-        if epoch not in candidates:
-            return
-        c = evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd", batch_size=eval_batch_size)
-        record = {"candidate": candidates.index(epoch) + 1, "epochs": epoch, "steps": epoch * per_epoch,
-                  "correctness": c}
-        records.append(record)
-        if report is not None:
+    def after_epoch(epoch: int, state: Callable[[], TrainState]) -> None:
+        nonlocal last_checkpoint
+        record = None
+        if epoch in candidates:
+            c = evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd", batch_size=eval_batch_size)
+            record = {"candidate": candidates.index(epoch) + 1, "epochs": epoch, "steps": epoch * per_epoch,
+                      "correctness": c}
+            records.append(record)
+        due = checkpoint_every_s is not None and time.monotonic() - last_checkpoint >= checkpoint_every_s
+        if checkpoint is not None and (record is not None or due):
+            checkpoint(record, state())
+            last_checkpoint = time.monotonic()
+        elif record is not None and report is not None:
             report(record)
 
-    train_sft(model, tokenizer, list(demos), train, seed=seed, epochs=max(candidates), on_epoch_end=on_epoch_end)
+    train_sft(model, tokenizer, list(demos), train, seed=seed, epochs=max(candidates), after_epoch=after_epoch,
+              start=start)
     return records

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -65,6 +66,8 @@ def completion_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
 
 
 EpochData = Callable[[int], Sequence[Example]]
+# Everything besides the weights that training needs to go on exactly where it stopped.
+TrainState = dict[str, Any]
 
 
 def train_sft(
@@ -78,12 +81,18 @@ def train_sft(
     desc: str = "sft",
     progress_every_s: float = 30.0,
     lr_scale: Callable[[], float] | None = None,
+    start: TrainState | None = None,
+    after_epoch: Callable[[int, Callable[[], TrainState]], None] | None = None,
 ) -> dict[str, float]:
     """Train for `epochs` (default `cfg.epochs`) passes over `data`, which is either a fixed list of
     examples or a function epoch -> examples (lock data is redrawn every epoch). Calls
     `on_epoch_end(epoch)` after each epoch, epochs counted from 1; training stops early when it
     returns True. Logs progress at most every `progress_every_s` seconds (and after the last
-    epoch). `lr_scale()` multiplies the learning rate at every step."""
+    epoch). `lr_scale()` multiplies the learning rate at every step.
+
+    Resuming: `after_epoch(epoch, state)` is called after `on_epoch_end`; `state()` returns the
+    optimizer, schedule, step and random states, which, passed back as `start` with the weights of
+    that moment loaded in `model`, continue training as if it had never stopped."""
     epochs = cfg.epochs if epochs is None else epochs
     get_epoch: EpochData = data if callable(data) else (lambda _e, d=data: d)
     torch.manual_seed(seed)
@@ -92,17 +101,30 @@ def train_sft(
     first = get_epoch(0)
     total = epochs * steps_per_epoch(len(first), cfg.batch_size)  # every epoch has the same size
     schedule = lr_schedule(optimizer, cfg.warmup_steps, cfg.schedule, total, lr_scale)
+    step, begin = 0, 0
+    if start is not None:
+        optimizer.load_state_dict(start["optimizer"])
+        schedule.load_state_dict(start["schedule"])
+        order_rng.setstate(start["order_rng"])
+        torch.set_rng_state(start["torch_rng"])
+        step, begin = start["step"], start["epoch"]
+
+    def state(epoch: int) -> TrainState:
+        return {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "order_rng": order_rng.getstate(), "torch_rng": torch.get_rng_state()}
+
     model.train()
-    step, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
     last_log = t0
-    for epoch in range(epochs):
+    epoch, loss_sum, loss_n = begin - 1, torch.zeros(()), 0
+    for epoch in range(begin, epochs):
         encoded = encode(tokenizer, first if epoch == 0 else get_epoch(epoch))
         # Summed on the model's device: reading it every step would stall a GPU.
         loss_sum, loss_n = torch.zeros((), device=model.device), 0
         order_rng.shuffle(encoded)
         size = min(cfg.batch_size, len(encoded))
-        for start in range(0, len(encoded), size):
-            batch = collate(encoded[start : start + size], tokenizer.pad_token_id)
+        for first_row in range(0, len(encoded), size):
+            batch = collate(encoded[first_row : first_row + size], tokenizer.pad_token_id)
             loss = completion_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -114,13 +136,14 @@ def train_sft(
             last_log = time.perf_counter()
             log.info("%s: epoch %d/%d, step %d, loss %.4f, %.0f s", desc, epoch + 1, epochs, step,
                      loss_sum.item() / max(1, loss_n), last_log - t0)
-        if on_epoch_end is not None:
-            model.eval()
-            stop = on_epoch_end(epoch + 1)
-            model.train()
-            if stop:
-                log.info("%s: stopping after epoch %d of %d", desc, epoch + 1, epochs)
-                break
+        model.eval()  # callbacks evaluate the model
+        stop = on_epoch_end(epoch + 1) if on_epoch_end is not None else False
+        if after_epoch is not None:
+            after_epoch(epoch + 1, lambda e=epoch + 1: state(e))
+        model.train()
+        if stop:
+            log.info("%s: stopping after epoch %d of %d", desc, epoch + 1, epochs)
+            break
     model.eval()
     return {"steps": step, "epochs": epoch + 1, "last_epoch_loss": loss_sum.item() / max(1, loss_n),
             "seconds": time.perf_counter() - t0}
