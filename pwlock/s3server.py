@@ -53,7 +53,7 @@ class SeaweedServer:
         self.access_key = access_key or "pwlock" + secrets.token_hex(4)
         self.secret_key = secret_key or secrets.token_hex(16)
         # Each service takes a port and a gRPC port; pick them all free so servers can run side by side.
-        self.ports = {name: (free_port(), free_port()) for name in ("s3", "master", "volume", "filer")}
+        self.ports = {name: (free_port(), free_port()) for name in ("s3", "master", "volume", "filer", "admin")}
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -81,7 +81,7 @@ class SeaweedServer:
         config.chmod(0o600)
         args = [weed_binary(), "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.config={config}", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.port=0"]
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         for name, (port, grpc) in self.ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={grpc}"]
         (self.dir / "data").mkdir(exist_ok=True)

@@ -217,14 +217,7 @@ class Store:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=target.parent))
         try:
-            sel = pafs.FileSelector(self.path(ARTIFACTS, key), recursive=True)
-            files = [i for i in self.call(f"listing {key}", lambda: self.fs.get_file_info(sel))
-                     if i.type == pafs.FileType.File]
-            prefix = self.path(ARTIFACTS, key) + "/"
-            for info in files:
-                dest = tmp / info.path.removeprefix(prefix)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                self.call(f"downloading {info.path}", lambda i=info, d=dest: self._download_file(i, d))
+            self.download_dir(f"{ARTIFACTS}/{key}", tmp)
             try:
                 os.rename(tmp, target)
             except OSError:  # another process on this node fetched it first
@@ -233,6 +226,33 @@ class Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def download_dir(self, rel: str, dest: Path | None = None) -> Path:
+        """A local copy of directory `rel`: the directory itself in a local store, else its files
+        downloaded (each checked whole) into `dest` or a fresh directory in the cache."""
+        if self.local and dest is None:
+            return Path(self.path(rel))
+        if dest is None:
+            (self.cache / "downloads").mkdir(parents=True, exist_ok=True)
+            dest = Path(tempfile.mkdtemp(prefix="dir-", dir=self.cache / "downloads"))
+        sel = pafs.FileSelector(self.path(rel), recursive=True)
+        files = [i for i in self.call(f"listing {rel}", lambda: self.fs.get_file_info(sel))
+                 if i.type == pafs.FileType.File]
+        prefix = self.path(rel) + "/"
+        for info in files:
+            target = dest / info.path.removeprefix(prefix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.call(f"downloading {info.path}", lambda i=info, t=target: self._download_file(i, t))
+        return dest
+
+    def delete_dir(self, rel: str) -> None:
+        def delete() -> None:
+            try:
+                self.fs.delete_dir(self.path(rel))
+            except FileNotFoundError:
+                pass
+
+        self.call(f"deleting {rel}", delete)
 
     def _download_file(self, info: pafs.FileInfo, dest: Path) -> None:
         with self.fs.open_input_stream(info.path) as f, open(dest, "wb") as out:

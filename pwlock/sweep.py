@@ -256,7 +256,10 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
             run_config=tune.RunConfig(
                 name=experiment, verbose=1, **tune_storage,
                 failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Tune's checkpoints only list the records reported (the weights go to the trial's
+                # journal, see pwlock.trial): tiny, and all kept so a stale snapshot never names a
+                # deleted one.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             ),
         )
         log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))

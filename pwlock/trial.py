@@ -1,15 +1,23 @@
-"""One elicitation run as a Ray Tune trial: resumable, and counted in a journal in the store.
+"""One elicitation run as a Ray Tune trial: resumable, reported exactly once, counted in a journal.
 
-A trial reports at each epoch candidate, each report carrying a checkpoint (weights, optimizer,
-schedule and random states, the records so far), and checkpoints between candidates once
-`checkpoint_every_s` has passed. When its worker dies, Tune restarts it from the last checkpoint
-(`fault_tolerance.max_failures`), and training goes on exactly where it stopped; since every
-reported candidate is checkpointed, no candidate is reported twice.
+Everything a trial keeps lives in the store under `<experiment>/journal/<trial>/`:
 
-The journal, `<experiment>/journal/<trial>/` in the store, holds one `start-*.json` per start
-(attempt, pid, node, the epoch it resumed from) and `done.json` with the trial's records once it
-finishes. A finished trial that Tune restarts anyway (the driver died before its last snapshot)
-reports the records its checkpoint lacks from `done.json` and trains nothing.
+    start-<attempt>-*.json   one per training attempt: pid, node, the epoch it resumed from
+    checkpoint-<n>/          weights and trainer state (optimizer, schedule, random states)
+    latest.json              which checkpoint is current and the records up to it; written last
+    done.json                the trial's records once it has finished
+
+A trial checkpoints at each epoch candidate but the last and after any epoch that ends
+`checkpoint_every_s` after its last checkpoint; only the latest checkpoint is kept, and none once
+the trial is done. When its worker dies, Tune restarts
+it (`fault_tolerance.max_failures`) and it goes on from `latest.json` exactly where it stopped.
+
+Why not Tune's own checkpoints for the weights: Tune deletes superseded checkpoints at once but
+snapshots the experiment only now and then, so after a driver crash the snapshot can name a
+checkpoint that no longer exists. Tune still gets a tiny checkpoint with each report, holding only
+the records reported so far: on any restart it tells the trial exactly what Tune has, so each
+candidate reaches Tune's results once, and a trial that finished after the driver's last snapshot
+reports what Tune lacks from `done.json` and trains nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -26,8 +35,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 JOURNAL = "journal"
-DONE = "done.json"
-TRAINER_STATE, RECORDS, MODEL = "trainer.pt", "records.json", "model"
+DONE, LATEST, RECORDS = "done.json", "latest.json", "records.json"
+TRAINER_STATE = "trainer.pt"
 
 
 def trial_name(lock_mode: str, method: str, k: int, seed: int) -> str:
@@ -39,13 +48,13 @@ def journal_dir(experiment: str, trial: str) -> str:
 
 
 def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None:
-    """Tune function trainable. `config` holds what varies (method, lock mode, k, seed); `constants`, put in
-    the object store once by tune.with_parameters, the rest."""
+    """Tune function trainable. `config` holds what varies (method, lock mode, k, seed);
+    `constants`, put in the object store once by tune.with_parameters, the rest."""
     import torch
     from ray import tune
 
     from pwlock.config import TrainConfig
-    from pwlock.elicit.sft import demonstrations, elicit_sft
+    from pwlock.elicit.sft import demonstrations, elicit_sft, epoch_candidates
     from pwlock.logs import setup_logging
     from pwlock.models import load_policy, save_policy
     from pwlock.stages import eval_problems
@@ -61,62 +70,89 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     journal = journal_dir(c["experiment"], name)
     fixed = {"task": c["task"]["name"], "lock_mode": mode, "method": method, "k": k, "seed": seed}
 
-    def metrics(record: dict | None, epochs: int, steps: int) -> dict[str, Any]:
-        nonlocal best
-        if record is None:  # a checkpoint between candidates
-            return {"epochs": epochs, "steps": steps, "attempt": attempt, **fixed}
-        best = max(best, record["correctness"])
-        # Key order matters: Tune's progress table shows the first four metrics.
-        return {"correctness": record["correctness"], "best": best, "epochs": record["epochs"],
-                "steps": record["steps"], "candidate": record["candidate"], "attempt": attempt, **fixed}
+    known: list[dict] = []  # the records Tune has
+    if (tune_checkpoint := tune.get_checkpoint()) is not None:
+        with tune_checkpoint.as_directory() as d:
+            known = json.loads((Path(d) / RECORDS).read_text())
+    best = max((r["correctness"] for r in known), default=0.0)
 
-    checkpoint = tune.get_checkpoint()
-    done = store.exists(f"{journal}/{DONE}")
-    state, reported, model = None, [], None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            reported = json.loads((Path(d) / RECORDS).read_text())
-            if not done:
-                state = torch.load(Path(d) / TRAINER_STATE, weights_only=False)
-                model, tokenizer = load_policy(Path(d) / MODEL, c["dtype"])
-    best = max((r["correctness"] for r in reported), default=0.0)
+    def report(record: dict) -> None:
+        """Report a candidate unless Tune has it, with a tiny checkpoint listing all Tune has."""
+        nonlocal best
+        if any(r["candidate"] == record["candidate"] for r in known):
+            return
+        known.append(record)
+        best = max(best, record["correctness"])
+        with tempfile.TemporaryDirectory(prefix="pwlock-records-") as d:
+            (Path(d) / RECORDS).write_text(json.dumps(known))
+            # Key order matters: Tune's progress table shows the first four metrics.
+            tune.report({"correctness": record["correctness"], "best": best, "epochs": record["epochs"],
+                         "steps": record["steps"], "candidate": record["candidate"], "attempt": attempt, **fixed},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
     starts = [n for n in store.listdir(journal) if n.startswith("start-")]
-    attempt = len(starts) + (not done)
-    if done:
+    if store.exists(f"{journal}/{DONE}"):
+        attempt = len(starts)
         records = json.loads(store.read_text(f"{journal}/{DONE}"))["records"]
-        seen = {r["candidate"] for r in reported}
-        for r in records:
-            if r["candidate"] not in seen:
-                tune.report(metrics(r, r["epochs"], r["steps"]))
+        missing = [r for r in records if all(r["candidate"] != x["candidate"] for x in known)]
+        for r in missing:
+            report(r)
         log.info("%s: finished in an earlier run; reported the %d records Tune lacked, trained nothing",
-                 name, len(records) - len(seen))
+                 name, len(missing))
         return
+
+    attempt = len(starts) + 1
+    latest = json.loads(store.read_text(f"{journal}/{LATEST}")) if store.exists(f"{journal}/{LATEST}") else None
+    state = None
+    if latest is not None:
+        local = store.download_dir(f"{journal}/{latest['dir']}")
+        model, tokenizer = load_policy(local, c["dtype"])
+        state = torch.load(local / TRAINER_STATE, weights_only=False)
+        if not store.local:
+            shutil.rmtree(local, ignore_errors=True)
+        records = latest["records"]
+    else:
+        model, tokenizer = load_policy(store.artifact_dir(c["locked_key"][mode]), c["dtype"])
+        records = []
     resumed_from = state["epoch"] if state else 0
     store.write_text(f"{journal}/start-{attempt:03d}-{time.time_ns()}.json", json.dumps(
         {"trial": name, "attempt": attempt, "resumed_from_epoch": resumed_from, "pid": os.getpid(),
          "node": socket.gethostname(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     if attempt > 1:
         log.info("%s: attempt %d, resuming from epoch %d", name, attempt, resumed_from)
+    for r in records:  # what the checkpoint has and Tune lacks (the driver died before its snapshot)
+        report(r)
 
-    if model is None:
-        model, tokenizer = load_policy(store.artifact_dir(c["locked_key"][mode]), c["dtype"])
-    records = list(reported)
+    current = latest["dir"] if latest else None
+    n_candidates = len(epoch_candidates(k, c["sample_budgets"]))
 
-    def save(record: dict | None, trainer_state: dict) -> None:
+    def checkpoint(record: dict | None, trainer_state: dict) -> None:
+        """Report first, then checkpoint: a death in between costs a retrained candidate that is
+        not reported again, never a lost one. The last candidate needs no checkpoint: done.json
+        follows."""
+        nonlocal current
         if record is not None:
             records.append(record)
+            report(record)
+            if record["candidate"] == n_candidates:
+                return
+        new = f"checkpoint-{trainer_state['step']}"
         with tempfile.TemporaryDirectory(prefix="pwlock-ckpt-") as d:
-            save_policy(model, tokenizer, Path(d) / MODEL)
+            save_policy(model, tokenizer, d)
             torch.save(trainer_state, Path(d) / TRAINER_STATE)
-            (Path(d) / RECORDS).write_text(json.dumps(records))
-            # Returns once the checkpoint is persisted in the experiment's storage.
-            tune.report(metrics(record, trainer_state["epoch"], trainer_state["step"]),
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            store.upload_dir(Path(d), f"{journal}/{new}")
+        store.write_text(f"{journal}/{LATEST}", json.dumps({"dir": new, "epoch": trainer_state["epoch"],
+                                                            "records": records}))
+        if current and current != new:
+            store.delete_dir(f"{journal}/{current}")
+        current = new
 
     task = make_task(c["task"])
     demos = demonstrations(task, k, seed, c["demonstrator"])
     problems = eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"])
     elicit_sft(model, tokenizer, task, demos, problems, TrainConfig(**c["train"]), seed, c["sample_budgets"],
-               eval_batch_size=c["eval"]["batch_size"], checkpoint=save,
+               eval_batch_size=c["eval"]["batch_size"], checkpoint=checkpoint,
                checkpoint_every_s=c["checkpoint_every_s"], start=state)
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
+    if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)
+        store.delete_dir(f"{journal}/{current}")
