@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
@@ -118,6 +119,13 @@ def _check_results(server, prefix: str, experiment: str) -> dict:
     return _journal(server, exp)
 
 
+def _modified(server, prefix: str) -> dict[str, datetime]:
+    client, out = server._client(), {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.bucket, Prefix=prefix):
+        out.update({o["Key"]: o["LastModified"] for o in page.get("Contents", [])})
+    return out
+
+
 def _no_secrets(server, prefix: str) -> None:
     client = server._client()
     for key in bucket_objects(server, prefix):
@@ -143,10 +151,19 @@ def test_sweep_on_s3_survives_a_killed_worker_and_a_store_restart(s3_env, prefix
     os.kill(pid, signal.SIGKILL)
 
     # Then take the store away for a few seconds while trials run and checkpoint.
+    down = datetime.now(timezone.utc)
     server.stop()
     time.sleep(4)
     server.start()
+    up = datetime.now(timezone.utc)
     out = _finish(proc)
+    # The outage hit trials at work: some trial started before it and finished after it (and
+    # checkpointed every epoch in between, a fraction of a second apart).
+    stamps = _modified(server, f"{exp}/{JOURNAL}/")
+    through = [t for t in {k.split("/")[-2] for k in stamps}
+               if min(v for k, v in stamps.items() if f"/{t}/start-" in k) < down
+               and stamps.get(f"{exp}/{JOURNAL}/{t}/{DONE}", down) > up]
+    assert through, "no trial was running during the outage"
 
     journal = _check_results(server, prefix, experiment)
     starts = journal[victim]["starts"]
