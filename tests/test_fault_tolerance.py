@@ -171,6 +171,7 @@ def test_sweep_on_s3_survives_a_killed_worker_and_a_store_restart(s3_env, prefix
     assert sorted(s["resumed_from_epoch"] for s in starts)[1] > 0  # from its checkpoint, not from scratch
     assert len(journal) == TRIALS and all(len(e["done"]) == 1 for e in journal.values())
     _no_secrets(server, prefix)
+    assert server.secret_key not in out and server.access_key not in out  # nor in the logs
 
 
 def _session_processes(sid: int) -> list[psutil.Process]:
