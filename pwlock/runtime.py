@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 for _var, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -42,3 +43,25 @@ def init_ray(cfg: RayConfig) -> str:
         runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},
     )
     return f"local ray on 127.0.0.1 ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+# Driver-side Tune settings for big sweeps (Tune reads them when a sweep starts). Measured with
+# benchmarks/sweep_overhead.py on 4,000 no-op trials; README "Big sweeps" has the figures.
+TUNE_ENV = {
+    # Snapshot the experiment every 5 min, not every >= 10 s: each snapshot rewrites the state file
+    # and re-uploads every trial's files. fault_tolerance.snapshot_every_s overrides it.
+    "TUNE_GLOBAL_CHECKPOINT_S": "300",
+    # Only result.json (what pwlock.analysis reads): no progress.csv, no TensorBoard files.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+def tune_bookkeeping(snapshot_every_s: float | None = None) -> dict[str, Any]:
+    """Set TUNE_ENV in this (driver) process; return the RunConfig keyword arguments that go with it."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    os.environ.update(TUNE_ENV)
+    if snapshot_every_s is not None:
+        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(snapshot_every_s)
+    return {"callbacks": [JsonLoggerCallback()], "sync_config": tune.SyncConfig(sync_artifacts=False)}

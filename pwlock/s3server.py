@@ -47,14 +47,20 @@ class SeaweedServer:
     `env` holds what a client needs (endpoint, region, credentials), in the standard AWS names."""
 
     def __init__(self, data_dir: str | os.PathLike, bucket: str = "pwlock", access_key: str | None = None,
-                 secret_key: str | None = None, region: str = "us-east-1"):
+                 secret_key: str | None = None, region: str = "us-east-1", metrics: bool = False):
         self.dir = Path(data_dir)
         self.bucket, self.region = bucket, region
         self.access_key = access_key or "pwlock" + secrets.token_hex(4)
         self.secret_key = secret_key or secrets.token_hex(16)
         # Each service takes a port and a gRPC port; pick them all free so servers can run side by side.
         self.ports = {name: (free_port(), free_port()) for name in ("s3", "master", "volume", "filer", "admin")}
+        # Prometheus metrics (request counts by type, bytes received), for benchmarks.
+        self.metrics_port = free_port() if metrics else None
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def metrics_url(self) -> str | None:
+        return None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def endpoint(self) -> str:
@@ -84,6 +90,8 @@ class SeaweedServer:
                 "-s3.port.iceberg=0", "-s3.port.lance=0"]
         for name, (port, grpc) in self.ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={grpc}"]
+        if self.metrics_port is not None:
+            args += ["-metricsIp=127.0.0.1", f"-metricsPort={self.metrics_port}"]
         (self.dir / "data").mkdir(exist_ok=True)
         log = open(self.dir / "weed.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

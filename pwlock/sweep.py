@@ -27,7 +27,7 @@ from pwlock.stages import (
     strong_model_artifact,
 )
 from pwlock.analysis import STUDY as STUDY_FILE
-from pwlock.store import Store, StoreSpec
+from pwlock.store import Store, StoreError, StoreSpec
 from pwlock.tasks import make_task
 from pwlock.train.sft import steps_per_epoch
 from pwlock.trial import elicitation_trial, trial_name
@@ -238,6 +238,7 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
                                     {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial})
     tune_storage = store.tune_storage()
     if resume:
+        runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)  # the rest is in the restored run config
         tuner = tune.Tuner.restore(store.path(experiment), trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=tune_storage.get("storage_filesystem"))
         log.info("resuming %s: finished trials stay as they are; the rest go on from their last checkpoint",
@@ -255,6 +256,7 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=experiment, verbose=1, **tune_storage,
+                **runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s),
                 failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
                 # Tune's checkpoints only list the records reported (the weights go to the trial's
                 # journal, see pwlock.trial): tiny, and all kept so a stale snapshot never names a
@@ -274,6 +276,11 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
             raise RuntimeError(f"all {len(errors)} elicitation trials failed; see {exp_uri}") from errors[0]
     t_results = time.perf_counter()
     summary = analysis.write_results(exp_uri)
+    # Tune only logs a failed final upload; results are read back from the store, so check them.
+    missing = len(p.trials) - len(errors) - summary["trial"].nunique()
+    if missing > 0:
+        raise StoreError(f"{exp_uri}: the results of {missing} finished trials did not reach the store; "
+                         f"run the same command with --resume --name {experiment} to report them again")
     timings["results"] = time.perf_counter() - t_results
     timings["total"] = time.perf_counter() - t0
     store.write_text(f"{experiment}/{analysis.TIMINGS}", json.dumps(

@@ -37,7 +37,8 @@ STUDY = {
     "elicit": {"ks": [8, 32], "seeds": [0, 1], "sample_budgets": [256, 512],
                "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8}},
     "ray": {"num_cpus": 2},
-    "fault_tolerance": {"max_failures": 2, "checkpoint_every_s": 0},  # a checkpoint after every epoch
+    # A checkpoint after every epoch; Tune snapshots often, so the driver can be killed after one.
+    "fault_tolerance": {"max_failures": 2, "checkpoint_every_s": 0, "snapshot_every_s": 2},
 }
 
 
@@ -160,7 +161,7 @@ def test_sweep_on_s3_survives_a_killed_worker_and_a_store_restart(s3_env, prefix
     # The outage hit trials at work: some trial started before it and finished after it (and
     # checkpointed every epoch in between, a fraction of a second apart).
     stamps = _modified(server, f"{exp}/{JOURNAL}/")
-    through = [t for t in {k.split("/")[-2] for k in stamps}
+    through = [t for t in {k.removeprefix(f"{exp}/{JOURNAL}/").split("/")[0] for k in stamps}
                if min(v for k, v in stamps.items() if f"/{t}/start-" in k) < down
                and stamps.get(f"{exp}/{JOURNAL}/{t}/{DONE}", down) > up]
     assert through, "no trial was running during the outage"
