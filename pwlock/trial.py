@@ -9,15 +9,15 @@ Everything a trial keeps lives in the store under `<experiment>/journal/<trial>/
 
 A trial checkpoints at each epoch candidate but the last and after any epoch that ends
 `checkpoint_every_s` after its last checkpoint; only the latest checkpoint is kept, and none once
-the trial is done. When its worker dies, Tune restarts
-it (`fault_tolerance.max_failures`) and it goes on from `latest.json` exactly where it stopped.
+the trial is done. When its worker dies, Tune restarts it (`fault_tolerance.max_failures`) and it goes on from `latest.json` exactly where it stopped.
 
 Why not Tune's own checkpoints for the weights: Tune deletes superseded checkpoints at once but
 snapshots the experiment only now and then, so after a driver crash the snapshot can name a
 checkpoint that no longer exists. Tune still gets a tiny checkpoint with each report, holding only
-the records reported so far: on any restart it tells the trial exactly what Tune has, so each
-candidate reaches Tune's results once, and a trial that finished after the driver's last snapshot
-reports what Tune lacks from `done.json` and trains nothing.
+the records reported so far. On a restart, what Tune has is the records of that checkpoint and,
+after a driver crash, the rows of the trial's result file in the store; the trial reports only
+what Tune lacks, so each candidate reaches Tune's results once, and a trial that finished after
+the driver's last snapshot reports what Tune lacks from `done.json` and trains nothing.
 """
 
 from __future__ import annotations
@@ -91,6 +91,17 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     starts = [n for n in store.listdir(journal) if n.startswith("start-")]
+    if starts:
+        # Ran before. After a driver crash Tune's restored results can hold a report newer than the
+        # checkpoint its snapshot names (the snapshot uploads result files after writing its
+        # state), so what Tune has is also what its result file in the store has.
+        results = f"{c['experiment']}/{name}/result.json"
+        if store.exists(results):
+            for line in store.read_text(results).splitlines():
+                row = json.loads(line)
+                if row.get("candidate") is not None and all(r["candidate"] != row["candidate"] for r in known):
+                    known.append({key: row[key] for key in ("candidate", "epochs", "steps", "correctness")})
+        best = max((r["correctness"] for r in known), default=0.0)
     if store.exists(f"{journal}/{DONE}"):
         attempt = len(starts)
         records = json.loads(store.read_text(f"{journal}/{DONE}"))["records"]
@@ -124,6 +135,14 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         report(r)
 
     current = latest["dir"] if latest else None
+
+    def prune(keep: str | None) -> None:
+        """Delete every weights checkpoint but `keep`, orphans of a dead attempt included."""
+        for entry in store.listdir(journal):
+            if entry.startswith("checkpoint-") and entry != keep:
+                store.delete_dir(f"{journal}/{entry}")
+
+    prune(current)
     n_candidates = len(epoch_candidates(k, c["sample_budgets"]))
 
     def checkpoint(record: dict | None, trainer_state: dict) -> None:
@@ -154,5 +173,4 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
                eval_batch_size=c["eval"]["batch_size"], checkpoint=checkpoint,
                checkpoint_every_s=c["checkpoint_every_s"], start=state)
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
-    if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)
-        store.delete_dir(f"{journal}/{current}")
+    prune(None)  # the weights of a finished trial are not kept (a 7B model per trial adds up)
