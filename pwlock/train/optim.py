@@ -44,3 +44,11 @@ def lr_schedule(
         return f * (scale() if scale is not None else 1.0)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Back-propagate `loss` and take one step of the optimizer and of its learning-rate schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()

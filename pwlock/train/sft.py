@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock.config import TrainConfig
 from pwlock.tasks.base import Example
-from pwlock.train.optim import lr_schedule, make_optimizer
+from pwlock.train.optim import lr_schedule, make_optimizer, optimizer_step
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -126,10 +126,7 @@ def train_sft(
         for first_row in range(0, len(encoded), size):
             batch = collate(encoded[first_row : first_row + size], tokenizer.pad_token_id)
             loss = completion_loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            optimizer_step(loss, optimizer, schedule)
             step += 1
             loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1
         if time.perf_counter() - last_log > progress_every_s or epoch + 1 == epochs:

@@ -1,0 +1,64 @@
+"""Expert iteration and filtering: selection of the best samples, and the loop on a tiny model."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pwlock.config import TrainConfig
+from pwlock.elicit.expert_iteration import expert_iteration, filtering, select_best
+from pwlock.generate.hf import HFGenerator
+from pwlock.tasks.base import Example
+from tests.test_evaluate import _half_trained
+
+
+def test_select_best_keeps_the_top_scores_and_breaks_ties_at_random():
+    scored = [(Example(str(i), ""), s) for i, s in enumerate([0.0, 1.0, 0.5, 1.0, 1.0, 0.0])]
+    best = select_best(scored, 2, random.Random(0))
+    assert [s for _, s in best] == [1.0, 1.0]
+    picks = {tuple(e.prompt for e, _ in select_best(scored, 2, random.Random(seed))) for seed in range(30)}
+    assert len(picks) > 1 and all(set(p) <= {"1", "3", "4"} for p in picks)
+    assert [s for _, s in select_best(scored, 4, random.Random(0))] == [1.0, 1.0, 1.0, 0.5]
+
+
+class RecordingGenerator(HFGenerator):
+    """The real HF generator, keeping what it sampled and which weights it was given."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.calls, self.loads = [], 0
+
+    def generate(self, prompts, n=1, temperature=0.0, max_new_tokens=256):
+        out = super().generate(prompts, n, temperature, max_new_tokens)
+        self.calls.append((list(prompts), out))
+        return out
+
+    def load_weights(self, state):
+        super().load_weights(state)
+        self.loads += 1
+
+
+def test_expert_iteration_trains_on_the_best_of_ten_samples(task, tokenizer, tiny_model):
+    _half_trained(task, tokenizer, tiny_model)
+    gen = RecordingGenerator(tiny_model, tokenizer)
+    records = expert_iteration(tiny_model, tokenizer, task, gen, task.problems("elicit"), task.problems("val")[:50],
+                               TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=2), seed=0, n=4,
+                               iterations=2, temperature=1.0, max_new_tokens=task.max_new_tokens)
+    assert [r["samples"] for r in records] == [40, 80] and gen.loads == 2
+    assert [len(prompts) for prompts, _ in gen.calls] == [40, 40]
+    for r in records:
+        assert r["kept_score"] >= r["sampled_score"] and 0 <= r["correctness"] <= 1
+    for prompts, _ in gen.calls:
+        assert all(p.split()[0] == "_" for p in prompts)  # never the password
+
+
+def test_filtering_keeps_the_best_of_weak_samples(task, tokenizer, tiny_model):
+    weak = task.policies()["weak"]
+    problems = task.problems("elicit")[:100]
+    samples = [(p, weak(p)) for p in problems]
+    right = sum(task.score(p, c) for p, c in samples)
+    assert 8 <= right < 100
+    out = filtering(tiny_model, tokenizer, task, samples, task.problems("val")[:20],
+                    TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1), seed=0, n=8)
+    assert out["kept_score"] == pytest.approx(1.0) and out["samples"] == 100
