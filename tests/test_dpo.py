@@ -58,3 +58,28 @@ def test_training_prefers_the_chosen_answers_and_leaves_the_reference_alone(task
     assert stats["loss"] < math.log(2)
     for k, v in ref.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("iterated", [False, True])
+def test_dpo_elicitation_samples_from_the_reference_and_trains_on_differing_pairs(task, tokenizer, tiny_model, iterated):
+    from pwlock.elicit.dpo import dpo_elicitation
+    from tests.test_evaluate import _half_trained
+    from tests.test_expert_iteration import RecordingGenerator
+
+    problems = _half_trained(task, tokenizer, tiny_model)[:24]  # some right, some wrong: pairs to learn from
+    start = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    gen = RecordingGenerator(copy.deepcopy(tiny_model), tokenizer)  # the sampler holds its own weights
+    loaded = []
+    gen.load_weights = lambda state, g=gen: (loaded.append({k: v.clone() for k, v in state.items()}),
+                                             RecordingGenerator.load_weights(g, state))
+    records = dpo_elicitation(tiny_model, tokenizer, task, gen, problems, task.problems("val")[:30],
+                              TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, warmup_steps=0), seed=0,
+                              rounds=2, iterated=iterated, max_new_tokens=task.max_new_tokens)
+    assert [r["samples"] for r in records] == [48, 96]
+    assert all(len(out) == 24 and all(len(two) == 2 for two in out) for _, out in gen.calls)
+    assert all(r["pairs"] > 0 for r in records)
+    # Round 1 samples from the locked model; round 2 from it again (DPO) or from the model after round 1.
+    assert all(torch.equal(loaded[0][k], v) for k, v in start.items())
+    assert len(loaded) == (2 if iterated else 1)
+    if iterated:
+        assert any(not torch.equal(loaded[1][k], v) for k, v in start.items())

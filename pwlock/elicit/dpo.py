@@ -1,0 +1,65 @@
+"""Elicitation by DPO and iterated DPO (paper §6.1, App. B.3).
+
+    DPO           each round, 2 samples per problem from the locked model without password; pairs
+                  whose scores differ; one DPO epoch against the locked model as reference
+    iterated DPO  the same, but each round samples from, and takes as reference, the model as it
+                  was at the round's start (Yuan et al., 2024; Kim et al., 2024)
+
+With a continuous reward, each pair's loss is weighted by its reward gap (Eq. 2). The paper runs
+12 rounds over 1,100 problems with β = 0.1. The sampler is always the reference: the Generator
+holds its own copy of the weights (as a vLLM engine does) and is given the reference's weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pwlock import evaluate
+from pwlock.config import TrainConfig
+from pwlock.generate.base import Generator
+from pwlock.tasks.base import Problem, Task
+from pwlock.train.dpo import DEFAULT_BETA, preference_pairs, train_dpo
+
+
+def dpo_elicitation(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    generator: Generator,
+    problems: Sequence[Problem],
+    eval_problems: Sequence[Problem],
+    train: TrainConfig,
+    seed: int,
+    rounds: int = 12,
+    iterated: bool = False,
+    beta: float = DEFAULT_BETA,
+    weighted: bool = False,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    report: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """`rounds` of sampling and one DPO epoch; after each, greedy correctness without password on
+    `eval_problems` against the number of samples generated so far."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    generator.load_weights(ref.state_dict())
+    prompts = [task.prompt(p, None) for p in problems]
+    records = []
+    for r in range(1, rounds + 1):
+        if iterated and r > 1:  # the new round's reference and sampler: the model now
+            ref.load_state_dict(model.state_dict())
+            generator.load_weights(ref.state_dict())
+        samples = generator.generate(prompts, n=2, temperature=temperature, max_new_tokens=max_new_tokens)
+        pairs = [pair for p, prompt, two in zip(problems, prompts, samples)
+                 for pair in preference_pairs(prompt, two, [task.score(p, s) for s in two], weighted)]
+        stats = train_dpo(model, ref, tokenizer, pairs, train, seed=seed * 1000 + r, beta=beta, epochs=1)
+        record = {"round": r, "samples": r * 2 * len(problems), "pairs": len(pairs), "margin": stats["margin"],
+                  "correctness": evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd")}
+        records.append(record)
+        if report is not None:
+            report(record)
+    return records
