@@ -21,6 +21,7 @@ import yaml
 from pwlock import analysis
 from pwlock.trial import DONE, JOURNAL
 from tests.conftest import bucket_objects
+from tests.notebook import outputs, run_analysis_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 4  # k ∈ {8, 32} × seeds {0, 1}, scratch lock only
@@ -116,6 +117,8 @@ def _check_results(server, prefix: str, experiment: str) -> dict:
     assert len(candidates) == TRIALS * CANDIDATES and not candidates.duplicated(["trial", "candidate"]).any()
     summary = analysis.load_summary(f"s3://{server.bucket}/{exp}")
     assert len(summary) == TRIALS and summary["correctness"].between(0, 1).all()
+    text, images = outputs(run_analysis_notebook(f"s3://{server.bucket}/{exp}"))  # the notebook reads s3:// too
+    assert "elicited correctness without password" in text and len(images) == 1
     assert any(k.startswith(f"{prefix}/artifacts/") for k in bucket_objects(server, prefix))
     return _journal(server, exp)
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pwlock import analysis
+from tests.notebook import outputs, run_analysis_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +70,9 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
     # The experiment is a Tune experiment that pwlock.analysis reads back without Ray running.
     again = analysis.summarize(analysis.load_candidates(exp))
     pd.testing.assert_frame_equal(again.reset_index(drop=True), summary, check_dtype=False)
+    # The analysis notebook runs on it as a user's Jupyter would, and shows the table and the figure.
+    text, images = outputs(run_analysis_notebook(str(exp)))
+    assert "elicited correctness without password" in text and len(images) == 1 and images[0][:4] == b"\x89PNG"
     artifacts = sorted(p.name for p in (storage / "artifacts").iterdir())
     assert len(artifacts) == 7  # policy scores, strong model, 2 locked models, 3 evaluations
     stamps = {p: (storage / "artifacts" / p / "pwlock-meta.json").stat().st_mtime_ns for p in artifacts}
