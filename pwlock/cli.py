@@ -37,19 +37,20 @@ def main(argv: list[str], default_config: Path, description: str | None = None) 
             raise ConfigError("--resume: name the experiment to finish with --name")
         if args.resume and (args.config or args.quick):
             raise ConfigError("--resume: runs the experiment's own config; drop --config / --quick")
+        def store_of(cfg):  # --storage, else the config's store, else ./results
+            return open_store(args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region,
+                              cfg.store.retry_s)
+
         cfg = load_config(args.config or default_config, quick=args.quick)
-        store = open_store(args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region,
-                           cfg.store.retry_s)
+        store = store_of(cfg)
         if args.resume:
             store.check()
             cfg = sweep.load_experiment_config(store, args.name)
-            store = open_store(args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region,
-                           cfg.store.retry_s)
+            store = store_of(cfg)
         plan = sweep.plan(cfg)
         if args.dry_run:
             print(sweep.describe(plan, store))
             return 0
-        store.check()
     except (ConfigError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -58,7 +59,7 @@ def main(argv: list[str], default_config: Path, description: str | None = None) 
                     "so its numbers say nothing about elicitation")
     try:
         where = sweep.run(cfg, store, args.name, resume=args.resume)
-    except (ConfigError, StoreError) as e:  # found once Ray is up: an existing experiment, a store gone
+    except (ConfigError, StoreError) as e:  # checked by run before Ray starts: the store, the experiment name
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\nresults: {where}")

@@ -70,27 +70,26 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     journal = journal_dir(c["experiment"], name)
     fixed = {"task": c["task"]["name"], "lock_mode": mode, "method": method, "k": k, "seed": seed}
 
-    known: list[dict] = []  # the records Tune has
+    known: dict[int, dict] = {}  # the records Tune has, by candidate
     if (tune_checkpoint := tune.get_checkpoint()) is not None:
         with tune_checkpoint.as_directory() as d:
-            known = json.loads((Path(d) / RECORDS).read_text())
-    best = max((r["correctness"] for r in known), default=0.0)
+            known = {r["candidate"]: r for r in json.loads((Path(d) / RECORDS).read_text())}
 
     def report(record: dict) -> None:
         """Report a candidate unless Tune has it, with a tiny checkpoint listing all Tune has."""
-        nonlocal best
-        if any(r["candidate"] == record["candidate"] for r in known):
+        if record["candidate"] in known:
             return
-        known.append(record)
-        best = max(best, record["correctness"])
+        known[record["candidate"]] = record
+        best = max(r["correctness"] for r in known.values())
         with tempfile.TemporaryDirectory(prefix="pwlock-records-") as d:
-            (Path(d) / RECORDS).write_text(json.dumps(known))
+            (Path(d) / RECORDS).write_text(json.dumps(list(known.values())))
             # Key order matters: Tune's progress table shows the first four metrics.
             tune.report({"correctness": record["correctness"], "best": best, "epochs": record["epochs"],
                          "steps": record["steps"], "candidate": record["candidate"], "attempt": attempt, **fixed},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
-    starts = [n for n in store.listdir(journal) if n.startswith("start-")]
+    entries = store.listdir(journal)
+    starts = [n for n in entries if n.startswith("start-")]
     if starts:
         # Ran before. After a driver crash Tune's restored results can hold a report newer than the
         # checkpoint its snapshot names (the snapshot uploads result files after writing its
@@ -99,13 +98,12 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         if store.exists(results):
             for line in store.read_text(results).splitlines():
                 row = json.loads(line)
-                if row.get("candidate") is not None and all(r["candidate"] != row["candidate"] for r in known):
-                    known.append({key: row[key] for key in ("candidate", "epochs", "steps", "correctness")})
-        best = max((r["correctness"] for r in known), default=0.0)
+                if row.get("candidate") is not None and row["candidate"] not in known:
+                    known[row["candidate"]] = {key: row[key] for key in ("candidate", "epochs", "steps", "correctness")}
     if store.exists(f"{journal}/{DONE}"):
         attempt = len(starts)
         records = json.loads(store.read_text(f"{journal}/{DONE}"))["records"]
-        missing = [r for r in records if all(r["candidate"] != x["candidate"] for x in known)]
+        missing = [r for r in records if r["candidate"] not in known]
         for r in missing:
             report(r)
         log.info("%s: finished in an earlier run; reported the %d records Tune lacked, trained nothing",
@@ -135,14 +133,9 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         report(r)
 
     current = latest["dir"] if latest else None
-
-    def prune(keep: str | None) -> None:
-        """Delete every weights checkpoint but `keep`, orphans of a dead attempt included."""
-        for entry in store.listdir(journal):
-            if entry.startswith("checkpoint-") and entry != keep:
-                store.delete_dir(f"{journal}/{entry}")
-
-    prune(current)
+    for entry in entries:  # weights a dead attempt uploaded but never made current
+        if entry.startswith("checkpoint-") and entry != current:
+            store.delete_dir(f"{journal}/{entry}")
     n_candidates = len(epoch_candidates(k, c["sample_budgets"]))
 
     def checkpoint(record: dict | None, trainer_state: dict) -> None:
@@ -173,4 +166,5 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
                eval_batch_size=c["eval"]["batch_size"], checkpoint=checkpoint,
                checkpoint_every_s=c["checkpoint_every_s"], start=state)
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
-    prune(None)  # the weights of a finished trial are not kept (a 7B model per trial adds up)
+    if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)
+        store.delete_dir(f"{journal}/{current}")

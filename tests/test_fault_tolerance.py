@@ -60,6 +60,12 @@ def _start(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def _launch(server, prefix: str, config: Path, experiment: str) -> tuple[str, str, subprocess.Popen]:
+    """Start a sweep on the bucket; its storage URL, the experiment's prefix in the bucket, the driver."""
+    storage = f"s3://{server.bucket}/{prefix}"
+    return storage, f"{prefix}/{experiment}", _start("--config", str(config), "--storage", storage, "--name", experiment)
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-5000:]
@@ -140,9 +146,7 @@ def _no_secrets(server, prefix: str) -> None:
 @pytest.mark.slow
 def test_sweep_on_s3_survives_a_killed_worker_and_a_store_restart(s3_env, prefix, config):
     server, experiment = s3_env, "worker-and-store"
-    storage = f"s3://{server.bucket}/{prefix}"
-    exp = f"{prefix}/{experiment}"
-    proc = _start("--config", str(config), "--storage", storage, "--name", experiment)
+    storage, exp, proc = _launch(server, prefix, config, experiment)
 
     # Kill the worker of a k=8 trial once it has a checkpoint in the bucket.
     def started_k8():
@@ -192,9 +196,7 @@ def _session_processes(sid: int) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_driver_killed_mid_sweep_then_resume_finishes_it(s3_env, prefix, config):
     server, experiment = s3_env, "driver-killed"
-    storage = f"s3://{server.bucket}/{prefix}"
-    exp = f"{prefix}/{experiment}"
-    proc = _start("--config", str(config), "--storage", storage, "--name", experiment)
+    storage, exp, proc = _launch(server, prefix, config, experiment)
 
     def some_done_and_snapshotted():
         journal = _journal(server, exp)
