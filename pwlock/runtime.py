@@ -36,6 +36,8 @@ def init_ray(cfg: RayConfig) -> str:
         ray.init(address=address, logging_level=logging.WARNING)
         return f"ray cluster at {address}"
     ray.init(
+        # "local": a new instance even when `ray start` left a cluster on this machine to auto-join.
+        address="local",
         num_cpus=cfg.num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
