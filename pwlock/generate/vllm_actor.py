@@ -86,9 +86,10 @@ class _Engine:
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
         return [[list(c.token_ids) for c in o.outputs] for o in outs]
 
-    def load_weights(self, state: list[tuple[str, torch.Tensor]]) -> float:
+    def load_weights(self, state: list[tuple[str, str, Any]]) -> float:
         t0 = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": state})
+        tensors = [(name, _from_numpy(array, dtype)) for name, dtype, array in state]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         return time.perf_counter() - t0
 
@@ -141,11 +142,28 @@ class VLLMGenerator:
     def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
         import ray
 
-        ray.get(self.actor.load_weights.remote(_cpu_state(state)))
+        ray.get(self.actor.load_weights.remote(ray.put(numpy_state(state))))
 
 
-def _cpu_state(state: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    return [(name, t.detach().to("cpu", copy=True)) for name, t in state.items()]
+# Tensors cross to the engine as numpy arrays: Ray's object store holds those out of band, so
+# putting them is one memcpy and the engine reads them in place (a pickled torch tensor is copied
+# on both sides). bf16 has no numpy dtype and travels as its bits.
+def numpy_state(state: Mapping[str, torch.Tensor]) -> list[tuple[str, str, Any]]:
+    out = []
+    for name, t in state.items():
+        t = t.detach().cpu()
+        dtype = str(t.dtype).removeprefix("torch.")
+        out.append((name, dtype, (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()))
+    return out
+
+
+def _from_numpy(array: Any, dtype: str) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():  # the object store's arrays are read-only; vLLM only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(array)
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
 
 @contextlib.contextmanager
