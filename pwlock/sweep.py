@@ -27,6 +27,7 @@ from pwlock.stages import (
     strong_model_artifact,
 )
 from pwlock.analysis import STUDY as STUDY_FILE
+from pwlock.progress import SweepProgress
 from pwlock.store import Store, StoreError, StoreSpec
 from pwlock.tasks import make_task
 from pwlock.train.sft import steps_per_epoch
@@ -199,6 +200,7 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         raise ConfigError(f"{store.uri(experiment)}: " + (
             "nothing to resume: no such experiment" if resume else
             "an experiment of this name exists; pass --resume to finish it, or choose another --name"))
+    progress = SweepProgress(experiment)  # trial counts and GPU-hours as Ray metrics; checks its setting now
     log.info("%s", describe(p, store))
     timings: dict[str, float] = {}
     log.info("ray: %s", runtime.init_ray(cfg.ray))
@@ -244,6 +246,8 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         log.info("resuming %s: finished trials stay as they are; the rest go on from their last checkpoint",
                  store.uri(experiment))
     else:
+        bookkeeping = runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)
+        bookkeeping["callbacks"].append(progress)  # a restored run config has it already
         tuner = tune.Tuner(
             trainable,
             param_space={
@@ -256,7 +260,7 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=experiment, verbose=1, **tune_storage,
-                **runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s),
+                **bookkeeping,
                 failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
                 # Tune's checkpoints only list the records reported (the weights go to the trial's
                 # journal, see pwlock.trial): tiny, and all kept so a stale snapshot never names a
