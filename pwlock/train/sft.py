@@ -19,6 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock.config import TrainConfig
 from pwlock.tasks.base import Example
+from pwlock.train.batching import PackedBatch, max_step_tokens, pack, packed_attention
+from pwlock.train.checkpointing import CheckpointPlan
 from pwlock.train.optim import lr_schedule, make_optimizer, optimizer_step
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,9 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
@@ -56,10 +61,10 @@ def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
     return Batch(input_ids, attention, labels)
 
 
-def completion_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over completion tokens."""
+def completion_loss(model: PreTrainedModel, batch: Batch | PackedBatch) -> torch.Tensor:
+    """Mean next-token cross-entropy over completion tokens, of a padded or a packed batch."""
     batch = batch.to(model.device)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = model(**batch.model_inputs()).logits
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE
     )
@@ -97,7 +102,10 @@ def train_sft(
     get_epoch: EpochData = data if callable(data) else (lambda _e, d=data: d)
     torch.manual_seed(seed)
     order_rng = random.Random(seed)
-    optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
+    optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, tuple(cfg.betas), cfg.weight_decay,
+                               cfg.bf16_update)
+    packing = cfg.packing if cfg.packing is not None else model.device.type == "cuda"
+    memory = CheckpointPlan(model, cfg.gradient_checkpointing)
     first = get_epoch(0)
     total = epochs * steps_per_epoch(len(first), cfg.batch_size)  # every epoch has the same size
     schedule = lr_schedule(optimizer, cfg.warmup_steps, cfg.schedule, total, lr_scale)
@@ -107,11 +115,14 @@ def train_sft(
         schedule.load_state_dict(start["schedule"])
         order_rng.setstate(start["order_rng"])
         torch.set_rng_state(start["torch_rng"])
+        if start.get("cuda_rng") is not None:  # stochastic rounding draws from it
+            torch.cuda.set_rng_state(start["cuda_rng"], model.device)
         step, begin = start["step"], start["epoch"]
 
     def state(epoch: int) -> TrainState:
         return {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "order_rng": order_rng.getstate(), "torch_rng": torch.get_rng_state()}
+                "order_rng": order_rng.getstate(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None}
 
     model.train()
     t0 = time.perf_counter()
@@ -123,12 +134,17 @@ def train_sft(
         loss_sum, loss_n = torch.zeros((), device=model.device), 0
         order_rng.shuffle(encoded)
         size = min(cfg.batch_size, len(encoded))
-        for first_row in range(0, len(encoded), size):
-            batch = collate(encoded[first_row : first_row + size], tokenizer.pad_token_id)
-            loss = completion_loss(model, batch)
-            optimizer_step(loss, optimizer, schedule)
-            step += 1
-            loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1
+        most = max_step_tokens([len(ids) for ids, _ in encoded], size, packing)
+        with packed_attention(model, packing):
+            for first_row in range(0, len(encoded), size):
+                rows = encoded[first_row : first_row + size]
+                batch = pack(rows) if packing else collate(rows, tokenizer.pad_token_id)
+                memory.before_step(batch.input_ids.numel(), most)
+                loss = completion_loss(model, batch)
+                optimizer_step(loss, optimizer, schedule)
+                memory.after_step()
+                step += 1
+                loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1
         if time.perf_counter() - last_log > progress_every_s or epoch + 1 == epochs:
             last_log = time.perf_counter()
             log.info("%s: epoch %d/%d, step %d, loss %.4f, %.0f s", desc, epoch + 1, epochs, step,
