@@ -91,11 +91,17 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     gqa = key.shape[1] != query.shape[1]
     kernel = _varlen_kernel()
     if query.is_cuda and kernel is not None:
+        accepts = inspect.signature(kernel).parameters
+        if gqa and "enable_gqa" not in accepts:
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
-        causal = ({"is_causal": True} if "is_causal" in inspect.signature(kernel).parameters
-                  else {"window_size": (-1, 0)})  # the keyword changed between PyTorch releases
-        out = kernel(q, k, v, cu, cu, int(kwargs["max_length_q"]), int(kwargs["max_length_q"]),
-                     scale=scaling, enable_gqa=gqa, **causal)
+        # Keywords changed between PyTorch releases: causal is is_causal=True or window_size=(-1, 0).
+        options = {"is_causal": True} if "is_causal" in accepts else {"window_size": (-1, 0)}
+        if gqa and "enable_gqa" in accepts:
+            options["enable_gqa"] = True
+        out = kernel(q, k, v, cu, cu, int(kwargs["max_length_q"]), int(kwargs["max_length_q"]), scale=scaling,
+                     **options)
         return out.unsqueeze(0), None
     # Reference path: one causal SDPA call per example (exact; used on the CPU and in tests).
     bounds = cu.tolist()
