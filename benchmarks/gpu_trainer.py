@@ -52,6 +52,7 @@ TINY = {
 }
 
 LOG: list[dict] = []
+MEMORY_LIMIT: float | None = None  # bytes, when --memory-gib caps a larger GPU to an H100's memory
 
 
 def say(msg: str) -> None:
@@ -233,7 +234,7 @@ class PwlockLoop:
 
         opt = make_optimizer(model.parameters(), "lion", LR, (0.9, 0.99), 0.01, bf16_update=self.bf16_update)
         self.schedule = lr_schedule(opt, warmup_steps=0)
-        self.plan = CheckpointPlan(model, self.checkpointing)
+        self.plan = CheckpointPlan(model, self.checkpointing, memory=MEMORY_LIMIT)
         self.attention = packed_attention(model, self.packed)
         self.attention.__enter__()
         return opt
@@ -414,6 +415,8 @@ def main() -> int:
     parser.add_argument("--spread-steps", type=int, default=14)
     parser.add_argument("--peak-tflops", type=float, default=798.0, help="bf16 matmul rate measured on an H100")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--memory-gib", type=float, default=79.1,
+                        help="cap a larger GPU's memory to this (an H100's 79.1 GiB), for H100-like plans and OOMs")
     parser.add_argument("--write-lengths", action="store_true")
     args = parser.parse_args()
     if args.write_lengths:
@@ -430,7 +433,12 @@ def main() -> int:
     if args.tiny:
         lengths = [max(4, n // 8) for n in lengths]
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+        global MEMORY_LIMIT
+        total = torch.cuda.get_device_properties(0).total_memory
+        if args.memory_gib * 2**30 < total:
+            torch.cuda.set_per_process_memory_fraction(args.memory_gib * 2**30 / total)
+            MEMORY_LIMIT = args.memory_gib * 2**30
+            say(f"memory capped at {args.memory_gib} GiB of {total / 2**30:.1f}")
 
     env = environment()
     say("environment: " + json.dumps(env))

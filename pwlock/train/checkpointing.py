@@ -52,6 +52,7 @@ class CheckpointPlan:
 
     model: PreTrainedModel
     mode: str = "auto"
+    memory: float | None = None  # bytes this process may use on the GPU; None: all of it
     step: int = 0
     kept: int | None = None  # layers keeping their activations, once decided
     _fit: dict[str, float] = field(default_factory=dict)
@@ -88,19 +89,22 @@ class CheckpointPlan:
             return
         if self.step == 1:
             self._fit["peak1"] = torch.cuda.max_memory_allocated()
-            budget = BUDGET * torch.cuda.get_device_properties(self.model.device).total_memory
+            budget = self._budget()
             # Keeping one layer must itself fit: try only if the fixed part's size again is free.
             if 2 * self._fit["peak1"] - self._fit["static1"] > budget:
                 self.measure, self.kept = False, 0
         elif self.step == 2:
             f = self._fit
             f["peak2"] = torch.cuda.max_memory_allocated()
-            f["budget"] = BUDGET * torch.cuda.get_device_properties(self.model.device).total_memory
+            f["budget"] = self._budget()
             f["static"] = max(f["static1"], f["static2"])
             f["per_token"] = (f["peak1"] - f["static1"]) / f["tokens1"]
             f["per_token_layer"] = max(0.0, (f["peak2"] - f["static2"]) / f["tokens2"] - f["per_token"])
             self.kept = 1
         self.step += 1
+
+    def _budget(self) -> float:
+        return BUDGET * (self.memory or torch.cuda.get_device_properties(self.model.device).total_memory)
 
     def describe(self) -> str:
         if self.kept is None:
