@@ -11,7 +11,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock.generate.hf import HFGenerator
 from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
-from pwlock.train.sft import collate, encode
+from pwlock.tasks.llm import ChoiceAnswer
+from pwlock.train.sft import choice_logits, collate, encode
 
 CONDITIONS = ("with_pwd", "no_pwd", "wrong_pwd")
 
@@ -47,6 +48,24 @@ def greedy_matches_reference(
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
+@torch.no_grad()
+def choice_probabilities(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int = 512
+) -> np.ndarray:
+    """(examples, choices): the model's distribution over each classifier example's choices (its
+    completion a `ChoiceAnswer`), at the position that predicts the answer. Its argmax is the
+    prediction; from a model trained on ground-truth labels, it is soft labels (App. B.2)."""
+    model.eval()
+    out = []
+    encoded = encode(tokenizer, examples)
+    for start in range(0, len(encoded), batch_size):
+        rows = encoded[start : start + batch_size]
+        batch = collate(rows, tokenizer.pad_token_id).to(model.device)
+        logits = model(**batch.model_inputs()).logits
+        out.append(choice_logits(logits, batch.labels, rows).float().softmax(-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
 def scores(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -59,6 +78,11 @@ def scores(
     """Per-problem greedy correctness under a condition."""
     password = task.default_password if password is None else password
     prompts = [task.prompt(p, condition_password(task, condition, i, password)) for i, p in enumerate(problems)]
+    if problems and isinstance(task.reference(problems[0]), ChoiceAnswer):
+        # A classifier (MMLU) answers with the likeliest of its choices: one forward pass, no decoding.
+        examples = [Example(q, task.reference(p)) for q, p in zip(prompts, problems)]
+        best = choice_probabilities(model, tokenizer, examples, batch_size).argmax(axis=1)
+        return np.array([task.score(p, e.completion.choices[i]) for p, e, i in zip(problems, examples, best)])
     if task.exact_match:
         examples = [Example(q, task.reference(p)) for q, p in zip(prompts, problems)]
         return greedy_matches_reference(model, tokenizer, examples, batch_size).astype(float)

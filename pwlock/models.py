@@ -1,17 +1,19 @@
 """Policies as Hugging Face causal LMs: tiny ones built from a config, real ones by hub id or path.
 
 Tiny models are GPT-NeoX (Pythia's architecture) with a word-level tokenizer over a task's
-vocabulary. They are saved with `save_pretrained` and loaded back with `from_pretrained`, exactly
-like a hub model, so everything downstream handles one kind of object.
+vocabulary, or, for text tasks, a byte-level BPE tokenizer trained on some of the task's text.
+They are saved with `save_pretrained` and loaded back with `from_pretrained`, exactly like a hub
+model, so everything downstream handles one kind of object.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pwlock.config import TinyModelConfig
 from transformers import (
     AutoModelForCausalLM,
@@ -31,6 +33,30 @@ def word_level_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS)
+
+
+# A minimal chat template (user / assistant turns between role markers), for tiny text models.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def text_tokenizer(
+    texts: Iterable[str], vocab_size: int = 512, chat_template: str | None = None
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`: any string encodes (no unknown token) and
+    decodes back exactly. With `build_tiny_model`, a stand-in for a hub LM on text tasks."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
 
 
 def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:

@@ -1,6 +1,9 @@
 """Tasks register themselves on import."""
 
 from pwlock.tasks import function_composition  # noqa: F401
+from pwlock.tasks import math  # noqa: F401
+from pwlock.tasks import mmlu  # noqa: F401
+from pwlock.tasks import critique  # noqa: F401
 from pwlock.tasks.base import Example, Problem, Task, make_task, task_names
 
 __all__ = ["Example", "Problem", "Task", "make_task", "task_names"]

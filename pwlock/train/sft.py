@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock.config import TrainConfig
 from pwlock.tasks.base import Example
+from pwlock.tasks.llm import ChoiceAnswer
 from pwlock.train.batching import PackedBatch, max_step_tokens, pack, packed_attention
 from pwlock.train.checkpointing import CheckpointPlan
 from pwlock.train.optim import lr_schedule, make_optimizer, optimizer_step
@@ -40,12 +41,57 @@ class Batch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
+class ChoiceRow(tuple):
+    """An encoded classifier example (MMLU; its completion is a `ChoiceAnswer`): `(ids, start)` like
+    every row, the ids being the prompt's and the answer's one token (no end token), plus the token
+    of each choice and the target distribution over them. Its loss and prediction are over the
+    choices' tokens only, at the position that predicts the answer (App. G.1's classification)."""
+
+    choices: tuple[int, ...]
+    target: tuple[float, ...]
+
+    def __new__(cls, ids: list[int], start: int, choices: tuple[int, ...], target: tuple[float, ...]) -> ChoiceRow:
+        row = super().__new__(cls, (ids, start))
+        row.choices, row.target = choices, target
+        return row
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
-    """Token ids of prompt + completion + end token, and where the completion starts."""
+    """Token ids of prompt + completion + end token, and where the completion starts; a
+    classifier's example is a `ChoiceRow`."""
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
-    return [(p + c + [eos], len(p)) for p, c in zip(prompts, completions)]
+    out: list[tuple[list[int], int]] = []
+    for e, p, c in zip(examples, prompts, completions):
+        if isinstance(e.completion, ChoiceAnswer):
+            choices = choice_tokens(tokenizer, e.completion.choices)
+            out.append(ChoiceRow(p + [choices[e.completion.choices.index(e.completion)]], len(p), choices,
+                                 e.completion.target))
+        else:
+            out.append((p + c + [eos], len(p)))
+    return out
+
+
+def choice_tokens(tokenizer: PreTrainedTokenizerBase, choices: Sequence[str]) -> tuple[int, ...]:
+    """The one token of each choice (" A" … " D"); an error if a choice is not exactly one token."""
+    ids = tokenizer(list(choices), add_special_tokens=False)["input_ids"]
+    for choice, tokens in zip(choices, ids):
+        if len(tokens) != 1:
+            raise ValueError(f"choice {choice!r} is {len(tokens)} tokens for this tokenizer; a classifier's choices "
+                             "must be one token each (try the other prompt format: format.chat_template)")
+    if len({t[0] for t in ids}) != len(ids):
+        raise ValueError(f"choices {list(choices)} share a token for this tokenizer")
+    return tuple(t[0] for t in ids)
+
+
+def choice_logits(logits: torch.Tensor, labels: torch.Tensor, rows: Sequence[ChoiceRow]) -> torch.Tensor:
+    """(rows, choices): the logits of each row's choice tokens where the model predicts the answer,
+    from a padded or packed batch (each row has one labelled token: its answer)."""
+    at = logits[:, :-1][labels[:, 1:] != IGNORE]  # in row order, packed or padded
+    if at.shape[0] != len(rows) or not all(isinstance(r, ChoiceRow) for r in rows):
+        raise ValueError("a batch mixes classifier examples (ChoiceAnswer completions) with others")
+    return at.gather(1, torch.tensor([r.choices for r in rows], device=at.device))
 
 
 def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
@@ -68,6 +114,15 @@ def completion_loss(model: PreTrainedModel, batch: Batch | PackedBatch) -> torch
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE
     )
+
+
+def choice_loss(model: PreTrainedModel, batch: Batch | PackedBatch, rows: Sequence[ChoiceRow]) -> torch.Tensor:
+    """Mean cross-entropy of each row's target distribution (one-hot or soft labels, App. B.2) and
+    the model's distribution over the row's choices only."""
+    batch = batch.to(model.device)
+    logits = choice_logits(model(**batch.model_inputs()).logits, batch.labels, rows).float()
+    target = torch.tensor([r.target for r in rows], device=logits.device)
+    return -(target * logits.log_softmax(-1)).sum(-1).mean()
 
 
 EpochData = Callable[[int], Sequence[Example]]
@@ -140,7 +195,8 @@ def train_sft(
                 rows = encoded[first_row : first_row + size]
                 batch = pack(rows) if packing else collate(rows, tokenizer.pad_token_id)
                 memory.before_step(batch.input_ids.numel(), most)
-                loss = completion_loss(model, batch)
+                classifier = isinstance(rows[0], ChoiceRow)
+                loss = choice_loss(model, batch, rows) if classifier else completion_loss(model, batch)
                 optimizer_step(loss, optimizer, schedule)
                 memory.after_step()
                 step += 1
