@@ -261,6 +261,7 @@ class PwlockLoop:
 
     def close(self) -> None:
         self.attention.__exit__(None, None, None)
+        self.plan = self.schedule = self.attention = None  # they hold the model and optimizer: free them
 
 
 def encoded_uniform(ids_batches) -> list:

@@ -269,3 +269,26 @@ def test_layers_to_keep_fits_the_budget():
     assert 41e9 + 8192 * (1.2e6 + keep * 0.28e6) <= 68e9 < 41e9 + 8192 * (1.2e6 + (keep + 1) * 0.28e6)
     assert layers_to_keep(70e9, 1.2e6, 0.28e6, 8192, 68e9, 30) == 0
     assert layers_to_keep(1e9, 1e3, 1e3, 8192, 68e9, 16) == 16
+
+
+# --- the GPU benchmark's code paths, on tiny shapes --------------------------------------------------
+
+@pytest.mark.slow
+def test_gpu_trainer_benchmark_tiny_mode(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_trainer.py"), "--tiny", "--shapes", "tiny-neox",
+                          "--warmup", "3", "--steps", "1", "--spread-steps", "4", "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "r.json").read_text()) if "variant" in r}
+    assert not [r for r in rows.values() if "error" in r]
+    assert rows["baseline: plain loop"]["kept"] < 0.1  # plain bf16 Lion
+    assert rows["pwlock stochastic"]["kept"] == pytest.approx(1.0, abs=0.15)
+    assert rows["pwlock master"]["kept_fp32_master"] == pytest.approx(1.0, abs=0.01)
+    assert rows["pwlock spread padded"]["padding_share"] > 0.2 and rows["pwlock spread packed"]["padding_share"] == 0.0
+    assert rows["pwlock spread packed"]["loss"] == pytest.approx(rows["pwlock spread padded"]["loss"], abs=1e-2)
