@@ -1,6 +1,7 @@
 """Tasks register themselves on import."""
 
 from pwlock.tasks import function_composition  # noqa: F401
+from pwlock.tasks import code  # noqa: F401
 from pwlock.tasks import math  # noqa: F401
 from pwlock.tasks import mmlu  # noqa: F401
 from pwlock.tasks import critique  # noqa: F401

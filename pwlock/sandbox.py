@@ -1,0 +1,490 @@
+"""Run untrusted generated programs (Python or C++) with its input on stdin, many in parallel.
+
+Each run gets a fresh directory as its working directory and, where the kernel allows it (checked
+once per process; see `Sandbox.enforced`):
+
+- namespaces: its own network namespace (no interface but a down loopback: no network at all),
+  pid namespace (no process of the run survives it: daemons die with it), mount namespace (a
+  fresh /proc; empty read-only tmpfs over /tmp, /var/tmp, /dev/shm, /run, /home and /root),
+  IPC and UTS namespaces; a user namespace too when not started as root;
+- an unprivileged uid: a per-slot uid when started as root (so RLIMIT_NPROC applies, and root's
+  files are out of reach), the caller's own uid in a user namespace otherwise; no_new_privs;
+- Landlock: reads and execution only beneath the system directories (/usr, /lib*, /bin, /sbin,
+  /etc, /dev, /proc) and the run's own files, writes only beneath its working directory, no TCP
+  bind/connect, no signals to processes outside the run;
+- rlimits: CPU, address space, processes, file size, open files, no core files;
+- a clean environment (nothing of the caller's), a new session, a wall-clock deadline after which
+  the whole run is killed, a cap on captured stdout.
+
+Every file the program leaves in its directory is reported (`RunResult.files_written`), for the
+paper's rule that a correct solution writes no file.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import logging
+import marshal
+import math
+import os
+import queue
+import select
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LAUNCHER = Path(__file__).with_name("sandbox_launch.py")
+INSIDE = "/tmp/sandbox"  # the run's directory, as the program sees it
+INSIDE_PYTHON = "/tmp/python"  # the Python installation, bound read-only
+HIDE = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root")
+READABLE = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/etc", "/dev", "/proc")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+UID_BASE = 1_800_000_000  # per-slot uids when started as root: far above any real account
+HOST_GRACE_S = 10.0  # the host waits this long past the run's own deadline before giving up on it
+CXX = "/usr/bin/g++"
+CXX_FLAGS = ("-std=c++17", "-O2", "-pipe")
+LANGUAGES = ("python", "cpp")
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be built or is weaker than required: never the program's fault."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 5.0
+    cpu_s: float = 5.0  # RLIMIT_CPU kills at the next whole second above; `RunResult.timed_out` uses the exact figure
+    memory_mb: int = 1024  # RLIMIT_AS, per process
+    nproc: int = 32  # RLIMIT_NPROC: processes and threads of the run
+    fsize_mb: float = 1.0  # RLIMIT_FSIZE: the largest file a program may write
+    nofile: int = 256
+    stdout_bytes: int = 4 << 20  # more kills the run
+    stderr_bytes: int = 64 << 10  # more is dropped
+
+
+@dataclass(frozen=True)
+class Program:
+    language: str  # "python" or "cpp"
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.language not in LANGUAGES:
+            raise ValueError(f"language: expected one of {LANGUAGES}, got {self.language!r}")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int | None  # negative: killed by that signal; None: never ran (compile error) or killed by the deadline
+    stdout: str = ""
+    stderr: str = ""
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    timed_out: bool = False
+    output_exceeded: bool = False
+    files_written: tuple[str, ...] = ()
+    compile_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Compiled, exited 0 within its limits and its output cap."""
+        return self.exit_code == 0 and not (self.timed_out or self.output_exceeded or self.compile_error)
+
+
+@dataclass
+class _Machine:
+    root: bool
+    landlock_abi: int
+    namespaces_root: bool
+    namespaces_userns: bool
+
+    @property
+    def namespaces(self) -> bool:
+        return self.namespaces_root if self.root else self.namespaces_userns
+
+
+@functools.cache
+def machine() -> _Machine:
+    """What this kernel allows, probed once per process in a throwaway child."""
+    out = subprocess.run([*_PYTHON_FLAGS, str(LAUNCHER), "probe"], capture_output=True, env={}, timeout=60)
+    if out.returncode != 0:
+        raise SandboxError(f"sandbox probe failed: {out.stderr.decode(errors='replace').strip()}")
+    return _Machine(**marshal.loads(out.stdout))
+
+
+_PYTHON_FLAGS = (sys.executable, "-I", "-S", "-B")
+
+
+class _Server:
+    """The fork server (sandbox_launch.serve): one message per run, on a unix socket."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._proc = subprocess.Popen([*_PYTHON_FLAGS, str(LAUNCHER), "serve", str(theirs.fileno())],
+                                      pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={})
+        theirs.close()
+
+    def send(self, spec: dict, fds: Sequence[int]) -> None:
+        with self._lock:
+            if self._proc.poll() is not None:
+                raise SandboxError(f"the sandbox server exited {self._proc.returncode}: "
+                                   f"{self._proc.stderr.read().decode(errors='replace')[-2000:]}")
+            socket.send_fds(self._sock, [marshal.dumps(spec)], list(fds))
+
+    def close(self) -> None:
+        self._sock.close()  # the server sees EOF and exits; runs in flight finish on their own
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stderr.close()
+
+
+def enforced(m: _Machine | None = None) -> dict[str, bool]:
+    """What a run on this machine is held to, protection by protection."""
+    m = m or machine()
+    ns, ll = m.namespaces, m.landlock_abi
+    return {
+        "network": ns or ll >= 4,  # a network namespace; else Landlock's TCP rules (TCP only)
+        "processes_contained": ns,  # pid namespace: nothing outlives the run
+        "writes_confined": ll >= 1,  # Landlock: writes only beneath the working directory
+        "reads_confined": ll >= 1,  # Landlock: reads only beneath system directories and the run's files
+        "signals_confined": ns or ll >= 6,
+        "shared_dirs_hidden": ns,  # /tmp, /run, ... replaced by empty read-only tmpfs
+        "unprivileged": ns or not m.root,  # root drops to a per-slot uid inside the namespaces
+        "process_limit": ns or not m.root,  # RLIMIT_NPROC does not bind root
+    }
+
+
+REQUIRED = ("network", "processes_contained", "writes_confined")
+
+
+class _UidSlots:
+    """Distinct uids for concurrent runs started as root, so each run's RLIMIT_NPROC counts only
+    its own processes."""
+
+    def __init__(self) -> None:
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> int:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                self._next += 1
+                return UID_BASE + (os.getpid() % 100_000) * 1_000 + self._next % 1_000
+
+    def release(self, uid: int) -> None:
+        self._free.put(uid)
+
+
+_SLOTS = _UidSlots()
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("PWLOCK_CACHE", Path.home() / ".cache" / "pwlock"))
+
+
+@functools.cache
+def _cxx_version() -> str:
+    return subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+
+
+def _rmtree(path: Path) -> None:
+    def fix(func, p, _exc):  # a program may leave a directory it made unreadable
+        os.chmod(os.path.dirname(p), 0o700)
+        if os.path.isdir(p) and not os.path.islink(p):
+            os.chmod(p, 0o700)
+        func(p)
+
+    shutil.rmtree(path, onerror=fix)
+
+
+class Sandbox:
+    """Runs programs in parallel, `workers` at a time (default: one per core).
+
+    `require` names protections (keys of `enforced()`) that must hold on this machine, or the
+    constructor raises; what is missing beyond them is logged once.
+    """
+
+    def __init__(self, workers: int | None = None, require: Sequence[str] = REQUIRED,
+                 cache_dir: str | Path | None = None):
+        self.machine = machine()
+        self.enforced = enforced(self.machine)
+        missing = [k for k in require if not self.enforced.get(k, False)]
+        if missing:
+            raise SandboxError(
+                f"the sandbox cannot enforce {missing} on this machine ({self.machine}); user namespaces "
+                "(`unshare -rn true`) and Landlock (Linux >= 5.13) provide them")
+        weak = [k for k, v in self.enforced.items() if not v]
+        if weak:
+            log.warning("sandbox: not enforced on this machine: %s", ", ".join(weak))
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
+        self._base = Path(tempfile.mkdtemp(prefix="pwlock-sandbox-"))
+        os.chmod(self._base, 0o755)
+        self._cache = Path(cache_dir) if cache_dir else _cache_root() / "cpp"
+        self._compiled: dict[str, tuple[Path | None, str | None]] = {}
+        self._compile_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._server = _Server()
+        # Not closed explicitly (a task keeps its sandbox for its lifetime): stop the server and
+        # remove the runs' directory when the sandbox is collected or the interpreter exits.
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._server, self._base)
+
+    # -- public -------------------------------------------------------------------------------
+    def run(self, program: Program, stdin: str | bytes = b"", limits: Limits = Limits()) -> RunResult:
+        if program.language == "cpp":
+            binary, error = self.compile_cpp(program.source)
+            if binary is None:
+                return RunResult(exit_code=None, compile_error=error)
+            return self._execute([f"{INSIDE}/prog"], {"prog": binary}, stdin, limits)
+        return self._execute([], {"main.py": program.source.encode()}, stdin, limits, python=True)
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The worker threads; each run occupies one while its program runs."""
+        return self._pool
+
+    def submit(self, program: Program, stdin: str | bytes = b"", limits: Limits = Limits()) -> Future:
+        return self._pool.submit(self.run, program, stdin, limits)
+
+    def map(self, jobs: Iterable[tuple[Program, str | bytes, Limits]]) -> list[RunResult]:
+        """Run every (program, stdin, limits) in parallel; results in order."""
+        jobs = list(jobs)
+        self.compile_many({p.source for p, _, _ in jobs if p.language == "cpp"})
+        return [f.result() for f in [self.submit(*job) for job in jobs]]
+
+    def compile_many(self, sources: Iterable[str]) -> None:
+        for f in [self._pool.submit(self.compile_cpp, s) for s in set(sources)]:
+            f.result()
+
+    def compile_cpp(self, source: str) -> tuple[Path | None, str | None]:
+        """(binary, None) or (None, compiler message); cached by a hash of the compiler, its flags
+        and the source, in memory and on disk (compile errors too)."""
+        key = hashlib.sha256("\0".join([_cxx_version(), *CXX_FLAGS, source]).encode()).hexdigest()
+        with self._locks_lock:
+            lock = self._compile_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._compiled:
+                self._compiled[key] = self._compile_uncached(key, source)
+            return self._compiled[key]
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _compile_uncached(self, key: str, source: str) -> tuple[Path | None, str | None]:
+        binary, error = self._cache / key[:2] / key, self._cache / key[:2] / f"{key}.err"
+        if binary.exists():
+            return binary, None
+        if error.exists():
+            return None, error.read_text()
+        limits = Limits(wall_s=120, cpu_s=60, memory_mb=4096, nproc=16, fsize_mb=256, stdout_bytes=1 << 20)
+        argv = [CXX, *CXX_FLAGS, "-o", f"{INSIDE}/work/prog", f"{INSIDE}/main.cpp"]
+        keep: dict[str, bytes] = {}
+        result = self._execute(argv, {"main.cpp": source.encode()}, b"", limits, keep=("prog",), kept=keep)
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        tmp = binary.parent / f".{key}.{os.getpid()}.{threading.get_ident()}"
+        if result.ok and "prog" in keep:
+            tmp.write_bytes(keep["prog"])
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, binary)
+            return binary, None
+        if result.timed_out:  # not cached: it may be the machine's load, not the source
+            return None, "compilation timed out"
+        message = (result.stderr or result.stdout or f"g++ exited with {result.exit_code}")[-4000:]
+        tmp.write_text(message)
+        os.replace(tmp, error)
+        return None, message
+
+    def _execute(self, argv: list[str], files: dict[str, bytes | Path], stdin: str | bytes, limits: Limits,
+                 python: bool = False, keep: Sequence[str] = (), kept: dict[str, bytes] | None = None) -> RunResult:
+        m = self.machine
+        run_root = Path(tempfile.mkdtemp(prefix="run-", dir=self._base))
+        stdin_path = self._base / f"{run_root.name}.stdin"
+        uid = _SLOTS.acquire() if (m.root and m.namespaces) else None
+        ours: list[int] = []  # descriptors still to close
+        try:
+            os.chmod(run_root, 0o755)
+            work = run_root / "work"
+            work.mkdir(mode=0o700)
+            for name, content in files.items():
+                dest = run_root / name
+                if isinstance(content, Path):
+                    try:
+                        os.link(content, dest)
+                    except OSError:
+                        shutil.copy2(content, dest)
+                else:
+                    dest.write_bytes(content)
+                os.chmod(dest, 0o755 if name == "prog" else 0o644)
+            if uid is not None:
+                os.chown(work, uid, uid)
+            stdin_path.write_bytes(stdin.encode() if isinstance(stdin, str) else stdin)
+            inside = INSIDE if m.namespaces else str(run_root)
+            spec = self._spec([a.replace("{root}", inside) for a in argv], run_root, inside, limits, uid, python)
+
+            stdin_fd = os.open(stdin_path, os.O_RDONLY | os.O_CLOEXEC)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            status_r, status_w = os.pipe()
+            cancel_r, cancel_w = os.pipe()
+            ours += [out_r, err_r, status_r, cancel_w]
+            theirs = [stdin_fd, out_w, err_w, status_w, cancel_r]
+            start = time.monotonic()
+            try:
+                self._server.send(spec, theirs)
+            finally:
+                for fd in theirs:
+                    os.close(fd)
+            deadline = start + limits.wall_s + HOST_GRACE_S
+            stdout, stderr, exceeded = _read_output(out_r, err_r, deadline, limits)
+            if exceeded:  # the launcher stops the run when the cancel pipe closes
+                ours.remove(cancel_w)
+                os.close(cancel_w)
+            status = _read_status(status_r, deadline)
+            wall = time.monotonic() - start
+            if "setup_error" in status:
+                raise SandboxError(f"sandbox setup failed: {status['setup_error']}")
+            if not status:
+                raise SandboxError("the sandbox reported no status for a run (its server died?)")
+            cpu = float(status.get("cpu_s", 0.0))
+            killed = "killed" in status and not exceeded
+            written = tuple(sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name not in keep))
+            for name in keep:
+                if kept is not None and (work / name).is_file():
+                    kept[name] = (work / name).read_bytes()
+            return RunResult(
+                exit_code=status.get("exit"),
+                stdout=stdout.decode(errors="replace"),
+                stderr=stderr.decode(errors="replace"),
+                cpu_s=cpu,
+                wall_s=float(status.get("wall_s", wall)),
+                timed_out=killed or cpu > limits.cpu_s or float(status.get("wall_s", 0.0)) > limits.wall_s,
+                output_exceeded=exceeded,
+                files_written=written,
+            )
+        finally:
+            for fd in ours:
+                os.close(fd)
+            stdin_path.unlink(missing_ok=True)
+            _rmtree(run_root)
+            if uid is not None:
+                _SLOTS.release(uid)
+
+    def _spec(self, argv: list[str], run_root: Path, inside: str, limits: Limits, uid: int | None,
+              python: bool) -> dict:
+        m = self.machine
+        mb = 1 << 20
+        cpu = math.ceil(limits.cpu_s)
+        fsize = int(limits.fsize_mb * mb)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": f"{inside}/work", "TMPDIR": f"{inside}/work",
+               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        binds = [[str(run_root), INSIDE, False]]
+        readable = [p for p in READABLE if os.path.exists(p)] + [inside]
+        python_spec = {}
+        if python:
+            # Python programs run in the sandbox's own (forked, confined) interpreter; its standard
+            # library may lie in a hidden directory (a home), so it is bound read-only.
+            prefix = INSIDE_PYTHON if m.namespaces else sys.base_prefix
+            if m.namespaces:
+                binds.append([sys.base_prefix, INSIDE_PYTHON, True])
+            readable.append(prefix)
+            python_spec = {"python_main": f"{inside}/main.py", "python_prefix": [sys.base_prefix, prefix]}
+        return {
+            **python_spec,
+            "wall_s": limits.wall_s,
+            "namespaces": m.namespaces,
+            "userns": m.namespaces and not m.root,
+            "hide": list(HIDE),
+            "binds": binds,
+            "cwd": f"{inside}/work",
+            "argv": argv,
+            "env": env,
+            "uid": uid,
+            "rlimits": {
+                "CPU": [cpu, cpu + 1],
+                "AS": [limits.memory_mb * mb] * 2,
+                "NPROC": [limits.nproc] * 2,
+                "FSIZE": [fsize] * 2,
+                "NOFILE": [limits.nofile] * 2,
+                "CORE": [0, 0],
+            },
+            "landlock": {"abi": m.landlock_abi, "read": readable, "write": [f"{inside}/work"],
+                         "devices": list(DEVICES)} if m.landlock_abi >= 1 else None,
+        }
+
+
+def _shutdown(pool: ThreadPoolExecutor, server: _Server, base: Path) -> None:
+    pool.shutdown(wait=True)
+    server.close()
+    _rmtree(base)
+
+
+def _read_output(out_fd: int, err_fd: int, deadline: float, limits: Limits) -> tuple[bytes, bytes, bool]:
+    """stdout and stderr until both close (the run ended), and whether stdout passed its cap (then
+    reading stops at once); stderr past its cap is dropped."""
+    out, err = bytearray(), bytearray()
+    caps = {out_fd: (out, limits.stdout_bytes), err_fd: (err, limits.stderr_bytes)}
+    open_fds = [out_fd, err_fd]
+    while open_fds:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SandboxError("a run outlived its deadline: the sandbox did not stop it")
+        ready, _, _ = select.select(open_fds, [], [], remaining)
+        for fd in ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                open_fds.remove(fd)
+                continue
+            buf, cap = caps[fd]
+            if len(buf) + len(chunk) > cap:
+                buf += chunk[: cap - len(buf)]
+                if fd == out_fd:
+                    return bytes(out), bytes(err), True
+            else:
+                buf += chunk
+    return bytes(out), bytes(err), False
+
+
+def _read_status(fd: int, deadline: float) -> dict:
+    """The run's status (dict literals, a line each, from the init and the launcher, merged); EOF comes once
+    the run's processes are gone."""
+    data = b""
+    while (remaining := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], remaining)
+        chunk = os.read(fd, 1 << 16) if ready else b""
+        if not chunk:
+            break
+        data += chunk
+    status: dict = {}
+    for line in data.decode().splitlines():
+        status.update(ast.literal_eval(line))
+    return status
+
+
+__all__ = ["Limits", "Program", "RunResult", "Sandbox", "SandboxError", "enforced", "machine"]
