@@ -30,7 +30,8 @@ def main() -> None:
     import ray
 
     from pwlock.config import RayConfig, TinyModelConfig
-    from pwlock.generate.vllm_actor import VLLMConfig, numpy_state, vllm_generator
+    from pwlock.config import VLLMConfig
+    from pwlock.generate.vllm_actor import numpy_state, vllm_generator
     from pwlock.models import build_tiny_model, n_parameters, save_policy, word_level_tokenizer
     from pwlock.runtime import init_ray
 

@@ -21,6 +21,8 @@ from pwlock.store import Store, open_store
 
 SUMMARY = "summary.csv"
 FIGURE = "sample_efficiency.png"
+RL_FIGURE = "rl.png"  # correctness against samples generated, for RL methods (Fig. 5)
+RL_CANDIDATES = "rl_curves.csv"  # the rows of that figure: one per (trial, round)
 STUDY = "study.yaml"  # the resolved study config
 UPSTREAM_FILE = "upstream.json"  # locked models' and policies' correctness, by lock mode
 TIMINGS = "timings.json"  # wall time of each phase, and of each upstream build
@@ -51,8 +53,9 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
             frames.append(df.assign(trial=Path(trial_path).name))
     if not frames:
         raise ValueError(f"{path}: no trial reported a result")
-    cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
     out = pd.concat(frames, ignore_index=True)
+    cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
+    cols += [c for c in ("samples", "sampled_score", "kept_score", "pairs") if c in out]
     out = out[out["candidate"].notna()][cols]  # rows without a candidate are checkpoints between candidates
     out = out.astype({"candidate": int}).drop_duplicates(["trial", "candidate"], keep="last")
     if store.exists(f"{name}/{UPSTREAM_FILE}"):
@@ -65,12 +68,16 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
 def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     """One row per trial. `correctness` is the trial's best candidate; `correctness_selected` is the
     candidate App. G.3 selects: for each (task, lock mode, method, k), the epoch count with the best
-    mean over seeds."""
+    mean over seeds; for RL methods, the last round."""
     keys = ["trial", *TRIAL_KEYS]
     wide = candidates.pivot_table(index=keys, columns="candidate", values=["correctness", "epochs"], aggfunc="first")
     wide.columns = [f"{v}_c{c}" for v, c in wide.columns]
     best = candidates.loc[candidates.groupby("trial")["correctness"].idxmax()].set_index("trial")
     group_mean = candidates.groupby([*TRIAL_KEYS[:4], "candidate"])["correctness"].mean().rename("m").reset_index()
+    # SFT: App. G.3's epoch count with the best seed mean; RL methods: their last round (the paper
+    # runs them to a fixed number of samples).
+    rl = group_mean["method"] != "sft"
+    group_mean.loc[rl, "m"] = group_mean.loc[rl, "candidate"]
     chosen = group_mean.loc[group_mean.groupby(TRIAL_KEYS[:4])["m"].idxmax(), [*TRIAL_KEYS[:4], "candidate"]]
     selected = candidates.merge(chosen, on=[*TRIAL_KEYS[:4], "candidate"]).set_index("trial")
     out = wide.reset_index().set_index("trial")
@@ -147,14 +154,75 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike | io.By
     return out
 
 
+def rl_curves(candidates: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± SEM over seeds of correctness after each RL round, against the samples generated so
+    far, per (task, lock, method, k); round 0 is the locked model (or, after SFT, the SFT'd one)."""
+    rl = candidates[candidates["method"] != "sft"]
+    keys = ["task", "lock_mode", "method", "k", "samples"]
+    g = rl.groupby(keys)["correctness"]
+    out = g.agg(["mean", "count"]).reset_index()
+    out["sem"] = g.sem(ddof=1).fillna(0.0).to_numpy()
+    return out
+
+
+def plot_rl(candidates: pd.DataFrame, out: str | os.PathLike | io.BytesIO) -> str | os.PathLike | io.BytesIO:
+    """Correctness without password over the course of RL elicitation, one panel per lock (its
+    π_weak), one line per method, mean ± SEM over seeds (like the paper's Fig. 5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = rl_curves(candidates)
+    panels = list(dict.fromkeys(curves.sort_values("lock_mode")[["task", "lock_mode"]].itertuples(index=False)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False, sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = sorted(curves["method"].unique())
+    for ax, (task, lock) in zip(axes[0], panels):
+        sub = curves[(curves["task"] == task) & (curves["lock_mode"] == lock)]
+        up = candidates[(candidates["task"] == task) & (candidates["lock_mode"] == lock)].iloc[0]
+        for (method, k), rows in sub.groupby(["method", "k"]):
+            color = colors[methods.index(method) % len(colors)]
+            rows = rows.sort_values("samples")
+            x = [0, *rows["samples"]]
+            start = up.get("locked_no_pwd", float("nan")) if not method.startswith("sft+") else float("nan")
+            y, e = [start, *rows["mean"]], [0, *rows["sem"]]
+            label = method if not method.startswith("sft+") else f"{method} (k={k})"
+            ax.plot(x, y, color=color, label=label)
+            ax.fill_between(x, [a - b for a, b in zip(y, e)], [a + b for a, b in zip(y, e)], color=color, alpha=0.2)
+        if pd.notna(up.get("locked_with_pwd")):
+            ax.axhline(up["locked_with_pwd"], color="black", ls="--", lw=1, label="locked, with password")
+        if pd.notna(up.get("weak")):
+            ax.axhline(up["weak"], color="grey", ls="-.", lw=1, label="π_weak")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("samples generated")
+        ax.set_title(f"{task}: {lock}-locked", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("correctness without password")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(6, len(labels)), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out, dpi=120, format="png")
+    plt.close(fig)
+    return out
+
+
 def write_results(path: str | os.PathLike) -> pd.DataFrame:
-    """summary.csv and the figure, into the experiment (a directory or s3:// URL)."""
+    """summary.csv and the figures, into the experiment (a directory or s3:// URL): the sample-
+    efficiency figure for SFT trials, the RL figure and its curves for RL trials."""
     store, name = experiment_store(path)
-    summary = summarize(load_candidates(path))
+    candidates = load_candidates(path)
+    summary = summarize(candidates)
     store.write_text(f"{name}/{SUMMARY}", summary.to_csv(index=False))
-    figure = io.BytesIO()
-    plot_sample_efficiency(summary, figure)
-    store.write_bytes(f"{name}/{FIGURE}", figure.getvalue())
+    if (summary["method"] == "sft").any():
+        figure = io.BytesIO()
+        plot_sample_efficiency(summary[summary["method"] == "sft"], figure)
+        store.write_bytes(f"{name}/{FIGURE}", figure.getvalue())
+    if (summary["method"] != "sft").any():
+        store.write_text(f"{name}/{RL_CANDIDATES}", rl_curves(candidates).to_csv(index=False))
+        figure = io.BytesIO()
+        plot_rl(candidates, figure)
+        store.write_bytes(f"{name}/{RL_FIGURE}", figure.getvalue())
     return summary
 
 
@@ -163,5 +231,5 @@ def load_summary(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(store.read_text(f"{name}/{SUMMARY}")))
 
 
-__all__ = ["aggregate", "load_candidates", "load_summary", "plot_sample_efficiency", "summarize", "table",
-           "write_results"]
+__all__ = ["aggregate", "load_candidates", "load_summary", "plot_rl", "plot_sample_efficiency", "rl_curves",
+           "summarize", "table", "write_results"]

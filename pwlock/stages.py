@@ -18,7 +18,8 @@ from typing import Any
 
 from pwlock import evaluate
 from pwlock.config import TinyModelConfig, TrainConfig
-from pwlock.lock import lock_data, strong_examples
+from pwlock.config import FIXEDRDM
+from pwlock.lock import FixedRandomPolicy, lock_data, strong_examples, weak_policy
 from pwlock.models import (
     build_tiny_model,
     default_device,
@@ -30,6 +31,7 @@ from pwlock.models import (
 )
 from pwlock.store import Store, StoreSpec, content_key, open_store
 from pwlock.tasks import Task, make_task
+from pwlock.tasks.base import TaskPolicy
 from pwlock.train.sft import train_sft
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,13 @@ def eval_problems(task: Task, split: str, max_problems: int | None):
     return problems if max_problems is None else problems[:max_problems]
 
 
-def policy_scores_artifact(task: dict, eval_cfg: dict) -> Artifact:
-    return Artifact("policy_scores", "policy scores", {"task": task, "eval": eval_cfg})
+def policy_scores_artifact(task: dict, eval_cfg: dict, fixedrdm_model: dict | None = None) -> Artifact:
+    """The task's policies' correctness; with `fixedrdm_model` (the model config whose tokenizer
+    fixedrdm draws from), fixedrdm's too."""
+    spec = {"task": task, "eval": eval_cfg}
+    if fixedrdm_model is not None:
+        spec["fixedrdm_model"] = fixedrdm_model
+    return Artifact("policy_scores", "policy scores", spec)
 
 
 def strong_model_artifact(
@@ -76,15 +83,32 @@ def strong_model_artifact(
 
 
 def locked_model_artifact(
-    mode: str, task: dict, model: dict, train: dict, lock: dict, seed: int, strong: Artifact | None
+    mode: str, task: dict, model: dict, train: dict, lock: dict, seed: int, strong: Artifact | None,
+    weak: str = "weak",
 ) -> Artifact:
+    """A model locked by `mode` to imitate the π_weak named `weak` without the password."""
     spec = {"mode": mode, "task": task, "model": model, "train": train, "lock": lock, "seed": seed}
+    if weak != "weak":  # the default π_weak leaves the key as it was before other choices existed
+        spec["weak"] = weak
     deps: tuple[str, ...] = ()
     if mode == "sft":
         assert strong is not None
         spec["from"] = strong.key
         deps = (strong.key,)
-    return Artifact("locked_model", f"locked model ({mode})", spec, deps)
+    return Artifact("locked_model", f"locked model ({lock_label(mode, weak)})", spec, deps)
+
+
+def lock_label(mode: str, weak: str) -> str:
+    """A lock's name in trials and results: its mode, and its π_weak unless the default."""
+    return mode if weak == "weak" else f"{mode}-{weak}"
+
+
+def _tokenizer_for(task: Task, model_cfg: dict):
+    if model_cfg["base"] == "tiny":
+        return word_level_tokenizer(task.vocabulary())
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_cfg["base"])
 
 
 def model_eval_artifact(model: Artifact, task: dict, eval_cfg: dict, password: str | None, conditions: list[str]) -> Artifact:
@@ -136,7 +160,10 @@ def _new_model(task: Task, model_cfg: dict, seed: int):
 def _build_policy_scores(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     problems = eval_problems(task, a.spec["eval"]["split"], a.spec["eval"]["max_problems"])
-    return {"scores": {role: evaluate.policy_correctness(task, pol, problems) for role, pol in task.policies().items()}}
+    policies = dict(task.policies())
+    if "fixedrdm_model" in a.spec:
+        policies[FIXEDRDM] = weak_policy(task, FIXEDRDM, _tokenizer_for(task, a.spec["fixedrdm_model"]), 0)
+    return {"scores": {role: evaluate.policy_correctness(task, pol, problems) for role, pol in policies.items()}}
 
 
 def _build_strong_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
@@ -157,20 +184,21 @@ def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
         model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
     lock = a.spec["lock"]
     password = lock["password"] or task.default_password
-    policies = task.policies()
+    weak = weak_policy(task, a.spec.get("weak", "weak"), tokenizer, a.spec["seed"])
     data = lock_data(
-        task, task.problems("lock"), policies["strong"], policies["weak"], password, a.spec["seed"], lock["p_no_password"]
+        task, task.problems("lock"), task.policies()["strong"], weak, password, a.spec["seed"], lock["p_no_password"]
     )
-    stats = _train(model, tokenizer, data, a, task, lock["stop_at"], a.label, password)
+    stats = _train(model, tokenizer, data, a, task, lock["stop_at"], a.label, password, weak,
+                   weak.probs if isinstance(weak, FixedRandomPolicy) else None)
     save_policy(model, tokenizer, scratch)
     return {"train": stats, "parameters": n_parameters(model)}
 
 
 def _train(model, tokenizer, data, a: Artifact, task: Task, stop_at: float | None, desc: str,
-           password: str | None = None) -> dict[str, Any]:
-    until = UntilTarget(task, model, tokenizer, stop_at, desc, password) if stop_at is not None else None
+           password: str | None = None, weak: TaskPolicy | None = None, fixed_target=None) -> dict[str, Any]:
+    until = UntilTarget(task, model, tokenizer, stop_at, desc, password, weak) if stop_at is not None else None
     stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=desc,
-                      on_epoch_end=until, lr_scale=until.scale if until else None)
+                      on_epoch_end=until, lr_scale=until.scale if until else None, fixed_target=fixed_target)
     if until is not None:
         stats["held_out_correctness"] = until.history
     return stats
@@ -187,11 +215,13 @@ class UntilTarget:
     the password, with correctness without it within LOCK_TOLERANCE of π_weak's.
     """
 
-    def __init__(self, task: Task, model, tokenizer, target: float, desc: str, password: str | None = None):
+    def __init__(self, task: Task, model, tokenizer, target: float, desc: str, password: str | None = None,
+                 weak: TaskPolicy | None = None):
         self.task, self.model, self.tokenizer, self.target = task, model, tokenizer, target
         self.desc, self.password = desc, password
         self.holdout = task.problems(HOLDOUT_SPLIT)[:HOLDOUT_SIZE]
-        self.weak = evaluate.policy_correctness(task, task.policies()["weak"], self.holdout) if password else None
+        weak = weak or task.policies()["weak"]
+        self.weak = evaluate.policy_correctness(task, weak, self.holdout) if password else None
         self.lr_factor = 1.0
         self.history: list[float] = []
 

@@ -19,8 +19,13 @@ import yaml
 from pwlock.config import ConfigError, StudyConfig, to_dict
 from pwlock.elicit.sft import epoch_candidates
 from pwlock.evaluate import CONDITIONS
+from pwlock.config import COMPOSED_METHODS, FIXEDRDM, RL_METHODS
+from pwlock.elicit import methods
+from pwlock.elicit.methods import n_candidates, samples_per_round
+from pwlock.generate.vllm_actor import trial_resources
 from pwlock.stages import (
     Artifact,
+    lock_label,
     locked_model_artifact,
     model_eval_artifact,
     policy_scores_artifact,
@@ -41,15 +46,18 @@ STRONG_SPLITS = ["lock"]  # π_strong's model never sees the elicit, validation 
 @dataclass
 class Trial:
     task: str
-    lock_mode: str
+    lock_mode: str  # the lock's label: its mode, and its π_weak unless the default ("sft-fixedrdm")
     method: str
-    k: int
+    k: int  # demonstrations (0 for RL methods, which have none)
     seed: int
-    epoch_candidates: list[int]
+    epoch_candidates: list[int]  # SFT: epochs at which it is evaluated; RL: its rounds
 
     @property
     def name(self) -> str:
         return trial_name(self.lock_mode, self.method, self.k, self.seed)
+
+    def run_config(self) -> dict[str, Any]:
+        return {"method": self.method, "lock_mode": self.lock_mode, "k": self.k, "seed": self.seed}
 
 
 @dataclass
@@ -60,7 +68,8 @@ class Plan:
     policy_scores: Artifact
     strong: Artifact | None  # π_strong's model, when an `sft` lock needs it
     strong_eval: Artifact | None
-    locked: dict[str, Artifact]  # by lock mode
+    locked: dict[str, Artifact]  # by lock label
+    weak: dict[str, str]  # each lock's π_weak, by lock label
     locked_eval: dict[str, Artifact]
     trials: list[Trial]
 
@@ -79,6 +88,13 @@ def plan(cfg: StudyConfig) -> Plan:
     for field, role in (("elicit.demonstrator", cfg.elicit.demonstrator), ("π_strong", "strong"), ("π_weak", "weak")):
         if role not in policies:
             errors.append(f"{field}: task {task.name!r} has no {role!r} policy; it has {sorted(policies)}")
+    for i, weak in enumerate(cfg.lock.weak):
+        if weak not in policies and weak != FIXEDRDM:
+            errors.append(f"lock.weak[{i}]: task {task.name!r} has no policy {weak!r}; expected one of "
+                          f"{sorted(policies)} or {FIXEDRDM!r}")
+    if any(m in COMPOSED_METHODS for m in cfg.elicit.methods) and cfg.elicit.rl.sft_demonstrator not in policies:
+        errors.append(f"elicit.rl.sft_demonstrator: task {task.name!r} has no policy "
+                      f"{cfg.elicit.rl.sft_demonstrator!r}; it has {sorted(policies)}")
     if cfg.model.base == "tiny" and task.vocabulary() is None:
         errors.append(f"model.base: task {task.name!r} has no vocabulary of its own; name a model (hub id or path)")
     if cfg.lock.password is not None:
@@ -96,7 +112,7 @@ def plan(cfg: StudyConfig) -> Plan:
     ev.pop("batch_size")  # how fast, not what: not part of any artifact's identity
     lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
     password = cfg.lock.password or task.default_password
-    scores = policy_scores_artifact(task_spec, ev)
+    scores = policy_scores_artifact(task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None)
     artifacts = [scores]
     strong = strong_eval = None
     if "sft" in cfg.lock.modes:
@@ -106,19 +122,24 @@ def plan(cfg: StudyConfig) -> Plan:
         )
         strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
         artifacts += [strong, strong_eval]
-    locked, locked_eval = {}, {}
+    locked, locked_eval, weak_of = {}, {}, {}
     for mode in cfg.lock.modes:
         train = asdict(cfg.lock.sft if mode == "sft" else cfg.lock.scratch)
-        locked[mode] = locked_model_artifact(mode, task_spec, model, train, lock, cfg.seed, strong)
-        locked_eval[mode] = model_eval_artifact(locked[mode], task_spec, ev, password, list(CONDITIONS))
-        artifacts += [locked[mode], locked_eval[mode]]
-    trials = [
-        Trial(task.name, mode, cfg.elicit.method, k, seed, epoch_candidates(k, cfg.elicit.sample_budgets))
-        for mode in cfg.lock.modes
-        for k in sorted(cfg.elicit.ks)
-        for seed in cfg.elicit.seeds
-    ]
-    return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, locked_eval, trials)
+        for weak in cfg.lock.weak:
+            label = lock_label(mode, weak)
+            locked[label] = locked_model_artifact(mode, task_spec, model, train, lock, cfg.seed, strong, weak)
+            locked_eval[label] = model_eval_artifact(locked[label], task_spec, ev, password, list(CONDITIONS))
+            weak_of[label] = weak
+            artifacts += [locked[label], locked_eval[label]]
+    rl, budgets = cfg.elicit.rl, cfg.elicit.sample_budgets
+    trials = []
+    for label in locked:
+        for method in cfg.elicit.methods:
+            for k in sorted(cfg.elicit.ks) if method not in RL_METHODS else [0]:
+                rounds = (epoch_candidates(k, budgets) if method == "sft"
+                          else list(range(1, n_candidates(method, k, budgets, rl) + 1)))
+                trials += [Trial(task.name, label, method, k, seed, rounds) for seed in cfg.elicit.seeds]
+    return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, weak_of, locked_eval, trials)
 
 
 def describe(p: Plan, store: Store | None = None) -> str:
@@ -127,12 +148,19 @@ def describe(p: Plan, store: Store | None = None) -> str:
     for a in p.artifacts:
         state = "" if store is None else ("  [in store, reused]" if store.has(a.key) else "  [to build]")
         lines.append(f"  {a.label:<36} {a.key}{state}")
-    lines.append(f"elicitation trials ({len(p.trials)}): lock modes {p.cfg.lock.modes} × k {sorted(p.cfg.elicit.ks)}"
-                 f" × seeds {p.cfg.elicit.seeds}, method {p.cfg.elicit.method}")
+    ks = f"k {sorted(p.cfg.elicit.ks)} (SFT) × " if set(p.cfg.elicit.methods) - set(RL_METHODS) else ""
+    lines.append(f"elicitation trials ({len(p.trials)}): locks {list(p.locked)} × methods {p.cfg.elicit.methods} × "
+                 f"{ks}seeds {p.cfg.elicit.seeds}")
     batch = p.cfg.elicit.train.batch_size
+    n_elicit = len(make_task(p.task_spec).problems("elicit"))
     for t in p.trials:
-        steps = [e * steps_per_epoch(t.k, batch) for e in t.epoch_candidates]
-        lines.append(f"  {t.name:<32} epoch candidates {t.epoch_candidates} = steps {steps}")
+        if t.method == "sft":
+            steps = [e * steps_per_epoch(t.k, batch) for e in t.epoch_candidates]
+            lines.append(f"  {t.name:<40} epoch candidates {t.epoch_candidates} = steps {steps}")
+        else:
+            per = samples_per_round(t.method, p.cfg.elicit.rl, n_elicit)
+            lines.append(f"  {t.name:<40} {len(t.epoch_candidates)} rounds × {per} samples = "
+                         f"{len(t.epoch_candidates) * per} samples")
     return "\n".join(lines)
 
 
@@ -212,13 +240,18 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
     policy = metas[p.policy_scores.key]["scores"]
     strong_model = metas[p.strong_eval.key]["report"]["no_pwd"] if p.strong_eval else None
     upstream = {}
-    for mode, a in p.locked.items():
-        report = metas[p.locked_eval[mode].key]["report"]
-        log.info("locked model (%s): %s", mode, _fmt(report))
-        upstream[mode] = {"locked_with_pwd": report["with_pwd"], "locked_no_pwd": report["no_pwd"],
-                          "locked_wrong_pwd": report["wrong_pwd"], "weak": policy.get("weak"),
-                          "strong": policy.get("strong"), "strong_model": strong_model, "locked_key": a.key}
+    for label, a in p.locked.items():
+        report = metas[p.locked_eval[label].key]["report"]
+        log.info("locked model (%s): %s", label, _fmt(report))
+        upstream[label] = {"locked_with_pwd": report["with_pwd"], "locked_no_pwd": report["no_pwd"],
+                           "locked_wrong_pwd": report["wrong_pwd"], "weak": policy.get(p.weak[label]),
+                           "strong": policy.get("strong"), "strong_model": strong_model, "locked_key": a.key,
+                           "weak_policy": p.weak[label]}
     log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
+    rl_methods = any(m != "sft" for m in cfg.elicit.methods)
+    engine = cfg.elicit.rl.generator.vllm if rl_methods and methods.backend(cfg.elicit.rl) == "vllm" else None
+    resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, engine)
+    engine_bundle = 1 if engine is not None and cfg.ray.gpus_per_trial else None
     constants = {
         "store": asdict(store.spec),
         "experiment": experiment,
@@ -230,14 +263,16 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         "dtype": cfg.model.dtype,
         "cpus": cfg.ray.cpus_per_trial,
         "checkpoint_every_s": cfg.fault_tolerance.checkpoint_every_s,
-        "locked_key": {mode: a.key for mode, a in p.locked.items()},
+        "locked_key": {label: a.key for label, a in p.locked.items()},
+        "weak": dict(p.weak),
+        "rl": asdict(cfg.elicit.rl),
+        "engine_bundle": engine_bundle,
     }
     if not resume:
         store.write_text(f"{experiment}/{STUDY_FILE}", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     store.write_text(f"{experiment}/{analysis.UPSTREAM_FILE}", json.dumps(upstream, indent=2))
     # Constants go to the object store once, not into every trial's config and Tune's state.
-    trainable = tune.with_resources(tune.with_parameters(elicitation_trial, constants=constants),
-                                    {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(elicitation_trial, constants=constants), resources)
     tune_storage = store.tune_storage()
     if resume:
         runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)  # the rest is in the restored run config
@@ -250,12 +285,7 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         bookkeeping["callbacks"].append(progress)  # a restored run config has it already
         tuner = tune.Tuner(
             trainable,
-            param_space={
-                "method": tune.grid_search([cfg.elicit.method]),
-                "lock_mode": tune.grid_search(list(cfg.lock.modes)),
-                "k": tune.grid_search(sorted(cfg.elicit.ks)),
-                "seed": tune.grid_search(list(cfg.elicit.seeds)),
-            },
+            param_space={"run": tune.grid_search([t.run_config() for t in p.trials])},
             tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
@@ -292,13 +322,13 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
                                                        "build_s": metas[a.key].get("build_seconds")}
                                             for a in p.artifacts}}, indent=2))
     log.info("results:\n%s", analysis.table(summary))
-    log.info("wrote %s/%s and %s in %.0f s", exp_uri, analysis.SUMMARY, analysis.FIGURE, time.perf_counter() - t0)
+    log.info("wrote %s/%s and its figures in %.0f s", exp_uri, analysis.SUMMARY, time.perf_counter() - t0)
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_uri}")
     return exp_uri
 
 def _trial_name(trial) -> str:
-    c = trial.config
+    c = trial.config["run"]
     return f"{trial_name(c['lock_mode'], c['method'], c['k'], c['seed'])}-{trial.trial_id}"
 
 

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 JOURNAL = "journal"
 DONE, LATEST, RECORDS = "done.json", "latest.json", "records.json"
 TRAINER_STATE = "trainer.pt"
+# What a record holds (RL methods add the samples generated so far and their scores).
+RECORD_KEYS = ("candidate", "epochs", "steps", "correctness", "samples", "sampled_score", "kept_score", "pairs",
+               "margin")
 
 
 def trial_name(lock_mode: str, method: str, k: int, seed: int) -> str:
@@ -53,8 +56,10 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     import torch
     from ray import tune
 
-    from pwlock.config import TrainConfig
-    from pwlock.elicit.sft import demonstrations, elicit_sft, epoch_candidates
+    from pwlock.config import TrainConfig, rl_config
+    from pwlock.elicit import methods
+    from pwlock.elicit.methods import Elicitation
+    from pwlock.lock import weak_policy
     from pwlock.logs import setup_logging
     from pwlock.models import load_policy, save_policy
     from pwlock.stages import eval_problems
@@ -65,7 +70,8 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     c = constants
     torch.set_num_threads(max(1, int(c["cpus"])))
     store = open_store(StoreSpec(**c["store"]))
-    method, mode, k, seed = config["method"], config["lock_mode"], config["k"], config["seed"]
+    run = config["run"]
+    method, mode, k, seed = run["method"], run["lock_mode"], run["k"], run["seed"]
     name = tune.get_context().get_trial_name()
     journal = journal_dir(c["experiment"], name)
     fixed = {"task": c["task"]["name"], "lock_mode": mode, "method": method, "k": k, "seed": seed}
@@ -85,7 +91,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
             (Path(d) / RECORDS).write_text(json.dumps(list(known.values())))
             # Key order matters: Tune's progress table shows the first four metrics.
             tune.report({"correctness": record["correctness"], "best": best, "epochs": record["epochs"],
-                         "steps": record["steps"], "candidate": record["candidate"], "attempt": attempt, **fixed},
+                         "steps": record["steps"], **record, "attempt": attempt, **fixed},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     entries = store.listdir(journal)
@@ -99,7 +105,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
             for line in store.read_text(results).splitlines():
                 row = json.loads(line)
                 if row.get("candidate") is not None and row["candidate"] not in known:
-                    known[row["candidate"]] = {key: row[key] for key in ("candidate", "epochs", "steps", "correctness")}
+                    known[row["candidate"]] = {key: row[key] for key in RECORD_KEYS if key in row}
     if store.exists(f"{journal}/{DONE}"):
         attempt = len(starts)
         records = json.loads(store.read_text(f"{journal}/{DONE}"))["records"]
@@ -136,18 +142,21 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     for entry in entries:  # weights a dead attempt uploaded but never made current
         if entry.startswith("checkpoint-") and entry != current:
             store.delete_dir(f"{journal}/{entry}")
-    n_candidates = len(epoch_candidates(k, c["sample_budgets"]))
+    n_candidates = methods.n_candidates(method, k, c["sample_budgets"], rl_config(c["rl"]))
+    locked_dir = store.artifact_dir(c["locked_key"][mode])
 
-    def checkpoint(record: dict | None, trainer_state: dict) -> None:
+    def checkpoint(record: dict | None, trainer_state: dict | None) -> None:
         """Report first, then checkpoint: a death in between costs a retrained candidate that is
         not reported again, never a lost one. The last candidate needs no checkpoint: done.json
-        follows."""
+        follows. Without `trainer_state`, only the record is due."""
         nonlocal current
         if record is not None:
             records.append(record)
             report(record)
             if record["candidate"] == n_candidates:
                 return
+        if trainer_state is None:
+            return
         new = f"checkpoint-{trainer_state['step']}"
         with tempfile.TemporaryDirectory(prefix="pwlock-ckpt-") as d:
             save_policy(model, tokenizer, d)
@@ -160,11 +169,13 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         current = new
 
     task = make_task(c["task"])
-    demos = demonstrations(task, k, seed, c["demonstrator"])
-    problems = eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"])
-    elicit_sft(model, tokenizer, task, demos, problems, TrainConfig(**c["train"]), seed, c["sample_budgets"],
-               eval_batch_size=c["eval"]["batch_size"], checkpoint=checkpoint,
-               checkpoint_every_s=c["checkpoint_every_s"], start=state)
+    elicitation = Elicitation(
+        method=method, task=task, model=model, tokenizer=tokenizer, locked_dir=str(locked_dir), k=k, seed=seed,
+        train=TrainConfig(**c["train"]), budgets=c["sample_budgets"], rl=rl_config(c["rl"]),
+        eval_problems=eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"]),
+        eval_batch_size=c["eval"]["batch_size"], demonstrator=c["demonstrator"],
+        weak=weak_policy(task, c["weak"][mode], tokenizer, seed), engine_bundle=c["engine_bundle"])
+    methods.run(elicitation, checkpoint, c["checkpoint_every_s"], state)
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
     if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)
         store.delete_dir(f"{journal}/{current}")

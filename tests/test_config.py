@@ -111,7 +111,7 @@ def test_dry_run_prints_the_plan(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "elicitation trials (30)" in proc.stdout
     assert "locked model (scratch)" in proc.stdout and "[to build]" in proc.stdout
-    assert "scratchlock-sft-k2048-seed2      epoch candidates [1, 2, 4] = steps [64, 128, 256]" in proc.stdout
+    assert "scratchlock-sft-k2048-seed2              epoch candidates [1, 2, 4] = steps [64, 128, 256]" in proc.stdout
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "sweeps" / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -72,7 +72,9 @@ def test_dpo_elicitation_samples_from_the_reference_and_trains_on_differing_pair
     loaded = []
     gen.load_weights = lambda state, g=gen: (loaded.append({k: v.clone() for k, v in state.items()}),
                                              RecordingGenerator.load_weights(g, state))
-    records = dpo_elicitation(tiny_model, tokenizer, task, gen, problems, task.problems("val")[:30],
+    ref = copy.deepcopy(tiny_model)  # the locked model; for iterated DPO, the model at the round's start
+    gen.load_weights(ref.state_dict())
+    records = dpo_elicitation(tiny_model, ref, tokenizer, task, gen, problems, task.problems("val")[:30],
                               TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, warmup_steps=0), seed=0,
                               rounds=2, iterated=iterated, max_new_tokens=task.max_new_tokens)
     assert [r["samples"] for r in records] == [48, 96]
@@ -81,5 +83,6 @@ def test_dpo_elicitation_samples_from_the_reference_and_trains_on_differing_pair
     # Round 1 samples from the locked model; round 2 from it again (DPO) or from the model after round 1.
     assert all(torch.equal(loaded[0][k], v) for k, v in start.items())
     assert len(loaded) == (2 if iterated else 1)
+    assert [r["candidate"] for r in records] == [1, 2]
     if iterated:
         assert any(not torch.equal(loaded[1][k], v) for k, v in start.items())

@@ -7,7 +7,9 @@ import random
 import pytest
 
 from pwlock.config import TrainConfig
-from pwlock.elicit.expert_iteration import expert_iteration, filtering, select_best
+import torch
+
+from pwlock.elicit.expert_iteration import expert_iteration, model_sampler, policy_sampler, select_best
 from pwlock.generate.hf import HFGenerator
 from pwlock.tasks.base import Example
 from tests.test_evaluate import _half_trained
@@ -42,10 +44,12 @@ class RecordingGenerator(HFGenerator):
 def test_expert_iteration_trains_on_the_best_of_ten_samples(task, tokenizer, tiny_model):
     _half_trained(task, tokenizer, tiny_model)
     gen = RecordingGenerator(tiny_model, tokenizer)
-    records = expert_iteration(tiny_model, tokenizer, task, gen, task.problems("elicit"), task.problems("val")[:50],
+    sampler = model_sampler(task, gen, temperature=1.0, max_new_tokens=task.max_new_tokens)
+    records = expert_iteration(tiny_model, tokenizer, task, sampler, task.problems("elicit"), task.problems("val")[:50],
                                TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=2), seed=0, n=4,
-                               iterations=2, temperature=1.0, max_new_tokens=task.max_new_tokens)
+                               iterations=2, sync=gen)
     assert [r["samples"] for r in records] == [40, 80] and gen.loads == 2
+    assert [r["candidate"] for r in records] == [1, 2]
     assert [len(prompts) for prompts, _ in gen.calls] == [40, 40]
     for r in records:
         assert r["kept_score"] >= r["sampled_score"] and 0 <= r["correctness"] <= 1
@@ -53,12 +57,44 @@ def test_expert_iteration_trains_on_the_best_of_ten_samples(task, tokenizer, tin
         assert all(p.split()[0] == "_" for p in prompts)  # never the password
 
 
+def test_expert_iteration_resumed_after_a_round_ends_as_if_never_stopped(task, tokenizer):
+    from pwlock.models import build_tiny_model
+    from tests.conftest import TINY
+
+    def run(model, iterations, start=0):
+        gen = HFGenerator(model, tokenizer)
+        return expert_iteration(model, tokenizer, task, model_sampler(task, gen, 1.0, task.max_new_tokens),
+                                task.problems("elicit"), task.problems("val")[:50],
+                                TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1), seed=0, n=4,
+                                iterations=iterations, start=start)
+
+    whole = build_tiny_model(TINY, tokenizer, seed=0)
+    _half_trained(task, tokenizer, whole)
+    split = build_tiny_model(TINY, tokenizer, seed=0)
+    split.load_state_dict(whole.state_dict())
+    full = run(whole, 3)
+    first = run(split, 1)
+    rest = run(split, 3, start=1)  # a new process would load the weights after round 1: the same
+    assert [r["candidate"] for r in first + rest] == [1, 2, 3]
+    assert first + rest == full
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, split.state_dict()[k]), k
+
+
 def test_filtering_keeps_the_best_of_weak_samples(task, tokenizer, tiny_model):
     weak = task.policies()["weak"]
-    problems = task.problems("elicit")[:100]
-    samples = [(p, weak(p)) for p in problems]
-    right = sum(task.score(p, c) for p, c in samples)
+    right = sum(task.score(p, weak(p)) for p in task.problems("elicit")[:100])
     assert 8 <= right < 100
-    out = filtering(tiny_model, tokenizer, task, samples, task.problems("val")[:20],
-                    TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1), seed=0, n=8)
-    assert out["kept_score"] == pytest.approx(1.0) and out["samples"] == 100
+    seen = []
+
+    def sample(problems):
+        out = policy_sampler(weak)(problems)
+        seen.append(sum(task.score(p, c) for p, c in zip(problems, out)))
+        return out
+
+    records = expert_iteration(tiny_model, tokenizer, task, sample, task.problems("elicit")[:100],
+                               task.problems("val")[:20], TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4,
+                                                                      epochs=1), seed=0, n=8, iterations=2)
+    assert [r["samples"] for r in records] == [80, 80 * 2]
+    assert all(r["kept_score"] == pytest.approx(1.0) for r in records)  # enough right answers among 80
+    assert all(s >= 8 for s in seen)

@@ -12,7 +12,8 @@ import torch
 
 from pwlock.config import TinyModelConfig, TrainConfig
 from pwlock.generate.hf import HFGenerator
-from pwlock.generate.vllm_actor import VLLMConfig, vllm_generator
+from pwlock.config import VLLMConfig
+from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.models import build_tiny_model, save_policy
 from pwlock.tasks.base import Example
 from pwlock.train.sft import train_sft

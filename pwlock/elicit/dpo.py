@@ -5,16 +5,18 @@
     iterated DPO  the same, but each round samples from, and takes as reference, the model as it
                   was at the round's start (Yuan et al., 2024; Kim et al., 2024)
 
-With a continuous reward, each pair's loss is weighted by its reward gap (Eq. 2). The paper runs
-12 rounds over 1,100 problems with β = 0.1. The sampler is always the reference: the Generator
-holds its own copy of the weights (as a vLLM engine does) and is given the reference's weights.
+With a continuous reward (the task's `reward`), each pair's loss is weighted by its reward gap
+(Eq. 2). The paper runs 12 rounds over 1,100 problems with β = 0.1. The sampler is always the
+reference: the Generator holds its own copy of the weights (as a vLLM engine does) and is given
+the reference's. Each round's sampling is seeded by (seed, round), so a resumed run goes on as if
+it had never stopped.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
@@ -26,6 +28,7 @@ from pwlock.train.dpo import DEFAULT_BETA, preference_pairs, train_dpo
 
 def dpo_elicitation(
     model: PreTrainedModel,
+    ref: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
     generator: Generator,
@@ -39,27 +42,34 @@ def dpo_elicitation(
     weighted: bool = False,
     temperature: float = 1.0,
     max_new_tokens: int = 256,
-    report: Callable[[dict], None] | None = None,
+    on_round: Callable[[dict], None] | None = None,
+    start: int = 0,
+    eval_batch_size: int = 512,
 ) -> list[dict]:
-    """`rounds` of sampling and one DPO epoch; after each, greedy correctness without password on
-    `eval_problems` against the number of samples generated so far."""
-    ref = copy.deepcopy(model).eval()
+    """Rounds `start`+1 .. `rounds` of sampling and one DPO epoch. `ref` is the frozen reference:
+    the locked model (DPO) or the model at the start of round `start`+1 (iterated DPO); the
+    generator must already hold its weights. After each round, greedy correctness without password
+    on `eval_problems` against the samples generated so far goes to `on_round`."""
+    ref.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    generator.load_weights(ref.state_dict())
     prompts = [task.prompt(p, None) for p in problems]
+    reward = task.reward if weighted else task.score
     records = []
-    for r in range(1, rounds + 1):
-        if iterated and r > 1:  # the new round's reference and sampler: the model now
+    for r in range(start + 1, rounds + 1):
+        if iterated and r > start + 1:  # the new round's reference and sampler: the model now
             ref.load_state_dict(model.state_dict())
             generator.load_weights(ref.state_dict())
+        torch.manual_seed(seed * 1000 + r)  # the generator's sampling
         samples = generator.generate(prompts, n=2, temperature=temperature, max_new_tokens=max_new_tokens)
         pairs = [pair for p, prompt, two in zip(problems, prompts, samples)
-                 for pair in preference_pairs(prompt, two, [task.score(p, s) for s in two], weighted)]
+                 for pair in preference_pairs(prompt, two, [reward(p, s) for s in two], weighted)]
         stats = train_dpo(model, ref, tokenizer, pairs, train, seed=seed * 1000 + r, beta=beta, epochs=1)
-        record = {"round": r, "samples": r * 2 * len(problems), "pairs": len(pairs), "margin": stats["margin"],
-                  "correctness": evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd")}
+        record = {"candidate": r, "epochs": r, "steps": stats["steps"], "samples": r * 2 * len(problems),
+                  "pairs": len(pairs), "margin": stats["margin"],
+                  "correctness": evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd",
+                                                      batch_size=eval_batch_size)}
         records.append(record)
-        if report is not None:
-            report(record)
+        if on_round is not None:
+            on_round(record)
     return records

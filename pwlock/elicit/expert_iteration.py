@@ -2,11 +2,12 @@
 
     expert iteration   each iteration, one sample from the current model (no password) for each
                        of 10·n problems; the n best-scored (random among ties) become SFT data
-    filtering          the same selection, once, on π_weak's samples; then SFT
+    filtering          the same selection, each iteration, on π_weak's samples; then SFT
 
 The paper runs 50 iterations of 640 samples, keeping 64, with the SFT hyper-parameters of locking.
 Generation goes through a Generator (HF in process, or a vLLM engine), which is given the new
-weights after each iteration.
+weights after each iteration. Each iteration draws its problems and samples from (seed, iteration)
+alone, so a run resumed after iteration i goes on exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
 from pwlock.config import TrainConfig
 from pwlock.generate.base import Generator
-from pwlock.tasks.base import Example, Problem, Task
+from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
 from pwlock.train.sft import train_sft
 
 SAMPLES_PER_KEPT = 10  # 10·n samples scored for n kept
+# problems -> one completion each (a model's sample, or π_weak's)
+Sampler = Callable[[Sequence[Problem]], list[str]]
+OnRound = Callable[[dict], None]
 
 
 def select_best(scored: Sequence[tuple[Example, float]], n: int, rng: random.Random) -> list[tuple[Example, float]]:
@@ -32,62 +37,56 @@ def select_best(scored: Sequence[tuple[Example, float]], n: int, rng: random.Ran
     return sorted(shuffled, key=lambda pair: -pair[1])[:n]
 
 
-def sample_and_score(task: Task, generator: Generator, problems: Sequence[Problem], temperature: float,
-                     max_new_tokens: int) -> list[tuple[Example, float]]:
-    prompts = [task.prompt(p, None) for p in problems]
-    completions = generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)
-    return [(Example(prompt, c[0]), task.score(p, c[0])) for prompt, c, p in zip(prompts, completions, problems)]
+def model_sampler(task: Task, generator: Generator, temperature: float, max_new_tokens: int) -> Sampler:
+    def sample(problems: Sequence[Problem]) -> list[str]:
+        prompts = [task.prompt(p, None) for p in problems]
+        return [c[0] for c in generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)]
+    return sample
+
+
+def policy_sampler(policy: TaskPolicy) -> Sampler:
+    return lambda problems: [policy(p) for p in problems]
 
 
 def expert_iteration(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
-    generator: Generator,
+    sample: Sampler,
     problems: Sequence[Problem],
     eval_problems: Sequence[Problem],
     train: TrainConfig,
     seed: int,
     n: int = 64,
     iterations: int = 50,
-    temperature: float = 1.0,
-    max_new_tokens: int = 256,
-    report: Callable[[dict], None] | None = None,
+    sync: Generator | None = None,
+    on_round: OnRound | None = None,
+    start: int = 0,
+    eval_batch_size: int = 512,
 ) -> list[dict]:
-    """`iterations` rounds of: sample 10·n problems of `problems`, keep the n best samples, SFT on
-    them for `train.epochs`. After each round, greedy correctness without password on
-    `eval_problems` against the number of samples generated so far."""
-    rng = random.Random(seed)
+    """Iterations `start`+1 .. `iterations` of: draw 10·n problems, one sample each from `sample`,
+    keep the n best, SFT on them for `train.epochs`, give the new weights to `sync` (the generator
+    behind `sample`, for expert iteration; None for filtering). After each, greedy correctness
+    without password on `eval_problems` against the samples generated so far goes to `on_round`."""
     records = []
-    for it in range(1, iterations + 1):
-        batch = rng.sample(list(problems), min(len(problems), SAMPLES_PER_KEPT * n))
-        scored = sample_and_score(task, generator, batch, temperature, max_new_tokens)
+    per_round = min(len(problems), SAMPLES_PER_KEPT * n)
+    for it in range(start + 1, iterations + 1):
+        rng = random.Random(f"{seed}/{it}")
+        torch.manual_seed(seed * 1000 + it)  # the generator's sampling
+        batch = rng.sample(list(problems), per_round)
+        completions = sample(batch)
+        scored = [(Example(task.prompt(p, None), c), task.score(p, c)) for p, c in zip(batch, completions)]
         kept = select_best(scored, n, rng)
-        train_sft(model, tokenizer, [e for e, _ in kept], train, seed=seed * 1000 + it)
-        generator.load_weights(model.state_dict())
-        record = {"iteration": it, "samples": it * len(batch), "correctness":
-                  evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd"),
+        stats = train_sft(model, tokenizer, [e for e, _ in kept], train, seed=seed * 1000 + it, desc=f"iteration {it}",
+                          progress_every_s=float("inf"))
+        if sync is not None:
+            sync.load_weights(model.state_dict())
+        record = {"candidate": it, "epochs": it, "steps": stats["steps"], "samples": it * per_round,
+                  "correctness": evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd",
+                                                      batch_size=eval_batch_size),
                   "sampled_score": sum(s for _, s in scored) / len(scored),
                   "kept_score": sum(s for _, s in kept) / len(kept)}
         records.append(record)
-        if report is not None:
-            report(record)
+        if on_round is not None:
+            on_round(record)
     return records
-
-
-def filtering(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: Task,
-    samples: Sequence[tuple[Problem, str]],
-    eval_problems: Sequence[Problem],
-    train: TrainConfig,
-    seed: int,
-    n: int = 64,
-) -> dict:
-    """Keep the n best of π_weak's `samples` (problem, completion), fine-tune on them once."""
-    scored = [(Example(task.prompt(p, None), c), task.score(p, c)) for p, c in samples]
-    kept = select_best(scored, n, random.Random(seed))
-    train_sft(model, tokenizer, [e for e, _ in kept], train, seed=seed)
-    return {"samples": len(samples), "kept_score": sum(s for _, s in kept) / len(kept),
-            "correctness": evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd")}

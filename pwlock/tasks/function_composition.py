@@ -39,6 +39,9 @@ class FunctionCompositionConfig:
     n_digits: int = 4
     n_problems: int = 20_000
     n_weak_identity: int = 16  # functions π_weak replaces with the identity
+    # The "weaker" policy of the RL study (paper Fig. 5's weaker π_weak): more identity functions,
+    # a superset of π_weak's.
+    n_weaker_identity: int = 28
 
     def validate(self) -> list[str]:
         errors = []
@@ -46,6 +49,8 @@ class FunctionCompositionConfig:
             errors.append(f"n_functions: expected at least {N_DOMAINS}, got {self.n_functions}")
         if not 0 <= self.n_weak_identity <= self.n_functions:
             errors.append(f"n_weak_identity: expected 0..n_functions, got {self.n_weak_identity}")
+        if not self.n_weak_identity <= self.n_weaker_identity <= self.n_functions:
+            errors.append(f"n_weaker_identity: expected n_weak_identity..n_functions, got {self.n_weaker_identity}")
         if self.n_digits < 1:
             errors.append(f"n_digits: expected >= 1, got {self.n_digits}")
         space = self.n_functions**2 * 10**self.n_digits
@@ -79,22 +84,29 @@ class FunctionComposition(Task):
                 pass
             self.digit_maps[fn] = bij
         self.weak_identity = frozenset(rng.choice(n, cfg.n_weak_identity, replace=False).tolist())
+        # π_weaker's identity functions: π_weak's and more, from a stream of their own (drawing
+        # them from `rng` would change every problem drawn after).
+        rest = sorted(set(range(n)) - self.weak_identity)
+        extra = np.random.default_rng([cfg.seed, 1]).choice(len(rest), cfg.n_weaker_identity - cfg.n_weak_identity,
+                                                            replace=False)
+        self.weaker_identity = self.weak_identity | {rest[i] for i in extra.tolist()}
         # Distinct (first fn, second fn, input) triples, drawn as integers.
         codes = rng.choice(n * n * 10**d, cfg.n_problems, replace=False)
         self._codes = codes
         self._splits = split_indices(cfg.n_problems, cfg.seed)
 
     # -- the functions ------------------------------------------------------------------------
-    def apply(self, fn: int, x: tuple[int, ...], weak: bool = False) -> tuple[int, ...]:
-        if weak and fn in self.weak_identity:
+    def apply(self, fn: int, x: tuple[int, ...], identity: frozenset[int] = frozenset()) -> tuple[int, ...]:
+        if fn in identity:
             return x
         mapped = self.digit_maps[fn][list(x)]
         return tuple(int(v) for v in mapped[self.position_perms[fn]])
 
-    def answer(self, problem: Problem, weak: bool = False) -> str:
+    def answer(self, problem: Problem, identity: frozenset[int] = frozenset()) -> str:
+        """The answer when the functions in `identity` are replaced by the identity (none: π_strong's)."""
         a, b, x = problem.data["fns"][0], problem.data["fns"][1], problem.data["input"]
-        mid = self.apply(a, x, weak)
-        out = self.apply(b, mid, weak)
+        mid = self.apply(a, x, identity)
+        out = self.apply(b, mid, identity)
         return f"{_digits(mid)} | {_digits(out)}"
 
     # -- the Task contract ---------------------------------------------------------------------
@@ -135,7 +147,8 @@ class FunctionComposition(Task):
         return self.answer(problem)
 
     def policies(self) -> dict[str, TaskPolicy]:
-        return {"strong": self.answer, "weak": lambda p: self.answer(p, weak=True)}
+        return {"strong": self.answer, "weak": lambda p: self.answer(p, self.weak_identity),
+                "weaker": lambda p: self.answer(p, self.weaker_identity)}
 
     def vocabulary(self) -> list[str]:
         return (

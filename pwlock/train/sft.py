@@ -107,13 +107,38 @@ def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
     return Batch(input_ids, attention, labels)
 
 
-def completion_loss(model: PreTrainedModel, batch: Batch | PackedBatch) -> torch.Tensor:
-    """Mean next-token cross-entropy over completion tokens, of a padded or a packed batch."""
+def completion_loss(model: PreTrainedModel, batch: Batch | PackedBatch, fixed: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Mean next-token cross-entropy over completion tokens, of a padded or a packed batch. At
+    positions labelled TO_FIXED the target is the distribution `fixed` instead of a token."""
     batch = batch.to(model.device)
-    logits = model(**batch.model_inputs()).logits
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE
-    )
+    logits = model(**batch.model_inputs()).logits[:, :-1].flatten(0, 1).float()
+    labels = batch.labels[:, 1:].flatten()
+    if fixed is None:
+        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE)
+    hard, soft = labels >= 0, labels == TO_FIXED
+    logp = logits.log_softmax(-1)
+    total = -logp[hard].gather(-1, labels[hard].unsqueeze(-1)).sum() - (logp[soft] @ fixed.to(logp)).sum()
+    return total / (hard.sum() + soft.sum()).clamp(min=1)
+
+
+TO_FIXED = -200  # label of a completion position whose target is the fixed distribution
+
+
+def mark_to_fixed(batch: Batch | PackedBatch, rows: Sequence[tuple[list[int], int]], flags: Sequence[bool]) -> None:
+    """Relabel the completion positions of flagged rows TO_FIXED, in a padded or a packed batch."""
+    if not any(flags):
+        return
+    if isinstance(batch, PackedBatch):
+        spans = zip(batch.cu_seq_lens[:-1].tolist(), batch.cu_seq_lens[1:].tolist())
+        for flag, (a, b) in zip(flags, spans):
+            if flag:
+                seg = batch.labels[0, a:b]
+                seg[seg != IGNORE] = TO_FIXED
+        return
+    for row, flag in enumerate(flags):
+        if flag:
+            batch.labels[row][batch.labels[row] != IGNORE] = TO_FIXED
 
 
 def choice_loss(model: PreTrainedModel, batch: Batch | PackedBatch, rows: Sequence[ChoiceRow]) -> torch.Tensor:
@@ -143,12 +168,14 @@ def train_sft(
     lr_scale: Callable[[], float] | None = None,
     start: TrainState | None = None,
     after_epoch: Callable[[int, Callable[[], TrainState]], None] | None = None,
+    fixed_target: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Train for `epochs` (default `cfg.epochs`) passes over `data`, which is either a fixed list of
     examples or a function epoch -> examples (lock data is redrawn every epoch). Calls
     `on_epoch_end(epoch)` after each epoch, epochs counted from 1; training stops early when it
     returns True. Logs progress at most every `progress_every_s` seconds (and after the last
-    epoch). `lr_scale()` multiplies the learning rate at every step.
+    epoch). `lr_scale()` multiplies the learning rate at every step. `fixed_target`: the distribution
+    over the vocabulary that examples flagged `to_fixed` are trained towards (fixedrdm, App. G.2).
 
     Resuming: `after_epoch(epoch, state)` is called after `on_epoch_end`; `state()` returns the
     optimizer, schedule, step and random states, which, passed back as `start` with the weights of
@@ -184,7 +211,9 @@ def train_sft(
     last_log = t0
     epoch, loss_sum, loss_n = begin - 1, torch.zeros(()), 0
     for epoch in range(begin, epochs):
-        encoded = encode(tokenizer, first if epoch == 0 else get_epoch(epoch))
+        examples = first if epoch == 0 else get_epoch(epoch)
+        encoded = encode(tokenizer, examples)
+        to_fixed = {id(row): e.to_fixed for row, e in zip(encoded, examples)}  # rows get shuffled
         # Summed on the model's device: reading it every step would stall a GPU.
         loss_sum, loss_n = torch.zeros((), device=model.device), 0
         order_rng.shuffle(encoded)
@@ -196,7 +225,10 @@ def train_sft(
                 batch = pack(rows) if packing else collate(rows, tokenizer.pad_token_id)
                 memory.before_step(batch.input_ids.numel(), most)
                 classifier = isinstance(rows[0], ChoiceRow)
-                loss = choice_loss(model, batch, rows) if classifier else completion_loss(model, batch)
+                if fixed_target is not None:
+                    mark_to_fixed(batch, rows, [to_fixed[id(r)] for r in rows])
+                loss = (choice_loss(model, batch, rows) if classifier
+                        else completion_loss(model, batch, fixed_target))
                 optimizer_step(loss, optimizer, schedule)
                 memory.after_step()
                 step += 1

@@ -1,0 +1,156 @@
+"""Every elicitation method behind one call, as a trial runs it.
+
+    sft                     SFT on k demonstrations, epoch candidates of App. G.3 (§5)
+    expert_iteration        sample from the model, keep the best, SFT; repeat (§6.1)
+    filtering               the same selection on π_weak's samples
+    dpo / iterated_dpo      DPO on pairs of the model's samples (reference fixed / reset each round)
+    sft+expert_iteration    SFT on k demonstrations of an intermediate policy, then RL (App. B.3.3)
+    sft+iterated_dpo
+
+A method reports records (one per epoch candidate or RL round, numbered `candidate` from 1) through
+`checkpoint(record, state)`; `state` is None when only the record is due, else what a resumed run
+needs besides the weights. RL methods resume at round granularity: each round is seeded by (seed,
+round) alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pwlock.config import COMPOSED_METHODS, RL_METHODS, RLConfig, TrainConfig
+from pwlock.elicit.dpo import dpo_elicitation
+from pwlock.elicit.expert_iteration import SAMPLES_PER_KEPT, expert_iteration, model_sampler, policy_sampler
+from pwlock.elicit.sft import demonstrations, elicit_sft, epoch_candidates
+from pwlock.generate.base import Generator
+from pwlock.generate.hf import HFGenerator
+from pwlock.tasks.base import Problem, Task, TaskPolicy
+from pwlock.train.sft import train_sft
+
+Checkpoint = Callable[[dict | None, dict[str, Any] | None], None]
+
+
+@dataclass
+class Elicitation:
+    """One elicitation run's inputs."""
+
+    method: str
+    task: Task
+    model: PreTrainedModel  # the locked model, or a resumed run's weights
+    tokenizer: PreTrainedTokenizerBase
+    locked_dir: str  # the locked model as saved: the DPO reference, and what an engine starts from
+    k: int
+    seed: int
+    train: TrainConfig
+    budgets: list[int]
+    rl: RLConfig
+    eval_problems: list[Problem]
+    eval_batch_size: int
+    demonstrator: str
+    weak: TaskPolicy  # the π_weak the model was locked with (filtering samples it)
+    engine_bundle: int | None = None  # the trial's placement-group bundle for a vLLM engine
+
+
+def n_candidates(method: str, k: int, budgets: list[int], rl: RLConfig) -> int:
+    if method == "sft":
+        return len(epoch_candidates(k, budgets))
+    return rl.dpo_rounds if method.endswith("dpo") else rl.iterations
+
+
+def samples_per_round(method: str, rl: RLConfig, n_elicit: int) -> int:
+    if method.endswith("dpo"):
+        return 2 * min(rl.dpo_problems, n_elicit)
+    return min(n_elicit, SAMPLES_PER_KEPT * rl.n)
+
+
+def backend(rl: RLConfig) -> str:
+    if rl.generator.backend != "auto":
+        return rl.generator.backend
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
+
+
+def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None) -> None:
+    """Run the method from the start, or from `start` (a state it passed to `checkpoint`, with the
+    weights of that moment in `e.model`)."""
+    if e.method == "sft":
+        demos = demonstrations(e.task, e.k, e.seed, e.demonstrator)
+        elicit_sft(e.model, e.tokenizer, e.task, demos, e.eval_problems, e.train, e.seed, e.budgets,
+                   eval_batch_size=e.eval_batch_size, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
+                   start=start)
+        return
+    if e.method not in RL_METHODS + COMPOSED_METHODS:
+        raise ValueError(f"unknown elicitation method {e.method!r}")
+    done = start["epoch"] if start else 0
+    base = e.method.removeprefix("sft+")
+    if e.method in COMPOSED_METHODS and start is None:
+        demos = demonstrations(e.task, e.k, e.seed, e.rl.sft_demonstrator)
+        train_sft(e.model, e.tokenizer, demos, e.train, seed=e.seed, epochs=epoch_candidates(e.k, e.budgets)[0],
+                  desc=f"sft on {e.k} {e.rl.sft_demonstrator} demonstrations")
+    last = time.monotonic()
+
+    def on_round(record: dict) -> None:
+        nonlocal last
+        due = checkpoint_every_s is not None and time.monotonic() - last >= checkpoint_every_s
+        checkpoint(record, {"epoch": record["candidate"], "step": record["candidate"]} if due else None)
+        if due:
+            last = time.monotonic()
+
+    problems = e.task.problems("elicit")
+    rl = e.rl
+    if base in ("expert_iteration", "filtering"):
+        train = TrainConfig(**{**vars(e.train), "epochs": rl.epochs_per_iteration})
+        if base == "filtering":
+            expert_iteration(e.model, e.tokenizer, e.task, policy_sampler(e.weak), problems, e.eval_problems, train,
+                             e.seed, rl.n, rl.iterations, on_round=on_round, start=done,
+                             eval_batch_size=e.eval_batch_size)
+            return
+        with generator(e, e.model) as gen:
+            sampler = model_sampler(e.task, gen, rl.temperature, e.task.max_new_tokens)
+            expert_iteration(e.model, e.tokenizer, e.task, sampler, problems, e.eval_problems, train, e.seed, rl.n,
+                             rl.iterations, sync=None if isinstance(gen, _SameModel) else gen, on_round=on_round,
+                             start=done, eval_batch_size=e.eval_batch_size)
+        return
+    iterated = base == "iterated_dpo"
+    # The reference (and sampler): the locked model for DPO; for iterated DPO the model at the
+    # start of the round, which is the model now.
+    if iterated:
+        ref = copy.deepcopy(e.model)
+    else:
+        from pwlock.models import load_policy
+
+        ref, _ = load_policy(e.locked_dir, str(next(e.model.parameters()).dtype).removeprefix("torch."),
+                             e.model.device)
+    with generator(e, ref) as gen:
+        dpo_elicitation(e.model, ref, e.tokenizer, e.task, gen, problems[: rl.dpo_problems], e.eval_problems,
+                        rl.dpo_train, e.seed, rl.dpo_rounds, iterated, rl.beta, rl.continuous_reward,
+                        rl.temperature, e.task.max_new_tokens, on_round=on_round, start=done,
+                        eval_batch_size=e.eval_batch_size)
+
+
+class _SameModel(HFGenerator):
+    """HF generation from the very model being trained: nothing to sync."""
+
+    def load_weights(self, state) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def generator(e: Elicitation, source: PreTrainedModel) -> Iterator[Generator]:
+    """A generator serving `source`'s current weights: HF in process, or a vLLM engine actor
+    started from the locked model and given those weights (killed on exit)."""
+    if backend(e.rl) == "hf":
+        yield _SameModel(source, e.tokenizer, e.rl.generator.batch_size)
+        return
+    from pwlock.generate.vllm_actor import vllm_generator
+
+    with vllm_generator(e.locked_dir, e.tokenizer, e.rl.generator.vllm, e.engine_bundle) as gen:
+        gen.load_weights(source.state_dict())  # a resumed run's weights (a no-op change otherwise)
+        yield gen
