@@ -38,7 +38,7 @@ def every_s_from_env() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value < 0:
+    if not value >= 0:  # also refuses nan
         raise ConfigError(f"{EVERY_ENV}={raw!r}: expected a number of seconds >= 0 (how often the sweep logs "
                           f"its progress)")
     return value

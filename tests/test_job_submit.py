@@ -25,17 +25,18 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from pwlock import analysis
 from pwlock.s3server import free_port
-from pwlock.trial import trial_name
+from pwlock import sweep
+from pwlock.config import load_config
 from tests.conftest import bucket_objects
-from tests.test_progress import gauge, scrape
+from tests.prometheus import gauge, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 EXPERIMENT = "job-e2e"
-TRIALS = 4  # sweeps/configs/local.yaml with --quick: 2 lock modes × k ∈ {64, 1024} × seed 0
 RAY_PORTS = ("port", "dashboard-port", "metrics-export-port", "node-manager-port", "object-manager-port",
              "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
              "ray-client-server-port")
@@ -130,16 +131,21 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
     credentials.write_text(f"[default]\naws_access_key_id = {server.access_key}\n"
                            f"aws_secret_access_key = {server.secret_key}\n")
     credentials.chmod(0o600)
-    runtime_env = {"env_vars": {
+    # The cluster's runtime env (cluster/runtime-env.yaml) with this machine's paths and endpoint.
+    runtime_env = yaml.safe_load((ROOT / "cluster" / "runtime-env.yaml").read_text())
+    runtime_env["env_vars"].update({
         "AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_ENDPOINT_URL": server.endpoint,
         "AWS_REGION": server.region, "AWS_EC2_METADATA_DISABLED": "true",
         "PWLOCK_CACHE": str(tmp_path / "cache"), "PWLOCK_PROGRESS_EVERY_S": "5",
-    }}
+    })
+    (tmp_path / "runtime-env.yaml").write_text(yaml.safe_dump(runtime_env))
+    trials = [t.name for t in sweep.plan(load_config(ROOT / "sweeps" / "configs" / "local.yaml", quick=True)).trials]
+    n_trials = len(trials)
     submission = f"pwlock-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
     submit = subprocess.run(
         [RAY, "job", "submit", "--address", ray_head.dashboard, "--submission-id", submission,
-         "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
+         "--working-dir", str(ROOT), "--runtime-env", str(tmp_path / "runtime-env.yaml"), "--no-wait", "--",
          "python", "sweeps/sample_efficiency.py", "--quick", "--storage", storage, "--name", EXPERIMENT],
         env=_env_without_aws(), capture_output=True, text=True, timeout=120)
     assert submit.returncode == 0, submit.stdout + submit.stderr
@@ -170,32 +176,31 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
     for name in (analysis.SUMMARY, analysis.FIGURE, analysis.STUDY, analysis.UPSTREAM_FILE):
         assert f"{exp}/{name}" in objects, name
     results = [k for k in objects if k.endswith("/result.json")]
-    assert len(results) == TRIALS
+    assert len(results) == n_trials
     client = server._client()
     for key in results:
         rows = client.get_object(Bucket=server.bucket, Key=key)["Body"].read().decode().splitlines()
         assert rows and all(0 <= json.loads(r)["correctness"] <= 1 for r in rows), key
     summary = analysis.load_summary(f"{storage}/{EXPERIMENT}")
-    assert len(summary) == TRIALS and summary["correctness"].between(0, 1).all()
+    assert len(summary) == n_trials and summary["correctness"].between(0, 1).all()
     assert f"results: {storage}/{EXPERIMENT}" in logs
 
     # The log names each trial as it finishes, and the progress line ends on all done.
-    for row in summary.itertuples():
-        name = trial_name(row.lock_mode, row.method, row.k, row.seed)
-        finished = re.compile(rf"trial {re.escape(name)}-\S*{re.escape(row.trial.rsplit('-', 1)[-1])} done after ")
-        assert len(finished.findall(logs)) == 1, (name, row.trial, [x for x in logs.splitlines() if "trial " in x])
-    assert (f"progress {EXPERIMENT}: {TRIALS} of {TRIALS} trials done, 0 running, 0 pending, 0 failed; "
+    for name in trials:
+        finished = re.findall(rf"trial {re.escape(name)}-\S+ done after ", logs)
+        assert len(finished) == 1, (name, [x for x in logs.splitlines() if " done after " in x])
+    assert (f"progress {EXPERIMENT}: {n_trials} of {n_trials} trials done, 0 running, 0 pending, 0 failed; "
             "0.00 GPU-hours") in logs
 
     # The gauges, as Prometheus scrapes them from the head while the sweep runs (or just after).
     deadline = time.monotonic() + 30
-    while gauge(seen[-1] if seen else {}, "ray_pwlock_trials", experiment=EXPERIMENT, state="done") != TRIALS:
-        assert time.monotonic() < deadline, f"no scrape showed {TRIALS} trials done: {seen[-1:]}"
+    while gauge(seen[-1] if seen else {}, "ray_pwlock_trials", experiment=EXPERIMENT, state="done") != n_trials:
+        assert time.monotonic() < deadline, f"no scrape showed {n_trials} trials done: {seen[-1:]}"
         seen.append(scrape(ray_head.metrics_port))
         time.sleep(1)
     last = seen[-1]
     assert {s: gauge(last, "ray_pwlock_trials", experiment=EXPERIMENT, state=s)
-            for s in ("pending", "running", "done", "failed")} == {"pending": 0, "running": 0, "done": TRIALS,
+            for s in ("pending", "running", "done", "failed")} == {"pending": 0, "running": 0, "done": n_trials,
                                                                     "failed": 0}
     assert gauge(last, "ray_pwlock_trial_hours", experiment=EXPERIMENT) > 0
     assert gauge(last, "ray_pwlock_gpu_hours", experiment=EXPERIMENT) == 0  # CPU trials: no GPU-hours

@@ -7,7 +7,6 @@ import logging
 import pickle
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -15,24 +14,7 @@ from pwlock import runtime  # noqa: F401  (Ray's local defaults, before ray is i
 from pwlock.config import ConfigError
 from pwlock.progress import DEFAULT_EVERY_S, EVERY_ENV, SweepProgress
 from pwlock.s3server import free_port
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset], float]:
-    """pwlock's gauges at the metrics export port, by (name, labels that are not Ray's own)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name.startswith("ray_pwlock_"):
-                labels = frozenset((k, v) for k, v in sample.labels.items() if k in ("experiment", "state"))
-                out[(sample.name, labels)] = sample.value
-    return out
-
-
-def gauge(metrics: dict, name: str, **labels: str) -> float | None:
-    return metrics.get((name, frozenset(labels.items())))
+from tests.prometheus import gauge, scrape
 
 
 def _name(trial) -> str:
@@ -130,7 +112,7 @@ def test_restored_callback_starts_afresh(monkeypatch):
     assert pickle.loads(pickle.dumps(SweepProgress("exp", every_s=1))).every_s == 1
 
 
-@pytest.mark.parametrize("value", ["soon", "-1", ""])
+@pytest.mark.parametrize("value", ["soon", "-1", "", "nan"])
 def test_bad_interval_is_refused_naming_the_variable(monkeypatch, value):
     monkeypatch.setenv(EVERY_ENV, value)
     with pytest.raises(ConfigError, match=f"{EVERY_ENV}=.*expected a number of seconds"):
