@@ -1,23 +1,27 @@
 """Run untrusted generated programs (Python or C++) with its input on stdin, many in parallel.
 
-Each run gets a fresh directory as its working directory and, where the kernel allows it (checked
-once per process; see `Sandbox.enforced`):
+Each run gets a fresh directory as its working directory and, where the kernel allows it (probed
+once per process; `Sandbox.enforced` says what holds):
 
 - namespaces: its own network namespace (no interface but a down loopback: no network at all),
   pid namespace (no process of the run survives it: daemons die with it), mount namespace (a
   fresh /proc; empty read-only tmpfs over /tmp, /var/tmp, /dev/shm, /run, /home and /root),
-  IPC and UTS namespaces; a user namespace too when not started as root;
+  IPC, UTS and cgroup namespaces; a user namespace too when not started as root;
 - an unprivileged uid: a per-slot uid when started as root (so RLIMIT_NPROC applies, and root's
   files are out of reach), the caller's own uid in a user namespace otherwise; no_new_privs;
 - Landlock: reads and execution only beneath the system directories (/usr, /lib*, /bin, /sbin,
   /etc, /dev, /proc) and the run's own files, writes only beneath its working directory, no TCP
   bind/connect, no signals to processes outside the run;
-- rlimits: CPU, address space, processes, file size, open files, no core files;
+- rlimits per process: CPU, address space, processes, file size, open files, no core files; and,
+  where this process may create cgroups (root, here), a cgroup per run slot capping the memory and
+  the number of tasks of all the run's processes together;
 - a clean environment (nothing of the caller's), a new session, a wall-clock deadline after which
   the whole run is killed, a cap on captured stdout.
 
 Every file the program leaves in its directory is reported (`RunResult.files_written`), for the
-paper's rule that a correct solution writes no file.
+paper's rule that a correct solution writes no file. Runs start from a fork server
+(`sandbox_launch`), so no interpreter starts per run; C++ compiles once per source (g++, in the
+sandbox too), cached on disk under $PWLOCK_CACHE/cpp (default ~/.cache/pwlock/cpp).
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import math
 import os
 import queue
 import select
-import selectors
 import shutil
 import socket
 import subprocess
@@ -40,9 +43,9 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -155,28 +158,30 @@ class _Server:
         self._proc.stderr.close()
 
 
-def enforced(m: _Machine | None = None) -> dict[str, bool]:
-    """What a run on this machine is held to, protection by protection."""
+def enforced(m: _Machine | None = None, cgroups: bool = False) -> dict[str, bool]:
+    """What a run on this machine is held to, protection by protection; `cgroups`: whether runs
+    get a cgroup (a `Sandbox` knows once it has tried to make them)."""
     m = m or machine()
     ns, ll = m.namespaces, m.landlock_abi
     return {
         "network": ns or ll >= 4,  # a network namespace; else Landlock's TCP rules (TCP only)
-        "processes_contained": ns,  # pid namespace: nothing outlives the run
+        "processes_contained": ns or cgroups,  # nothing outlives the run: its pid namespace, or its cgroup is killed
         "writes_confined": ll >= 1,  # Landlock: writes only beneath the working directory
         "reads_confined": ll >= 1,  # Landlock: reads only beneath system directories and the run's files
         "signals_confined": ns or ll >= 6,
         "shared_dirs_hidden": ns,  # /tmp, /run, ... replaced by empty read-only tmpfs
         "unprivileged": ns or not m.root,  # root drops to a per-slot uid inside the namespaces
-        "process_limit": ns or not m.root,  # RLIMIT_NPROC does not bind root
+        "process_limit": ns or not m.root or cgroups,  # RLIMIT_NPROC does not bind root; a cgroup's pids.max does
+        "memory_total": cgroups,  # a cgroup caps the memory of all the run's processes together
     }
 
 
-REQUIRED = ("network", "processes_contained", "writes_confined")
+REQUIRED = ("network", "processes_contained", "writes_confined", "unprivileged")
 
 
-class _UidSlots:
-    """Distinct uids for concurrent runs started as root, so each run's RLIMIT_NPROC counts only
-    its own processes."""
+class _Slots:
+    """Slot numbers for concurrent runs: a run started as root gets the uid UID_BASE + our pid's
+    block + its slot, so RLIMIT_NPROC counts only its own processes, and its slot's cgroup."""
 
     def __init__(self) -> None:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -189,13 +194,89 @@ class _UidSlots:
         except queue.Empty:
             with self._lock:
                 self._next += 1
-                return UID_BASE + (os.getpid() % 100_000) * 1_000 + self._next % 1_000
+                return self._next % 1_000
 
-    def release(self, uid: int) -> None:
-        self._free.put(uid)
+    def release(self, slot: int) -> None:
+        self._free.put(slot)
 
 
-_SLOTS = _UidSlots()
+def slot_uid(slot: int) -> int:
+    return UID_BASE + (os.getpid() % 100_000) * 1_000 + slot
+
+
+class _Cgroups:
+    """One cgroup per slot capping a run's processes together: memory (RLIMIT_AS is per process)
+    and tasks. cgroup v1's memory and pids controllers, or v2 where both are delegated to us;
+    usually only root may create them. `available` is False where neither works."""
+
+    def __init__(self, name: str, enabled: bool = True) -> None:
+        self.roots: dict[str, Path] = {}  # "memory" / "pids" (v1) or "v2" -> this sandbox's cgroup
+        self._made: list[Path] = []
+        try:
+            if enabled:
+                self._discover(name)
+        except OSError as e:
+            log.debug("sandbox: no cgroups: %s", e)
+            self.roots = {}
+
+    @property
+    def available(self) -> bool:
+        return bool(self.roots)
+
+    def _discover(self, name: str) -> None:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+        ours = {}
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else ["v2"]:
+                ours[c] = path.lstrip("/")
+        v1 = {}
+        for _, where, fstype, options, *_ in mounts:
+            if fstype == "cgroup":
+                for c in ("memory", "pids"):
+                    if c in options.split(",") and c in ours:
+                        v1[c] = Path(where) / ours[c]
+        if len(v1) == 2:
+            candidates = v1
+        else:
+            v2 = next((Path(m[1]) / ours.get("v2", "") for m in mounts if m[2] == "cgroup2"), None)
+            if v2 is None or not {"memory", "pids"} <= set((v2 / "cgroup.subtree_control").read_text().split()):
+                return
+            candidates = {"v2": v2}
+        for c, parent in candidates.items():
+            root = parent / name
+            root.mkdir()
+            self._made.append(root)
+            self.roots[c] = root
+
+    def procs_files(self, slot: int, limits: Limits) -> list[str]:
+        """The slot's cgroup.procs files, limits set for this run."""
+        out = []
+        for c, root in self.roots.items():
+            group = root / f"slot-{slot}"
+            if not group.exists():
+                group.mkdir()
+                self._made.append(group)
+            memory = str(limits.memory_mb << 20)
+            tasks = str(limits.nproc + 3)  # and the launcher, the init and a launcher still exiting
+            settings = {"memory": {"memory.limit_in_bytes": memory}, "pids": {"pids.max": tasks},
+                        "v2": {"memory.max": memory, "memory.swap.max": "0", "pids.max": tasks}}[c]
+            for file, value in settings.items():
+                if (group / file).exists():
+                    (group / file).write_text(value)
+            out.append(str(group / "cgroup.procs"))
+        return out
+
+    def remove(self) -> None:
+        for group in reversed(self._made):
+            try:
+                group.rmdir()
+            except OSError as e:
+                log.warning("sandbox: cannot remove cgroup %s: %s", group, e)
+        self._made.clear()
+
+
+_SLOTS = _Slots()
 
 
 def _cache_root() -> Path:
@@ -227,9 +308,14 @@ class Sandbox:
     def __init__(self, workers: int | None = None, require: Sequence[str] = REQUIRED,
                  cache_dir: str | Path | None = None):
         self.machine = machine()
-        self.enforced = enforced(self.machine)
+        self._base = Path(tempfile.mkdtemp(prefix="pwlock-sandbox-"))
+        os.chmod(self._base, 0o755)
+        self._cgroups = _Cgroups(self._base.name, enabled=self.machine.root)
+        self.enforced = enforced(self.machine, self._cgroups.available)
         missing = [k for k in require if not self.enforced.get(k, False)]
         if missing:
+            self._cgroups.remove()
+            _rmtree(self._base)
             raise SandboxError(
                 f"the sandbox cannot enforce {missing} on this machine ({self.machine}); user namespaces "
                 "(`unshare -rn true`) and Landlock (Linux >= 5.13) provide them")
@@ -238,8 +324,6 @@ class Sandbox:
             log.warning("sandbox: not enforced on this machine: %s", ", ".join(weak))
         self.workers = workers or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
-        self._base = Path(tempfile.mkdtemp(prefix="pwlock-sandbox-"))
-        os.chmod(self._base, 0o755)
         self._cache = Path(cache_dir) if cache_dir else _cache_root() / "cpp"
         self._compiled: dict[str, tuple[Path | None, str | None]] = {}
         self._compile_locks: dict[str, threading.Lock] = {}
@@ -247,7 +331,7 @@ class Sandbox:
         self._server = _Server()
         # Not closed explicitly (a task keeps its sandbox for its lifetime): stop the server and
         # remove the runs' directory when the sandbox is collected or the interpreter exits.
-        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._server, self._base)
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._server, self._base, self._cgroups)
 
     # -- public -------------------------------------------------------------------------------
     def run(self, program: Program, stdin: str | bytes = b"", limits: Limits = Limits()) -> RunResult:
@@ -255,7 +339,7 @@ class Sandbox:
             binary, error = self.compile_cpp(program.source)
             if binary is None:
                 return RunResult(exit_code=None, compile_error=error)
-            return self._execute([f"{INSIDE}/prog"], {"prog": binary}, stdin, limits)
+            return self._execute(["{root}/prog"], {"prog": binary}, stdin, limits)
         return self._execute([], {"main.py": program.source.encode()}, stdin, limits, python=True)
 
     @property
@@ -304,7 +388,7 @@ class Sandbox:
         if error.exists():
             return None, error.read_text()
         limits = Limits(wall_s=120, cpu_s=60, memory_mb=4096, nproc=16, fsize_mb=256, stdout_bytes=1 << 20)
-        argv = [CXX, *CXX_FLAGS, "-o", f"{INSIDE}/work/prog", f"{INSIDE}/main.cpp"]
+        argv = [CXX, *CXX_FLAGS, "-o", "{root}/work/prog", "{root}/main.cpp"]
         keep: dict[str, bytes] = {}
         result = self._execute(argv, {"main.cpp": source.encode()}, b"", limits, keep=("prog",), kept=keep)
         binary.parent.mkdir(parents=True, exist_ok=True)
@@ -323,10 +407,14 @@ class Sandbox:
 
     def _execute(self, argv: list[str], files: dict[str, bytes | Path], stdin: str | bytes, limits: Limits,
                  python: bool = False, keep: Sequence[str] = (), kept: dict[str, bytes] | None = None) -> RunResult:
+        """Run `argv` ("{root}" stands for the run's directory as the program sees it), or the
+        Python program `main.py` when `python`, with `files` in the run's directory; `keep`: files
+        the program makes that are wanted (copied into `kept`), not reported as written."""
         m = self.machine
         run_root = Path(tempfile.mkdtemp(prefix="run-", dir=self._base))
         stdin_path = self._base / f"{run_root.name}.stdin"
-        uid = _SLOTS.acquire() if (m.root and m.namespaces) else None
+        slot = _SLOTS.acquire()
+        uid = slot_uid(slot) if (m.root and m.namespaces) else None
         ours: list[int] = []  # descriptors still to close
         try:
             os.chmod(run_root, 0o755)
@@ -347,6 +435,7 @@ class Sandbox:
             stdin_path.write_bytes(stdin.encode() if isinstance(stdin, str) else stdin)
             inside = INSIDE if m.namespaces else str(run_root)
             spec = self._spec([a.replace("{root}", inside) for a in argv], run_root, inside, limits, uid, python)
+            spec["cgroups"] = self._cgroups.procs_files(slot, limits) if self._cgroups.available else []
 
             stdin_fd = os.open(stdin_path, os.O_RDONLY | os.O_CLOEXEC)
             out_r, out_w = os.pipe()
@@ -362,11 +451,12 @@ class Sandbox:
                 for fd in theirs:
                     os.close(fd)
             deadline = start + limits.wall_s + HOST_GRACE_S
-            stdout, stderr, exceeded = _read_output(out_r, err_r, deadline, limits)
-            if exceeded:  # the launcher stops the run when the cancel pipe closes
+
+            def cancel() -> None:  # the launcher stops the run when the cancel pipe closes
                 ours.remove(cancel_w)
                 os.close(cancel_w)
-            status = _read_status(status_r, deadline)
+
+            stdout, stderr, exceeded, status = _read_run(out_r, err_r, status_r, deadline, limits, cancel)
             wall = time.monotonic() - start
             if "setup_error" in status:
                 raise SandboxError(f"sandbox setup failed: {status['setup_error']}")
@@ -393,8 +483,7 @@ class Sandbox:
                 os.close(fd)
             stdin_path.unlink(missing_ok=True)
             _rmtree(run_root)
-            if uid is not None:
-                _SLOTS.release(uid)
+            _SLOTS.release(slot)
 
     def _spec(self, argv: list[str], run_root: Path, inside: str, limits: Limits, uid: int | None,
               python: bool) -> dict:
@@ -439,52 +528,55 @@ class Sandbox:
         }
 
 
-def _shutdown(pool: ThreadPoolExecutor, server: _Server, base: Path) -> None:
+def _shutdown(pool: ThreadPoolExecutor, server: _Server, base: Path, cgroups: _Cgroups) -> None:
     pool.shutdown(wait=True)
     server.close()
+    cgroups.remove()
     _rmtree(base)
 
 
-def _read_output(out_fd: int, err_fd: int, deadline: float, limits: Limits) -> tuple[bytes, bytes, bool]:
-    """stdout and stderr until both close (the run ended), and whether stdout passed its cap (then
-    reading stops at once); stderr past its cap is dropped."""
-    out, err = bytearray(), bytearray()
-    caps = {out_fd: (out, limits.stdout_bytes), err_fd: (err, limits.stderr_bytes)}
-    open_fds = [out_fd, err_fd]
-    while open_fds:
+def _read_run(out_fd: int, err_fd: int, status_fd: int, deadline: float, limits: Limits,
+              cancel: Callable[[], None]) -> tuple[bytes, bytes, bool, dict]:
+    """Read stdout, stderr and the status until the status closes (the launcher is gone, and with
+    it the run). Past stdout's cap the run is cancelled and its output cut; stderr past its cap is
+    dropped. Returns (stdout, stderr, stdout passed its cap, status)."""
+    out, err, status = bytearray(), bytearray(), bytearray()
+    caps = {out_fd: (out, limits.stdout_bytes), err_fd: (err, limits.stderr_bytes), status_fd: (status, 1 << 20)}
+    open_fds = [out_fd, err_fd, status_fd]
+    exceeded = False
+    while status_fd in open_fds:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise SandboxError("a run outlived its deadline: the sandbox did not stop it")
         ready, _, _ = select.select(open_fds, [], [], remaining)
         for fd in ready:
             chunk = os.read(fd, 1 << 16)
+            buf, cap = caps[fd]
             if not chunk:
                 open_fds.remove(fd)
-                continue
-            buf, cap = caps[fd]
-            if len(buf) + len(chunk) > cap:
+            elif len(buf) + len(chunk) > cap:
                 buf += chunk[: cap - len(buf)]
-                if fd == out_fd:
-                    return bytes(out), bytes(err), True
+                if fd == out_fd and not exceeded:
+                    exceeded = True
+                    cancel()
+                    open_fds.remove(fd)
             else:
                 buf += chunk
-    return bytes(out), bytes(err), False
-
-
-def _read_status(fd: int, deadline: float) -> dict:
-    """The run's status (dict literals, a line each, from the init and the launcher, merged); EOF comes once
-    the run's processes are gone."""
-    data = b""
-    while (remaining := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([fd], [], [], remaining)
-        chunk = os.read(fd, 1 << 16) if ready else b""
-        if not chunk:
-            break
-        data += chunk
-    status: dict = {}
-    for line in data.decode().splitlines():
-        status.update(ast.literal_eval(line))
-    return status
+    # The run is over; what its pipes still hold was written before it ended.
+    for fd in (out_fd, err_fd):
+        while fd in open_fds and select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 1 << 16)
+            buf, cap = caps[fd]
+            if not chunk:
+                break
+            buf += chunk[: max(cap - len(buf), 0)]
+            if fd == out_fd and len(buf) >= cap:
+                exceeded = True
+                break
+    parsed: dict = {}
+    for line in status.decode().splitlines():
+        parsed.update(ast.literal_eval(line))
+    return bytes(out), bytes(err), exceeded, parsed
 
 
 __all__ = ["Limits", "Program", "RunResult", "Sandbox", "SandboxError", "enforced", "machine"]

@@ -9,7 +9,8 @@ process itself (no second interpreter start).
 The host sends each run as one message on a unix socket: a marshalled spec and five descriptors
 (stdin, stdout, stderr, status, cancel). Processes of one run, when namespaces are on:
 
-    server ── fork ── launcher: unshare(user?, net, pid, mount, ipc, uts), fork, deadline
+    server ── fork ── launcher: the slot's cgroup, unshare(user?, net, pid, mount, ipc, uts,
+                        cgroup), fork, deadline
                         └─ init (pid 1 of the new pid ns): private mounts, fork, wait, report
                              └─ program: rlimits, unprivileged uid, no_new_privs, Landlock, run
 
@@ -34,7 +35,7 @@ import socket
 import sys
 import time
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP = 0x00020000, 0x04000000, 0x08000000, 0x02000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
@@ -280,7 +281,7 @@ def _init(spec: dict, status_fd: int) -> None:
 
 
 def _unshare(userns: bool) -> None:
-    flags = CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+    flags = CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
     uid, gid = os.getuid(), os.getgid()
     if userns:
         flags |= CLONE_NEWUSER
@@ -303,6 +304,8 @@ def _launch(spec: dict, fds: list[int]) -> None:
             os.dup2(fd, target)
             os.close(fd)
         os.setsid()
+        for procs in spec["cgroups"]:  # every process of the run is then in the slot's cgroup
+            _write(procs, str(os.getpid()))
         if spec["namespaces"]:
             _unshare(spec["userns"])
         pid = os.fork()
@@ -321,10 +324,30 @@ def _launch(spec: dict, fds: list[int]) -> None:
                 _kill_session()
             _report(status_fd, {"killed": "cancelled" if cancel in ready else "deadline"})
         os.waitpid(pid, 0)
+        _kill_cgroup(spec["cgroups"])
     except BaseException as e:  # noqa: BLE001
         _report(status_fd, {"setup_error": f"{type(e).__name__}: {e}" if not isinstance(e, SetupError) else str(e)})
         code = 1
     os._exit(code)
+
+
+def _kill_cgroup(procs_files: list[str]) -> None:
+    """Kill every process left in the run's cgroup but ourselves: what escaped the session (a
+    daemon) when there is no pid namespace to take it down. A run cannot leave its cgroup."""
+    if not procs_files:
+        return
+    me = os.getpid()
+    for _ in range(1000):
+        with open(procs_files[0]) as f:
+            left = [int(p) for p in f.read().split() if int(p) != me]
+        if not left:
+            return
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.001)
 
 
 def _kill_session() -> None:

@@ -94,8 +94,9 @@ PY_ANSWER = "a, b = map(int, input().split())\n"  # then `print(a + b)` once the
 
 
 # -- the machine ---------------------------------------------------------------------------------
-def test_every_protection_is_enforced_on_this_machine():
-    assert sandbox.enforced() == {k: True for k in sandbox.enforced()}
+def test_every_protection_is_enforced_on_this_machine(py_task):
+    cgroups = sandbox.machine().root  # cgroups for runs: as root, here
+    assert py_task.sandbox.enforced == {k: True for k in sandbox.enforced(cgroups=cgroups)} | {"memory_total": cgroups}
 
 
 def test_a_good_program_scores_1_in_both_languages(py_task, cpp_task):
@@ -196,6 +197,17 @@ def test_allocating_10_gb_fails(py_task):
     full, score = outcome(py_task, f"{PY_ANSWER}x = bytearray(10 * 2**30)\nx[-1] = 1\nprint(a + b)")
     assert score == 0.0 and full.passed == 0
     assert "MemoryError" in full.runs[0].stderr
+
+
+def test_many_processes_allocating_together_are_capped(py_task):
+    if not py_task.sandbox.enforced["memory_total"]:
+        pytest.skip("no cgroup for runs on this machine: running this would take 4 GB of the host's memory")
+    source = (PY_ANSWER + "import os\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
+              "        x = bytearray(500 << 20)\n        x[::4096] = b'1' * len(x[::4096])\n        os._exit(0)\n"
+              "    kids.append(pid)\nif all(os.waitpid(k, 0)[1] == 0 for k in kids):\n    print(a + b)\n")
+    full, score = outcome(py_task, source)  # each child stays under RLIMIT_AS; together they do not
+    assert score == 0.0 and full.passed == 0
+    assert_clean(py_task)
 
 
 def test_an_infinite_loop_is_stopped(py_task):
@@ -351,3 +363,19 @@ def test_cpp_compiles_once_per_source_and_reports_errors(tmp_path):
         bad = sb.run(Program("cpp", "int main() { return x; }"))
         assert bad.compile_error and "was not declared in this scope" in bad.compile_error and not bad.ok
         assert len(list((tmp_path / "cache").rglob("*.err"))) == 1
+
+
+def test_without_namespaces_the_runs_cgroup_still_takes_its_daemons_down(monkeypatch):
+    """Machines without user namespaces (some containers) fall back on Landlock, rlimits and the
+    run's cgroup; a daemon that left the session dies with the run all the same."""
+    m = sandbox.machine()
+    if not m.root:
+        pytest.skip("cgroups for runs need root here")
+    monkeypatch.setattr(sandbox, "machine", lambda: sandbox._Machine(m.root, m.landlock_abi, False, False))
+    with Sandbox(workers=1, require=("processes_contained", "writes_confined")) as sb:
+        assert not sb.enforced["unprivileged"] and sb.enforced["processes_contained"]
+        source = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', ['sleep', '4242.5'])\n"
+                  "time.sleep(0.2)\nprint('done')")
+        r = sb.run(Program("python", source))
+        assert r.ok and r.stdout == "done\n"
+        assert leftovers() == []

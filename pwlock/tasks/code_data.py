@@ -148,7 +148,8 @@ def from_mbpp(r: Mapping[str, Any], where: str) -> CodeProblem:
     entry = next((c for c in called if c in defined), None)
     if entry is None:
         raise DataError(f"{where}: no function of `code` is called by test_list[0]")
-    setup = str(r.get("test_setup_code") or "")
+    imports = r.get("test_imports") or []  # the hub's "sanitized" MBPP lists the tests' imports apart
+    setup = "\n".join([*map(str, imports), str(r.get("test_setup_code") or "")])
     text = str(r.get("text") or r.get("prompt") or "")
     return CodeProblem(f"mbpp-{r['task_id']}", "mbpp", "function", text, "mbpp", solutions={"python": [r["code"]]},
                        entry=entry, prelude="", check=harness.check_from_asserts(tests, setup),
