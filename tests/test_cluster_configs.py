@@ -227,7 +227,8 @@ def test_image_pins_agree_with_pyproject():
     assert f"{python.major}.{python.minor}" == docker_lock.PYTHON
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["UV_VERSION"])
     # The lock was made from pyproject.toml as it is now.
-    assert f"from: {' '.join(docker_lock.inputs())}\n" in (ROOT / "docker" / "requirements.txt").read_text()
+    assert f"from: {' '.join(docker_lock.inputs())}\n" in (ROOT / "docker" / "requirements.txt").read_text(), \
+        "pyproject.toml changed since docker/requirements.txt was made: run `python docker/lock.py`"
 
 
 def test_lock_satisfies_every_requirement_it_can_see():
