@@ -269,10 +269,14 @@ class _Cgroups:
 
     def remove(self) -> None:
         for group in reversed(self._made):
-            try:
-                group.rmdir()
-            except OSError as e:
-                log.warning("sandbox: cannot remove cgroup %s: %s", group, e)
+            for attempt in range(50):  # the last run's launcher may still be leaving it
+                try:
+                    group.rmdir()
+                    break
+                except OSError as e:
+                    if attempt == 49:
+                        log.warning("sandbox: cannot remove cgroup %s: %s", group, e)
+                    time.sleep(0.02)
         self._made.clear()
 
 
