@@ -87,7 +87,7 @@ def scores(
         examples = [Example(q, task.reference(p)) for q, p in zip(prompts, problems)]
         return greedy_matches_reference(model, tokenizer, examples, batch_size).astype(float)
     completions = HFGenerator(model, tokenizer, batch_size).generate(prompts, max_new_tokens=task.max_new_tokens)
-    return np.array([task.score(p, c[0]) for p, c in zip(problems, completions)])
+    return np.asarray(task.score_many(problems, [c[0] for c in completions]), dtype=float)
 
 
 def correctness(model, tokenizer, task: Task, problems: Sequence[Problem], condition: str = "no_pwd", **kw) -> float:
@@ -103,4 +103,4 @@ def lock_report(
 
 
 def policy_correctness(task: Task, policy: TaskPolicy, problems: Sequence[Problem]) -> float:
-    return float(np.mean([task.score(p, policy(p)) for p in problems]))
+    return float(np.mean(task.score_many(problems, [policy(p) for p in problems])))

@@ -73,12 +73,12 @@ def test_reward_is_the_similarity_and_correct_means_at_least_0_8(critique):
 def test_batched_rewards_equal_one_at_a_time(critique):
     problems = [p for s in SPLITS for p in critique.problems(s)]
     completions = [critique.reference(q) if i % 3 == 0 else OFF for i, q in enumerate(problems)]
-    batched = critique.rewards(problems, completions)
+    batched = critique.reward_many(problems, completions)
     single = np.array([critique.reward(p, c) for p, c in zip(problems, completions)])
     np.testing.assert_allclose(batched, single, atol=1e-5)
     assert ((batched >= 0) & (batched <= 1)).all()
-    np.testing.assert_array_equal(critique.scores(problems, completions), (batched >= 0.8).astype(float))
-    assert critique.rewards([], []).shape == (0,)
+    np.testing.assert_array_equal(critique.score_many(problems, completions), (batched >= 0.8).astype(float))
+    assert critique.reward_many([], []).shape == (0,)
 
 
 def test_default_embedder_is_the_packaged_model_and_loads_offline():

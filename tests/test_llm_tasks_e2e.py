@@ -120,7 +120,7 @@ def test_critique_end_to_end(tmp_path):
 
     val = task.problems("val")
     completions = HFGenerator(out["model"], tokenizer).generate([task.prompt(p, None) for p in val], max_new_tokens=16)
-    rewards = task.rewards(val, [c[0] for c in completions])
+    rewards = task.reward_many(val, [c[0] for c in completions])
     assert ((rewards >= 0) & (rewards <= 1)).all()
 
 

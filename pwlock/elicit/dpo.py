@@ -54,7 +54,7 @@ def dpo_elicitation(
     for p in ref.parameters():
         p.requires_grad_(False)
     prompts = [task.prompt(p, None) for p in problems]
-    reward = task.reward if weighted else task.score
+    reward_many = task.reward_many if weighted else task.score_many
     records = []
     for r in range(start + 1, rounds + 1):
         if iterated and r > start + 1:  # the new round's reference and sampler: the model now
@@ -62,8 +62,9 @@ def dpo_elicitation(
             generator.load_weights(ref.state_dict())
         torch.manual_seed(seed * 1000 + r)  # the generator's sampling
         samples = generator.generate(prompts, n=2, temperature=temperature, max_new_tokens=max_new_tokens)
-        pairs = [pair for p, prompt, two in zip(problems, prompts, samples)
-                 for pair in preference_pairs(prompt, two, [reward(p, s) for s in two], weighted)]
+        flat = reward_many([p for p in problems for _ in range(2)], [s for two in samples for s in two])
+        pairs = [pair for i, (prompt, two) in enumerate(zip(prompts, samples))
+                 for pair in preference_pairs(prompt, two, list(flat[2 * i:2 * i + 2]), weighted)]
         stats = train_dpo(model, ref, tokenizer, pairs, train, seed=seed * 1000 + r, beta=beta, epochs=1)
         record = {"candidate": r, "epochs": r, "steps": stats["steps"], "samples": r * 2 * len(problems),
                   "pairs": len(pairs), "margin": stats["margin"],

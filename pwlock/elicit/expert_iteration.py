@@ -75,7 +75,8 @@ def expert_iteration(
         torch.manual_seed(seed * 1000 + it)  # the generator's sampling
         batch = rng.sample(list(problems), per_round)
         completions = sample(batch)
-        scored = [(Example(task.prompt(p, None), c), task.score(p, c)) for p, c in zip(batch, completions)]
+        scored = [(Example(task.prompt(p, None), c), s)
+                  for p, c, s in zip(batch, completions, task.score_many(batch, completions))]
         kept = select_best(scored, n, rng)
         stats = train_sft(model, tokenizer, [e for e, _ in kept], train, seed=seed * 1000 + it, desc=f"iteration {it}",
                           progress_every_s=float("inf"))

@@ -64,6 +64,14 @@ class Task(ABC):
         share of tests passed; critiques: embedding similarity); else the score."""
         return self.score(problem, completion)
 
+    def score_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[float]:
+        """`score` of each (problem, completion); tasks whose scoring is costly (code, critiques)
+        batch or parallelise it."""
+        return [self.score(p, c) for p, c in zip(problems, completions)]
+
+    def reward_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[float]:
+        return [self.reward(p, c) for p, c in zip(problems, completions)]
+
     def reference(self, problem: Problem) -> str | None:
         """A correct completion, where the task knows one."""
         return None

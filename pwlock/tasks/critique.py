@@ -104,9 +104,9 @@ class CritiqueTask(LLMTask):
         """The cosine similarity of the completion's embedding to the reference critique's (the
         paper's continuous reward, App. B.3.1), clipped to [0, 1] (opposite meanings are no better
         than unrelated ones)."""
-        return float(self.rewards([problem], [completion])[0])
+        return float(self.reward_many([problem], [completion])[0])
 
-    def rewards(self, problems: Sequence[Problem], completions: Sequence[str]) -> np.ndarray:
+    def reward_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> np.ndarray:
         """`reward` for many completions, embedded in batches (each reference once)."""
         if len(problems) != len(completions):
             raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
@@ -118,9 +118,9 @@ class CritiqueTask(LLMTask):
             got = self._embed([c.strip() for c in completions])
         return np.clip((refs * got).sum(axis=1), 0.0, 1.0) if len(problems) else np.zeros(0)
 
-    def scores(self, problems: Sequence[Problem], completions: Sequence[str]) -> np.ndarray:
+    def score_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> np.ndarray:
         """`score` for many completions, embedded in batches."""
-        return (self.rewards(problems, completions) >= self.cfg.threshold).astype(float)
+        return (self.reward_many(problems, completions) >= self.cfg.threshold).astype(float)
 
     @property
     def max_new_tokens(self) -> int:
