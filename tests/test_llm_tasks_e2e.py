@@ -128,3 +128,13 @@ def _mmlu_config(**kw) -> dict:
     source = {"path": str(FIXTURES / "mmlu"), "subsets": ["all"]}
     return {"name": "mmlu", "data": {**source, "splits": ["test", "validation"]},
             "shots": {**source, "splits": ["dev"]}, **kw}
+
+
+def test_code_end_to_end():
+    """The code task through the same path: completions a random model writes are run in the sandbox."""
+    data = [{"path": str(FIXTURES / "code" / f"{name}.jsonl")} for name in ("stdio", "apps", "mbpp")]
+    task = make_task({"name": "code", "data": data, "max_new_tokens": 16})
+    tokenizer = tokenizer_for(task, chat=False)
+    lock_elicit_evaluate(task, tokenizer, weak=lambda p: task.format.completion("print(0)"))
+    val = task.problems("val")
+    assert task.score_many(val, [task.reference(p) for p in val]) == [1.0] * len(val)  # the sandbox does run them
