@@ -143,11 +143,18 @@ def plan(cfg: StudyConfig) -> Plan:
 
 
 def describe(p: Plan, store: Store | None = None) -> str:
+    from pwlock import cost
+
+    try:
+        est: cost.Estimate | None = cost.estimate_plan(p, store)
+        hours = {i.id: f"  {i.gpu_hours:.3f} GPU-h" for i in est.artifacts + est.trials}
+    except ConfigError as e:  # e.g. a hub model of unknown size: the plan stands without its cost
+        est, hours, why = None, {}, str(e)
     lines = [f"study {p.cfg.name!r} from {p.cfg.source}: task {p.task_spec['name']}"]
     lines.append(f"upstream artifacts ({len(p.artifacts)}):")
     for a in p.artifacts:
         state = "" if store is None else ("  [in store, reused]" if store.has(a.key) else "  [to build]")
-        lines.append(f"  {a.label:<36} {a.key}{state}")
+        lines.append(f"  {a.label:<36} {a.key}{hours.get(a.key, '')}{state}")
     ks = f"k {sorted(p.cfg.elicit.ks)} (SFT) × " if set(p.cfg.elicit.methods) - set(RL_METHODS) else ""
     lines.append(f"elicitation trials ({len(p.trials)}): locks {list(p.locked)} × methods {p.cfg.elicit.methods} × "
                  f"{ks}seeds {p.cfg.elicit.seeds}")
@@ -156,11 +163,12 @@ def describe(p: Plan, store: Store | None = None) -> str:
     for t in p.trials:
         if t.method == "sft":
             steps = [e * steps_per_epoch(t.k, batch) for e in t.epoch_candidates]
-            lines.append(f"  {t.name:<40} epoch candidates {t.epoch_candidates} = steps {steps}")
+            lines.append(f"  {t.name:<40} epoch candidates {t.epoch_candidates} = steps {steps}{hours.get(t.name, '')}")
         else:
             per = samples_per_round(t.method, p.cfg.elicit.rl, n_elicit)
             lines.append(f"  {t.name:<40} {len(t.epoch_candidates)} rounds × {per} samples = "
-                         f"{len(t.epoch_candidates) * per} samples")
+                         f"{len(t.epoch_candidates) * per} samples{hours.get(t.name, '')}")
+    lines += est.summary() if est else [f"cost estimate unavailable: {why}"]
     return "\n".join(lines)
 
 

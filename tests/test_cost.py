@@ -1,0 +1,224 @@
+"""The cost model: exact prices on hand-computable work, artifacts in the store at cost 0, the
+plan printed by --dry-run (nothing trained or written), the paper's study priced, and bad study
+files refused with the field named."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pwlock import study_plan
+from pwlock.config import ConfigError, config_from_dict, load_config
+from pwlock.cost import Assumptions, Model, Pricer, Tokens, estimate_plan, main
+from pwlock.stages import build
+from pwlock.store import open_store
+from pwlock.sweep import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "sweeps" / "studies" / "paper.yaml"
+
+# Round numbers: a 7e9-parameter model trains at 1 ms per token (6N / (0.5 × 8.4e13)), a forward
+# pass costs a third of that, vLLM decodes 100 tokens/s, and loading its 14 GB takes 1 s, saving 2 s.
+SIMPLE = dict(peak_flops=8.4e13, mfu=((7e9, 0.5),), step_floor_s=((7e9, 1e-9),), vllm_tok_s=100.0,
+              max_generate_tok_s=1e9, evaluation_engine="vllm", start_s=10.0, engine_start_s=20.0,
+              load_gb_s=14.0, save_gb_s=7.0)
+
+
+def tiny_study() -> dict:
+    return {
+        "name": "tiny",
+        "defaults": {"seeds": 1, "lock_epochs": 1, "policy_epochs": 1, "batch_size": 8, "sample_budgets": [8]},
+        "assumptions": {k: [list(p) for p in v] if isinstance(v, tuple) else v for k, v in SIMPLE.items()},
+        "models": {"m": {"params": 7e9}},
+        "tasks": {"t": {"problems": 1000, "strong_base": "m", "weak_base": "m", "strong": {"recipe": "labels"},
+                        "tokens": {"prompt": 100, "completion": 50}}},
+        "figures": [{"id": "f", "title": "F", "tasks": ["t"], "ks": [4]}],
+    }
+
+
+def test_pricer_interpolates_mfu_and_floor_in_log_parameters():
+    a = Assumptions(peak_flops=1e12, mfu=((1e9, 0.5), (1e11, 0.25)), step_floor_s=((1e9, 0.1), (1e11, 0.4)))
+    # at 1e10, half-way in log N: MFU 0.375, floor 0.25 s
+    assert a.step_s(1e10, 1000) == pytest.approx(max(0.25, 1000 * 6e10 / (0.375 * 1e12)))
+    assert a.step_s(1e10, 1) == pytest.approx(0.25)  # the floor binds
+    assert a.step_s(1e12, 10) == pytest.approx(max(0.4, 10 * 6e12 / (0.25 * 1e12)))  # held beyond the last point
+    assert a.forward_batch_s(1e10, 3000) == pytest.approx(3000 * 2e10 / (0.375 * 1e12))
+    assert Assumptions(vllm_tok_s=2000, max_generate_tok_s=5000).generate_tok_s(3.5e9, "vllm") == 4000
+    assert Assumptions(vllm_tok_s=2000, max_generate_tok_s=5000).generate_tok_s(1e9, "vllm") == 5000
+    price = Pricer(Assumptions(**SIMPLE))
+    m, toks = Model(7e9), Tokens(100, 50, 50)
+    # 100 examples in steps of 8: 13 steps of 1,200 tokens, 1 ms each
+    assert price.train(m, 100, toks, 1, 8).train_s == pytest.approx(13 * 1.2)
+    assert price.train(m, 100, toks, 3, 8).train_tokens == 3 * 100 * 150
+    # 200 greedy answers of 50 tokens at 100 tok/s, plus the prompts' prefill in one batch
+    ev = price.evaluate(m, 200, toks, "generate", points=2)
+    assert ev.evaluate_s == pytest.approx(2 * (200 * 50 / 100 + 200 * 100 / 3000))
+    assert ev.evaluated_tokens == 2 * 200 * 50
+    assert price.evaluate(m, 200, toks, "classify").evaluate_s == pytest.approx(200 * 101 / 3000)
+    assert price.overhead([m], [m], engine=True).overhead_s == pytest.approx(10 + 1 + 2 + 20)
+
+
+def test_tiny_described_study_is_priced_exactly():
+    est = study_plan.estimate(study_plan.from_dict(tiny_study(), "tiny.yaml"), compare_engines=False)
+    s = {a.label: a.cost.seconds for a in est.artifacts}
+    # splits of 1,000 problems: weak 100, lock 400, elicit 300, val 200; π_strong is the labels
+    evaluation = 200 * 50 / 100 + 200 * 100 / 3000  # greedy answers on val, and their prefill
+    weak = 13 * 1.2 + evaluation + (10 + 1 + 2)  # π_weak: SFT on 100 examples, evaluated, loaded and saved
+    pool = 400 * 50 / 100 + 400 * 100 / 3000 + (10 + 1 + 20)  # its samples on the lock split, in an engine
+    lock = 100 * 1.2 + (10 + 1 + 2)  # 800 examples (a strong and a weak one per problem) in 100 steps
+    lock_eval = 3 * evaluation + (10 + 1)  # with, without and with a wrong password
+    assert s == pytest.approx({
+        "policy: t, m trained on π_strong": weak,
+        "samples: t, π_weak (m) on lock ×1": pool,
+        "locked: t": lock,
+        "locked: t: evaluation": lock_eval,
+    })
+    # one trial: k = 4, candidates {8/4} = [2] epochs of one step of 600 tokens, one evaluation
+    (trial,) = est.trials
+    assert trial.cost.seconds == pytest.approx((10 + 1) + 2 * 0.6 + evaluation)
+    total = weak + pool + lock + lock_eval + trial.cost.seconds
+    assert est.gpu_hours == pytest.approx(total / 3600)
+    kinds = est.hours_by_kind()
+    assert kinds["training"] == pytest.approx((13 * 1.2 + 100 * 1.2 + 2 * 0.6) / 3600)
+    assert sum(kinds.values()) == pytest.approx(est.gpu_hours)
+    assert all(not a.buildable for a in est.artifacts)  # described: pwlock has no stage for them yet
+
+
+def small_config(tmp_path) -> dict:
+    raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
+    raw["task"]["n_problems"] = 2000
+    raw["elicit"]["ks"] = [8, 32]
+    raw["eval"]["max_problems"] = 200
+    raw["store"]["url"] = str(tmp_path / "store")
+    return raw
+
+
+def test_artifacts_in_the_store_cost_nothing(tmp_path):
+    p = plan(config_from_dict(small_config(tmp_path)))
+    store = open_store(tmp_path / "store")
+    before = estimate_plan(p, store)
+    assert not any(a.in_store for a in before.artifacts)
+    build(store.spec, p.policy_scores)  # a real build: the task's policies scored on the validation problems
+    after = estimate_plan(p, store)
+    item = next(a for a in after.artifacts if a.id == p.policy_scores.key)
+    assert item.in_store and item.gpu_hours == 0
+    assert item.cost.seconds > 0  # what it would have cost
+    assert after.gpu_hours == pytest.approx(before.gpu_hours - item.cost.seconds * item.gpus / 3600)
+    summary = "\n".join(after.summary())
+    assert "6 artifacts to build" in summary and "1 in the store (cost 0)" in summary
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(f.relative_to(root)): f.stat().st_size for f in root.rglob("*") if f.is_file()}
+
+
+def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
+    cfg = small_config(tmp_path)
+    store = open_store(tmp_path / "store")
+    build(store.spec, plan(config_from_dict(cfg)).policy_scores)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    before = _files(tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--dry-run",
+                           "--config", str(tmp_path / "study.yaml")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "cost estimate on one H100 80GB" in out
+    assert "CPU study (ray.gpus_per_trial: 0)" in out
+    assert "sample_efficiency.png: 12 trials" in out
+    assert "upstream: 6 artifacts to build" in out and "1 in the store (cost 0)" in out
+    assert out.count("[in store, reused]") == 1
+    assert "scratchlock-sft-k32-seed2" in out and out.count(" GPU-h") >= 12 + 7
+    assert "total: " in out
+    assert _files(tmp_path) == before  # nothing trained, nothing written
+
+
+def test_paper_study_is_priced_and_reuses_artifacts_across_figures():
+    study = study_plan.load(PAPER)
+    est = study_plan.estimate(study)
+    assert math.isfinite(est.gpu_hours) and est.gpu_hours > 0
+    assert est.other_engine_gpu_hours > est.gpu_hours  # evaluating in HF generate instead costs more
+    figures = {fig: trials for fig, _, trials, _ in est.by_figure()}
+    assert set(figures) == {f.id for f in study.figures} and all(figures.values())
+    # Fig. 5: 3 tasks × 3 locks × (expert iteration, filtering, 3 DPO and 3 iterated-DPO learning rates) × 3 seeds
+    assert len(figures["fig5"]) == 3 * 3 * 8 * 3
+    # each artifact is priced once though several figures need it (e.g. the default locks)
+    ids = [a.id for a in est.artifacts]
+    assert len(ids) == len(set(ids))
+    code_lock = [f for f, _, _, arts in est.by_figure() if any(a.label == "locked: code" for a in arts)]
+    assert {"fig3", "fig5", "fig7", "fig12"} <= set(code_lock)
+    # Fig. 13's toy sweep has the same upstream keys as Fig. 6's: built once
+    toy = [a for a in est.artifacts if a.buildable]
+    assert len(toy) == 7
+    kinds = est.hours_by_kind()
+    assert all(v > 0 for v in kinds.values()) and sum(kinds.values()) == pytest.approx(est.gpu_hours)
+
+
+def test_cost_command_on_a_study_file_and_a_sweep_config(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study()))
+    assert main([str(path), "--brief"]) == 0
+    out = capsys.readouterr().out
+    assert "F: 1 trials" in out and "total: " in out
+    assert main([str(path), "--brief", "--assume", "vllm_tok_s=50"]) == 0
+    slower = capsys.readouterr().out
+    assert slower != out
+    assert main([str(ROOT / "sweeps" / "configs" / "paper_toy.yaml"), "--brief"]) == 0
+    out = capsys.readouterr().out
+    assert "sample_efficiency.png: 42 trials" in out and "CPU study" not in out
+
+
+def _bad(mutate) -> dict:
+    raw = copy.deepcopy(tiny_study())
+    mutate(raw)
+    return raw
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r["figures"][0].update(ks=[4, -1]), "figures[0].ks[1]: expected a positive number of demonstrations"),
+    (lambda r: r["figures"][0].update(tasks=["nope"]), "figures[0].tasks[0]: unknown task 'nope'"),
+    (lambda r: r["figures"][0].update(methods=["ppo"]), "figures[0].methods[0]: unknown method 'ppo'"),
+    (lambda r: r["figures"][0].update(locks=[{"weak": "gpt5"}]), "figures[0].locks[0].weak: expected default"),
+    (lambda r: r["figures"][0].update(ks="many"), "figures[0].ks: expected a list, got 'many'"),
+    (lambda r: r["models"]["m"].update(params="big"), "models.m.params: expected a number, got 'big'"),
+    (lambda r: r["tasks"]["t"].pop("problems"), "tasks.t.problems: missing"),
+    (lambda r: r["tasks"]["t"].update(tokenz={}), "tasks.t.tokenz: unknown key"),
+    (lambda r: r["tasks"]["t"].update(strong_base="m2"), "tasks.t.strong_base: unknown model 'm2'"),
+    (lambda r: r["tasks"]["t"]["tokens"].update(prompt=0), "tasks.t.tokens.prompt: expected a positive number"),
+    (lambda r: r["defaults"].update(splits={"weak": 0.5, "lock": 0.5}), "defaults.splits: expected positive shares"),
+])
+def test_bad_study_files_name_the_field(mutate, message):
+    with pytest.raises(ConfigError, match="^tiny.yaml: .*" + _re(message)):
+        study_plan.from_dict(_bad(mutate), "tiny.yaml")
+
+
+def test_bad_assumptions_name_the_field(tmp_path, capsys):
+    raw = _bad(lambda r: r["assumptions"].update(vllm_tokps=1))
+    with pytest.raises(ConfigError, match=_re("assumptions.vllm_tokps: unknown assumption")):
+        study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"))
+    raw = _bad(lambda r: r["assumptions"].update(evaluation_engine="tgi"))
+    with pytest.raises(ConfigError, match=_re("assumptions: evaluation_engine: expected one of ['hf', 'vllm']")):
+        study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study()))
+    assert main([str(path), "--assume", "vllm_tok_s=fast"]) == 2
+    assert "--assume.vllm_tok_s: expected float, got 'fast'" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: cannot read" in capsys.readouterr().err
+
+
+def test_every_shipped_study_file_loads():
+    for path in sorted((ROOT / "sweeps" / "studies").glob("*.yaml")):
+        assert study_plan.load(path).figures
+    assert load_config(ROOT / "sweeps" / "configs" / "paper_toy_weak.yaml").elicit.demonstrator == "weak"
+
+
+def _re(text: str) -> str:
+    import re
+
+    return re.escape(text)
