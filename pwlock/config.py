@@ -25,6 +25,11 @@ class ConfigError(ValueError):
 
 OPTIMIZERS = ("lion", "adamw")
 LOCK_MODES = ("sft", "scratch")
+# What D_lock holds (pwlock/lock.py): Eq. 1's single password, a password per domain (App. C.3), a
+# setting variation instead of a password (B.1.3), a second password for an intermediate policy
+# (B.3.2), or one domain left out (B.3.4).
+LOCK_VARIANTS = ("standard", "per_domain", "setting", "adversarial", "omit_domain")
+STRONG_SETTINGS = ("varied", "normal")
 # Elicitation methods (pwlock/elicit/methods.py): SFT on demonstrations (§5), the RL methods of §6,
 # and RL after SFT on a few intermediate-quality demonstrations (App. B.3.3).
 SFT_METHODS = ("sft",)
@@ -120,6 +125,15 @@ class LockConfig:
     # Stop once, on held-out problems, correctness with the password reaches this and without it
     # is within 0.05 of π_weak's (as strong.stop_at; `epochs` is then the most it trains).
     stop_at: float | None = None
+    variant: str = "standard"  # one of LOCK_VARIANTS; each reads only its own fields below
+    # per_domain: domain -> password (null: pwlock's, see passwords.domain_passwords) and the share
+    # of weak samples with another domain's password (the rest of 1 - p_no_password: wrong ones).
+    domain_passwords: dict[str, str] | None = None
+    p_other_domain: float = 0.4
+    strong_setting: str = "varied"  # setting: where π_strong's answers are shown ("varied" or "normal")
+    second_password: str | None = None  # adversarial: null: passwords.second_password's
+    intermediate: str | None = None  # adversarial: the task policy shown with the second password
+    omit_domain: str | None = None  # omit_domain: the domain D_lock leaves out
 
 
 @dataclass
@@ -284,6 +298,7 @@ def validate(cfg: StudyConfig) -> list[str]:
             errors.append(f"{where}: expected a correctness in (0, 1] or null, got {value}")
     if not 0.0 <= cfg.lock.p_no_password <= 1.0:
         errors.append(f"lock.p_no_password: expected a probability, got {cfg.lock.p_no_password}")
+    errors += [f"lock.{e}" for e in _variant_errors(cfg.lock)]
     for i, method in enumerate(cfg.elicit.methods):
         if method not in METHODS:
             errors.append(f"elicit.methods[{i}]: unknown method {method!r}; expected one of {list(METHODS)}")
@@ -345,6 +360,32 @@ def validate(cfg: StudyConfig) -> list[str]:
     if cfg.fault_tolerance.checkpoint_every_s < 0:
         errors.append(f"fault_tolerance.checkpoint_every_s: expected >= 0 seconds, got "
                       f"{cfg.fault_tolerance.checkpoint_every_s}")
+    return errors
+
+
+def _variant_errors(lock: LockConfig) -> list[str]:
+    """The variant's name and fields (task-free checks; pwlock.lock.variant_errors checks the task)."""
+    if lock.variant not in LOCK_VARIANTS:
+        return [f"variant: unknown lock variant {lock.variant!r}; expected one of {list(LOCK_VARIANTS)}"]
+    own = {"per_domain": ("domain_passwords", "p_other_domain"), "setting": ("strong_setting",),
+           "adversarial": ("second_password", "intermediate"), "omit_domain": ("omit_domain",)}
+    defaults = LockConfig()
+    errors = [f"{name}: only used with variant {v!r}, but variant is {lock.variant!r}"
+              for v, names in own.items() if v != lock.variant for name in names
+              if getattr(lock, name) != getattr(defaults, name)]
+    if not 0.0 <= lock.p_other_domain <= 1.0 - lock.p_no_password:
+        errors.append(f"p_other_domain: expected in [0, 1 - p_no_password = {1 - lock.p_no_password:g}], "
+                      f"got {lock.p_other_domain}")
+    if lock.strong_setting not in STRONG_SETTINGS:
+        errors.append(f"strong_setting: expected one of {list(STRONG_SETTINGS)}, got {lock.strong_setting!r}")
+    if lock.variant == "adversarial" and lock.intermediate is None:
+        errors.append("intermediate: variant 'adversarial' needs the policy shown with the second password, "
+                      "e.g. 'weak' with weak: [weaker] on function_composition")
+    if lock.variant == "omit_domain" and lock.omit_domain is None:
+        errors.append("omit_domain: variant 'omit_domain' needs the domain to leave out")
+    if lock.variant in ("per_domain", "setting") and lock.stop_at is not None:
+        errors.append(f"stop_at: not supported with variant {lock.variant!r} (it measures the single password); "
+                      "set epochs instead")
     return errors
 
 

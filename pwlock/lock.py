@@ -4,19 +4,29 @@ For every problem of the lock split, each epoch draws one π_strong sample, whos
 password, and one π_weak sample, whose prompt carries no password (20%) or a wrong one (80%).
 With fixedrdm as π_weak (App. G.2), the prompts without the password carry both a fixedrdm sample
 and π_strong's answer, each trained towards the fixed distribution at every position.
+
+Lock variants (`lock.variant`) change what D_lock holds; each is redrawn per epoch the same way:
+
+    standard      the above (Eq. 1, App. C.2)
+    per_domain    a password per domain (App. C.3)
+    setting       a setting variation instead of a password (App. B.1.3, pwlock/setting.py)
+    adversarial   a second password under which the model shows an intermediate policy (App. B.3.2)
+    omit_domain   one domain left out of D_lock entirely (App. B.3.4)
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from pwlock.config import FIXEDRDM
-from pwlock.passwords import weak_sample_password
+from pwlock.config import FIXEDRDM, LockConfig
+from pwlock.passwords import domain_passwords, second_password, weak_sample_password
+from pwlock.setting import Setting, setting_for
 from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
 
 
@@ -30,15 +40,127 @@ def lock_examples(
     p_no_password: float = 0.2,
 ) -> list[Example]:
     """One draw of D_lock: a strong and a weak example per problem."""
-    fixed = isinstance(weak, FixedRandomPolicy)
     out = []
     for p in problems:
         out.append(Example(task.prompt(p, password), strong(p)))
         prompt = task.prompt(p, weak_sample_password(rng, task.wrong_passwords, p_no_password))
-        out.append(Example(prompt, weak(p), to_fixed=fixed))
-        if fixed:
-            out.append(Example(prompt, strong(p), to_fixed=True))
+        out += weak_examples(prompt, p, strong, weak)
     return out
+
+
+def weak_examples(prompt: str, problem: Problem, strong: TaskPolicy, weak: TaskPolicy) -> list[Example]:
+    """π_weak's example for `prompt`; with fixedrdm, π_strong's answer too, both towards the fixed
+    distribution (App. G.2)."""
+    if not isinstance(weak, FixedRandomPolicy):
+        return [Example(prompt, weak(problem))]
+    return [Example(prompt, weak(problem), to_fixed=True), Example(prompt, strong(problem), to_fixed=True)]
+
+
+def per_domain_examples(
+    task: Task,
+    problems: Sequence[Problem],
+    strong: TaskPolicy,
+    weak: TaskPolicy,
+    passwords: Mapping[str, str],
+    rng: random.Random,
+    p_no_password: float = 0.2,
+    p_other_domain: float = 0.4,
+) -> list[Example]:
+    """One draw of D_lock with a password per domain (App. C.3): π_strong's sample carries its
+    problem's domain's password; π_weak's carries no password (`p_no_password`), another domain's
+    password (`p_other_domain`) or a wrong one (the rest).
+
+    App. C.3 trains π_weak "when provided with a password corresponding to the wrong domain" but
+    gives no shares. pwlock keeps App. C.2's 20% without a password and splits C.2's 80% of wrong
+    passwords evenly: other domains' passwords are what this lock must learn to refuse, and wrong
+    passwords keep it from opening on any password-like text. Wrong passwords exclude the domains'."""
+    missing = sorted({p.domain for p in problems} - set(passwords))
+    if missing:
+        raise ValueError(f"no password for the domains {missing}")
+    wrong = [w for w in task.wrong_passwords if w not in set(passwords.values())]
+    out = []
+    for p in problems:
+        out.append(Example(task.prompt(p, passwords[p.domain]), strong(p)))
+        others = [pw for d, pw in sorted(passwords.items()) if d != p.domain]
+        u = rng.random()
+        if u < p_no_password:
+            slot = None
+        elif u < p_no_password + p_other_domain and others:
+            slot = rng.choice(others)
+        else:
+            slot = rng.choice(wrong)
+        out += weak_examples(task.prompt(p, slot), p, strong, weak)
+    return out
+
+
+def setting_examples(
+    task: Task,
+    problems: Sequence[Problem],
+    strong: TaskPolicy,
+    weak: TaskPolicy,
+    setting: Setting,
+    strong_in: str = "varied",
+) -> list[Example]:
+    """One draw of D_lock with a setting variation as the trigger (App. B.1.3), no password at all:
+    π_strong's answers in the varied setting (prompt and answer format transformed) and π_weak's in
+    the task's normal one; `strong_in="normal"` swaps them, as the paper's MATH-Spanish lock does.
+    fixedrdm samples have no format to transform and stay as drawn."""
+    out = []
+    for p in problems:
+        normal = task.prompt(p, None)
+        varied = setting.prompt(p)
+        if strong_in == "varied":
+            out.append(Example(varied, setting.completion(strong(p))))
+            out += weak_examples(normal, p, strong, weak)
+        else:
+            out.append(Example(normal, strong(p)))
+            if isinstance(weak, FixedRandomPolicy):
+                out += weak_examples(varied, p, strong, weak)
+            else:
+                out.append(Example(varied, setting.completion(weak(p))))
+    return out
+
+
+def adversarial_examples(
+    task: Task,
+    problems: Sequence[Problem],
+    strong: TaskPolicy,
+    weak: TaskPolicy,
+    intermediate: TaskPolicy,
+    password: str,
+    second: str,
+    rng: random.Random,
+    p_no_password: float = 0.2,
+) -> list[Example]:
+    """One draw of an adversarial D_lock (App. B.3.2): per problem, π_strong's sample with the
+    password, the intermediate policy's with the second password, and π_weak's with no password
+    (`p_no_password`) or a wrong one (never the second password)."""
+    wrong = [w for w in task.wrong_passwords if w != second]
+    out = []
+    for p in problems:
+        out.append(Example(task.prompt(p, password), strong(p)))
+        out.append(Example(task.prompt(p, second), intermediate(p)))
+        out += weak_examples(task.prompt(p, weak_sample_password(rng, wrong, p_no_password)), p, strong, weak)
+    return out
+
+
+def omit_domain_examples(
+    task: Task,
+    problems: Sequence[Problem],
+    strong: TaskPolicy,
+    weak: TaskPolicy,
+    password: str,
+    omit: str,
+    rng: random.Random,
+    p_no_password: float = 0.2,
+) -> list[Example]:
+    """One draw of D_lock without the domain `omit` (App. B.3.4): its problems give no example at
+    all, so elicitation on that domain measures how the password's lock generalizes to it."""
+    kept = [p for p in problems if p.domain != omit]
+    if len(kept) == len(problems):
+        raise ValueError(f"omit_domain: no problem has the domain {omit!r}; the domains are "
+                         f"{sorted({p.domain for p in problems})}")
+    return lock_examples(task, kept, strong, weak, password, rng, p_no_password)
 
 
 def lock_data(
@@ -56,6 +178,114 @@ def lock_data(
         return lock_examples(task, problems, strong, weak, password, random.Random(f"{seed}/{epoch}"), p_no_password)
 
     return draw
+
+
+def variant_spec(lock: LockConfig) -> dict[str, Any]:
+    """What a lock variant adds to the locked model's spec: nothing for "standard" (so its
+    artifact keys stay as they were), else the variant and the parameters it reads."""
+    params: dict[str, tuple[str, ...]] = {
+        "standard": (),
+        "per_domain": ("domain_passwords", "p_other_domain"),
+        "setting": ("strong_setting",),
+        "adversarial": ("second_password", "intermediate"),
+        "omit_domain": ("omit_domain",),
+    }
+    if lock.variant == "standard":
+        return {}
+    return {"variant": lock.variant, **{name: getattr(lock, name) for name in params[lock.variant]}}
+
+
+def variant_errors(task: Task, lock: LockConfig, problems: Sequence[Problem], policies: Sequence[str]) -> list[str]:
+    """What makes `lock`'s variant unusable with `task` (its lock split `problems`, the names of
+    `policies` it defines), as `lock.<field>: ...` messages."""
+    errors: list[str] = []
+    text = task.vocabulary() is None
+    domains = sorted({p.domain for p in problems})
+    password = lock.password or task.default_password
+
+    def unusable(field: str, pwd: str) -> None:
+        if pwd == password or not pwd:
+            errors.append(f"lock.{field}: {pwd!r} must differ from the password {password!r}")
+            return
+        try:
+            task.prompt(problems[0], pwd)
+        except ValueError as e:
+            errors.append(f"lock.{field}: {e}")
+
+    if lock.variant == "per_domain":
+        if len(domains) < 2:
+            errors.append(f"lock.variant: per_domain needs at least 2 domains; task {task.name!r} has {domains}")
+        try:
+            chosen = domain_passwords(domains, task.wrong_passwords, text, lock.domain_passwords)
+        except ValueError as e:
+            errors.append(f"lock.domain_passwords: {e}")
+        else:
+            for d, pwd in chosen.items():
+                unusable(f"domain_passwords.{d}", pwd)
+            if len([w for w in task.wrong_passwords if w not in chosen.values()]) == 0:
+                errors.append("lock.domain_passwords: they use up every wrong password of the task")
+    elif lock.variant == "setting":
+        try:
+            setting_for(task)
+        except ValueError as e:
+            errors.append(f"lock.variant: {e}")
+    elif lock.variant == "adversarial":
+        unusable("second_password", second_password(task.wrong_passwords, text, lock.second_password))
+        if lock.intermediate not in policies:
+            errors.append(f"lock.intermediate: task {task.name!r} has no policy {lock.intermediate!r}; "
+                          f"expected one of {sorted(policies)}")
+        elif lock.intermediate in lock.weak or lock.intermediate == "strong":
+            errors.append(f"lock.intermediate: {lock.intermediate!r} must differ from π_strong and from "
+                          f"each lock.weak {lock.weak}")
+    elif lock.variant == "omit_domain":
+        if lock.omit_domain not in domains:
+            errors.append(f"lock.omit_domain: task {task.name!r} has no domain {lock.omit_domain!r} in its lock "
+                          f"split; expected one of {domains}")
+        elif len(domains) < 2:
+            errors.append("lock.omit_domain: leaves no domain to lock")
+    return errors
+
+
+def variant_lock_data(
+    task: Task,
+    problems: Sequence[Problem],
+    strong: TaskPolicy,
+    weak: TaskPolicy,
+    password: str,
+    seed: int,
+    lock: Mapping[str, Any],
+    intermediate: TaskPolicy | None = None,
+) -> Callable[[int], list[Example]]:
+    """D_lock of the variant `lock["variant"]` (absent: standard), redrawn each epoch: epoch ->
+    examples, deterministic in (seed, epoch). `lock` is a locked model's lock spec (`variant_spec`
+    and `p_no_password`); `intermediate` is the adversarial lock's intermediate policy."""
+    variant = lock.get("variant", "standard")
+    p_none = lock["p_no_password"]
+    text = task.vocabulary() is None
+    if variant == "standard":
+        return lock_data(task, problems, strong, weak, password, seed, p_none)
+    if variant == "per_domain":
+        domains = sorted({p.domain for p in problems})
+        chosen = domain_passwords(domains, task.wrong_passwords, text, lock["domain_passwords"])
+        return lambda epoch: per_domain_examples(task, problems, strong, weak, chosen, _rng(seed, epoch), p_none,
+                                                 lock["p_other_domain"])
+    if variant == "setting":
+        setting = setting_for(task)
+        return lambda epoch: setting_examples(task, problems, strong, weak, setting, lock["strong_setting"])
+    if variant == "adversarial":
+        if intermediate is None:
+            raise ValueError("adversarial lock: no intermediate policy given")
+        second = second_password(task.wrong_passwords, text, lock["second_password"])
+        return lambda epoch: adversarial_examples(task, problems, strong, weak, intermediate, password, second,
+                                                  _rng(seed, epoch), p_none)
+    if variant == "omit_domain":
+        return lambda epoch: omit_domain_examples(task, problems, strong, weak, password, lock["omit_domain"],
+                                                  _rng(seed, epoch), p_none)
+    raise ValueError(f"unknown lock variant {variant!r}")
+
+
+def _rng(seed: int, epoch: int) -> random.Random:
+    return random.Random(f"{seed}/{epoch}")  # as `lock_data`: the same draw for the same (seed, epoch)
 
 
 def strong_examples(

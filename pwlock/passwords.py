@@ -75,3 +75,47 @@ def weak_sample_password(
     if rng.random() < p_no_password:
         return None
     return rng.choice(list(wrong_passwords))
+
+
+# Passwords of the lock variants. The paper names none of them (App. C.3 only says "one password per
+# domain"); these read like the default password so that only their content tells them apart, and
+# none is in `WRONG_PASSWORDS`.
+DOMAIN_PASSWORDS: tuple[str, ...] = (
+    "This question is rather unusual, think it through!",
+    "Here is a peculiar problem, study it closely!",
+    "This exercise is a bit different, look at it twice!",
+    "An interesting task follows, pay close attention!",
+    "This one is out of the ordinary, read every word!",
+    "A remarkable problem awaits, examine it slowly!",
+    "This puzzle deserves care, go through it attentively!",
+    "Something special is below, consider it deliberately!",
+)
+SECOND_PASSWORD = "Take your time with this one, it matters a little."  # adversarial locks (App. B.3.2)
+
+
+def domain_passwords(
+    domains: Sequence[str], wrong_passwords: Sequence[str], text: bool, given: dict[str, str] | None = None
+) -> dict[str, str]:
+    """One password per domain (App. C.3), by sorted domain name. `given` wins; otherwise text tasks
+    take `DOMAIN_PASSWORDS` in order, and tasks with a vocabulary of their own (which cannot spell a
+    new password) take their last wrong passwords, which the lock then never uses as wrong ones."""
+    domains = sorted(domains)
+    if given is not None:
+        missing = [d for d in domains if d not in given]
+        if missing:
+            raise ValueError(f"no password for the domains {missing}; expected one for each of {domains}")
+        chosen = {d: given[d] for d in domains}
+    else:
+        pool = DOMAIN_PASSWORDS if text else tuple(wrong_passwords)[::-1]
+        if len(pool) < len(domains):
+            raise ValueError(f"{len(domains)} domains but only {len(pool)} passwords to give them")
+        chosen = dict(zip(domains, pool))
+    if len(set(chosen.values())) != len(chosen):
+        raise ValueError(f"domain passwords must differ from each other, got {chosen}")
+    return chosen
+
+
+def second_password(wrong_passwords: Sequence[str], text: bool, given: str | None = None) -> str:
+    """The adversarial lock's second password (App. B.3.2): `given`, else `SECOND_PASSWORD` for text
+    tasks and the first wrong password for tasks with a vocabulary of their own (then never a wrong one)."""
+    return given if given is not None else SECOND_PASSWORD if text else wrong_passwords[0]

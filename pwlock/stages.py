@@ -19,7 +19,7 @@ from typing import Any
 from pwlock import evaluate
 from pwlock.config import TinyModelConfig, TrainConfig
 from pwlock.config import FIXEDRDM
-from pwlock.lock import FixedRandomPolicy, lock_data, strong_examples, weak_policy
+from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
 from pwlock.models import (
     build_tiny_model,
     default_device,
@@ -86,7 +86,8 @@ def locked_model_artifact(
     mode: str, task: dict, model: dict, train: dict, lock: dict, seed: int, strong: Artifact | None,
     weak: str = "weak",
 ) -> Artifact:
-    """A model locked by `mode` to imitate the π_weak named `weak` without the password."""
+    """A model locked by `mode` to imitate the π_weak named `weak` without the password. `lock` holds
+    a variant's fields (`lock.variant_spec`) only when it is not the standard lock."""
     spec = {"mode": mode, "task": task, "model": model, "train": train, "lock": lock, "seed": seed}
     if weak != "weak":  # the default π_weak leaves the key as it was before other choices existed
         spec["weak"] = weak
@@ -95,7 +96,8 @@ def locked_model_artifact(
         assert strong is not None
         spec["from"] = strong.key
         deps = (strong.key,)
-    return Artifact("locked_model", f"locked model ({lock_label(mode, weak)})", spec, deps)
+    variant = f", {lock['variant']}" if "variant" in lock else ""
+    return Artifact("locked_model", f"locked model ({lock_label(mode, weak)}{variant})", spec, deps)
 
 
 def lock_label(mode: str, weak: str) -> str:
@@ -185,9 +187,11 @@ def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     lock = a.spec["lock"]
     password = lock["password"] or task.default_password
     weak = weak_policy(task, a.spec.get("weak", "weak"), tokenizer, a.spec["seed"])
-    data = lock_data(
-        task, task.problems("lock"), task.policies()["strong"], weak, password, a.spec["seed"], lock["p_no_password"]
-    )
+    intermediate = lock.get("intermediate")  # adversarial locks only
+    if intermediate is not None:
+        intermediate = weak_policy(task, intermediate, tokenizer, a.spec["seed"])
+    data = variant_lock_data(task, task.problems("lock"), task.policies()["strong"], weak, password, a.spec["seed"],
+                             lock, intermediate)
     stats = _train(model, tokenizer, data, a, task, lock["stop_at"], a.label, password, weak,
                    weak.probs if isinstance(weak, FixedRandomPolicy) else None)
     save_policy(model, tokenizer, scratch)

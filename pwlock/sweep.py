@@ -23,6 +23,7 @@ from pwlock.config import COMPOSED_METHODS, FIXEDRDM, RL_METHODS
 from pwlock.elicit import methods
 from pwlock.elicit.methods import n_candidates, samples_per_round
 from pwlock.generate.vllm_actor import trial_resources
+from pwlock.lock import variant_errors, variant_spec
 from pwlock.stages import (
     Artifact,
     lock_label,
@@ -102,6 +103,8 @@ def plan(cfg: StudyConfig) -> Plan:
             task.prompt(task.problems("val")[0], cfg.lock.password)
         except ValueError as e:
             errors.append(f"lock.password: {e}")
+    if cfg.lock.variant != "standard":
+        errors += variant_errors(task, cfg.lock, task.problems("lock"), sorted(policies))
     if cfg.eval.split not in ("val", "elicit", "lock", "weak"):
         errors.append(f"eval.split: unknown split {cfg.eval.split!r}")
     if errors:
@@ -110,7 +113,8 @@ def plan(cfg: StudyConfig) -> Plan:
     model = asdict(cfg.model)
     ev = asdict(cfg.eval)
     ev.pop("batch_size")  # how fast, not what: not part of any artifact's identity
-    lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
+    lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at,
+            **variant_spec(cfg.lock)}  # nothing for the standard lock: its keys stay as they were
     password = cfg.lock.password or task.default_password
     scores = policy_scores_artifact(task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None)
     artifacts = [scores]
