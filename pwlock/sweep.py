@@ -24,6 +24,7 @@ from pwlock.elicit import methods
 from pwlock.elicit.methods import n_candidates, samples_per_round
 from pwlock.generate.vllm_actor import trial_resources
 from pwlock.lock import variant_errors, variant_spec
+from pwlock.guards import LeakGuard, assess_locks, check_locks, lock_passwords
 from pwlock.stages import (
     Artifact,
     lock_label,
@@ -105,6 +106,11 @@ def plan(cfg: StudyConfig) -> Plan:
             errors.append(f"lock.password: {e}")
     if cfg.lock.variant != "standard":
         errors += variant_errors(task, cfg.lock, task.problems("lock"), sorted(policies))
+    if not any(e.startswith("lock.") for e in errors):  # a leak guard that takes a wrong password for a
+        try:                                              # password is refused now, not in a trial
+            LeakGuard.for_study(cfg.guards, task, lock_passwords(cfg.lock, task))
+        except ValueError as e:
+            errors.append(str(e))
     if cfg.eval.split not in ("val", "elicit", "lock", "weak"):
         errors.append(f"eval.split: unknown split {cfg.eval.split!r}")
     if errors:
@@ -159,6 +165,10 @@ def describe(p: Plan, store: Store | None = None) -> str:
     for a in p.artifacts:
         state = "" if store is None else ("  [in store, reused]" if store.has(a.key) else "  [to build]")
         lines.append(f"  {a.label:<36} {a.key}{hours.get(a.key, '')}{state}")
+    g = p.cfg.guards
+    lines.append(f"guards: lock gate {'on' if g.lock_gate else 'OFF'} (with - without password ≥ {g.min_password_gap}, "
+                 f"without ≤ π_weak + {g.max_over_weak}, wrong ≤ without + {g.max_wrong_over_no_pwd}); "
+                 f"leak guard {'on' if g.leak_guard else 'OFF'} (similarity ≥ {g.leak_similarity})")
     ks = f"k {sorted(p.cfg.elicit.ks)} (SFT) × " if set(p.cfg.elicit.methods) - set(RL_METHODS) else ""
     lines.append(f"elicitation trials ({len(p.trials)}): locks {list(p.locked)} × methods {p.cfg.elicit.methods} × "
                  f"{ks}seeds {p.cfg.elicit.seeds}")
@@ -260,6 +270,14 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
                            "strong": policy.get("strong"), "strong_model": strong_model, "locked_key": a.key,
                            "weak_policy": p.weak[label]}
     log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
+    locks = {label: (metas[p.locked_eval[label].key]["report"], policy.get(p.weak[label])) for label in p.locked}
+    if cfg.guards.lock_gate:  # refuses before the experiment writes anything; artifacts stay for the next run
+        log.info("lock gate: every locked model holds\n%s",
+                 "\n".join(check_locks(locks, cfg.guards, cfg.source, cfg.lock.variant)))
+    else:
+        failing = assess_locks(locks, cfg.guards, cfg.lock.variant)[1]
+        log.warning("guards.lock_gate is off: eliciting from every lock%s",
+                    f", though the gate would refuse {failing}" if failing else "")
     rl_methods = any(m != "sft" for m in cfg.elicit.methods)
     engine = cfg.elicit.rl.generator.vllm if rl_methods and methods.backend(cfg.elicit.rl) == "vllm" else None
     resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, engine)
@@ -279,6 +297,8 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         "weak": dict(p.weak),
         "rl": asdict(cfg.elicit.rl),
         "engine_bundle": engine_bundle,
+        "guards": asdict(cfg.guards),
+        "passwords": lock_passwords(cfg.lock, make_task(p.task_spec)),
     }
     if not resume:
         store.write_text(f"{experiment}/{STUDY_FILE}", yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -39,7 +39,7 @@ DONE, LATEST, RECORDS = "done.json", "latest.json", "records.json"
 TRAINER_STATE = "trainer.pt"
 # What a record holds (RL methods add the samples generated so far and their scores).
 RECORD_KEYS = ("candidate", "epochs", "steps", "correctness", "samples", "sampled_score", "kept_score", "pairs",
-               "margin")
+               "margin", "password_samples")
 
 
 def trial_name(lock_mode: str, method: str, k: int, seed: int) -> str:
@@ -59,6 +59,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     from pwlock.config import TrainConfig, rl_config
     from pwlock.elicit import methods
     from pwlock.elicit.methods import Elicitation
+    from pwlock.guards import LeakGuard
     from pwlock.lock import weak_policy
     from pwlock.logs import setup_logging
     from pwlock.models import load_policy, save_policy
@@ -174,7 +175,8 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         train=TrainConfig(**c["train"]), budgets=c["sample_budgets"], rl=rl_config(c["rl"]),
         eval_problems=eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"]),
         eval_batch_size=c["eval"]["batch_size"], demonstrator=c["demonstrator"],
-        weak=weak_policy(task, c["weak"][mode], tokenizer, seed), engine_bundle=c["engine_bundle"])
+        weak=weak_policy(task, c["weak"][mode], tokenizer, seed), engine_bundle=c["engine_bundle"],
+        guard=LeakGuard.for_study(c["guards"], task, c["passwords"], f"trial {name}"))
     methods.run(elicitation, checkpoint, c["checkpoint_every_s"], state)
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
     if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,10 +33,12 @@ from pwlock.elicit.expert_iteration import SAMPLES_PER_KEPT, expert_iteration, m
 from pwlock.elicit.sft import demonstrations, elicit_sft, epoch_candidates
 from pwlock.generate.base import Generator
 from pwlock.generate.hf import HFGenerator
+from pwlock.guards import LeakGuard, SampleWatch
 from pwlock.tasks.base import Problem, Task, TaskPolicy
 from pwlock.train.sft import train_sft
 
 Checkpoint = Callable[[dict | None, dict[str, Any] | None], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Elicitation:
     demonstrator: str
     weak: TaskPolicy  # the π_weak the model was locked with (filtering samples it)
     engine_bundle: int | None = None  # the trial's placement-group bundle for a vLLM engine
+    guard: LeakGuard | None = None  # refuses demonstrations, prompts and π_weak samples carrying the password
 
 
 def n_candidates(method: str, k: int, budgets: list[int], rl: RLConfig) -> int:
@@ -82,6 +86,8 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
     weights of that moment in `e.model`)."""
     if e.method == "sft":
         demos = demonstrations(e.task, e.k, e.seed, e.demonstrator)
+        if e.guard:
+            e.guard.check_examples(demos, f"SFT demonstrations ({e.demonstrator})")
         elicit_sft(e.model, e.tokenizer, e.task, demos, e.eval_problems, e.train, e.seed, e.budgets,
                    eval_batch_size=e.eval_batch_size, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
                    start=start)
@@ -92,28 +98,43 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
     base = e.method.removeprefix("sft+")
     if e.method in COMPOSED_METHODS and start is None:
         demos = demonstrations(e.task, e.k, e.seed, e.rl.sft_demonstrator)
+        if e.guard:
+            e.guard.check_examples(demos, f"SFT demonstrations ({e.rl.sft_demonstrator})")
         train_sft(e.model, e.tokenizer, demos, e.train, seed=e.seed, epochs=epoch_candidates(e.k, e.budgets)[0],
                   desc=f"sft on {e.k} {e.rl.sft_demonstrator} demonstrations")
+    problems = e.task.problems("elicit")
+    if e.guard:
+        e.guard.check([e.task.prompt(p, None) for p in problems], "RL prompts (elicit split)")
+    watch = SampleWatch(e.guard, f"samples of the model being elicited ({base})", log.warning)
     last = time.monotonic()
 
     def on_round(record: dict) -> None:
         nonlocal last
+        if e.guard:
+            record["password_samples"] = watch.take()
         due = checkpoint_every_s is not None and time.monotonic() - last >= checkpoint_every_s
         checkpoint(record, {"epoch": record["candidate"], "step": record["candidate"]} if due else None)
         if due:
             last = time.monotonic()
 
-    problems = e.task.problems("elicit")
     rl = e.rl
     if base in ("expert_iteration", "filtering"):
         train = TrainConfig(**{**vars(e.train), "epochs": rl.epochs_per_iteration})
         if base == "filtering":
-            expert_iteration(e.model, e.tokenizer, e.task, policy_sampler(e.weak), problems, e.eval_problems, train,
+            weak = policy_sampler(e.weak)
+
+            def weak_samples(batch: list[Problem]) -> list[str]:
+                out = weak(batch)
+                if e.guard:
+                    e.guard.check(out, "π_weak samples (filtering)")
+                return out
+
+            expert_iteration(e.model, e.tokenizer, e.task, weak_samples, problems, e.eval_problems, train,
                              e.seed, rl.n, rl.iterations, on_round=on_round, start=done,
                              eval_batch_size=e.eval_batch_size)
             return
         with generator(e, e.model) as gen:
-            sampler = model_sampler(e.task, gen, rl.temperature, e.task.max_new_tokens)
+            sampler = model_sampler(e.task, _Watched(gen, watch), rl.temperature, e.task.max_new_tokens)
             expert_iteration(e.model, e.tokenizer, e.task, sampler, problems, e.eval_problems, train, e.seed, rl.n,
                              rl.iterations, sync=None if isinstance(gen, _SameModel) else gen, on_round=on_round,
                              start=done, eval_batch_size=e.eval_batch_size)
@@ -129,10 +150,25 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
         ref, _ = load_policy(e.locked_dir, str(next(e.model.parameters()).dtype).removeprefix("torch."),
                              e.model.device)
     with generator(e, ref) as gen:
-        dpo_elicitation(e.model, ref, e.tokenizer, e.task, gen, problems[: rl.dpo_problems], e.eval_problems,
-                        rl.dpo_train, e.seed, rl.dpo_rounds, iterated, rl.beta, rl.continuous_reward,
+        dpo_elicitation(e.model, ref, e.tokenizer, e.task, _Watched(gen, watch), problems[: rl.dpo_problems],
+                        e.eval_problems, rl.dpo_train, e.seed, rl.dpo_rounds, iterated, rl.beta, rl.continuous_reward,
                         rl.temperature, e.task.max_new_tokens, on_round=on_round, start=done,
                         eval_batch_size=e.eval_batch_size)
+
+
+class _Watched:
+    """A generator whose completions pass `watch` as they are drawn."""
+
+    def __init__(self, gen: Generator, watch: SampleWatch):
+        self.gen, self.watch = gen, watch
+
+    def generate(self, prompts, *args, **kwargs) -> list[list[str]]:
+        out = self.gen.generate(prompts, *args, **kwargs)
+        self.watch([c for completions in out for c in completions])
+        return out
+
+    def load_weights(self, state) -> None:
+        self.gen.load_weights(state)
 
 
 class _SameModel(HFGenerator):
