@@ -55,7 +55,7 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: no trial reported a result")
     out = pd.concat(frames, ignore_index=True)
     cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
-    cols += [c for c in ("samples", "sampled_score", "kept_score", "pairs") if c in out]
+    cols += [c for c in ("samples", "sampled_score", "kept_score", "pairs", "password_samples") if c in out]
     out = out[out["candidate"].notna()][cols]  # rows without a candidate are checkpoints between candidates
     out = out.astype({"candidate": int}).drop_duplicates(["trial", "candidate"], keep="last")
     if store.exists(f"{name}/{UPSTREAM_FILE}"):
