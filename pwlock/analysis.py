@@ -174,7 +174,11 @@ def plot_rl(candidates: pd.DataFrame, out: str | os.PathLike | io.BytesIO) -> st
     import matplotlib.pyplot as plt
 
     curves = rl_curves(candidates)
+    # Panels from the strongest π_weak to the weakest, as in the paper's figure.
+    weak = candidates.groupby(["task", "lock_mode"])["weak"].first() if "weak" in candidates else None
     panels = list(dict.fromkeys(curves.sort_values("lock_mode")[["task", "lock_mode"]].itertuples(index=False)))
+    if weak is not None:
+        panels.sort(key=lambda tl: (tl[0], -(weak.get(tuple(tl), 0.0) if pd.notna(weak.get(tuple(tl))) else 0.0)))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     methods = sorted(curves["method"].unique())
