@@ -139,7 +139,10 @@ def test_reading_host_files_and_listing_the_host_fail(py_task, tmp_path):
               "seen += str(os.listdir('/'))\nprint(a + b)\nprint(seen)")
     full, score = outcome(py_task, source)
     assert score == 0.0 and full.passed == 0
-    assert "s3cr3t" not in full.runs[0].stdout and "PermissionError" in full.runs[0].stderr
+    # Denied by Landlock, or not there at all when the file lies under a directory the sandbox
+    # hides (a checkout under /tmp or /home): either way the program cannot read it.
+    err = full.runs[0].stderr
+    assert "s3cr3t" not in full.runs[0].stdout and ("PermissionError" in err or "FileNotFoundError" in err)
 
 
 @pytest.mark.parametrize("kind", ["tcp", "udp", "unix"])
