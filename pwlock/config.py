@@ -261,15 +261,21 @@ class StudyConfig:
     source: str = "<dict>"  # the file it came from, for error messages
 
 
-def load_config(path: str | os.PathLike, quick: bool = False) -> StudyConfig:
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """A YAML file's content; a missing, unreadable or malformed file is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: cannot read: {what} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return config_from_dict(raw, source=str(path), quick=quick)
+
+
+def load_config(path: str | os.PathLike, quick: bool = False) -> StudyConfig:
+    return config_from_dict(read_yaml(path), source=str(path), quick=quick)
 
 
 def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> StudyConfig:

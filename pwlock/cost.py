@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pwlock.config import COMPOSED_METHODS, FIXEDRDM, ConfigError
+from pwlock.config import COMPOSED_METHODS, FIXEDRDM, ConfigError, read_yaml
 
 if TYPE_CHECKING:
     from pwlock.store import Store
@@ -536,20 +536,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         overrides = _parse_assume(args.assume)
         store = open_store(args.storage) if args.storage else None
-        try:
-            raw = yaml.safe_load(open(args.file).read())
-        except OSError as e:
-            raise ConfigError(f"{args.file}: cannot read: {e.strerror}") from None
+        raw = read_yaml(args.file, "study or config file")  # read once: its keys say which it is
         if isinstance(raw, dict) and "figures" in raw:
             from pwlock import study_plan
 
-            est = study_plan.estimate(study_plan.load(args.file), store, overrides)
+            est = study_plan.estimate(study_plan.from_dict(raw, str(args.file)), store, overrides)
         else:
-            from pwlock.config import load_config
+            from pwlock.config import config_from_dict
             from pwlock.sweep import plan
 
             a = Assumptions().with_overrides(overrides, "--assume")
-            est = estimate_plan(plan(load_config(args.file)), store, a)
+            est = estimate_plan(plan(config_from_dict(raw, source=str(args.file))), store, a)
     except (ConfigError, StoreError, yaml.YAMLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from pwlock.config import COMPOSED_METHODS, FIXEDRDM, METHODS, RL_METHODS, ConfigError
+from pwlock.config import COMPOSED_METHODS, FIXEDRDM, METHODS, RL_METHODS, ConfigError, read_yaml
 from pwlock.cost import EVALUATIONS, Assumptions, Cost, Estimate, Item, Model, Pricer, Tokens
 from pwlock.elicit.sft import epoch_candidates
 
@@ -126,14 +125,7 @@ class StudySpec:
 
 # -- loading -------------------------------------------------------------------------------------
 def load(path: str | Path) -> StudySpec:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: study file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return from_dict(raw, str(path))
+    return from_dict(read_yaml(path, "study file"), str(path))
 
 
 def from_dict(raw: Any, source: str = "<dict>") -> StudySpec:
