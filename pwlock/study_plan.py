@@ -334,13 +334,14 @@ class _Expansion:
         if t.strong.recipe == "base":
             return m, ()
         toks, n_elicit = self.tokens(task), self.n(task, "elicit")
+        from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM  # the sampling rules the trials follow
 
         def price() -> Cost:
             c = self.price.train(m, n_elicit * t.strong.demos_per_problem, toks, d.policy_epochs, d.batch_size)
             if t.strong.recipe == "sft+iterated_dpo":
                 pairs = min(d.rl.dpo_problems, n_elicit)
-                per_round = self.price.generate(m, 2 * pairs, toks, POOL_ENGINE) + self.price.dpo(m, pairs, toks,
-                                                                                                 d.batch_size)
+                per_round = (self.price.generate(m, SAMPLES_PER_PROBLEM * pairs, toks, POOL_ENGINE)
+                             + self.price.dpo(m, pairs, toks, d.batch_size))
                 c += per_round * d.rl.dpo_rounds + self.price.overhead(engine=True)
             return c + self.evaluate(task, m) + self.price.overhead([m], [m])
 
@@ -467,6 +468,9 @@ class _Expansion:
 
     def trial_kinds(self, f: FigureSpec, unit: list[str], domain: str | None, method: str, weak: str):
         """(cost, artifacts, name) of one trial per demonstrator × k (SFT), or one per method (RL)."""
+        from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM  # the sampling rules the trials follow
+        from pwlock.elicit.expert_iteration import round_size
+
         d, rl = self.s.defaults, self.s.defaults.rl
         task = domain if f.joint else unit[0]
         m, toks = self.model(self.s.tasks[unit[0]].strong_base), self.tokens(task)
@@ -489,7 +493,7 @@ class _Expansion:
             if method != "sft":
                 n_elicit = self.n(task, "elicit")
                 if base in ("expert_iteration", "filtering"):
-                    per = min(n_elicit, 10 * rl.n)
+                    per = round_size(n_elicit, rl.n)
                     if base == "filtering":  # samples of the lock's π_weak, which this trial loads and runs
                         wm, wdeps = self.policy(task, weak)
                         deps += wdeps
@@ -502,8 +506,8 @@ class _Expansion:
                     rounds = rl.iterations
                 else:
                     pairs = min(rl.dpo_problems, n_elicit)
-                    step = self.price.generate(m, 2 * pairs, toks, POOL_ENGINE) + self.price.dpo(m, pairs, toks,
-                                                                                                d.batch_size)
+                    step = (self.price.generate(m, SAMPLES_PER_PROBLEM * pairs, toks, POOL_ENGINE)
+                            + self.price.dpo(m, pairs, toks, d.batch_size))
                     rounds = rl.dpo_rounds
                 c += step * rounds + evaluate(rounds)
             yield c, deps, name

@@ -25,6 +25,8 @@ from pwlock.generate.base import Generator
 from pwlock.tasks.base import Problem, Task
 from pwlock.train.dpo import DEFAULT_BETA, preference_pairs, train_dpo
 
+SAMPLES_PER_PROBLEM = 2  # per round: one pair per problem at most
+
 
 def dpo_elicitation(
     model: PreTrainedModel,
@@ -61,12 +63,13 @@ def dpo_elicitation(
             ref.load_state_dict(model.state_dict())
             generator.load_weights(ref.state_dict())
         torch.manual_seed(seed * 1000 + r)  # the generator's sampling
-        samples = generator.generate(prompts, n=2, temperature=temperature, max_new_tokens=max_new_tokens)
-        flat = reward_many([p for p in problems for _ in range(2)], [s for two in samples for s in two])
-        pairs = [pair for i, (prompt, two) in enumerate(zip(prompts, samples))
-                 for pair in preference_pairs(prompt, two, list(flat[2 * i:2 * i + 2]), weighted)]
+        k = SAMPLES_PER_PROBLEM
+        samples = generator.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens)
+        flat = reward_many([p for p in problems for _ in range(k)], [s for drawn in samples for s in drawn])
+        pairs = [pair for i, (prompt, drawn) in enumerate(zip(prompts, samples))
+                 for pair in preference_pairs(prompt, drawn, list(flat[k * i:k * (i + 1)]), weighted)]
         stats = train_dpo(model, ref, tokenizer, pairs, train, seed=seed * 1000 + r, beta=beta, epochs=1)
-        record = {"candidate": r, "epochs": r, "steps": stats["steps"], "samples": r * 2 * len(problems),
+        record = {"candidate": r, "epochs": r, "steps": stats["steps"], "samples": r * k * len(problems),
                   "pairs": len(pairs), "margin": stats["margin"],
                   "correctness": evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd",
                                                       batch_size=eval_batch_size)}

@@ -30,6 +30,11 @@ Sampler = Callable[[Sequence[Problem]], list[str]]
 OnRound = Callable[[dict], None]
 
 
+def round_size(n_problems: int, n: int) -> int:
+    """Samples drawn per iteration: one for each of 10·n problems (all of them, if fewer)."""
+    return min(n_problems, SAMPLES_PER_KEPT * n)
+
+
 def select_best(scored: Sequence[tuple[Example, float]], n: int, rng: random.Random) -> list[tuple[Example, float]]:
     """The n best-scored, ties broken at random (shuffle, then a stable sort)."""
     shuffled = list(scored)
@@ -69,7 +74,7 @@ def expert_iteration(
     behind `sample`, for expert iteration; None for filtering). After each, greedy correctness
     without password on `eval_problems` against the samples generated so far goes to `on_round`."""
     records = []
-    per_round = min(len(problems), SAMPLES_PER_KEPT * n)
+    per_round = round_size(len(problems), n)
     for it in range(start + 1, iterations + 1):
         rng = random.Random(f"{seed}/{it}")
         torch.manual_seed(seed * 1000 + it)  # the generator's sampling

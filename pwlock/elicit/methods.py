@@ -28,8 +28,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock.config import COMPOSED_METHODS, RL_METHODS, RLConfig, TrainConfig
-from pwlock.elicit.dpo import dpo_elicitation
-from pwlock.elicit.expert_iteration import SAMPLES_PER_KEPT, expert_iteration, model_sampler, policy_sampler
+from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM, dpo_elicitation
+from pwlock.elicit.expert_iteration import expert_iteration, model_sampler, policy_sampler, round_size
 from pwlock.elicit.sft import demonstrations, elicit_sft, epoch_candidates
 from pwlock.generate.base import Generator
 from pwlock.generate.hf import HFGenerator
@@ -71,8 +71,8 @@ def n_candidates(method: str, k: int, budgets: list[int], rl: RLConfig) -> int:
 
 def samples_per_round(method: str, rl: RLConfig, n_elicit: int) -> int:
     if method.endswith("dpo"):
-        return 2 * min(rl.dpo_problems, n_elicit)
-    return min(n_elicit, SAMPLES_PER_KEPT * rl.n)
+        return SAMPLES_PER_PROBLEM * min(rl.dpo_problems, n_elicit)
+    return round_size(n_elicit, rl.n)
 
 
 def backend(rl: RLConfig) -> str:
@@ -85,9 +85,7 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
     """Run the method from the start, or from `start` (a state it passed to `checkpoint`, with the
     weights of that moment in `e.model`)."""
     if e.method == "sft":
-        demos = demonstrations(e.task, e.k, e.seed, e.demonstrator)
-        if e.guard:
-            e.guard.check_examples(demos, f"SFT demonstrations ({e.demonstrator})")
+        demos = _demonstrations(e, e.demonstrator)
         elicit_sft(e.model, e.tokenizer, e.task, demos, e.eval_problems, e.train, e.seed, e.budgets,
                    eval_batch_size=e.eval_batch_size, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
                    start=start)
@@ -97,9 +95,7 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
     done = start["epoch"] if start else 0
     base = e.method.removeprefix("sft+")
     if e.method in COMPOSED_METHODS and start is None:
-        demos = demonstrations(e.task, e.k, e.seed, e.rl.sft_demonstrator)
-        if e.guard:
-            e.guard.check_examples(demos, f"SFT demonstrations ({e.rl.sft_demonstrator})")
+        demos = _demonstrations(e, e.rl.sft_demonstrator)
         train_sft(e.model, e.tokenizer, demos, e.train, seed=e.seed, epochs=epoch_candidates(e.k, e.budgets)[0],
                   desc=f"sft on {e.k} {e.rl.sft_demonstrator} demonstrations")
     problems = e.task.problems("elicit")
@@ -154,6 +150,14 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
                         e.eval_problems, rl.dpo_train, e.seed, rl.dpo_rounds, iterated, rl.beta, rl.continuous_reward,
                         rl.temperature, e.task.max_new_tokens, on_round=on_round, start=done,
                         eval_batch_size=e.eval_batch_size)
+
+
+def _demonstrations(e: Elicitation, demonstrator: str) -> list:
+    """The trial's k demonstrations of `demonstrator`, refused if any carries a password."""
+    demos = demonstrations(e.task, e.k, e.seed, demonstrator)
+    if e.guard:
+        e.guard.check_examples(demos, f"SFT demonstrations ({demonstrator})")
+    return demos
 
 
 class _Watched:
