@@ -25,6 +25,14 @@ def tiny_model(tokenizer):
     return build_tiny_model(TINY, tokenizer, seed=0)
 
 
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A module's own compile cache for C++ programs (PWLOCK_CACHE), not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PWLOCK_CACHE", str(tmp_path_factory.mktemp("pwlock-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible server (SeaweedFS) on loopback for the whole session, bucket `pwlock`."""

@@ -24,12 +24,8 @@ from pwlock.tasks import make_task
 FIXTURES = Path(__file__).parent / "fixtures" / "code"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """C++ binaries compile into a cache of this module's own, not the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PWLOCK_CACHE", str(tmp_path_factory.mktemp("pwlock-cache")))
-        yield
+# C++ binaries compile into a cache of this module's own, not the user's.
+pytestmark = pytest.mark.usefixtures("compile_cache")
 SLOT_UIDS = range(sandbox.UID_BASE + (os.getpid() % 100_000) * 1_000, sandbox.UID_BASE + (os.getpid() % 100_000 + 1) * 1_000)
 
 
