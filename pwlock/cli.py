@@ -8,15 +8,20 @@ import sys
 from pathlib import Path
 
 from pwlock import runtime  # noqa: F401  (Ray's local defaults, before anything imports ray)
-from pwlock.config import ConfigError, load_config
+from pwlock.config import ConfigError, config_from_dict, read_yaml
 from pwlock.logs import setup_logging
 
 log = logging.getLogger("pwlock")
 
 
-def main(argv: list[str], default_config: Path, description: str | None = None) -> int:
+def main(argv: list[str], default_config: Path, description: str | None = None, sweep: str | None = None) -> int:
+    """`sweep`: the entry point's name (sweeps/<sweep>.py); a study description given as --config
+    prints the plan and cost of its figures that this sweep runs (all of them for None)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=None, help=f"study YAML (default: {default_config})")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"study YAML (default: {default_config}); or a study description with `figures:` "
+                             "(e.g. sweeps/configs/paper.yaml), for --dry-run only: the plan and cost of the "
+                             "figures this sweep runs, and the whole study's total")
     parser.add_argument("--storage", default=None,
                         help="where artifacts and results go: a directory or s3://bucket/prefix "
                              "(default: the config's store.url, else ./results)")
@@ -29,7 +34,8 @@ def main(argv: list[str], default_config: Path, description: str | None = None) 
     args = parser.parse_args(argv)
     setup_logging()
 
-    from pwlock import sweep
+    from pwlock import study_plan
+    from pwlock import sweep as sweeps  # `sweep` is the entry point's name
     from pwlock.store import StoreError, open_store
 
     try:
@@ -41,15 +47,19 @@ def main(argv: list[str], default_config: Path, description: str | None = None) 
             return open_store(args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region,
                               cfg.store.retry_s)
 
-        cfg = load_config(args.config or default_config, quick=args.quick)
+        path = args.config or default_config
+        raw = read_yaml(path)
+        if not args.resume and study_plan.is_study(raw):
+            return _study(raw, path, args, sweep, default_config)
+        cfg = config_from_dict(raw, source=str(path), quick=args.quick)
         store = store_of(cfg)
         if args.resume:
             store.check()
-            cfg = sweep.load_experiment_config(store, args.name)
+            cfg = sweeps.load_experiment_config(store, args.name)
             store = store_of(cfg)
-        plan = sweep.plan(cfg)
+        plan = sweeps.plan(cfg)
         if args.dry_run:
-            print(sweep.describe(plan, store))
+            print(sweeps.describe(plan, store))
             return 0
     except (ConfigError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -58,9 +68,27 @@ def main(argv: list[str], default_config: Path, description: str | None = None) 
         log.warning("--quick: a smoke run of the whole pipeline; its models train a few epochs only, "
                     "so its numbers say nothing about elicitation")
     try:
-        where = sweep.run(cfg, store, args.name, resume=args.resume)
+        where = sweeps.run(cfg, store, args.name, resume=args.resume)
     except (ConfigError, StoreError) as e:  # checked by run before Ray starts: the store, the experiment name
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\nresults: {where}")
+    return 0
+
+
+def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None, default_config: Path) -> int:
+    """A study description: its plan and cost with --dry-run (nothing built, nothing written);
+    refused at once otherwise, with what to run instead."""
+    from pwlock import study_plan
+    from pwlock.store import open_store
+
+    s = study_plan.from_dict(raw, str(path))
+    if sweep is not None and sweep not in study_plan.SWEEPS:
+        raise ValueError(f"sweep {sweep!r}: expected one of {list(study_plan.SWEEPS)}")
+    if not args.dry_run:
+        raise ConfigError(study_plan.run_instead(s, sweep, default_config))
+    if args.quick:
+        raise ConfigError(f"--quick: {path} is a study description; it has no smoke run (drop --quick)")
+    store = open_store(args.storage) if args.storage else None  # artifacts there count as built
+    print(study_plan.describe(s, study_plan.estimate(s, store), sweep))
     return 0

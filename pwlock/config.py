@@ -174,6 +174,12 @@ class RLConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     # RL after SFT (App. B.3.3): the policy whose k demonstrations come first.
     sft_demonstrator: str = "weak"
+    # Correctness after each round, for the curves: on the whole validation set every `eval_every`
+    # rounds and at the last (the number a trial ends with); at the rounds between, on a fixed
+    # subset of `eval_problems_between` of its problems (the same subset at every round, in every
+    # trial). Evaluation at every round on the whole set is most of an RL trial's cost.
+    eval_every: int = 1
+    eval_problems_between: int | None = None
 
 
 @dataclass
@@ -281,6 +287,9 @@ def load_config(path: str | os.PathLike, quick: bool = False) -> StudyConfig:
 def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> StudyConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if "figures" in raw:  # sweeps/configs/paper.yaml and the like: read by pwlock.study_plan
+        raise ConfigError(f"{source}: a study description (`figures:`), not a sweep config: a sweep's --dry-run "
+                          "or `python -m pwlock.cost` prints its plan and cost; to run, give a sweep config")
     raw = copy.deepcopy(raw)
     if quick:
         overrides = raw.get("quick") or {}
@@ -333,6 +342,7 @@ def validate(cfg: StudyConfig) -> list[str]:
             errors.append(f"elicit.rl.{name}: expected >= 1, got {getattr(rl, name)}")
     if not rl.temperature > 0:
         errors.append(f"elicit.rl.temperature: expected > 0 (RL samples), got {rl.temperature}")
+    errors += rl_eval_errors(rl.eval_every, rl.eval_problems_between, "elicit.rl.")
     if not rl.beta > 0:
         errors.append(f"elicit.rl.beta: expected > 0, got {rl.beta}")
     if rl.generator.backend not in GENERATORS:
@@ -473,6 +483,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def rl_eval_errors(every: int, between: int | None, where: str) -> list[str]:
+    """RLConfig.eval_every / eval_problems_between checked (also for study files)."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        return [f"{where}eval_every: expected a number of rounds >= 1, got {every!r}"]
+    if between is not None and (isinstance(between, bool) or not isinstance(between, int) or between < 1):
+        return [f"{where}eval_problems_between: expected a number of validation problems >= 1 or null, "
+                f"got {between!r}"]
+    if every > 1 and between is None:
+        return [f"{where}eval_every: {every}: the rounds between whole-set evaluations need "
+                f"{where}eval_problems_between (how many validation problems they are evaluated on)"]
+    if every == 1 and between is not None:
+        return [f"{where}eval_problems_between: {between}: with eval_every 1 every round is evaluated on the "
+                "whole validation set; set eval_every > 1, or drop it"]
+    return []
 
 
 def rl_config(raw: dict[str, Any]) -> RLConfig:

@@ -8,7 +8,7 @@ engine start). GPU-hours are wall time × the GPU share Ray reserves for the sta
 artifact already in the store costs 0.
 
     python -m pwlock.cost sweeps/configs/paper_toy.yaml   # a sweep's config: its real plan
-    python -m pwlock.cost sweeps/studies/paper.yaml       # the paper's whole study (pwlock.study_plan)
+    python -m pwlock.cost sweeps/configs/paper.yaml       # the paper's whole study (pwlock.study_plan)
 """
 
 from __future__ import annotations
@@ -194,6 +194,14 @@ class Cost:
         return self.train_s + self.generate_s + self.evaluate_s + self.overhead_s
 
 
+def dpo_pairs(problems: float, continuous_reward: bool) -> float:
+    """DPO pairs trained on per round, at most, from 2 samples of each of `problems`: only pairs
+    whose scores differ are kept (train/dpo.py). With 0/1 scores two samples of a problem solved with
+    probability p differ with probability 2p(1 - p) <= 1/2, whatever p is: at most half the problems
+    on average. A continuous reward nearly always differs."""
+    return problems if continuous_reward else problems / 2
+
+
 class Pricer:
     """Stage work -> Cost under one set of assumptions."""
 
@@ -304,6 +312,14 @@ class Estimate:
                 todo += list(by_id[i].deps)
         return [a for a in self.artifacts if a.id in seen]
 
+    def restrict(self, figures: Iterable[str]) -> Estimate:
+        """The part of the estimate these figures need: their trials and the artifacts those need."""
+        keep = set(figures)
+        trials = [t for t in self.trials if keep & set(t.figures)]
+        return dataclasses.replace(self, artifacts=self.artifacts_of(trials), trials=trials,
+                                   figures={f: t for f, t in self.figures.items() if f in keep},
+                                   other_engine_gpu_hours=None, reference=None)
+
     def by_figure(self) -> list[tuple[str, str, list[Item], list[Item]]]:
         """(figure id, title, its trials, the artifacts they need) per figure."""
         ids = list(self.figures) + sorted({f for t in self.trials for f in t.figures} - set(self.figures))
@@ -331,9 +347,14 @@ class Estimate:
         unbuildable = [a for a in built if not a.buildable]
         if unbuildable:
             lines.append(f"  of which {len(unbuildable)} pwlock has no stage for yet (priced from their description)")
+        return lines + self.totals()
+
+    def totals(self) -> list[str]:
+        """The total, split by kind of work; with the other evaluation engine; against the reference."""
+        built = [a for a in self.artifacts if not a.in_store]
         kinds = ", ".join(f"{k} {_h(v).removesuffix(' GPU-h')}" for k, v in self.hours_by_kind().items())
-        lines.append(f"  total: {_h(self.gpu_hours)} for {len(self.trials):,} trials and {len(built)} artifacts "
-                     f"(GPU-h: {kinds})")
+        lines = [f"  total: {_h(self.gpu_hours)} for {len(self.trials):,} trials and {len(built)} artifacts "
+                 f"(GPU-h: {kinds})"]
         if self.evaluates_by_generation and self.other_engine_gpu_hours is not None:
             other = "vllm" if self.assumptions.evaluation_engine == "hf" else "hf"
             lines.append(f"  evaluation by generation runs in {self.assumptions.evaluation_engine!r}; "
@@ -355,8 +376,9 @@ class Estimate:
                 lines.append(f"  {a.label:<58} {_h(a.gpu_hours):>12}  {state}{a.note}")
         lines += self.summary()[1:]  # its first line repeats the header
         lines.append("counts: training (SFT, DPO, locking), generation (samples, sample pools, RL rollouts, "
-                     "with their prefill), evaluation (greedy correctness at every epoch candidate / RL round and "
-                     "of every model built), overhead (start, model load and save, engine start)")
+                     "with their prefill), evaluation (greedy correctness at every epoch candidate / RL round, on "
+                     "the validation set or the rounds' subset, and of every model built), overhead (start, model "
+                     "load and save, engine start)")
         lines.append("assumptions: " + ", ".join(f"{f.name}={getattr(self.assumptions, f.name)}"
                                                   for f in dataclasses.fields(self.assumptions)))
         return "\n".join(lines)
@@ -422,6 +444,7 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
                   compare_engines: bool = True) -> Estimate:
     """Price a sweep's plan: every upstream artifact (0 if `store` has it) and every trial."""
     from pwlock.analysis import FIGURE, RL_FIGURE
+    from pwlock.elicit.expert_iteration import eval_rounds
     from pwlock.elicit.methods import samples_per_round
     from pwlock.elicit.sft import epoch_candidates
     from pwlock.stages import HOLDOUT_SIZE, eval_problems
@@ -487,11 +510,15 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
                 sampled = Cost() if base == "filtering" else price.generate(model, per, tokens, engine)
                 step = sampled + price.train(model, rl.n, tokens, rl.epochs_per_iteration, cfg.elicit.train.batch_size)
             else:
-                step = price.generate(model, per, tokens, engine) + price.dpo(model, per // 2, tokens,
+                pairs = dpo_pairs(per // 2, rl.continuous_reward)
+                step = price.generate(model, per, tokens, engine) + price.dpo(model, pairs, tokens,
                                                                              rl.dpo_train.batch_size)
                 if base == "dpo":  # its reference is the locked model, loaded again
                     c += Cost(overhead_s=model.gb / a.load_gb_s)
-            c += step * rounds + price.evaluate(model, n_eval, tokens, evaluation, rounds)
+            full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
+            c += step * rounds + price.evaluate(model, n_eval, tokens, evaluation, full)
+            if between:
+                c += price.evaluate(model, min(rl.eval_problems_between, n_eval), tokens, evaluation, between)
         deps = (p.policy_scores.key, p.locked[t.lock_mode].key, p.locked_eval[t.lock_mode].key)
         deps += (p.strong_eval.key,) if p.strong_eval else ()
         trials.append(Item(t.name, t.name, c, trial_gpus, (FIGURE if t.method == "sft" else RL_FIGURE,), deps))
@@ -520,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pwlock.cost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", help="a sweep's study YAML, or a study description with `figures:` "
-                                     "(e.g. sweeps/studies/paper.yaml)")
+                                     "(e.g. sweeps/configs/paper.yaml)")
     parser.add_argument("--storage", default=None, help="a store whose artifacts count as built (cost 0)")
     parser.add_argument("--assume", action="append", default=[], metavar="FIELD=VALUE",
                         help="override one of the cost model's assumptions, e.g. vllm_tok_s=4000")

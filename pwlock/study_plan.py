@@ -7,9 +7,11 @@ sweep config). Artifacts are shared across figures by what they are: one π_weak
 model, one sample pool per policy and split, one locked model per lock. pwlock has no stage yet for
 the LLM tasks' upstream models (π_strong, π_weak and demonstrators as models, sample pools): they
 are priced from this description. A figure that names a sweep config (`config:`) is planned by
-pwlock.sweep like any sweep, with its real artifact keys.
+pwlock.sweep like any sweep, with its real artifact keys. Each figure names the sweep that runs it
+(`sweep:`); that sweep's --dry-run prints its figures' plan and cost, then the study's total.
 
-    python -m pwlock.cost sweeps/studies/paper.yaml
+    python -m pwlock.cost sweeps/configs/paper.yaml
+    python sweeps/rl.py --config sweeps/configs/paper.yaml --dry-run
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 
-from pwlock.config import COMPOSED_METHODS, FIXEDRDM, METHODS, RL_METHODS, ConfigError, read_yaml
-from pwlock.cost import EVALUATIONS, Assumptions, Cost, Estimate, Item, Model, Pricer, Tokens
+from pwlock.config import COMPOSED_METHODS, FIXEDRDM, METHODS, RL_METHODS, ConfigError, read_yaml, rl_eval_errors
+from pwlock.cost import EVALUATIONS, Assumptions, Cost, Estimate, Item, Model, Pricer, Tokens, dpo_pairs
 from pwlock.elicit.sft import epoch_candidates
 
 RECIPES = ("sft", "sft+iterated_dpo", "base", "labels")  # how π_strong is made (Table 1)
 POOL_ENGINE = "vllm"  # sample pools and RL rollouts: generated in a vLLM engine
 SPLIT_NAMES = ("weak", "lock", "elicit", "val")
+SWEEPS = ("sample_efficiency", "generalization", "rl", "from_scratch")  # the entry points in sweeps/
 
 
 @dataclass
@@ -68,6 +71,10 @@ class RLSpec:
     epochs_per_iteration: int = 1
     dpo_rounds: int = 12
     dpo_problems: int = 1100
+    # As RLConfig: the whole validation set every `eval_every` rounds and at the last; a fixed
+    # subset of `eval_problems_between` problems at the rounds between.
+    eval_every: int = 1
+    eval_problems_between: int | None = None
 
 
 @dataclass
@@ -95,7 +102,7 @@ class LockSpec:
 class FigureSpec:
     id: str
     title: str
-    sweep: str = ""
+    sweep: str  # the entry point in sweeps/ that runs it, one of SWEEPS
     config: str | None = None  # a sweep config, planned by pwlock.sweep
     tasks: list[str] = field(default_factory=list)
     joint: bool = False  # the tasks are locked into one model; demonstrations come from one task at a time
@@ -107,6 +114,7 @@ class FigureSpec:
     seeds: int | None = None
     eval_points: int | None = None  # SFT: evaluations per trial (default: its epoch candidates)
     dpo_lrs: int = 1  # DPO learning rates tried per trial (App. G.3 tries 3)
+    continuous_reward: bool = False  # DPO pairs weighted by a continuous reward (Fig. 14): nearly all differ
 
 
 @dataclass
@@ -213,6 +221,7 @@ def _validate(s: StudySpec) -> list[str]:
     for name in ("n", "iterations", "epochs_per_iteration", "dpo_rounds", "dpo_problems"):
         if getattr(d.rl, name) < 1:
             e.append(f"defaults.rl.{name}: expected >= 1, got {getattr(d.rl, name)}")
+    e += rl_eval_errors(d.rl.eval_every, d.rl.eval_problems_between, "defaults.rl.")
     if s.reference_gpu_hours is not None and not s.reference_gpu_hours > 0:
         e.append(f"reference_gpu_hours: expected a positive number, got {s.reference_gpu_hours}")
     for name, m in s.models.items():
@@ -245,6 +254,8 @@ def _validate(s: StudySpec) -> list[str]:
         if f.id in ids:
             e.append(f"{w}.id: {f.id!r} appears twice")
         ids.add(f.id)
+        if f.sweep not in SWEEPS:
+            e.append(f"{w}.sweep: expected the sweep that runs it, one of {list(SWEEPS)}, got {f.sweep!r}")
         if (f.config is None) == (not f.tasks):
             e.append(f"{w}: expected either `config` (a sweep config) or `tasks`, not both or neither")
         if f.config is not None:
@@ -505,12 +516,26 @@ class _Expansion:
                     step = sampled + self.price.train(m, rl.n, toks, rl.epochs_per_iteration, d.batch_size)
                     rounds = rl.iterations
                 else:
-                    pairs = min(rl.dpo_problems, n_elicit)
-                    step = (self.price.generate(m, SAMPLES_PER_PROBLEM * pairs, toks, POOL_ENGINE)
-                            + self.price.dpo(m, pairs, toks, d.batch_size))
+                    problems = min(rl.dpo_problems, n_elicit)
+                    step = (self.price.generate(m, SAMPLES_PER_PROBLEM * problems, toks, POOL_ENGINE)
+                            + self.price.dpo(m, dpo_pairs(problems, f.continuous_reward), toks, d.batch_size))
                     rounds = rl.dpo_rounds
-                c += step * rounds + evaluate(rounds)
+                c += step * rounds + self.rl_evaluation(unit, m, rounds)
             yield c, deps, name
+
+    def rl_evaluation(self, unit: list[str], m: Model, rounds: int) -> Cost:
+        """An RL trial's evaluations: whole validation sets, and the subset at the rounds between."""
+        from pwlock.elicit.expert_iteration import eval_rounds
+
+        rl = self.s.defaults.rl
+        full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
+        c = Cost()
+        for t in unit:
+            c += self.evaluate(t, m, full)
+            if between:
+                subset = min(rl.eval_problems_between, self.n(t, "val"))
+                c += self.price.evaluate(m, subset, self.tokens(t), self.s.tasks[t].evaluation, between)
+        return c
 
 
 def estimate(s: StudySpec, store: Any = None, overrides: dict[str, Any] | None = None,
@@ -545,4 +570,59 @@ def estimate(s: StudySpec, store: Any = None, overrides: dict[str, Any] | None =
     return est
 
 
-__all__ = ["StudySpec", "estimate", "from_dict", "load"]
+def is_study(raw: Any) -> bool:
+    """A study description (it lists `figures:`), not a sweep config."""
+    return isinstance(raw, dict) and "figures" in raw
+
+
+def describe(s: StudySpec, est: Estimate, sweep: str | None = None) -> str:
+    """What `sweeps/<sweep>.py --config <study> --dry-run` prints: the plan and cost of the figures
+    that sweep runs (every figure for None), then the whole study's total, sweep by sweep."""
+    mine = [f.id for f in s.figures if sweep is None or f.sweep == sweep]
+    if not mine:
+        raise ConfigError(f"{s.source}: no figure is run by sweep {sweep!r}; its figures' sweeps are "
+                          f"{sorted({f.sweep for f in s.figures})}")
+    runs = f"the {len(mine)} of its {len(s.figures)} figures that sweeps/{sweep}.py runs" if sweep else "every figure"
+    lines = [f"study {s.name!r} from {s.source}: {runs}, on one {est.assumptions.gpu}"]
+    part = est.restrict(mine).report(detail=True).splitlines()[1:]
+    if sweep:  # its total is this sweep's; the study's follows
+        part = [f"  sweeps/{sweep}.py's figures, total: " + x.removeprefix("  total: ") if x.startswith("  total: ")
+                else x for x in part]
+    lines += part
+    lines.append(f"the whole study ({len(s.figures)} figures; an artifact two sweeps need counts in both lines "
+                 "below and once in the total):")
+    for name in SWEEPS:
+        figures = [f.id for f in s.figures if f.sweep == name]
+        if figures:
+            part = est.restrict(figures)
+            built = [a for a in part.artifacts if not a.in_store]
+            plural = "s" * (len(figures) != 1)
+            lines.append(f"  sweeps/{name}.py: {len(figures)} figure{plural}, {len(part.trials):,} trials and "
+                         f"{len(built)} artifacts {_hours(part.gpu_hours)}")
+    lines += est.totals()
+    return "\n".join(lines)
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.2f} GPU-h" if h < 10 else f"{h:,.0f} GPU-h"
+
+
+def run_instead(s: StudySpec, sweep: str | None = None, example: str | Path = "sweeps/configs/local.yaml") -> str:
+    """Why a study description cannot run, and what to run instead for the figures of `sweep`:
+    the sweep configs it names, or one per task in the shape of `example` (the sweep's own default)."""
+    figures = [f for f in s.figures if sweep is None or f.sweep == sweep]
+    configs = [f"{f.id}: {Path(s.source).parent / f.config}" for f in figures if f.config is not None]
+    described = [f.id for f in figures if f.config is None]
+    cmd = f"sweeps/{sweep}.py" if sweep else "the sweep"
+    out = (f"{s.source} is a study description (`figures:`), not a sweep config: it plans and prices the study "
+           f"but runs nothing. Print this sweep's part of it with --dry-run; to run a figure, give {cmd} a sweep "
+           f"config with --config")
+    if configs:
+        out += f": the configs the study names ({'; '.join(configs)})"
+    if described:
+        out += (f"{';' if configs else ':'} figures {', '.join(described)} name no config yet: write one per task "
+                f"(task.name math, code, critique or mmlu), in the shape of {example}")
+    return out
+
+
+__all__ = ["StudySpec", "describe", "estimate", "from_dict", "is_study", "load", "run_instead"]

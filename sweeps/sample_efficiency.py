@@ -3,6 +3,7 @@
     python sweeps/sample_efficiency.py                      # the embedded study, local Ray
     python sweeps/sample_efficiency.py --quick              # a smoke run in a few minutes
     python sweeps/sample_efficiency.py --dry-run            # validate and print the plan
+    python sweeps/sample_efficiency.py --config sweeps/configs/paper.yaml --dry-run   # its figures of the paper, priced
     ray job submit -- python sweeps/sample_efficiency.py --config sweeps/configs/<yours>.yaml
 """
 
@@ -16,4 +17,4 @@ from pwlock.cli import main
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "local.yaml"
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], default_config=DEFAULT_CONFIG, description=__doc__))
+    sys.exit(main(sys.argv[1:], default_config=DEFAULT_CONFIG, description=__doc__, sweep="sample_efficiency"))

@@ -115,8 +115,9 @@ def test_eight_single_gpu_trials_fit_a_node_and_shipped_gpu_studies_leave_no_gpu
         resources = {"CPU": float(limits["cpu"]), "GPU": float(limits["nvidia.com/gpu"])}
     assert trials_per_node(resources, cpus=1, gpus=1) == GPUS_PER_NODE
     assert trials_per_node(resources, cpus=resources["CPU"] // GPUS_PER_NODE, gpus=1) == GPUS_PER_NODE
-    gpu_studies = [cfg for cfg in map(load_config, sorted((ROOT / "sweeps" / "configs").glob("*.yaml")))
-                   if cfg.ray.gpus_per_trial > 0]
+    sweep_configs = [p for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml"))
+                     if "figures" not in yaml.safe_load(p.read_text())]  # not study descriptions (paper.yaml)
+    gpu_studies = [cfg for cfg in map(load_config, sweep_configs) if cfg.ray.gpus_per_trial > 0]
     assert gpu_studies
     for cfg in gpu_studies:  # CPUs never the limit: every GPU share gets a trial
         per_node = trials_per_node(resources, cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial)

@@ -14,14 +14,15 @@ import pytest
 import yaml
 
 from pwlock import study_plan
-from pwlock.config import ConfigError, config_from_dict, load_config
+from pwlock.config import ConfigError, config_from_dict, load_config, read_yaml
 from pwlock.cost import Assumptions, Model, Pricer, Tokens, estimate_plan, main
-from pwlock.stages import build
+from pwlock.stages import build, eval_problems
 from pwlock.store import open_store
 from pwlock.sweep import plan
+from pwlock.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = ROOT / "sweeps" / "studies" / "paper.yaml"
+PAPER = ROOT / "sweeps" / "configs" / "paper.yaml"
 
 # Round numbers: a 7e9-parameter model trains at 1 ms per token (6N / (0.5 × 8.4e13)), a forward
 # pass costs a third of that, vLLM decodes 100 tokens/s, and loading its 14 GB takes 1 s, saving 2 s.
@@ -38,7 +39,7 @@ def tiny_study() -> dict:
         "models": {"m": {"params": 7e9}},
         "tasks": {"t": {"problems": 1000, "strong_base": "m", "weak_base": "m", "strong": {"recipe": "labels"},
                         "tokens": {"prompt": 100, "completion": 50}}},
-        "figures": [{"id": "f", "title": "F", "tasks": ["t"], "ks": [4]}],
+        "figures": [{"id": "f", "title": "F", "sweep": "sample_efficiency", "tasks": ["t"], "ks": [4]}],
     }
 
 
@@ -213,8 +214,12 @@ def test_bad_assumptions_name_the_field(tmp_path, capsys):
 
 
 def test_every_shipped_study_file_loads():
-    for path in sorted((ROOT / "sweeps" / "studies").glob("*.yaml")):
+    studies = [p for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml")) if study_plan.is_study(read_yaml(p))]
+    assert PAPER in studies
+    for path in studies:
         assert study_plan.load(path).figures
+        with pytest.raises(ConfigError, match="a study description"):
+            load_config(path)
     assert load_config(ROOT / "sweeps" / "configs" / "paper_toy_weak.yaml").elicit.demonstrator == "weak"
 
 
@@ -222,3 +227,98 @@ def _re(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+# -- a study description given to a sweep's entry point ---------------------------------------------
+def _sweep_cmd(sweep: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "sweeps" / f"{sweep}.py"), "--config", str(PAPER), *args],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize("sweep", study_plan.SWEEPS)
+def test_each_sweep_dry_run_prints_its_figures_of_the_paper_and_the_whole_total(sweep, tmp_path):
+    study = study_plan.load(PAPER)
+    proc = _sweep_cmd(sweep, "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    mine = [f for f in study.figures if f.sweep == sweep]
+    assert mine and f"the {len(mine)} of its {len(study.figures)} figures that sweeps/{sweep}.py runs" in out
+    for f in study.figures:  # its figures, each with its trials and artifacts; no other sweep's
+        assert (f"  {f.title}: " in out) == (f.sweep == sweep), f.id
+    assert "upstream artifacts (" in out and "[to build" in out
+    # the whole study: each sweep's part, the total, against the paper's ~4,000 GPU-hours
+    assert all(f"  sweeps/{name}.py: " in out for name in study_plan.SWEEPS)
+    assert "  total: " in out and "against the paper (App. F): about 4,000 GPU-hours; this estimate is " in out
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing written
+
+
+def test_a_study_description_without_dry_run_is_refused_at_once_with_what_to_run(tmp_path):
+    proc = _sweep_cmd("sample_efficiency", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    err = proc.stderr
+    assert "paper.yaml is a study description (`figures:`), not a sweep config" in err
+    assert "--dry-run" in err and "fig13: " in err and "paper_toy_weak.yaml" in err
+    assert "figures fig3, fig7, fig8, fig9a, fig12, fig12-soft, fig15 name no config yet" in err
+    proc = _sweep_cmd("rl", "--quick", cwd=tmp_path)
+    assert proc.returncode == 2 and "figures fig5, fig9b, fig14, fig16, fig16-lock name no config" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no store, no Ray session, no results
+
+
+def test_study_dry_run_counts_what_the_given_store_has(tmp_path):
+    store = open_store(tmp_path / "store")
+    toy = plan(load_config(ROOT / "sweeps" / "configs" / "paper_toy.yaml"))
+    build(store.spec, toy.policy_scores)  # Fig. 6's and Fig. 13's cheapest artifact, really built
+    proc = _sweep_cmd("sample_efficiency", "--dry-run", "--storage", str(tmp_path / "store"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("[in store, reused]") == 1 and "policy scores" in proc.stdout
+    assert ", 1 in the store (cost 0)" in proc.stdout
+
+
+# -- RL evaluation on a subset between whole-set rounds; DPO pairs ------------------------------------
+def test_rl_evaluation_schedule_and_dpo_pairs_are_priced_as_run():
+    raw = tiny_study()
+    raw["figures"] = [{"id": "ei", "title": "EI", "sweep": "rl", "tasks": ["t"], "methods": ["expert_iteration"]},
+                      {"id": "dpo", "title": "DPO", "sweep": "rl", "tasks": ["t"], "methods": ["dpo"]},
+                      {"id": "wdpo", "title": "weighted DPO", "sweep": "rl", "tasks": ["t"], "methods": ["dpo"],
+                       "continuous_reward": True}]
+    raw["defaults"]["rl"] = {"iterations": 5, "dpo_rounds": 5, "n": 4, "dpo_problems": 100}
+
+    def trial_s(rl: dict) -> dict[str, float]:
+        r = copy.deepcopy(raw)
+        r["defaults"]["rl"].update(rl)
+        est = study_plan.estimate(study_plan.from_dict(r, "tiny.yaml"), compare_engines=False)
+        return {t.figures[0]: t.cost for t in est.trials}
+
+    every = trial_s({})
+    sched = trial_s({"eval_every": 2, "eval_problems_between": 20})
+    evaluation = 200 * 50 / 100 + 200 * 100 / 3000  # the whole validation split (200 problems), as above
+    subset = 20 * 50 / 100 + 20 * 100 / 3000
+    for fig in ("ei", "dpo"):
+        assert every[fig].evaluate_s == pytest.approx(5 * evaluation)
+        # rounds 2, 4 and the last on all 200 problems; rounds 1 and 3 on the same 20
+        assert sched[fig].evaluate_s == pytest.approx(3 * evaluation + 2 * subset)
+        assert sched[fig].train_s == every[fig].train_s and sched[fig].generate_s == every[fig].generate_s
+    # 0/1 scores: a pair is kept when its 2 samples differ, 2p(1 - p) <= 1/2 of the problems; a
+    # continuous reward keeps (nearly) all 100
+    price = Pricer(Assumptions(**SIMPLE))
+    m, toks = Model(7e9), Tokens(100, 50, 50)
+    assert every["dpo"].train_s == pytest.approx(5 * price.dpo(m, 50, toks, 8).train_s)
+    assert every["wdpo"].train_s == pytest.approx(5 * price.dpo(m, 100, toks, 8).train_s)
+
+
+def test_a_sweeps_rl_evaluation_schedule_is_priced_from_its_config():
+    raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "rl.yaml").read_text())
+    raw["elicit"]["methods"] = ["expert_iteration"]
+
+    def evaluated(rl: dict) -> tuple[float, int, int]:
+        r = copy.deepcopy(raw)
+        r["elicit"]["rl"].update(rl)
+        p = plan(config_from_dict(r))
+        est = estimate_plan(p, compare_engines=False)
+        n_eval = len(eval_problems(make_task(p.task_spec), p.cfg.eval.split, p.cfg.eval.max_problems))
+        return est.trials[0].cost.evaluated_tokens, p.cfg.elicit.rl.iterations, n_eval
+
+    full, rounds, n_eval = evaluated({})
+    sched, _, _ = evaluated({"eval_every": 3, "eval_problems_between": 7})
+    whole = sum(1 for r in range(1, rounds + 1) if r % 3 == 0 or r == rounds)
+    assert sched / full == pytest.approx((whole * n_eval + (rounds - whole) * 7) / (rounds * n_eval))

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
 from pwlock.config import TrainConfig
+from pwlock.elicit.expert_iteration import round_eval_problems
 from pwlock.generate.base import Generator
 from pwlock.tasks.base import Problem, Task
 from pwlock.train.dpo import DEFAULT_BETA, preference_pairs, train_dpo
@@ -47,11 +48,14 @@ def dpo_elicitation(
     on_round: Callable[[dict], None] | None = None,
     start: int = 0,
     eval_batch_size: int = 512,
+    eval_every: int = 1,
+    eval_problems_between: int | None = None,
 ) -> list[dict]:
     """Rounds `start`+1 .. `rounds` of sampling and one DPO epoch. `ref` is the frozen reference:
     the locked model (DPO) or the model at the start of round `start`+1 (iterated DPO); the
     generator must already hold its weights. After each round, greedy correctness without password
-    on `eval_problems` against the samples generated so far goes to `on_round`."""
+    on `eval_problems` (or its subset, see `round_eval_problems`) against the samples generated so
+    far goes to `on_round`."""
     ref.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -69,10 +73,12 @@ def dpo_elicitation(
         pairs = [pair for i, (prompt, drawn) in enumerate(zip(prompts, samples))
                  for pair in preference_pairs(prompt, drawn, list(flat[k * i:k * (i + 1)]), weighted)]
         stats = train_dpo(model, ref, tokenizer, pairs, train, seed=seed * 1000 + r, beta=beta, epochs=1)
+        evaluated = round_eval_problems(eval_problems, r, rounds, eval_every, eval_problems_between)
         record = {"candidate": r, "epochs": r, "steps": stats["steps"], "samples": r * k * len(problems),
                   "pairs": len(pairs), "margin": stats["margin"],
-                  "correctness": evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd",
-                                                      batch_size=eval_batch_size)}
+                  "correctness": evaluate.correctness(model, tokenizer, task, evaluated, "no_pwd",
+                                                      batch_size=eval_batch_size),
+                  "eval_problems": len(evaluated)}
         records.append(record)
         if on_round is not None:
             on_round(record)

@@ -8,6 +8,9 @@ The paper runs 50 iterations of 640 samples, keeping 64, with the SFT hyper-para
 Generation goes through a Generator (HF in process, or a vLLM engine), which is given the new
 weights after each iteration. Each iteration draws its problems and samples from (seed, iteration)
 alone, so a run resumed after iteration i goes on exactly as if it had never stopped.
+
+Correctness after each round is measured on the whole validation set, or, at the rounds between
+every `eval_every`-th and the last, on a fixed subset of it (`round_eval_problems`; DPO too).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
 from pwlock.train.sft import train_sft
 
 SAMPLES_PER_KEPT = 10  # 10·n samples scored for n kept
+EVAL_SUBSET_SEED = "pwlock/rl-eval-subset"  # one subset for every trial: curves stay comparable
 # problems -> one completion each (a model's sample, or π_weak's)
 Sampler = Callable[[Sequence[Problem]], list[str]]
 OnRound = Callable[[dict], None]
@@ -33,6 +37,24 @@ OnRound = Callable[[dict], None]
 def round_size(n_problems: int, n: int) -> int:
     """Samples drawn per iteration: one for each of 10·n problems (all of them, if fewer)."""
     return min(n_problems, SAMPLES_PER_KEPT * n)
+
+
+def round_eval_problems(problems: Sequence[Problem], r: int, rounds: int, every: int = 1,
+                        between: int | None = None) -> Sequence[Problem]:
+    """The validation problems round `r` (from 1) of `rounds` is evaluated on: all of them at every
+    `every`-th round and at the last; at the others, the same `between` of them, drawn once by a
+    fixed seed (not the trial's), so every round of every trial sees the same subset."""
+    if between is None or every <= 1 or r % every == 0 or r == rounds or between >= len(problems):
+        return problems
+    keep = sorted(random.Random(EVAL_SUBSET_SEED).sample(range(len(problems)), between))
+    return [problems[i] for i in keep]
+
+
+def eval_rounds(rounds: int, every: int = 1, between: int | None = None) -> tuple[int, int]:
+    """(rounds evaluated on the whole validation set, rounds evaluated on the subset), as
+    `round_eval_problems` schedules them; what an RL trial's evaluation costs."""
+    full = sum(1 for r in range(1, rounds + 1) if between is None or every <= 1 or r % every == 0 or r == rounds)
+    return full, rounds - full
 
 
 def select_best(scored: Sequence[tuple[Example, float]], n: int, rng: random.Random) -> list[tuple[Example, float]]:
@@ -68,11 +90,14 @@ def expert_iteration(
     on_round: OnRound | None = None,
     start: int = 0,
     eval_batch_size: int = 512,
+    eval_every: int = 1,
+    eval_problems_between: int | None = None,
 ) -> list[dict]:
     """Iterations `start`+1 .. `iterations` of: draw 10·n problems, one sample each from `sample`,
     keep the n best, SFT on them for `train.epochs`, give the new weights to `sync` (the generator
     behind `sample`, for expert iteration; None for filtering). After each, greedy correctness
-    without password on `eval_problems` against the samples generated so far goes to `on_round`."""
+    without password on `eval_problems` (or its subset, see `round_eval_problems`) against the
+    samples generated so far goes to `on_round`."""
     records = []
     per_round = round_size(len(problems), n)
     for it in range(start + 1, iterations + 1):
@@ -87,9 +112,11 @@ def expert_iteration(
                           progress_every_s=float("inf"))
         if sync is not None:
             sync.load_weights(model.state_dict())
+        evaluated = round_eval_problems(eval_problems, it, iterations, eval_every, eval_problems_between)
         record = {"candidate": it, "epochs": it, "steps": stats["steps"], "samples": it * per_round,
-                  "correctness": evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd",
+                  "correctness": evaluate.correctness(model, tokenizer, task, evaluated, "no_pwd",
                                                       batch_size=eval_batch_size),
+                  "eval_problems": len(evaluated),
                   "sampled_score": sum(s for _, s in scored) / len(scored),
                   "kept_score": sum(s for _, s in kept) / len(kept)}
         records.append(record)

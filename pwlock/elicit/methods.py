@@ -127,13 +127,13 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
 
             expert_iteration(e.model, e.tokenizer, e.task, weak_samples, problems, e.eval_problems, train,
                              e.seed, rl.n, rl.iterations, on_round=on_round, start=done,
-                             eval_batch_size=e.eval_batch_size)
+                             eval_batch_size=e.eval_batch_size, **_eval_schedule(rl))
             return
         with generator(e, e.model) as gen:
             sampler = model_sampler(e.task, _Watched(gen, watch), rl.temperature, e.task.max_new_tokens)
             expert_iteration(e.model, e.tokenizer, e.task, sampler, problems, e.eval_problems, train, e.seed, rl.n,
                              rl.iterations, sync=None if isinstance(gen, _SameModel) else gen, on_round=on_round,
-                             start=done, eval_batch_size=e.eval_batch_size)
+                             start=done, eval_batch_size=e.eval_batch_size, **_eval_schedule(rl))
         return
     iterated = base == "iterated_dpo"
     # The reference (and sampler): the locked model for DPO; for iterated DPO the model at the
@@ -149,7 +149,11 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
         dpo_elicitation(e.model, ref, e.tokenizer, e.task, _Watched(gen, watch), problems[: rl.dpo_problems],
                         e.eval_problems, rl.dpo_train, e.seed, rl.dpo_rounds, iterated, rl.beta, rl.continuous_reward,
                         rl.temperature, e.task.max_new_tokens, on_round=on_round, start=done,
-                        eval_batch_size=e.eval_batch_size)
+                        eval_batch_size=e.eval_batch_size, **_eval_schedule(rl))
+
+
+def _eval_schedule(rl: RLConfig) -> dict[str, Any]:
+    return {"eval_every": rl.eval_every, "eval_problems_between": rl.eval_problems_between}
 
 
 def _demonstrations(e: Elicitation, demonstrator: str) -> list:
