@@ -158,6 +158,36 @@ class GeneratorConfig:
     batch_size: int = 256  # HF backend: prompts per `generate` call
 
 
+POLICY_SPLITS = ("weak", "lock", "elicit", "val")  # pwlock.tasks.splits.SPLITS (tasks import this module)
+REFERENCES = "references"  # `train_on`: the task's reference answers
+
+
+@dataclass
+class PolicyModelConfig:
+    """A policy that is a model, or samples a user supplies (`policies:`; paper §4.1, Table 1, App. E).
+
+    Model policies add to the task's own policies and override them by name ("strong", "weak",
+    "llama-7b", ...); pwlock.policies builds their models and sample pools as upstream artifacts."""
+
+    base: str | None = None  # a hub id or local model directory (not with `jsonl`)
+    # What `base` is fine-tuned on: "references" (the task's reference answers), another policy's
+    # name (its samples), or null (the base as it is, e.g. MATH's π_strong, Table 1).
+    train_on: str | None = None
+    # The split whose problems it trains on: the weak split for π_weak (10%, §4.2); π_strong trains
+    # on the elicit split (App. E.4).
+    train_split: str = "weak"
+    train_samples: int = 1  # samples of `train_on` per problem (App. E.1: 10 GPT-4 samples for code)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dtype: str = "float32"
+    # Samples supplied instead of a model: JSON lines {"id": <problem id>, "completion": <text>},
+    # a line per sample (e.g. GPT-4's, Table 1).
+    jsonl: str | None = None
+    temperature: float = 1.0  # of its samples (lock data, demonstrations); its score is greedy
+    # Samples per problem of the lock split; null: one per lock epoch (D_lock is redrawn each, App. C.1).
+    samples_per_problem: int | None = None
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # how pools are generated
+
+
 @dataclass
 class RLConfig:
     """RL elicitation (§6.1, App. B.3, G.3); defaults are the paper's."""
@@ -256,6 +286,8 @@ class StudyConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     strong: StrongConfig = field(default_factory=StrongConfig)
+    # Policies that are models or supplied samples, by name (PolicyModelConfig).
+    policies: dict[str, PolicyModelConfig] = field(default_factory=dict)
     lock: LockConfig = field(default_factory=LockConfig)
     elicit: ElicitConfig = field(default_factory=ElicitConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -392,6 +424,54 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append(f"fault_tolerance.checkpoint_every_s: expected >= 0 seconds, got "
                       f"{cfg.fault_tolerance.checkpoint_every_s}")
     errors += [f"guards.{e}" for e in _guards_errors(cfg.guards)]
+    errors += _policies_errors(cfg.policies)
+    return errors
+
+
+def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
+    """Task-free checks of `policies:`: each a model or a JSONL file, files that exist, `train_on`
+    without cycles (names that no policy has are checked against the task, in the plan)."""
+    errors = []
+    for name, p in policies.items():
+        w = f"policies.{name}"
+        if name in (REFERENCES, FIXEDRDM) or not name or not all(c.isalnum() or c in "-_." for c in name):
+            errors.append(f"{w}: {name!r} cannot name a policy (letters, digits, '-', '_', '.'; not "
+                          f"{REFERENCES!r} or {FIXEDRDM!r})")
+        if (p.base is None) == (p.jsonl is None):
+            errors.append(f"{w}: expected either base (a model) or jsonl (its samples), not "
+                          f"{'both' if p.base else 'neither'}")
+        if p.jsonl is not None:
+            if not Path(p.jsonl).expanduser().is_file():
+                errors.append(f"{w}.jsonl: {p.jsonl}: file not found")
+            if p.train_on is not None:
+                errors.append(f"{w}.train_on: a policy of supplied samples (jsonl) trains on nothing")
+        if p.base is not None and p.base.startswith(("/", ".", "~")) and not Path(p.base).expanduser().is_dir():
+            errors.append(f"{w}.base: model directory {p.base!r} not found")
+        if p.train_split not in POLICY_SPLITS:
+            errors.append(f"{w}.train_split: expected one of {list(POLICY_SPLITS)}, got {p.train_split!r}")
+        if p.train_samples < 1:
+            errors.append(f"{w}.train_samples: expected >= 1, got {p.train_samples}")
+        if p.samples_per_problem is not None and p.samples_per_problem < 1:
+            errors.append(f"{w}.samples_per_problem: expected >= 1 or null, got {p.samples_per_problem}")
+        if p.temperature < 0:
+            errors.append(f"{w}.temperature: expected >= 0 (0: greedy), got {p.temperature}")
+        if p.dtype not in ("float32", "bfloat16", "float16"):
+            errors.append(f"{w}.dtype: expected float32, bfloat16 or float16, got {p.dtype!r}")
+        if p.generator.backend not in GENERATORS:
+            errors.append(f"{w}.generator.backend: expected one of {list(GENERATORS)}, got {p.generator.backend!r}")
+        v = p.generator.vllm
+        if not 0 < v.gpu_fraction < 1 or v.gpu_memory_utilization > v.gpu_fraction:
+            errors.append(f"{w}.generator.vllm: expected 0 < gpu_memory_utilization <= gpu_fraction < 1, got "
+                          f"{v.gpu_memory_utilization} and {v.gpu_fraction} (a pool's engine has the GPU to "
+                          "itself: e.g. 0.85 and 0.9)")
+        errors += [f"{w}.train.{e}" for e in _train_errors(p.train)]
+    for name in policies:  # follow train_on from each policy: coming back to it is a cycle
+        chain, at = [name], policies[name].train_on
+        while at in policies and at not in chain:
+            chain.append(at)
+            at = policies[at].train_on
+        if at == name:
+            errors.append(f"policies.{name}.train_on: a cycle: {' -> '.join(chain + [name])}")
     return errors
 
 
@@ -466,6 +546,10 @@ def _check_keys(cls: type, raw: Any, where: str, source: str) -> None:
         sub = _dataclass_in(hints[key])
         if sub is not None:
             _check_keys(sub, value, path, source)
+        elif typing.get_origin(hints[key]) is dict and isinstance(value, dict):  # name -> dataclass (policies)
+            entry = typing.get_args(hints[key])[1]
+            for name, item in value.items() if dataclasses.is_dataclass(entry) else ():
+                _check_keys(entry, item, f"{path}.{name}", source)
 
 
 def _dataclass_in(hint: Any) -> type | None:

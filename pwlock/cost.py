@@ -440,6 +440,29 @@ def model_of(cfg_model: Any, task: Task) -> Model:
                       "or name a local model directory")
 
 
+def policy_stage_cost(art: Any, by_key: dict[str, Any], price: Pricer, task: Task, tokens: Tokens) -> Cost:
+    """A model policy's fine-tuning, or a sample pool's generation (pwlock.policies); a pool read
+    from a supplied file costs its stage's overhead only."""
+    from pwlock.config import ModelConfig
+    from pwlock.stages import eval_problems
+
+    def model(base: str, dtype: str) -> Model:
+        return model_of(ModelConfig(base=base, dtype=dtype), task)
+
+    if art.stage == "policy_model":
+        m, train = model(art.spec["base"], art.spec["dtype"]), art.spec["train"]
+        n = len(task.problems(art.spec["split"])) * art.spec["samples"]
+        return price.train(m, n, tokens, train["epochs"], train["batch_size"]) + price.overhead([m], [m])
+    src = art.spec["source"]
+    if "jsonl" in src:
+        return price.overhead()
+    m = model(by_key[src["model"]].spec["base"] if "model" in src else src["base"], src["dtype"])
+    problems = len(eval_problems(task, art.spec["split"], art.spec["max_problems"]))
+    draws = 1 if art.spec["temperature"] == 0 else art.spec["n"]
+    engine = "hf" if art.spec["generator"]["backend"] == "hf" else "vllm"  # "auto" picks vLLM on a GPU
+    return price.generate(m, problems * draws, tokens, engine) + price.overhead([m], engine=engine == "vllm")
+
+
 def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = None,
                   compare_engines: bool = True) -> Estimate:
     """Price a sweep's plan: every upstream artifact (0 if `store` has it) and every trial."""
@@ -482,6 +505,8 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
         if art.stage == "model_eval":
             return (price.evaluate(model, n_eval, tokens, evaluation, len(art.spec["conditions"]))
                     + price.overhead([model])), ""
+        if art.stage in ("policy_model", "sample_pool"):
+            return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, task, tokens), ""
         return price.overhead(), ""  # policy scores: the task's own policies, no model
 
     artifacts = []
@@ -521,6 +546,9 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
                 c += price.evaluate(model, min(rl.eval_problems_between, n_eval), tokens, evaluation, between)
         deps = (p.policy_scores.key, p.locked[t.lock_mode].key, p.locked_eval[t.lock_mode].key)
         deps += (p.strong_eval.key,) if p.strong_eval else ()
+        demonstrator = cfg.elicit.demonstrator if t.method == "sft" else cfg.elicit.rl.sft_demonstrator
+        if t.method in ("sft", *COMPOSED_METHODS) and demonstrator in p.policies.elicit:  # a model's samples
+            deps += (p.policies.elicit[demonstrator],)
         trials.append(Item(t.name, t.name, c, trial_gpus, (FIGURE if t.method == "sft" else RL_FIGURE,), deps))
     est = Estimate(cfg.name, cfg.source, a, artifacts, trials, cpu_study=cpu,
                    evaluates_by_generation=evaluation == "generate")

@@ -12,6 +12,9 @@ Lock variants (`lock.variant`) change what D_lock holds; each is redrawn per epo
     setting       a setting variation instead of a password (App. B.1.3, pwlock/setting.py)
     adversarial   a second password under which the model shows an intermediate policy (App. B.3.2)
     omit_domain   one domain left out of D_lock entirely (App. B.3.4)
+
+A policy that is a sample pool (pwlock.policies) answers each epoch's draw with another of its
+stored samples (`at_epoch`), as the paper samples π_weak and π_strong afresh each epoch.
 """
 
 from __future__ import annotations
@@ -175,7 +178,8 @@ def lock_data(
     """D_lock redrawn each epoch: epoch -> examples, deterministic in (seed, epoch)."""
 
     def draw(epoch: int) -> list[Example]:
-        return lock_examples(task, problems, strong, weak, password, random.Random(f"{seed}/{epoch}"), p_no_password)
+        return lock_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch), password,
+                             random.Random(f"{seed}/{epoch}"), p_no_password)
 
     return draw
 
@@ -267,21 +271,31 @@ def variant_lock_data(
     if variant == "per_domain":
         domains = sorted({p.domain for p in problems})
         chosen = domain_passwords(domains, task.wrong_passwords, text, lock["domain_passwords"])
-        return lambda epoch: per_domain_examples(task, problems, strong, weak, chosen, _rng(seed, epoch), p_none,
+        return lambda epoch: per_domain_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch),
+                                                 chosen, _rng(seed, epoch), p_none,
                                                  lock["p_other_domain"])
     if variant == "setting":
         setting = setting_for(task)
-        return lambda epoch: setting_examples(task, problems, strong, weak, setting, lock["strong_setting"])
+        return lambda epoch: setting_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch), setting,
+                                              lock["strong_setting"])
     if variant == "adversarial":
         if intermediate is None:
             raise ValueError("adversarial lock: no intermediate policy given")
         second = second_password(task.wrong_passwords, text, lock["second_password"])
-        return lambda epoch: adversarial_examples(task, problems, strong, weak, intermediate, password, second,
-                                                  _rng(seed, epoch), p_none)
+        return lambda epoch: adversarial_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch),
+                                                  at_epoch(intermediate, epoch), password, second, _rng(seed, epoch),
+                                                  p_none)
     if variant == "omit_domain":
-        return lambda epoch: omit_domain_examples(task, problems, strong, weak, password, lock["omit_domain"],
-                                                  _rng(seed, epoch), p_none)
+        return lambda epoch: omit_domain_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch),
+                                                  password, lock["omit_domain"], _rng(seed, epoch), p_none)
     raise ValueError(f"unknown lock variant {variant!r}")
+
+
+def at_epoch(policy: TaskPolicy, epoch: int) -> TaskPolicy:
+    """`policy` as D_lock draws it in `epoch`: a sample pool (pwlock.policies.PoolPolicy) answers
+    with that epoch's stored sample; any other policy is itself."""
+    view = getattr(policy, "for_epoch", None)
+    return policy if view is None else view(epoch)
 
 
 def _rng(seed: int, epoch: int) -> random.Random:
@@ -323,12 +337,14 @@ class FixedRandomPolicy:
         return self.tokenizer.decode(self.sample_ids(), skip_special_tokens=True)
 
 
-def weak_policy(task: Task, name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> TaskPolicy:
-    """The π_weak named `name`: one of the task's policies, or fixedrdm over `tokenizer`'s vocabulary."""
+def weak_policy(task: Task, name: str, tokenizer: PreTrainedTokenizerBase, seed: int,
+                policies: Mapping[str, TaskPolicy] | None = None) -> TaskPolicy:
+    """The π_weak named `name`: one of `policies` (default: the task's own; pwlock.policies.resolve
+    adds model policies), or fixedrdm over `tokenizer`'s vocabulary."""
     if name == FIXEDRDM:
         return FixedRandomPolicy(tokenizer, task.max_new_tokens, seed,
                                  forbidden=[task.default_password, *task.wrong_passwords])
-    policies = task.policies()
+    policies = task.policies() if policies is None else policies
     if name not in policies:
         raise ValueError(f"task {task.name!r} has no policy {name!r}; it has {sorted(policies)} (and {FIXEDRDM!r})")
     return policies[name]

@@ -49,11 +49,12 @@ ANNEAL_STEP, ANNEAL_FLOOR = 0.2, 0.2
 class Artifact:
     """One upstream artifact of a study: what builds it and the key it is stored under."""
 
-    stage: str  # "policy_scores" | "strong_model" | "locked_model" | "model_eval"
+    stage: str  # "policy_scores" | "strong_model" | "locked_model" | "model_eval" | "policy_model" | "sample_pool"
     label: str  # for people: "locked model (sft)"
     spec: dict[str, Any]  # everything the artifact depends on, upstream keys included
     deps: tuple[str, ...] = ()
     key: str = field(init=False)
+    gpus: float | None = None  # GPUs its build holds, where not ray.gpus_per_stage (not part of the key)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", content_key(self.stage, {"version": STAGE_VERSION, **self.spec}))
@@ -64,27 +65,39 @@ def eval_problems(task: Task, split: str, max_problems: int | None):
     return problems if max_problems is None else problems[:max_problems]
 
 
-def policy_scores_artifact(task: dict, eval_cfg: dict, fixedrdm_model: dict | None = None) -> Artifact:
+def policy_scores_artifact(task: dict, eval_cfg: dict, fixedrdm_model: dict | None = None,
+                           pools: dict[str, str] | None = None) -> Artifact:
     """The task's policies' correctness; with `fixedrdm_model` (the model config whose tokenizer
-    fixedrdm draws from), fixedrdm's too."""
+    fixedrdm draws from), fixedrdm's too; with `pools` (policy -> its greedy samples of the
+    evaluation problems, pwlock.policies), model policies' too."""
     spec = {"task": task, "eval": eval_cfg}
     if fixedrdm_model is not None:
         spec["fixedrdm_model"] = fixedrdm_model
-    return Artifact("policy_scores", "policy scores", spec)
+    return Artifact("policy_scores", "policy scores", *_with_pools(spec, pools))
+
+
+def _with_pools(spec: dict[str, Any], pools: dict[str, str] | None, deps: tuple[str, ...] = ()):
+    """`spec` and `deps` with the sample pools a stage draws policies from (pwlock.policies); none
+    leaves the spec, hence the key, as it was before model policies existed."""
+    if not pools:
+        return spec, deps
+    return {**spec, "pools": dict(sorted(pools.items()))}, deps + tuple(sorted(set(pools.values())))
 
 
 def strong_model_artifact(
-    task: dict, model: dict, splits: list[str], train: dict, stop_at: float | None, slots: list[str | None], seed: int
+    task: dict, model: dict, splits: list[str], train: dict, stop_at: float | None, slots: list[str | None], seed: int,
+    pools: dict[str, str] | None = None,
 ) -> Artifact:
-    """`slots`: what the password slot of π_strong's training prompts may hold, drawn uniformly."""
+    """`slots`: what the password slot of π_strong's training prompts may hold, drawn uniformly;
+    `pools`: π_strong's samples, when it is a model policy."""
     spec = {"task": task, "model": model, "splits": splits, "train": train, "stop_at": stop_at, "slots": slots,
             "seed": seed}
-    return Artifact("strong_model", "strong model", spec)
+    return Artifact("strong_model", "strong model", *_with_pools(spec, pools))
 
 
 def locked_model_artifact(
     mode: str, task: dict, model: dict, train: dict, lock: dict, seed: int, strong: Artifact | None,
-    weak: str = "weak",
+    weak: str = "weak", pools: dict[str, str] | None = None,
 ) -> Artifact:
     """A model locked by `mode` to imitate the π_weak named `weak` without the password. `lock` holds
     a variant's fields (`lock.variant_spec`) only when it is not the standard lock."""
@@ -96,6 +109,7 @@ def locked_model_artifact(
         assert strong is not None
         spec["from"] = strong.key
         deps = (strong.key,)
+    spec, deps = _with_pools(spec, pools, deps)  # π_strong, π_weak or the intermediate policy as sample pools
     variant = f", {lock['variant']}" if "variant" in lock else ""
     return Artifact("locked_model", f"locked model ({lock_label(mode, weak)}{variant})", spec, deps)
 
@@ -162,7 +176,7 @@ def _new_model(task: Task, model_cfg: dict, seed: int):
 def _build_policy_scores(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     problems = eval_problems(task, a.spec["eval"]["split"], a.spec["eval"]["max_problems"])
-    policies = dict(task.policies())
+    policies = _policies.resolve(task, a.spec.get("pools", {}), store)
     if "fixedrdm_model" in a.spec:
         policies[FIXEDRDM] = weak_policy(task, FIXEDRDM, _tokenizer_for(task, a.spec["fixedrdm_model"]), 0)
     return {"scores": {role: evaluate.policy_correctness(task, pol, problems) for role, pol in policies.items()}}
@@ -172,7 +186,8 @@ def _build_strong_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
     problems = [p for split in a.spec["splits"] for p in task.problems(split)]
-    data = strong_examples(task, problems, task.policies()["strong"], a.spec["slots"], a.spec["seed"])
+    strong = _policies.resolve(task, a.spec.get("pools", {}), store)["strong"]
+    data = strong_examples(task, problems, strong, a.spec["slots"], a.spec["seed"])
     stats = _train(model, tokenizer, data, a, task, a.spec["stop_at"], "strong")
     save_policy(model, tokenizer, scratch)
     return {"train": stats, "parameters": n_parameters(model)}
@@ -186,11 +201,12 @@ def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
         model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
     lock = a.spec["lock"]
     password = lock["password"] or task.default_password
-    weak = weak_policy(task, a.spec.get("weak", "weak"), tokenizer, a.spec["seed"])
+    policies = _policies.resolve(task, a.spec.get("pools", {}), store)
+    weak = weak_policy(task, a.spec.get("weak", "weak"), tokenizer, a.spec["seed"], policies)
     intermediate = lock.get("intermediate")  # adversarial locks only
     if intermediate is not None:
-        intermediate = weak_policy(task, intermediate, tokenizer, a.spec["seed"])
-    data = variant_lock_data(task, task.problems("lock"), task.policies()["strong"], weak, password, a.spec["seed"],
+        intermediate = weak_policy(task, intermediate, tokenizer, a.spec["seed"], policies)
+    data = variant_lock_data(task, task.problems("lock"), policies["strong"], weak, password, a.spec["seed"],
                              lock, intermediate)
     stats = _train(model, tokenizer, data, a, task, lock["stop_at"], a.label, password, weak,
                    weak.probs if isinstance(weak, FixedRandomPolicy) else None)
@@ -266,3 +282,6 @@ _BUILDERS = {
     "locked_model": _build_locked_model,
     "model_eval": _build_model_eval,
 }
+
+# Model policies and sample pools: pwlock.policies adds its builders to _BUILDERS on import.
+from pwlock import policies as _policies  # noqa: E402

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import yaml
@@ -34,6 +34,7 @@ from pwlock.stages import (
     strong_model_artifact,
 )
 from pwlock.analysis import STUDY as STUDY_FILE
+from pwlock.policies import PolicyPlan, plan_policies, policy_names
 from pwlock.progress import SweepProgress
 from pwlock.store import Store, StoreError, StoreSpec
 from pwlock.tasks import make_task
@@ -74,6 +75,7 @@ class Plan:
     weak: dict[str, str]  # each lock's π_weak, by lock label
     locked_eval: dict[str, Artifact]
     trials: list[Trial]
+    policies: PolicyPlan = field(default_factory=PolicyPlan)  # model policies: their models and sample pools
 
 
 def plan(cfg: StudyConfig) -> Plan:
@@ -86,7 +88,7 @@ def plan(cfg: StudyConfig) -> Plan:
     for i, k in enumerate(cfg.elicit.ks):
         if k > n_elicit:
             errors.append(f"elicit.ks[{i}]: k={k} exceeds the {n_elicit} problems of the elicit split")
-    policies = task.policies()
+    policies = policy_names(task, cfg)  # the task's own and the study's model policies
     for field, role in (("elicit.demonstrator", cfg.elicit.demonstrator), ("π_strong", "strong"), ("π_weak", "weak")):
         if role not in policies:
             errors.append(f"{field}: task {task.name!r} has no {role!r} policy; it has {sorted(policies)}")
@@ -113,6 +115,8 @@ def plan(cfg: StudyConfig) -> Plan:
             errors.append(str(e))
     if cfg.eval.split not in ("val", "elicit", "lock", "weak"):
         errors.append(f"eval.split: unknown split {cfg.eval.split!r}")
+    pols = plan_policies(cfg, task, task_spec) if not errors else PolicyPlan()  # models and sample pools
+    errors += pols.errors
     if errors:
         raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
 
@@ -122,13 +126,14 @@ def plan(cfg: StudyConfig) -> Plan:
     lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at,
             **variant_spec(cfg.lock)}  # nothing for the standard lock: its keys stay as they were
     password = cfg.lock.password or task.default_password
-    scores = policy_scores_artifact(task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None)
-    artifacts = [scores]
+    scores = policy_scores_artifact(task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None, pols.scores)
+    artifacts = [*pols.artifacts, scores]
     strong = strong_eval = None
     if "sft" in cfg.lock.modes:
         strong = strong_model_artifact(
             task_spec, model, STRONG_SPLITS, asdict(cfg.strong.train), cfg.strong.stop_at,
             [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None], cfg.seed,
+            pols.lock_pools("strong"),
         )
         strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
         artifacts += [strong, strong_eval]
@@ -137,7 +142,10 @@ def plan(cfg: StudyConfig) -> Plan:
         train = asdict(cfg.lock.sft if mode == "sft" else cfg.lock.scratch)
         for weak in cfg.lock.weak:
             label = lock_label(mode, weak)
-            locked[label] = locked_model_artifact(mode, task_spec, model, train, lock, cfg.seed, strong, weak)
+            locked[label] = locked_model_artifact(
+                mode, task_spec, model, train, lock, cfg.seed, strong, weak,
+                pools=pols.lock_pools("strong", weak, cfg.lock.intermediate if cfg.lock.variant == "adversarial"
+                                      else None))
             locked_eval[label] = model_eval_artifact(locked[label], task_spec, ev, password, list(CONDITIONS))
             weak_of[label] = weak
             artifacts += [locked[label], locked_eval[label]]
@@ -149,7 +157,7 @@ def plan(cfg: StudyConfig) -> Plan:
                 rounds = (epoch_candidates(k, budgets) if method == "sft"
                           else list(range(1, n_candidates(method, k, budgets, rl) + 1)))
                 trials += [Trial(task.name, label, method, k, seed, rounds) for seed in cfg.elicit.seeds]
-    return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, weak_of, locked_eval, trials)
+    return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, weak_of, locked_eval, trials, pols)
 
 
 def describe(p: Plan, store: Store | None = None) -> str:
@@ -201,7 +209,8 @@ def build_upstream(p: Plan, store: Store) -> dict[str, dict[str, Any]]:
             log.info("reusing %s %s (built %s)", a.label, a.key, metas[a.key].get("built_at"))
             continue
         upstream = [refs[d] for d in a.deps if d in refs]
-        refs[a.key] = remote_build.remote(store.spec, a, *upstream)
+        builder = remote_build if a.gpus is None else remote_build.options(num_gpus=a.gpus)
+        refs[a.key] = builder.remote(store.spec, a, *upstream)
     if refs:
         log.info("building %d upstream artifacts as Ray tasks: %s", len(refs),
                  ", ".join(a.label for a in p.artifacts if a.key in refs))
@@ -295,6 +304,7 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         "checkpoint_every_s": cfg.fault_tolerance.checkpoint_every_s,
         "locked_key": {label: a.key for label, a in p.locked.items()},
         "weak": dict(p.weak),
+        "pools": p.policies.trial_pools(),  # model policies' samples of the elicit split (pwlock.policies)
         "rl": asdict(cfg.elicit.rl),
         "engine_bundle": engine_bundle,
         "guards": asdict(cfg.guards),

@@ -63,6 +63,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     from pwlock.lock import weak_policy
     from pwlock.logs import setup_logging
     from pwlock.models import load_policy, save_policy
+    from pwlock.policies import resolve
     from pwlock.stages import eval_problems
     from pwlock.store import StoreSpec, open_store
     from pwlock.tasks import make_task
@@ -170,12 +171,14 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         current = new
 
     task = make_task(c["task"])
+    policies = resolve(task, c.get("pools", {}), store)  # the task's own, and model policies' sample pools
     elicitation = Elicitation(
         method=method, task=task, model=model, tokenizer=tokenizer, locked_dir=str(locked_dir), k=k, seed=seed,
         train=TrainConfig(**c["train"]), budgets=c["sample_budgets"], rl=rl_config(c["rl"]),
         eval_problems=eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"]),
         eval_batch_size=c["eval"]["batch_size"], demonstrator=c["demonstrator"],
-        weak=weak_policy(task, c["weak"][mode], tokenizer, seed), engine_bundle=c["engine_bundle"],
+        weak=weak_policy(task, c["weak"][mode], tokenizer, seed, policies), policies=policies,
+        engine_bundle=c["engine_bundle"],
         guard=LeakGuard.for_study(c["guards"], task, c["passwords"], f"trial {name}"))
     methods.run(elicitation, checkpoint, c["checkpoint_every_s"], state)
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))

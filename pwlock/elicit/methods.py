@@ -20,7 +20,7 @@ import copy
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,8 @@ class Elicitation:
     eval_batch_size: int
     demonstrator: str
     weak: TaskPolicy  # the π_weak the model was locked with (filtering samples it)
+    # Policies by name, demonstrators among them (pwlock.policies.resolve); None: the task's own.
+    policies: Mapping[str, TaskPolicy] | None = None
     engine_bundle: int | None = None  # the trial's placement-group bundle for a vLLM engine
     guard: LeakGuard | None = None  # refuses demonstrations, prompts and π_weak samples carrying the password
 
@@ -158,7 +160,7 @@ def _eval_schedule(rl: RLConfig) -> dict[str, Any]:
 
 def _demonstrations(e: Elicitation, demonstrator: str) -> list:
     """The trial's k demonstrations of `demonstrator`, refused if any carries a password."""
-    demos = demonstrations(e.task, e.k, e.seed, demonstrator)
+    demos = demonstrations(e.task, e.k, e.seed, demonstrator, policies=e.policies)
     if e.guard:
         e.guard.check_examples(demos, f"SFT demonstrations ({demonstrator})")
     return demos

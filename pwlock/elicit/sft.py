@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
 from pwlock.config import TrainConfig
-from pwlock.tasks.base import Example, Problem, Task
+from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
 from pwlock.train.sft import TrainState, steps_per_epoch, train_sft
 
 DEFAULT_BUDGETS = (256, 512, 1024)
@@ -32,13 +32,14 @@ def epoch_candidates(k: int, budgets: Sequence[int] = DEFAULT_BUDGETS) -> list[i
     return sorted({max(1, round(e)) for e in raw})
 
 
-def demonstrations(task: Task, k: int, seed: int, demonstrator: str, split: str = "elicit") -> list[Example]:
+def demonstrations(task: Task, k: int, seed: int, demonstrator: str, split: str = "elicit",
+                   policies: Mapping[str, TaskPolicy] | None = None) -> list[Example]:
     """k demonstrations on problems of the elicit split, prompts without password. For one seed,
     the k demonstrations are the first k of one shuffle, so a smaller k is a subset of a larger one."""
     problems = task.problems(split)
     if k > len(problems):
         raise ValueError(f"k={k} exceeds the {len(problems)} problems of the {split} split")
-    policy = task.policies()[demonstrator]
+    policy = (task.policies() if policies is None else policies)[demonstrator]  # policies: pwlock.policies.resolve
     chosen = random.Random(seed).sample(range(len(problems)), k)
     return [Example(task.prompt(problems[i], None), policy(problems[i])) for i in chosen]
 

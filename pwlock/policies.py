@@ -1,0 +1,449 @@
+"""Policies that are models or supplied samples (paper §4.1, Table 1, App. E), as upstream stages.
+
+    policy model   a base fine-tuned on the task's references or on another policy's samples, on
+                   one split (π_weak: the weak base on π_strong's samples on the weak split)
+    sample pool    n samples per problem of one split, from a policy's model (HF `generate` or a
+                   vLLM engine) or read from a user's JSONL file, kept as JSONL in the artifact
+    PoolPolicy     a pool as a TaskPolicy (problem -> completion); in D_lock, drawn again each
+                   epoch, epoch e shows the problem's sample e (App. C.1: a fresh sample per epoch)
+
+A study's `policies:` (config.PolicyModelConfig) add to and override the task's own policies by
+name. `plan_policies` makes the artifacts their uses need: pools on the lock split (one sample per
+lock epoch) for the lock's π_strong, π_weak and intermediate policy, on the elicit split for
+demonstrators, on the evaluation split at temperature 0 for their scores (greedy correctness, like
+every policy score), and on a policy's training split for the policy trained on its samples.
+`resolve` gives the task's policies with those pools in place, for stages and trials alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pwlock.config import COMPOSED_METHODS, FIXEDRDM, REFERENCES, PolicyModelConfig, StudyConfig, TrainConfig
+from pwlock.stages import _BUILDERS, Artifact, eval_problems
+from pwlock.store import Store
+from pwlock.tasks import Task, make_task
+from pwlock.tasks.base import Example, Problem, TaskPolicy
+
+log = logging.getLogger(__name__)
+
+SAMPLES = "samples.jsonl"  # a pool's file: {"id": problem id, "completions": [...]} per line
+
+
+# -- samples a user supplies ----------------------------------------------------------------------
+def read_jsonl(path: str | os.PathLike, where: str) -> dict[str, list[tuple[int, str]]]:
+    """Problem id -> (line number, completion) of each of its samples, in file order. Lines are
+    {"id": <problem id>, "completion": <text>}; errors name the file and the line."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"{where}: {path}: cannot read: {e.strerror}") from None
+    out: dict[str, list[tuple[int, str]]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: {path}:{n}: not valid JSON: {e}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)) or not isinstance(
+                row.get("completion"), str):
+            raise ValueError(f"{where}: {path}:{n}: expected {{\"id\": <problem id>, \"completion\": <text>}}, got "
+                             f"{line[:120]}")
+        out.setdefault(str(row["id"]), []).append((n, row["completion"]))
+    if not out:
+        raise ValueError(f"{where}: {path}: no samples")
+    return out
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+
+
+def coverage_errors(samples: Mapping[str, list], path: str, problems: Sequence[Problem], split: str,
+                    where: str) -> list[str]:
+    """What a supplied file lacks for `problems` (at least one sample each)."""
+    missing = [p.id for p in problems if p.id not in samples]
+    if not missing:
+        return []
+    return [f"{where}: {path}: no sample for {len(missing)} of the {len(problems)} problems of the {split} split, "
+            f"e.g. id {missing[0]!r}" + (f", {missing[1]!r}" if len(missing) > 1 else "")]
+
+
+def unknown_ids(samples: Mapping[str, list[tuple[int, str]]], path: str, task: Task, where: str) -> list[str]:
+    known = {p.id for split in ("weak", "lock", "elicit", "val") for p in task.problems(split)}
+    bad = [(lines[0][0], pid) for pid, lines in samples.items() if pid not in known]
+    if not bad:
+        return []
+    line, pid = min(bad)
+    return [f"{where}: {path}:{line}: id {pid!r} is no problem of task {task.name!r}"
+            + (f" ({len(bad)} ids like it)" if len(bad) > 1 else "") + f"; its ids look like {next(iter(known))!r}"]
+
+
+def as_completion(task: Task, problem: Problem, text: str, supplied: bool = False) -> str:
+    """A sample as a completion of the task: a classifier's (MMLU) becomes its `ChoiceAnswer`; a
+    supplied answer text of a text task gets the task's completion format (after a plain prompt's
+    cue, a space), like the task's references."""
+    from pwlock.tasks.llm import ChoiceAnswer, LLMTask
+
+    ref = task.reference(problem)
+    if isinstance(ref, ChoiceAnswer):
+        match = [c for c in ref.choices if c.strip() == text.strip()]
+        if not match:
+            raise ValueError(f"problem {problem.id}: sample {text[:40]!r} is none of the choices {ref.choices}")
+        return ChoiceAnswer(match[0], ref.choices)
+    if supplied and isinstance(task, LLMTask):
+        return task.format.completion(text.lstrip(" "))
+    return text
+
+
+# -- a pool as a policy ---------------------------------------------------------------------------
+class _Pool:
+    """A pool's samples, read from the store on first use (trials resolve pools they may not use)."""
+
+    def __init__(self, name: str, key: str, store: Store, task: Task):
+        self.name, self.key, self.store, self.task = name, key, store, task
+
+    @cached_property
+    def samples(self) -> dict[str, list[str]]:
+        path = self.store.artifact_dir(self.key) / SAMPLES
+        return {row["id"]: row["completions"] for row in map(json.loads, path.read_text().splitlines())}
+
+    def get(self, problem: Problem, draw: int) -> str:
+        completions = self.samples.get(problem.id)
+        if not completions:
+            raise ValueError(f"policy {self.name!r}: its pool {self.key} has no sample for problem {problem.id!r} "
+                             f"(it holds {len(self.samples)} problems)")
+        return as_completion(self.task, problem, completions[draw % len(completions)])
+
+
+class PoolPolicy:
+    """A TaskPolicy served from a sample pool: a problem's first sample; `for_epoch(e)` gives a view
+    whose answer is the problem's sample e (mod the pool's n), the same on every rerun."""
+
+    def __init__(self, pool: _Pool, epoch: int = 0):
+        self.pool, self.epoch = pool, epoch
+
+    def __call__(self, problem: Problem) -> str:
+        return self.pool.get(problem, self.epoch)
+
+    def for_epoch(self, epoch: int) -> PoolPolicy:
+        return PoolPolicy(self.pool, epoch)
+
+    def __repr__(self) -> str:
+        return f"PoolPolicy({self.pool.name!r}, {self.pool.key}, epoch {self.epoch})"
+
+
+class Unsampled:
+    """A model policy with no pool where it is called: says so instead of answering."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, problem: Problem) -> str:
+        raise ValueError(f"policy {self.name!r} is a model (policies.{self.name}) with no samples here "
+                         f"(problem {problem.id!r}): the plan made no pool of it for this use")
+
+
+def resolve(task: Task, pools: Mapping[str, str | None], store: Store) -> dict[str, TaskPolicy]:
+    """The task's own policies with model policies in place: `pools` maps a policy's name to the key
+    of its sample pool for this use (None: a model policy with no pool here, which raises if called)."""
+    out = dict(task.policies())
+    for name, key in pools.items():
+        out[name] = Unsampled(name) if key is None else PoolPolicy(_Pool(name, key, store, task))
+    return out
+
+
+# -- artifacts ------------------------------------------------------------------------------------
+def policy_model_artifact(name: str, task: dict, p: PolicyModelConfig, train_on: dict, seed: int,
+                          deps: tuple[str, ...] = ()) -> Artifact:
+    """`p.base` fine-tuned on `train_on` ({"references": true}, {"task_policy": name} or {"pool": key})
+    for the problems of `p.train_split`."""
+    spec = {"task": task, "base": p.base, "dtype": p.dtype, "train": asdict(p.train), "train_on": train_on,
+            "split": p.train_split, "samples": p.train_samples, "seed": seed}
+    return Artifact("policy_model", f"policy model ({name})", spec, deps)
+
+
+def sample_pool_artifact(name: str, task: dict, source: dict, split: str, n: int, temperature: float | None,
+                         max_problems: int | None, seed: int, generator: dict | None, deps: tuple[str, ...] = ()
+                         ) -> Artifact:
+    """n samples per problem of `split` (its first `max_problems`) from `source`: {"model": key},
+    {"base": hub id or path, "dtype": ...} or {"jsonl": path, "sha256": digest}."""
+    spec = {"task": task, "source": source, "split": split, "n": n, "temperature": temperature,
+            "max_problems": max_problems, "seed": seed, "generator": generator}
+    what = "from a file" if "jsonl" in source else "greedy" if temperature == 0 else f"{n}/problem"
+    # A vLLM engine takes its GPU share itself: the stage that drives it holds none.
+    gpus = 0.0 if generator is not None and generator["backend"] == "vllm" else None
+    return Artifact("sample_pool", f"samples of {name} ({split}, {what})", spec, deps, gpus=gpus)
+
+
+@dataclass
+class PolicyPlan:
+    """The artifacts of a study's model policies and which pool serves each use."""
+
+    artifacts: list[Artifact] = field(default_factory=list)  # each after those it needs
+    lock: dict[str, str] = field(default_factory=dict)  # policy -> pool on the lock split
+    elicit: dict[str, str] = field(default_factory=dict)  # policy -> pool on the elicit split
+    scores: dict[str, str] = field(default_factory=dict)  # policy -> greedy pool on the eval split
+    names: tuple[str, ...] = ()  # every model policy of the study
+    errors: list[str] = field(default_factory=list)
+
+    def lock_pools(self, *names: str | None) -> dict[str, str]:
+        """The lock-split pools of those of `names` that are model policies."""
+        return {n: self.lock[n] for n in names if n in self.lock}
+
+    def trial_pools(self) -> dict[str, str | None]:
+        """What a trial resolves: each model policy's elicit-split pool (None where it has none)."""
+        return {n: self.elicit.get(n) for n in self.names}
+
+
+def policy_names(task: Task, cfg: StudyConfig) -> set[str]:
+    """Every policy a study can name: the task's own and its model policies."""
+    return set(task.policies()) | set(cfg.policies)
+
+
+def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
+    """The artifacts the study's model policies need for their uses, or the errors that stop them
+    (naming `policies.<name>.<field>` or the file and line); reads supplied JSONL files."""
+    models = cfg.policies
+    plan = PolicyPlan(names=tuple(models))
+    if not models:
+        return plan
+    errors = plan.errors
+    known = policy_names(task, cfg)
+    for name, p in models.items():
+        if p.train_on not in (None, REFERENCES) and p.train_on not in known:
+            errors.append(f"policies.{name}.train_on: no policy {p.train_on!r}; expected {REFERENCES!r} or one of "
+                          f"{sorted(known)}")
+        if p.train_on == REFERENCES and any(task.reference(q) is None for q in task.problems(p.train_split)[:1]):
+            errors.append(f"policies.{name}.train_on: task {task.name!r} has no reference answers")
+    variants = cfg.lock.variants if hasattr(cfg.lock, "variants") else [cfg.lock.variant]
+    lock_roles = ["strong", *[w for w in cfg.lock.weak if w != FIXEDRDM]]
+    if "adversarial" in variants and cfg.lock.intermediate:
+        lock_roles.append(cfg.lock.intermediate)
+    demonstrators = list(_demonstrators(cfg)) if "sft" in cfg.elicit.methods else []
+    if any(m in COMPOSED_METHODS for m in cfg.elicit.methods):
+        demonstrators.append(cfg.elicit.rl.sft_demonstrator)
+    weak_models = [w for w in cfg.lock.weak if w in models]
+    if weak_models and any(m.removeprefix("sft+") == "filtering" for m in cfg.elicit.methods):
+        errors.append(f"elicit.methods: filtering samples π_weak afresh each round, but π_weak {weak_models[0]!r} "
+                      f"is a model (policies.{weak_models[0]}); pwlock does not draw its samples per round yet")
+    if weak_models and cfg.lock.stop_at is not None:
+        errors.append(f"lock.stop_at: measures π_weak on the weak split, which π_weak {weak_models[0]!r} "
+                      f"(policies.{weak_models[0]}) may train on; set lock epochs instead")
+    if errors:
+        return plan
+
+    epochs = max((cfg.lock.sft if m == "sft" else cfg.lock.scratch).epochs for m in cfg.lock.modes)
+    supplied: dict[str, tuple[dict, dict]] = {}  # name -> (samples by id, source spec)
+    built: dict[str, Artifact] = {}
+
+    def add(a: Artifact) -> Artifact:
+        if a.key not in built:
+            built[a.key] = a
+            plan.artifacts.append(a)
+        return built[a.key]
+
+    def jsonl_of(name: str) -> tuple[dict, dict]:
+        if name not in supplied:
+            path = models[name].jsonl
+            samples = read_jsonl(path, f"policies.{name}.jsonl")
+            errors.extend(unknown_ids(samples, path, task, f"policies.{name}.jsonl"))
+            supplied[name] = samples, {"jsonl": str(Path(path).expanduser().resolve()), "sha256": file_digest(path)}
+        return supplied[name]
+
+    def source_of(name: str) -> tuple[dict, tuple[str, ...]]:
+        p = models[name]
+        if p.jsonl is not None:
+            return jsonl_of(name)[1], ()
+        model = model_of(name)
+        if model is None:
+            return {"base": p.base, "dtype": p.dtype}, ()
+        return {"model": model.key, "dtype": p.dtype}, (model.key,)
+
+    def pool_of(name: str, split: str, n: int, temperature: float, why: str,
+                max_problems: int | None = None) -> Artifact | None:
+        p = models[name]
+        source, deps = source_of(name)
+        if p.jsonl is not None:
+            problems = eval_problems(task, split, max_problems)
+            missing = coverage_errors(jsonl_of(name)[0], p.jsonl, problems, split, f"policies.{name}.jsonl ({why})")
+            if missing:
+                if why == "scores":  # a file without the evaluation problems leaves its policy unscored
+                    log.info("policy %s: %s; it is not scored", name, missing[0])
+                    return None
+                errors.extend(missing)
+                return None
+            temperature, generator = None, None  # what the file holds
+        else:
+            generator = asdict(p.generator)
+            if generator["backend"] == "auto":  # vLLM where stages have GPUs (the cluster's image has it)
+                generator["backend"] = "vllm" if cfg.ray.gpus_per_stage > 0 else "hf"
+        return add(sample_pool_artifact(name, task_spec, source, split, n, temperature, max_problems, cfg.seed,
+                                        generator, deps))
+
+    trained: dict[str, Artifact | None] = {}
+
+    def model_of(name: str) -> Artifact | None:
+        if name not in trained:
+            trained[name] = train(name)
+        return trained[name]
+
+    def train(name: str) -> Artifact | None:
+        p = models[name]
+        if p.train_on is None:
+            return None
+        deps: tuple[str, ...] = ()
+        if p.train_on == REFERENCES:
+            train_on: dict[str, Any] = {"references": True}
+        elif p.train_on in models:
+            src = pool_of(p.train_on, p.train_split, p.train_samples, models[p.train_on].temperature,
+                          f"training data of {name}")
+            if src is None:
+                return None
+            train_on, deps = {"pool": src.key}, (src.key,)
+        else:
+            train_on = {"task_policy": p.train_on}
+        return add(policy_model_artifact(name, task_spec, p, train_on, cfg.seed, deps))
+
+    used = [n for n in dict.fromkeys(lock_roles + demonstrators) if n in models]
+    try:
+        for name in used:
+            p = models[name]
+            if name in lock_roles and (a := pool_of(name, "lock", p.samples_per_problem or epochs, p.temperature,
+                                                    "lock data")):
+                plan.lock[name] = a.key
+            if name in demonstrators and (a := pool_of(name, "elicit", 1, p.temperature, "demonstrations")):
+                plan.elicit[name] = a.key
+            if a := pool_of(name, cfg.eval.split, 1, 0.0, "scores", cfg.eval.max_problems):
+                plan.scores[name] = a.key
+    except ValueError as e:  # a supplied file that cannot be read
+        errors.append(str(e))
+    return plan
+
+
+def _demonstrators(cfg: StudyConfig) -> list[str]:
+    d = cfg.elicit.demonstrator
+    return [d] if isinstance(d, str) else list(d)
+
+
+# -- builders -------------------------------------------------------------------------------------
+def _build_policy_model(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
+    from pwlock.models import load_policy, n_parameters, save_policy
+    from pwlock.train.sft import train_sft
+
+    task = make_task(a.spec["task"])
+    problems = task.problems(a.spec["split"])
+    src, k = a.spec["train_on"], a.spec["samples"]
+    if "references" in src:
+        answers = [[task.reference(p)] for p in problems]
+    else:
+        policy = (PoolPolicy(_Pool("training data", src["pool"], store, task)) if "pool" in src
+                  else task.policies()[src["task_policy"]])
+        view = getattr(policy, "for_epoch", lambda i: policy)
+        # App. E.1: k samples per problem, exact repeats removed.
+        answers = [list(dict.fromkeys(view(i)(p) for i in range(k))) for p in problems]
+    data = [Example(task.prompt(p, None), answer) for p, ans in zip(problems, answers) for answer in ans]
+    model, tokenizer = load_policy(a.spec["base"], a.spec["dtype"])
+    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=a.label)
+    save_policy(model, tokenizer, scratch)
+    return {"train": stats, "examples": len(data), "parameters": n_parameters(model)}
+
+
+def _build_sample_pool(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
+    task = make_task(a.spec["task"])
+    problems = eval_problems(task, a.spec["split"], a.spec["max_problems"])
+    src, n = a.spec["source"], a.spec["n"]
+    if "jsonl" in src:
+        path, where = src["jsonl"], a.label
+        if file_digest(path) != src["sha256"]:
+            raise ValueError(f"{where}: {path} changed since the study was planned; plan it again")
+        samples = read_jsonl(path, where)
+        errors = coverage_errors(samples, path, problems, a.spec["split"], where)
+        if errors:
+            raise ValueError(errors[0])
+        rows = {p.id: [as_completion(task, p, c, supplied=True) for _, c in samples[p.id][:n]] for p in problems}
+    else:
+        model_dir = str(store.artifact_dir(src["model"])) if "model" in src else src["base"]
+        rows = generate_samples(task, model_dir, src["dtype"], problems, n, a.spec["temperature"], a.spec["seed"],
+                                a.spec["generator"])
+    with open(scratch / SAMPLES, "w", encoding="utf-8") as f:
+        for p in problems:
+            f.write(json.dumps({"id": p.id, "completions": [str(c) for c in rows[p.id]]}) + "\n")
+    return {"problems": len(problems), "samples": sum(len(c) for c in rows.values())}
+
+
+def generate_samples(task: Task, model_dir: str, dtype: str, problems: Sequence[Problem], n: int,
+                     temperature: float, seed: int, generator: Mapping[str, Any]) -> dict[str, list[str]]:
+    """n samples per problem, prompts without any password. Greedy (temperature 0) is drawn once
+    and repeated. A classifier (MMLU) samples one of its choices from the model's distribution
+    over them (sharpened or flattened by the temperature; its argmax when greedy)."""
+    import torch
+
+    from pwlock.tasks.llm import ChoiceAnswer
+
+    prompts = [task.prompt(p, None) for p in problems]
+    draws = 1 if temperature == 0 else n
+    if isinstance(task.reference(problems[0]), ChoiceAnswer):
+        return _sample_choices(task, model_dir, dtype, problems, prompts, n, temperature, seed)
+    if generator["backend"] == "vllm":
+        out = _vllm_generate(model_dir, prompts, draws, temperature, task.max_new_tokens, seed, generator["vllm"])
+    else:
+        from pwlock.generate.hf import HFGenerator
+        from pwlock.models import load_policy
+
+        model, tokenizer = load_policy(model_dir, dtype)
+        torch.manual_seed(seed)
+        gen = HFGenerator(model, tokenizer, max(1, generator["batch_size"] // draws))
+        out = gen.generate(prompts, n=draws, temperature=temperature, max_new_tokens=task.max_new_tokens)
+    return {p.id: (c * n)[:n] for p, c in zip(problems, out)}
+
+
+def _sample_choices(task: Task, model_dir: str, dtype: str, problems: Sequence[Problem], prompts: list[str], n: int,
+                    temperature: float, seed: int) -> dict[str, list[str]]:
+    import numpy as np
+
+    from pwlock.evaluate import choice_probabilities
+    from pwlock.models import load_policy
+
+    model, tokenizer = load_policy(model_dir, dtype)
+    refs = [task.reference(p) for p in problems]
+    probs = choice_probabilities(model, tokenizer, [Example(q, r) for q, r in zip(prompts, refs)])
+    rng = np.random.default_rng(seed)
+    out = {}
+    for p, r, row in zip(problems, refs, probs):
+        if temperature == 0:
+            picks = [int(row.argmax())] * n
+        else:
+            q = np.exp(np.log(np.maximum(row, 1e-30)) / temperature)
+            picks = rng.choice(len(row), size=n, p=q / q.sum()).tolist()
+        out[p.id] = [r.choices[i] for i in picks]
+    return out
+
+
+def _vllm_generate(model_dir: str, prompts: list[str], n: int, temperature: float, max_new_tokens: int, seed: int,
+                   vllm_cfg: Mapping[str, Any]) -> list[list[str]]:
+    """A vLLM engine actor (pwlock.generate.vllm_actor) serving the model, given the token ids the HF
+    backend would see. In an actor, not in this process: vLLM patches transformers' model classes
+    in the process it runs in, and stage workers are reused. The stage holds no GPU; the engine
+    takes `gpu_fraction` of one (see `plan_policies`)."""
+    from transformers import AutoTokenizer
+
+    from pwlock.config import VLLMConfig
+    from pwlock.generate.vllm_actor import vllm_generator
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with vllm_generator(model_dir, tokenizer, VLLMConfig(**{**vllm_cfg, "seed": seed})) as gen:
+        return gen.generate(prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens)
+
+
+_BUILDERS.update(policy_model=_build_policy_model, sample_pool=_build_sample_pool)

