@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pwlock.store import Store, open_store
@@ -26,7 +27,11 @@ RL_CANDIDATES = "rl_curves.csv"  # the rows of that figure: one per (trial, roun
 STUDY = "study.yaml"  # the resolved study config
 UPSTREAM_FILE = "upstream.json"  # locked models' and policies' correctness, by lock mode
 TIMINGS = "timings.json"  # wall time of each phase, and of each upstream build
-TRIAL_KEYS = ["task", "lock_mode", "method", "k", "seed"]
+GENERALIZATION_FIGURE = "generalization.png"  # demonstrations from one domain (Fig. 4, 10, 17)
+TRIAL_KEYS = ["task", "lock_mode", "method", "demonstrator", "domain", "k", "seed"]
+GROUP = TRIAL_KEYS[:-1]  # what seeds repeat
+BY_DOMAIN = "correctness_by_domain/"  # a candidate's correctness on each domain's problems (Tune's flattening)
+OTHER = "other_domains"  # mean of the per-domain correctness of the domains not trained on (Fig. 4)
 UPSTREAM = ["locked_with_pwd", "locked_no_pwd", "locked_wrong_pwd", "weak", "strong", "strong_model"]
 
 
@@ -53,16 +58,39 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
             frames.append(df.assign(trial=Path(trial_path).name))
     if not frames:
         raise ValueError(f"{path}: no trial reported a result")
-    out = pd.concat(frames, ignore_index=True)
+    out = with_dimensions(pd.concat(frames, ignore_index=True))
     cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
-    cols += [c for c in ("samples", "sampled_score", "kept_score", "pairs", "password_samples") if c in out]
+    cols += [c for c in ("samples", "sampled_score", "kept_score", "pairs", "password_samples", "eval_problems")
+             if c in out]
+    cols += sorted(c for c in out if c.startswith(BY_DOMAIN))
     out = out[out["candidate"].notna()][cols]  # rows without a candidate are checkpoints between candidates
+    if any(c.startswith(BY_DOMAIN) for c in out):
+        out[OTHER] = other_domains(out)
     out = out.astype({"candidate": int}).drop_duplicates(["trial", "candidate"], keep="last")
     if store.exists(f"{name}/{UPSTREAM_FILE}"):
         upstream = pd.DataFrame.from_dict(json.loads(store.read_text(f"{name}/{UPSTREAM_FILE}")), orient="index")
         upstream = upstream[[c for c in UPSTREAM if c in upstream]]
         out = out.merge(upstream, left_on="lock_mode", right_index=True, how="left")
     return out.sort_values(["lock_mode", "k", "seed", "candidate"], ignore_index=True)
+
+
+def with_dimensions(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the trial dimensions that experiments from before them lack: π_strong's
+    demonstrations from the whole split."""
+    return df.assign(**{c: df[c] if c in df else d for c, d in (("demonstrator", "strong"), ("domain", "all"))})
+
+
+def other_domains(candidates: pd.DataFrame) -> pd.Series:
+    """Per row, the mean of the domains' correctness over the domains its demonstrations did not come
+    from (all of them for demonstrations from the whole split): the paper's Fig. 4 measure, "the
+    average of the accuracies for each domain" other than the one fine-tuned on."""
+    cols = [c for c in candidates if c.startswith(BY_DOMAIN)]
+    values = candidates[cols].to_numpy(dtype=float)
+    trained = candidates["domain"].to_numpy()[:, None] == np.array([c.removeprefix(BY_DOMAIN) for c in cols])[None]
+    kept = ~trained & ~np.isnan(values)
+    count = kept.sum(axis=1)
+    total = np.where(kept, values, 0.0).sum(axis=1)
+    return pd.Series(np.where(count > 0, total / np.maximum(count, 1), np.nan), index=candidates.index)
 
 
 def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
@@ -72,19 +100,26 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     keys = ["trial", *TRIAL_KEYS]
     wide = candidates.pivot_table(index=keys, columns="candidate", values=["correctness", "epochs"], aggfunc="first")
     wide.columns = [f"{v}_c{c}" for v, c in wide.columns]
-    best = candidates.loc[candidates.groupby("trial")["correctness"].idxmax()].set_index("trial")
-    group_mean = candidates.groupby([*TRIAL_KEYS[:4], "candidate"])["correctness"].mean().rename("m").reset_index()
+    # The best candidate among those evaluated on the whole set (RL rounds between may count a subset).
+    whole = candidates
+    if "eval_problems" in candidates:
+        size = candidates["eval_problems"]
+        whole = candidates[size.isna() | (size == size.groupby(candidates["trial"]).transform("max"))]
+    best = whole.loc[whole.groupby("trial")["correctness"].idxmax()].set_index("trial")
+    group_mean = candidates.groupby([*GROUP, "candidate"])["correctness"].mean().rename("m").reset_index()
     # SFT: App. G.3's epoch count with the best seed mean; RL methods: their last round (the paper
     # runs them to a fixed number of samples).
     rl = group_mean["method"] != "sft"
     group_mean.loc[rl, "m"] = group_mean.loc[rl, "candidate"]
-    chosen = group_mean.loc[group_mean.groupby(TRIAL_KEYS[:4])["m"].idxmax(), [*TRIAL_KEYS[:4], "candidate"]]
-    selected = candidates.merge(chosen, on=[*TRIAL_KEYS[:4], "candidate"]).set_index("trial")
+    chosen = group_mean.loc[group_mean.groupby(GROUP)["m"].idxmax(), [*GROUP, "candidate"]]
+    selected = candidates.merge(chosen, on=[*GROUP, "candidate"]).set_index("trial")
     out = wide.reset_index().set_index("trial")
     out["correctness"] = best["correctness"]
     out["best_epochs"] = best["epochs"]
     out["correctness_selected"] = selected["correctness"]
     out["selected_epochs"] = selected["epochs"]
+    if OTHER in selected:
+        out[f"{OTHER}_selected"] = selected[OTHER]
     for col in UPSTREAM:
         if col in best:
             out[col] = best[col]
@@ -96,8 +131,8 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
 
 
 def aggregate(summary: pd.DataFrame, value: str = "correctness_selected") -> pd.DataFrame:
-    """Mean and standard error over seeds per (task, lock mode, method, k)."""
-    g = summary.groupby(TRIAL_KEYS[:4])[value]
+    """Mean and standard error over seeds per (task, lock mode, method, demonstrator, domain, k)."""
+    g = with_dimensions(summary).groupby(GROUP)[value]
     out = g.agg(["mean", "count"]).reset_index()
     out["sem"] = g.sem(ddof=1).fillna(0.0).to_numpy()
     return out
@@ -107,7 +142,8 @@ def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
     """Mean ± SEM of elicited correctness, lock modes as rows and k as columns."""
     agg = aggregate(summary, value)
     agg["cell"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(agg["mean"], agg["sem"])]
-    grid = agg.pivot_table(index=["task", "lock_mode", "method"], columns="k", values="cell", aggfunc="first")
+    rows = ["task", "lock_mode", "method"] + [c for c in ("demonstrator", "domain") if agg[c].nunique() > 1]
+    grid = agg.pivot_table(index=rows, columns="k", values="cell", aggfunc="first")
     up = summary.groupby(["task", "lock_mode"])[[c for c in UPSTREAM if c in summary]].first().round(3)
     return f"elicited correctness without password (mean ± SEM over seeds):\n{grid.to_string()}\n\nupstream:\n{up.to_string()}"
 
@@ -121,17 +157,24 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike | io.By
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    summary = with_dimensions(summary)
+    summary = summary[summary["domain"] == "all"]
     agg = aggregate(summary, value)
     tasks = sorted(agg["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", "-.", ":"]
     for ax, task in zip(axes[0], tasks):
         sub = agg[agg["task"] == task]
-        for i, (mode, rows) in enumerate(sub.groupby("lock_mode")):
+        demonstrators = sorted(sub["demonstrator"].unique())
+        for i, (mode, by_mode) in enumerate(sub.groupby("lock_mode")):
             color = colors[i % len(colors)]
-            rows = rows.sort_values("k")
-            ax.errorbar(rows["k"], rows["mean"], yerr=rows["sem"], marker="o", capsize=3, color=color,
-                        label=f"{mode}-locked, elicited ({rows['method'].iloc[0]})")
+            for demonstrator, rows in by_mode.groupby("demonstrator"):
+                rows = rows.sort_values("k")
+                who = f" on {demonstrator}'s demonstrations" if len(demonstrators) > 1 else ""
+                ax.errorbar(rows["k"], rows["mean"], yerr=rows["sem"], marker="o", capsize=3, color=color,
+                            ls=styles[demonstrators.index(demonstrator) % len(styles)],
+                            label=f"{mode}-locked, elicited ({rows['method'].iloc[0]}{who})")
             up = summary[(summary["task"] == task) & (summary["lock_mode"] == mode)].iloc[0]
             ax.axhline(up["locked_with_pwd"], color=color, ls="--", lw=1, label=f"{mode}-locked, with password")
             ax.axhline(up["locked_no_pwd"], color=color, ls=":", lw=1, label=f"{mode}-locked, no password")
@@ -149,6 +192,57 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike | io.By
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
+    fig.savefig(out, dpi=120, format="png")
+    plt.close(fig)
+    return out
+
+
+def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.BytesIO) -> str | os.PathLike | io.BytesIO:
+    """Correctness on the other domains after SFT on demonstrations from one domain (markers, one
+    per domain trained on) against SFT on demonstrations from the whole split (solid line), per lock
+    and k, mean ± SEM over seeds; the locked model with and without the password as references
+    (like the paper's Fig. 4, 10 and 17)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    value = f"{OTHER}_selected"
+    sft = summary[(summary["method"] == "sft") & summary[value].notna()]
+    agg = aggregate(sft, value)
+    panels = list(dict.fromkeys(agg.sort_values(["task", "lock_mode", "k"])[["task", "lock_mode", "k"]]
+                                .itertuples(index=False)))
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 4.2 * nrow), squeeze=False, sharey=True)
+    for ax, (task, lock, k) in zip(axes.flat, panels):
+        rows = agg[(agg["task"] == task) & (agg["lock_mode"] == lock) & (agg["k"] == k)]
+        one = rows[rows["domain"] != "all"].sort_values("domain")
+        x = range(len(one))
+        ax.errorbar(x, one["mean"], yerr=one["sem"], marker="o", ls="none", capsize=3, color="C1",
+                    label="demonstrations from this domain only")
+        everywhere = rows[rows["domain"] == "all"]
+        if len(everywhere):
+            m, e = everywhere["mean"].iloc[0], everywhere["sem"].iloc[0]
+            ax.axhline(m, color="C0", lw=1.5, label="demonstrations from all domains")
+            ax.axhspan(m - e, m + e, color="C0", alpha=0.15)
+        up = sft[(sft["task"] == task) & (sft["lock_mode"] == lock)].iloc[0]
+        if pd.notna(up.get("locked_with_pwd")):
+            ax.axhline(up["locked_with_pwd"], color="black", ls="--", lw=1, label="locked, with password")
+            ax.axhline(up["locked_no_pwd"], color="black", ls=":", lw=1, label="locked, without password")
+        ax.set_xticks(list(x), list(one["domain"]))
+        ax.set_xlim(-0.6, max(len(one), 1) - 0.4)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("domain of the demonstrations")
+        ax.set_title(f"{task}: {lock}-locked, k={k}", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("correctness on the other domains")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out, dpi=120, format="png")
     plt.close(fig)
     return out
@@ -218,10 +312,15 @@ def write_results(path: str | os.PathLike) -> pd.DataFrame:
     candidates = load_candidates(path)
     summary = summarize(candidates)
     store.write_text(f"{name}/{SUMMARY}", summary.to_csv(index=False))
-    if (summary["method"] == "sft").any():
+    sft = summary[summary["method"] == "sft"]
+    if (sft["domain"] == "all").any():
         figure = io.BytesIO()
-        plot_sample_efficiency(summary[summary["method"] == "sft"], figure)
+        plot_sample_efficiency(sft, figure)
         store.write_bytes(f"{name}/{FIGURE}", figure.getvalue())
+    if (sft["domain"] != "all").any() and f"{OTHER}_selected" in sft:
+        figure = io.BytesIO()
+        plot_generalization(sft, figure)
+        store.write_bytes(f"{name}/{GENERALIZATION_FIGURE}", figure.getvalue())
     if (summary["method"] != "sft").any():
         store.write_text(f"{name}/{RL_CANDIDATES}", rl_curves(candidates).to_csv(index=False))
         figure = io.BytesIO()
@@ -235,5 +334,5 @@ def load_summary(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(store.read_text(f"{name}/{SUMMARY}")))
 
 
-__all__ = ["aggregate", "load_candidates", "load_summary", "plot_rl", "plot_sample_efficiency", "rl_curves",
-           "summarize", "table", "write_results"]
+__all__ = ["aggregate", "load_candidates", "load_summary", "other_domains", "plot_generalization", "plot_rl",
+           "plot_sample_efficiency", "rl_curves", "summarize", "table", "write_results"]

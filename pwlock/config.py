@@ -125,7 +125,10 @@ class LockConfig:
     # Stop once, on held-out problems, correctness with the password reaches this and without it
     # is within 0.05 of π_weak's (as strong.stop_at; `epochs` is then the most it trains).
     stop_at: float | None = None
-    variant: str = "standard"  # one of LOCK_VARIANTS; each reads only its own fields below
+    # One of LOCK_VARIANTS, or a list of them: a locked model per variant (× mode × π_weak), side by
+    # side in one experiment (e.g. [standard, per_domain] for the paper's Fig. 4). Each variant
+    # reads only its own fields below.
+    variant: str | list[str] = "standard"
     # per_domain: domain -> password (null: pwlock's, see passwords.domain_passwords) and the share
     # of weak samples with another domain's password (the rest of 1 - p_no_password: wrong ones).
     domain_passwords: dict[str, str] | None = None
@@ -134,6 +137,14 @@ class LockConfig:
     second_password: str | None = None  # adversarial: null: passwords.second_password's
     intermediate: str | None = None  # adversarial: the task policy shown with the second password
     omit_domain: str | None = None  # omit_domain: the domain D_lock leaves out
+
+    @property
+    def variants(self) -> list[str]:
+        return [self.variant] if isinstance(self.variant, str) else list(self.variant)
+
+    def of_variant(self, variant: str) -> LockConfig:
+        """This lock config with the single variant `variant`."""
+        return dataclasses.replace(self, variant=variant)
 
 
 @dataclass
@@ -217,11 +228,23 @@ class ElicitConfig:
     methods: list[str] = field(default_factory=lambda: ["sft"])
     ks: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    demonstrator: str = "strong"
+    # The policy whose k demonstrations SFT trains on, or a list of them (one trial each): e.g.
+    # [strong, weak] for the paper's Fig. 3 and Fig. 12 side by side.
+    demonstrator: str | list[str] = "strong"
+    # Demonstrations from one domain of the elicit split only (paper §5.2, Fig. 4, 10, 17): a trial
+    # per domain listed; "all" draws from the whole split. Trials then report correctness per domain.
+    domains: list[str] = field(default_factory=lambda: ["all"])
     train: TrainConfig = field(default_factory=TrainConfig)
     # App. G.3: evaluate after {256, 512, 1024}/k epochs (k < 256), else after {1, 2, 4} epochs.
     sample_budgets: list[int] = field(default_factory=lambda: [256, 512, 1024])
     rl: RLConfig = field(default_factory=RLConfig)
+
+    @property
+    def demonstrators(self) -> list[str]:
+        return [self.demonstrator] if isinstance(self.demonstrator, str) else list(self.demonstrator)
+
+
+ALL_DOMAINS = "all"
 
 
 @dataclass
@@ -360,7 +383,20 @@ def validate(cfg: StudyConfig) -> list[str]:
             errors.append(f"{where}: expected a correctness in (0, 1] or null, got {value}")
     if not 0.0 <= cfg.lock.p_no_password <= 1.0:
         errors.append(f"lock.p_no_password: expected a probability, got {cfg.lock.p_no_password}")
-    errors += [f"lock.{e}" for e in _variant_errors(cfg.lock)]
+    variants = cfg.lock.variants
+    if not variants or len(set(variants)) != len(variants):
+        errors.append("lock.variant: expected a variant or a list of variants, each once")
+    for i, v in enumerate(variants):
+        if v not in LOCK_VARIANTS:
+            where = "lock.variant" if isinstance(cfg.lock.variant, str) else f"lock.variant[{i}]"
+            errors.append(f"{where}: unknown lock variant {v!r}; expected one of {list(LOCK_VARIANTS)}")
+    if all(v in LOCK_VARIANTS for v in variants):
+        errors += [f"lock.{e}" for e in _variant_errors(cfg.lock)]
+    demonstrators = cfg.elicit.demonstrators
+    if not demonstrators or len(set(demonstrators)) != len(demonstrators):
+        errors.append("elicit.demonstrator: expected a policy or a list of policies, each once")
+    if not cfg.elicit.domains or len(set(cfg.elicit.domains)) != len(cfg.elicit.domains):
+        errors.append(f"elicit.domains: expected domains (or {ALL_DOMAINS!r}), each once")
     for i, method in enumerate(cfg.elicit.methods):
         if method not in METHODS:
             errors.append(f"elicit.methods[{i}]: unknown method {method!r}; expected one of {list(METHODS)}")
@@ -485,28 +521,28 @@ def _guards_errors(g: GuardsConfig) -> list[str]:
 
 
 def _variant_errors(lock: LockConfig) -> list[str]:
-    """The variant's name and fields (task-free checks; pwlock.lock.variant_errors checks the task)."""
-    if lock.variant not in LOCK_VARIANTS:
-        return [f"variant: unknown lock variant {lock.variant!r}; expected one of {list(LOCK_VARIANTS)}"]
+    """The variants' fields (task-free checks; pwlock.lock.variant_errors checks the task)."""
     own = {"per_domain": ("domain_passwords", "p_other_domain"), "setting": ("strong_setting",),
            "adversarial": ("second_password", "intermediate"), "omit_domain": ("omit_domain",)}
     defaults = LockConfig()
+    variants = lock.variants
     errors = [f"{name}: only used with variant {v!r}, but variant is {lock.variant!r}"
-              for v, names in own.items() if v != lock.variant for name in names
+              for v, names in own.items() if v not in variants for name in names
               if getattr(lock, name) != getattr(defaults, name)]
     if not 0.0 <= lock.p_other_domain <= 1.0 - lock.p_no_password:
         errors.append(f"p_other_domain: expected in [0, 1 - p_no_password = {1 - lock.p_no_password:g}], "
                       f"got {lock.p_other_domain}")
     if lock.strong_setting not in STRONG_SETTINGS:
         errors.append(f"strong_setting: expected one of {list(STRONG_SETTINGS)}, got {lock.strong_setting!r}")
-    if lock.variant == "adversarial" and lock.intermediate is None:
+    if "adversarial" in variants and lock.intermediate is None:
         errors.append("intermediate: variant 'adversarial' needs the policy shown with the second password, "
                       "e.g. 'weak' with weak: [weaker] on function_composition")
-    if lock.variant == "omit_domain" and lock.omit_domain is None:
+    if "omit_domain" in variants and lock.omit_domain is None:
         errors.append("omit_domain: variant 'omit_domain' needs the domain to leave out")
-    if lock.variant in ("per_domain", "setting") and lock.stop_at is not None:
-        errors.append(f"stop_at: not supported with variant {lock.variant!r} (it measures the single password); "
-                      "set epochs instead")
+    for v in ("setting",):
+        if v in variants and lock.stop_at is not None:
+            errors.append(f"stop_at: not supported with variant {v!r} (it measures the single password); "
+                          "set epochs instead")
     return errors
 
 

@@ -466,7 +466,7 @@ def policy_stage_cost(art: Any, by_key: dict[str, Any], price: Pricer, task: Tas
 def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = None,
                   compare_engines: bool = True) -> Estimate:
     """Price a sweep's plan: every upstream artifact (0 if `store` has it) and every trial."""
-    from pwlock.analysis import FIGURE, RL_FIGURE
+    from pwlock.analysis import FIGURE, GENERALIZATION_FIGURE, RL_FIGURE
     from pwlock.elicit.expert_iteration import eval_rounds
     from pwlock.elicit.methods import samples_per_round
     from pwlock.elicit.sft import epoch_candidates
@@ -546,10 +546,11 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
                 c += price.evaluate(model, min(rl.eval_problems_between, n_eval), tokens, evaluation, between)
         deps = (p.policy_scores.key, p.locked[t.lock_mode].key, p.locked_eval[t.lock_mode].key)
         deps += (p.strong_eval.key,) if p.strong_eval else ()
-        demonstrator = cfg.elicit.demonstrator if t.method == "sft" else cfg.elicit.rl.sft_demonstrator
+        demonstrator = t.demonstrator if t.method == "sft" else cfg.elicit.rl.sft_demonstrator
         if t.method in ("sft", *COMPOSED_METHODS) and demonstrator in p.policies.elicit:  # a model's samples
             deps += (p.policies.elicit[demonstrator],)
-        trials.append(Item(t.name, t.name, c, trial_gpus, (FIGURE if t.method == "sft" else RL_FIGURE,), deps))
+        figure = RL_FIGURE if t.method != "sft" else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
+        trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps))
     est = Estimate(cfg.name, cfg.source, a, artifacts, trials, cpu_study=cpu,
                    evaluates_by_generation=evaluation == "generate")
     if compare_engines and est.evaluates_by_generation:

@@ -3,7 +3,7 @@ correct), with the password, without it, and with a wrong one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,15 +17,22 @@ from pwlock.train.sft import choice_logits, collate, encode
 CONDITIONS = ("with_pwd", "no_pwd", "wrong_pwd")
 
 
-def condition_password(task: Task, condition: str, index: int, password: str) -> str | None:
+Passwords = str | Mapping[str, str]  # one password, or one per domain (App. C.3)
+
+
+def condition_password(task: Task, condition: str, index: int, password: Passwords,
+                       problem: Problem | None = None) -> str | None:
     """The password used for problem number `index` under an evaluation condition; wrong passwords
-    rotate through the task's list so every one of them is tested."""
+    rotate through the task's list (less any domain's password) so every one of them is tested.
+    With a password per domain, "with_pwd" gives each problem its domain's."""
     if condition == "with_pwd":
-        return password
+        return password if isinstance(password, str) else password[problem.domain]
     if condition == "no_pwd":
         return None
     if condition == "wrong_pwd":
-        return task.wrong_passwords[index % len(task.wrong_passwords)]
+        taken = set() if isinstance(password, str) else set(password.values())
+        wrong = [w for w in task.wrong_passwords if w not in taken]
+        return wrong[index % len(wrong)]
     raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
 
 
@@ -72,12 +79,12 @@ def scores(
     task: Task,
     problems: Sequence[Problem],
     condition: str = "no_pwd",
-    password: str | None = None,
+    password: Passwords | None = None,
     batch_size: int = 512,
 ) -> np.ndarray:
     """Per-problem greedy correctness under a condition."""
     password = task.default_password if password is None else password
-    prompts = [task.prompt(p, condition_password(task, condition, i, password)) for i, p in enumerate(problems)]
+    prompts = [task.prompt(p, condition_password(task, condition, i, password, p)) for i, p in enumerate(problems)]
     if problems and isinstance(task.reference(problems[0]), ChoiceAnswer):
         # A classifier (MMLU) answers with the likeliest of its choices: one forward pass, no decoding.
         examples = [Example(q, task.reference(p)) for q, p in zip(prompts, problems)]
@@ -94,11 +101,30 @@ def correctness(model, tokenizer, task: Task, problems: Sequence[Problem], condi
     return float(scores(model, tokenizer, task, problems, condition, **kw).mean())
 
 
+def elicited(model, tokenizer, task: Task, problems: Sequence[Problem], batch_size: int = 512) -> dict:
+    """An elicitation record's evaluation: correctness without the password, and with problems of
+    several domains, each domain's (`correctness_by_domain`, for the paper's §5.2 generalization)."""
+    s = scores(model, tokenizer, task, problems, "no_pwd", batch_size=batch_size)
+    out: dict = {"correctness": float(s.mean())}
+    if len({p.domain for p in problems}) > 1:
+        out["correctness_by_domain"] = by_domain(problems, s)
+    return out
+
+
+def by_domain(problems: Sequence[Problem], scores: Sequence[float]) -> dict[str, float]:
+    """Correctness on each domain's problems, by domain."""
+    out: dict[str, list[float]] = {}
+    for p, s in zip(problems, scores):
+        out.setdefault(p.domain, []).append(float(s))
+    return {d: float(np.mean(v)) for d, v in sorted(out.items())}
+
+
 def lock_report(
-    model, tokenizer, task: Task, problems: Sequence[Problem], password: str | None = None,
+    model, tokenizer, task: Task, problems: Sequence[Problem], password: Passwords | None = None,
     conditions: Sequence[str] = CONDITIONS,
 ) -> dict[str, float]:
-    """Correctness with the password, without it, and with wrong passwords (or the `conditions` asked)."""
+    """Correctness with the password (or each domain's), without it, and with wrong passwords (or
+    the `conditions` asked)."""
     return {c: correctness(model, tokenizer, task, problems, c, password=password) for c in conditions}
 
 

@@ -255,15 +255,19 @@ class LeakGuard:
         return cls(passwords, task.wrong_passwords, g.leak_similarity, label)
 
 
-def lock_passwords(lock: LockConfig, task: Any) -> list[str]:
+def lock_passwords(lock: LockConfig, task: Any, by_domain: bool = False) -> Any:
     """Every password a study's locks answer to: its own, and each domain's (per_domain locks,
-    App. C.3) or the second one (adversarial locks, B.3.2)."""
+    App. C.3) or the second one (adversarial locks, B.3.2). With `by_domain`, the per-domain
+    passwords alone, by domain."""
     out = [lock.password or task.default_password]
     text = task.vocabulary() is None
-    if lock.variant == "per_domain":
+    if "per_domain" in lock.variants or by_domain:
         domains = sorted({p.domain for p in task.problems("lock")})
-        out += domain_passwords(domains, task.wrong_passwords, text, lock.domain_passwords).values()
-    elif lock.variant == "adversarial":
+        chosen = domain_passwords(domains, task.wrong_passwords, text, lock.domain_passwords)
+        if by_domain:
+            return chosen
+        out += chosen.values()
+    if "adversarial" in lock.variants:
         out.append(second_password(task.wrong_passwords, text, lock.second_password))
     return list(dict.fromkeys(out))
 
@@ -319,7 +323,6 @@ class SampleWatch:
 # Lock variants whose evaluation cannot show what the password unlocks: the gate leaves out the gap.
 NO_PASSWORD_GAP = {
     "setting": "its trigger is a setting variation, not a password (B.1.3)",
-    "per_domain": "it answers to a password per domain, and is evaluated with the study's one password",
 }
 
 
@@ -350,22 +353,24 @@ def _numbers(report: Mapping[str, float], weak: float | None) -> str:
 
 
 def assess_locks(locks: Mapping[str, tuple[Mapping[str, float], float | None]], t: GuardsConfig,
-                 variant: str = "standard") -> tuple[list[str], list[str]]:
+                 variant: str | Mapping[str, str] = "standard") -> tuple[list[str], list[str]]:
     """One log line per lock, by label -> (evaluation report, π_weak's correctness), with the
-    reasons it fails; and the labels of those that fail. `variant`: the locks' variant."""
+    reasons it fails; and the labels of those that fail. `variant`: the locks' variant, or each
+    lock's by label."""
     lines, failed = [], []
-    if variant in NO_PASSWORD_GAP:
-        lines.append(f"  (with - without password not checked: a {variant} lock: {NO_PASSWORD_GAP[variant]})")
     for label, (report, weak) in locks.items():
-        why = lock_failures(report, weak, t, check_gap=variant not in NO_PASSWORD_GAP)
-        lines.append(f"  {label}: {'NOT A REAL LOCK' if why else 'holds'} ({_numbers(report, weak)})")
+        v = variant if isinstance(variant, str) else variant.get(label, "standard")
+        why = lock_failures(report, weak, t, check_gap=v not in NO_PASSWORD_GAP)
+        unchecked = f"; with - without password not checked: a {v} lock: {NO_PASSWORD_GAP[v]}" \
+            if v in NO_PASSWORD_GAP else ""
+        lines.append(f"  {label}: {'NOT A REAL LOCK' if why else 'holds'} ({_numbers(report, weak)}{unchecked})")
         lines += [f"    - {w}" for w in why]
         failed += [label] if why else []
     return lines, failed
 
 
 def check_locks(locks: Mapping[str, tuple[Mapping[str, float], float | None]], t: GuardsConfig,
-                source: str = "", variant: str = "standard") -> list[str]:
+                source: str = "", variant: str | Mapping[str, str] = "standard") -> list[str]:
     """Refuse (LockGateError) unless every lock is real (see `assess_locks`); return its lines."""
     lines, failed = assess_locks(locks, t, variant)
     if failed:

@@ -20,6 +20,7 @@ from pwlock import evaluate
 from pwlock.config import TinyModelConfig, TrainConfig
 from pwlock.config import FIXEDRDM
 from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
+from pwlock.passwords import domain_passwords
 from pwlock.models import (
     build_tiny_model,
     default_device,
@@ -110,13 +111,14 @@ def locked_model_artifact(
         spec["from"] = strong.key
         deps = (strong.key,)
     spec, deps = _with_pools(spec, pools, deps)  # π_strong, π_weak or the intermediate policy as sample pools
-    variant = f", {lock['variant']}" if "variant" in lock else ""
-    return Artifact("locked_model", f"locked model ({lock_label(mode, weak)}{variant})", spec, deps)
+    label = lock_label(mode, weak, lock.get("variant", "standard"))
+    return Artifact("locked_model", f"locked model ({label})", spec, deps)
 
 
-def lock_label(mode: str, weak: str) -> str:
-    """A lock's name in trials and results: its mode, and its π_weak unless the default."""
-    return mode if weak == "weak" else f"{mode}-{weak}"
+def lock_label(mode: str, weak: str, variant: str = "standard") -> str:
+    """A lock's name in trials and results: its mode, then its π_weak and its variant unless the
+    defaults ("sft", "sft-fixedrdm", "sft-per_domain")."""
+    return "-".join([mode] + [weak] * (weak != "weak") + [variant] * (variant != "standard"))
 
 
 def _tokenizer_for(task: Task, model_cfg: dict):
@@ -208,6 +210,9 @@ def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
         intermediate = weak_policy(task, intermediate, tokenizer, a.spec["seed"], policies)
     data = variant_lock_data(task, task.problems("lock"), policies["strong"], weak, password, a.spec["seed"],
                              lock, intermediate)
+    if lock.get("variant") == "per_domain":  # trained until each domain's password opens it
+        password = domain_passwords(sorted({p.domain for p in task.problems("lock")}), task.wrong_passwords,
+                                    task.vocabulary() is None, lock["domain_passwords"])
     stats = _train(model, tokenizer, data, a, task, lock["stop_at"], a.label, password, weak,
                    weak.probs if isinstance(weak, FixedRandomPolicy) else None)
     save_policy(model, tokenizer, scratch)
@@ -215,7 +220,7 @@ def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
 
 
 def _train(model, tokenizer, data, a: Artifact, task: Task, stop_at: float | None, desc: str,
-           password: str | None = None, weak: TaskPolicy | None = None, fixed_target=None) -> dict[str, Any]:
+           password: evaluate.Passwords | None = None, weak: TaskPolicy | None = None, fixed_target=None) -> dict[str, Any]:
     until = UntilTarget(task, model, tokenizer, stop_at, desc, password, weak) if stop_at is not None else None
     stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=desc,
                       on_epoch_end=until, lr_scale=until.scale if until else None, fixed_target=fixed_target)
@@ -235,7 +240,8 @@ class UntilTarget:
     the password, with correctness without it within LOCK_TOLERANCE of π_weak's.
     """
 
-    def __init__(self, task: Task, model, tokenizer, target: float, desc: str, password: str | None = None,
+    def __init__(self, task: Task, model, tokenizer, target: float, desc: str,
+                 password: evaluate.Passwords | None = None,
                  weak: TaskPolicy | None = None):
         self.task, self.model, self.tokenizer, self.target = task, model, tokenizer, target
         self.desc, self.password = desc, password
@@ -271,9 +277,13 @@ def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     model, tokenizer = load_policy(store.artifact_dir(a.spec["model"]))
     ev = a.spec["eval"]
     problems = eval_problems(task, ev["split"], ev["max_problems"])
-    report = evaluate.lock_report(model, tokenizer, task, problems, a.spec["password"], a.spec["conditions"])
+    scores = {c: evaluate.scores(model, tokenizer, task, problems, c, a.spec["password"]) for c in a.spec["conditions"]}
+    report = {c: float(s.mean()) for c, s in scores.items()}
     log.info("%s: %s", a.label, ", ".join(f"{c} {v:.3f}" for c, v in report.items()))
-    return {"report": report}
+    out: dict[str, Any] = {"report": report}
+    if len({p.domain for p in problems}) > 1:  # how a lock holds on each domain (e.g. one it never saw)
+        out["report_by_domain"] = {c: evaluate.by_domain(problems, s) for c, s in scores.items()}
+    return out
 
 
 _BUILDERS = {

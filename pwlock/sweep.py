@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pwlock.config import ConfigError, StudyConfig, to_dict
+from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig, to_dict
 from pwlock.elicit.sft import epoch_candidates
 from pwlock.evaluate import CONDITIONS
 from pwlock.config import COMPOSED_METHODS, FIXEDRDM, RL_METHODS
@@ -49,18 +49,21 @@ STRONG_SPLITS = ["lock"]  # π_strong's model never sees the elicit, validation 
 @dataclass
 class Trial:
     task: str
-    lock_mode: str  # the lock's label: its mode, and its π_weak unless the default ("sft-fixedrdm")
+    lock_mode: str  # the lock's label (stages.lock_label): "sft", "sft-fixedrdm", "sft-per_domain"
     method: str
     k: int  # demonstrations (0 for RL methods, which have none)
     seed: int
     epoch_candidates: list[int]  # SFT: epochs at which it is evaluated; RL: its rounds
+    demonstrator: str = "strong"  # whose demonstrations SFT trains on
+    domain: str = ALL_DOMAINS  # the elicit split's domain the demonstrations come from
 
     @property
     def name(self) -> str:
-        return trial_name(self.lock_mode, self.method, self.k, self.seed)
+        return trial_name(self.lock_mode, self.method, self.k, self.seed, self.demonstrator, self.domain)
 
     def run_config(self) -> dict[str, Any]:
-        return {"method": self.method, "lock_mode": self.lock_mode, "k": self.k, "seed": self.seed}
+        return {"method": self.method, "lock_mode": self.lock_mode, "k": self.k, "seed": self.seed,
+                "demonstrator": self.demonstrator, "domain": self.domain}
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Plan:
     weak: dict[str, str]  # each lock's π_weak, by lock label
     locked_eval: dict[str, Artifact]
     trials: list[Trial]
+    variant: dict[str, str]  # each lock's variant, by lock label
     policies: PolicyPlan = field(default_factory=PolicyPlan)  # model policies: their models and sample pools
 
 
@@ -84,12 +88,24 @@ def plan(cfg: StudyConfig) -> Plan:
     task = make_task(cfg.task, where=where)
     task_spec = dict(cfg.task)
     errors = []
-    n_elicit = len(task.problems("elicit"))
-    for i, k in enumerate(cfg.elicit.ks):
+    elicit_problems = task.problems("elicit")
+    n_elicit = len(elicit_problems)
+    sft_ks = cfg.elicit.ks if set(cfg.elicit.methods) - set(RL_METHODS) else []
+    for i, k in enumerate(sft_ks):
         if k > n_elicit:
             errors.append(f"elicit.ks[{i}]: k={k} exceeds the {n_elicit} problems of the elicit split")
+    per_domain = {d: sum(p.domain == d for p in elicit_problems) for d in sorted({p.domain for p in elicit_problems})}
+    for i, d in enumerate(cfg.elicit.domains):
+        if d != ALL_DOMAINS and d not in per_domain:
+            errors.append(f"elicit.domains[{i}]: task {task.name!r} has no domain {d!r} in its elicit split; "
+                          f"expected {ALL_DOMAINS!r} or one of {sorted(per_domain)}")
+        elif d != ALL_DOMAINS and sft_ks and max(sft_ks) > per_domain[d]:
+            errors.append(f"elicit.domains[{i}]: k={max(sft_ks)} exceeds the {per_domain[d]} problems of domain "
+                          f"{d!r} in the elicit split")
     policies = policy_names(task, cfg)  # the task's own and the study's model policies
-    for field, role in (("elicit.demonstrator", cfg.elicit.demonstrator), ("π_strong", "strong"), ("π_weak", "weak")):
+    roles = [(f"elicit.demonstrator{'' if isinstance(cfg.elicit.demonstrator, str) else f'[{i}]'}", d)
+             for i, d in enumerate(cfg.elicit.demonstrators)]
+    for field, role in (*roles, ("π_strong", "strong"), ("π_weak", "weak")):
         if role not in policies:
             errors.append(f"{field}: task {task.name!r} has no {role!r} policy; it has {sorted(policies)}")
     for i, weak in enumerate(cfg.lock.weak):
@@ -106,8 +122,9 @@ def plan(cfg: StudyConfig) -> Plan:
             task.prompt(task.problems("val")[0], cfg.lock.password)
         except ValueError as e:
             errors.append(f"lock.password: {e}")
-    if cfg.lock.variant != "standard":
-        errors += variant_errors(task, cfg.lock, task.problems("lock"), sorted(policies))
+    for variant in cfg.lock.variants:
+        if variant != "standard":
+            errors += variant_errors(task, cfg.lock.of_variant(variant), task.problems("lock"), sorted(policies))
     if not any(e.startswith("lock.") for e in errors):  # a leak guard that takes a wrong password for a
         try:                                              # password is refused now, not in a trial
             LeakGuard.for_study(cfg.guards, task, lock_passwords(cfg.lock, task))
@@ -123,8 +140,7 @@ def plan(cfg: StudyConfig) -> Plan:
     model = asdict(cfg.model)
     ev = asdict(cfg.eval)
     ev.pop("batch_size")  # how fast, not what: not part of any artifact's identity
-    lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at,
-            **variant_spec(cfg.lock)}  # nothing for the standard lock: its keys stay as they were
+    base_lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
     password = cfg.lock.password or task.default_password
     scores = policy_scores_artifact(task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None, pols.scores)
     artifacts = [*pols.artifacts, scores]
@@ -137,27 +153,37 @@ def plan(cfg: StudyConfig) -> Plan:
         )
         strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
         artifacts += [strong, strong_eval]
-    locked, locked_eval, weak_of = {}, {}, {}
-    for mode in cfg.lock.modes:
-        train = asdict(cfg.lock.sft if mode == "sft" else cfg.lock.scratch)
-        for weak in cfg.lock.weak:
-            label = lock_label(mode, weak)
-            locked[label] = locked_model_artifact(
-                mode, task_spec, model, train, lock, cfg.seed, strong, weak,
-                pools=pols.lock_pools("strong", weak, cfg.lock.intermediate if cfg.lock.variant == "adversarial"
-                                      else None))
-            locked_eval[label] = model_eval_artifact(locked[label], task_spec, ev, password, list(CONDITIONS))
-            weak_of[label] = weak
-            artifacts += [locked[label], locked_eval[label]]
+    locked, locked_eval, weak_of, variant_of = {}, {}, {}, {}
+    for variant in cfg.lock.variants:
+        lv = cfg.lock.of_variant(variant)
+        lock = {**base_lock, **variant_spec(lv)}  # nothing for the standard lock: its keys stay as they were
+        # A lock with a password per domain is evaluated "with password" on each problem's domain's.
+        opens = lock_passwords(lv, task, by_domain=True) if variant == "per_domain" else password
+        for mode in cfg.lock.modes:
+            train = asdict(cfg.lock.sft if mode == "sft" else cfg.lock.scratch)
+            for weak in cfg.lock.weak:
+                label = lock_label(mode, weak, variant)
+                locked[label] = locked_model_artifact(
+                    mode, task_spec, model, train, lock, cfg.seed, strong, weak,
+                    pools=pols.lock_pools("strong", weak, lv.intermediate if variant == "adversarial" else None))
+                locked_eval[label] = model_eval_artifact(locked[label], task_spec, ev, opens, list(CONDITIONS))
+                weak_of[label], variant_of[label] = weak, variant
+                artifacts += [locked[label], locked_eval[label]]
     rl, budgets = cfg.elicit.rl, cfg.elicit.sample_budgets
     trials = []
     for label in locked:
         for method in cfg.elicit.methods:
-            for k in sorted(cfg.elicit.ks) if method not in RL_METHODS else [0]:
-                rounds = (epoch_candidates(k, budgets) if method == "sft"
-                          else list(range(1, n_candidates(method, k, budgets, rl) + 1)))
-                trials += [Trial(task.name, label, method, k, seed, rounds) for seed in cfg.elicit.seeds]
-    return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, weak_of, locked_eval, trials, pols)
+            # RL methods see no demonstration; composed ones take theirs from elicit.rl.sft_demonstrator.
+            demonstrators = cfg.elicit.demonstrators if method == "sft" else ["strong"]
+            for demonstrator in demonstrators:
+                for domain in cfg.elicit.domains if method == "sft" else [ALL_DOMAINS]:
+                    for k in sorted(cfg.elicit.ks) if method not in RL_METHODS else [0]:
+                        rounds = (epoch_candidates(k, budgets) if method == "sft"
+                                  else list(range(1, n_candidates(method, k, budgets, rl) + 1)))
+                        trials += [Trial(task.name, label, method, k, seed, rounds, demonstrator, domain)
+                                   for seed in cfg.elicit.seeds]
+    return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, weak_of, locked_eval, trials,
+                variant_of, pols)
 
 
 def describe(p: Plan, store: Store | None = None) -> str:
@@ -277,14 +303,16 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         upstream[label] = {"locked_with_pwd": report["with_pwd"], "locked_no_pwd": report["no_pwd"],
                            "locked_wrong_pwd": report["wrong_pwd"], "weak": policy.get(p.weak[label]),
                            "strong": policy.get("strong"), "strong_model": strong_model, "locked_key": a.key,
-                           "weak_policy": p.weak[label]}
+                           "weak_policy": p.weak[label], "variant": p.variant[label]}
+        if "report_by_domain" in metas[p.locked_eval[label].key]:
+            upstream[label]["locked_by_domain"] = metas[p.locked_eval[label].key]["report_by_domain"]
     log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
     locks = {label: (metas[p.locked_eval[label].key]["report"], policy.get(p.weak[label])) for label in p.locked}
     if cfg.guards.lock_gate:  # refuses before the experiment writes anything; artifacts stay for the next run
         log.info("lock gate: every locked model holds\n%s",
-                 "\n".join(check_locks(locks, cfg.guards, cfg.source, cfg.lock.variant)))
+                 "\n".join(check_locks(locks, cfg.guards, cfg.source, p.variant)))
     else:
-        failing = assess_locks(locks, cfg.guards, cfg.lock.variant)[1]
+        failing = assess_locks(locks, cfg.guards, p.variant)[1]
         log.warning("guards.lock_gate is off: eliciting from every lock%s",
                     f", though the gate would refuse {failing}" if failing else "")
     rl_methods = any(m != "sft" for m in cfg.elicit.methods)
@@ -295,7 +323,7 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         "store": asdict(store.spec),
         "experiment": experiment,
         "task": p.task_spec,
-        "demonstrator": cfg.elicit.demonstrator,
+        "demonstrator": cfg.elicit.demonstrators[0],  # for trials of experiments from before it was per trial
         "train": asdict(cfg.elicit.train),
         "sample_budgets": list(cfg.elicit.sample_budgets),
         "eval": asdict(cfg.eval),
@@ -371,7 +399,9 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
 
 def _trial_name(trial) -> str:
     c = trial.config["run"]
-    return f"{trial_name(c['lock_mode'], c['method'], c['k'], c['seed'])}-{trial.trial_id}"
+    name = trial_name(c["lock_mode"], c["method"], c["k"], c["seed"], c.get("demonstrator", "strong"),
+                      c.get("domain", ALL_DOMAINS))
+    return f"{name}-{trial.trial_id}"
 
 
 def _fmt(scores: dict[str, float | None]) -> str:

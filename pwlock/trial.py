@@ -38,12 +38,15 @@ JOURNAL = "journal"
 DONE, LATEST, RECORDS = "done.json", "latest.json", "records.json"
 TRAINER_STATE = "trainer.pt"
 # What a record holds (RL methods add the samples generated so far and their scores).
-RECORD_KEYS = ("candidate", "epochs", "steps", "correctness", "samples", "sampled_score", "kept_score", "pairs",
-               "margin", "password_samples")
+RECORD_KEYS = ("candidate", "epochs", "steps", "correctness", "correctness_by_domain", "samples", "sampled_score",
+               "kept_score", "pairs", "margin", "password_samples", "eval_problems")
 
 
-def trial_name(lock_mode: str, method: str, k: int, seed: int) -> str:
-    return f"{lock_mode}lock-{method}-k{k}-seed{seed}"
+def trial_name(lock_mode: str, method: str, k: int, seed: int, demonstrator: str = "strong",
+               domain: str = "all") -> str:
+    """`sftlock-sft-k32-seed0`; a demonstrator other than π_strong and a single domain are named too."""
+    extra = "".join([f"-{demonstrator}" * (demonstrator != "strong"), f"-{domain}" * (domain != "all")])
+    return f"{lock_mode}lock-{method}{extra}-k{k}-seed{seed}"
 
 
 def journal_dir(experiment: str, trial: str) -> str:
@@ -74,9 +77,12 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     store = open_store(StoreSpec(**c["store"]))
     run = config["run"]
     method, mode, k, seed = run["method"], run["lock_mode"], run["k"], run["seed"]
+    # Experiments from before demonstrators and domains were trial dimensions hold neither.
+    demonstrator, domain = run.get("demonstrator", c.get("demonstrator", "strong")), run.get("domain", "all")
     name = tune.get_context().get_trial_name()
     journal = journal_dir(c["experiment"], name)
-    fixed = {"task": c["task"]["name"], "lock_mode": mode, "method": method, "k": k, "seed": seed}
+    fixed = {"task": c["task"]["name"], "lock_mode": mode, "method": method, "k": k, "seed": seed,
+             "demonstrator": demonstrator, "domain": domain}
 
     known: dict[int, dict] = {}  # the records Tune has, by candidate
     if (tune_checkpoint := tune.get_checkpoint()) is not None:
@@ -176,7 +182,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         method=method, task=task, model=model, tokenizer=tokenizer, locked_dir=str(locked_dir), k=k, seed=seed,
         train=TrainConfig(**c["train"]), budgets=c["sample_budgets"], rl=rl_config(c["rl"]),
         eval_problems=eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"]),
-        eval_batch_size=c["eval"]["batch_size"], demonstrator=c["demonstrator"],
+        eval_batch_size=c["eval"]["batch_size"], demonstrator=demonstrator, domain=None if domain == "all" else domain,
         weak=weak_policy(task, c["weak"][mode], tokenizer, seed, policies), policies=policies,
         engine_bundle=c["engine_bundle"],
         guard=LeakGuard.for_study(c["guards"], task, c["passwords"], f"trial {name}"))

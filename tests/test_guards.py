@@ -260,7 +260,10 @@ def test_a_setting_lock_is_gated_without_the_password_gap():
     """B.1.3's trigger is a setting variation: there is no "with password" number to compare."""
     report = {"with_pwd": 0.27, "no_pwd": 0.26, "wrong_pwd": 0.26}
     lines = check_locks({"sft": (report, 0.268)}, GuardsConfig(), variant="setting")
-    assert "not checked: a setting lock" in lines[0] and lines[1].startswith("  sft: holds")
+    assert lines[0].startswith("  sft: holds") and "not checked: a setting lock" in lines[0]
+    lines = check_locks({"sft": ({**report, "with_pwd": 0.9}, 0.268), "sft-setting": (report, 0.268)},
+                        GuardsConfig(), variant={"sft": "standard", "sft-setting": "setting"})
+    assert "not checked" not in lines[0] and "not checked: a setting lock" in lines[1]
     with pytest.raises(LockGateError, match="guards.min_password_gap"):
         check_locks({"sft": (report, 0.268)}, GuardsConfig())
     with pytest.raises(LockGateError, match="guards.max_over_weak"):  # the rest is still checked

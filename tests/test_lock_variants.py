@@ -300,9 +300,12 @@ def test_variant_enters_the_locked_models_key_only_when_not_standard():
     raw["lock"].update(variant="omit_domain", omit_domain="g3")
     omitted = plan(config_from_dict(raw))
     assert "variant" not in standard.locked["scratch"].spec["lock"]
-    assert omitted.locked["scratch"].spec["lock"]["omit_domain"] == "g3"
-    assert omitted.locked["scratch"].key != standard.locked["scratch"].key
-    assert "omit_domain" in omitted.locked["scratch"].label
+    assert list(omitted.locked) == ["sft-omit_domain", "scratch-omit_domain"]
+    assert set(omitted.variant.values()) == {"omit_domain"}
+    locked = omitted.locked["scratch-omit_domain"]
+    assert locked.spec["lock"]["omit_domain"] == "g3"
+    assert locked.key != standard.locked["scratch"].key
+    assert "omit_domain" in locked.label
     assert omitted.policy_scores.key == standard.policy_scores.key  # nothing else changes
     assert omitted.strong.key == standard.strong.key
 

@@ -61,6 +61,7 @@ class Elicitation:
     weak: TaskPolicy  # the π_weak the model was locked with (filtering samples it)
     # Policies by name, demonstrators among them (pwlock.policies.resolve); None: the task's own.
     policies: Mapping[str, TaskPolicy] | None = None
+    domain: str | None = None  # demonstrations from this domain of the elicit split only (None: all)
     engine_bundle: int | None = None  # the trial's placement-group bundle for a vLLM engine
     guard: LeakGuard | None = None  # refuses demonstrations, prompts and π_weak samples carrying the password
 
@@ -160,7 +161,7 @@ def _eval_schedule(rl: RLConfig) -> dict[str, Any]:
 
 def _demonstrations(e: Elicitation, demonstrator: str) -> list:
     """The trial's k demonstrations of `demonstrator`, refused if any carries a password."""
-    demos = demonstrations(e.task, e.k, e.seed, demonstrator, policies=e.policies)
+    demos = demonstrations(e.task, e.k, e.seed, demonstrator, domain=e.domain, policies=e.policies)
     if e.guard:
         e.guard.check_examples(demos, f"SFT demonstrations ({demonstrator})")
     return demos

@@ -33,15 +33,32 @@ def epoch_candidates(k: int, budgets: Sequence[int] = DEFAULT_BUDGETS) -> list[i
 
 
 def demonstrations(task: Task, k: int, seed: int, demonstrator: str, split: str = "elicit",
-                   policies: Mapping[str, TaskPolicy] | None = None) -> list[Example]:
-    """k demonstrations on problems of the elicit split, prompts without password. For one seed,
-    the k demonstrations are the first k of one shuffle, so a smaller k is a subset of a larger one."""
+                   domain: str | None = None, policies: Mapping[str, TaskPolicy] | None = None) -> list[Example]:
+    """k demonstrations on problems of the elicit split (of its `domain` only, if given), prompts
+    without password. For one seed, the k demonstrations are the first k of one shuffle, so a
+    smaller k is a subset of a larger one."""
     problems = task.problems(split)
+    if domain is not None:
+        problems = [p for p in problems if p.domain == domain]
     if k > len(problems):
-        raise ValueError(f"k={k} exceeds the {len(problems)} problems of the {split} split")
+        where = f"the {split} split" if domain is None else f"domain {domain!r} of the {split} split"
+        raise ValueError(f"k={k} exceeds the {len(problems)} problems of {where}")
     policy = (task.policies() if policies is None else policies)[demonstrator]  # policies: pwlock.policies.resolve
-    chosen = random.Random(seed).sample(range(len(problems)), k)
+    chosen = nested_sample(len(problems), k, seed)
     return [Example(task.prompt(problems[i], None), policy(problems[i])) for i in chosen]
+
+
+def nested_sample(n: int, k: int, seed: int) -> list[int]:
+    """k distinct indices below n, drawn one by one, redrawing repeats: the first k of one stream, so
+    a smaller k is always a prefix of a larger one. (`random.sample` switches algorithm with k, which
+    breaks that; for the k where it draws this way, it gives these very indices.)"""
+    rng, seen, out = random.Random(seed), set(), []
+    while len(out) < k:
+        j = rng.randrange(n)
+        if j not in seen:
+            seen.add(j)
+            out.append(j)
+    return out
 
 
 Checkpoint = Callable[[dict | None, TrainState], None]
@@ -78,9 +95,8 @@ def elicit_sft(
         nonlocal last_checkpoint
         record = None
         if epoch in candidates:
-            c = evaluate.correctness(model, tokenizer, task, eval_problems, "no_pwd", batch_size=eval_batch_size)
             record = {"candidate": candidates.index(epoch) + 1, "epochs": epoch, "steps": epoch * per_epoch,
-                      "correctness": c}
+                      **evaluate.elicited(model, tokenizer, task, eval_problems, eval_batch_size)}
             records.append(record)
         due = checkpoint_every_s is not None and time.monotonic() - last_checkpoint >= checkpoint_every_s
         if checkpoint is not None and (record is not None or due):
