@@ -226,11 +226,10 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
                           f"{sorted(known)}")
         if p.train_on == REFERENCES and any(task.reference(q) is None for q in task.problems(p.train_split)[:1]):
             errors.append(f"policies.{name}.train_on: task {task.name!r} has no reference answers")
-    variants = cfg.lock.variants if hasattr(cfg.lock, "variants") else [cfg.lock.variant]
     lock_roles = ["strong", *[w for w in cfg.lock.weak if w != FIXEDRDM]]
-    if "adversarial" in variants and cfg.lock.intermediate:
+    if "adversarial" in cfg.lock.variants and cfg.lock.intermediate:
         lock_roles.append(cfg.lock.intermediate)
-    demonstrators = list(_demonstrators(cfg)) if "sft" in cfg.elicit.methods else []
+    demonstrators = list(cfg.elicit.demonstrators) if "sft" in cfg.elicit.methods else []
     if any(m in COMPOSED_METHODS for m in cfg.elicit.methods):
         demonstrators.append(cfg.elicit.rl.sft_demonstrator)
     weak_models = [w for w in cfg.lock.weak if w in models]
@@ -329,11 +328,6 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
     except ValueError as e:  # a supplied file that cannot be read
         errors.append(str(e))
     return plan
-
-
-def _demonstrators(cfg: StudyConfig) -> list[str]:
-    d = cfg.elicit.demonstrator
-    return [d] if isinstance(d, str) else list(d)
 
 
 # -- builders -------------------------------------------------------------------------------------

@@ -340,3 +340,10 @@ def test_the_paper_math_config_plans_on_the_fixture():
         "base": "deepseek-ai/deepseek-math-7b-base", "dtype": "bfloat16"}
     assert all(a.gpus == 0.0 for a in p.artifacts if a.stage == "sample_pool")
     assert set(p.policies.elicit) == {"llama-7b"} and {t.method for t in p.trials} == {"sft"}
+
+
+def test_each_demonstrator_of_a_list_gets_its_pool(hub):
+    p = plan(config_from_dict(study(hub, **{"elicit.demonstrator": ["gpt4", "weak"]})))
+    assert set(p.policies.elicit) == {"gpt4", "weak"}
+    assert {t.demonstrator for t in p.trials} == {"gpt4", "weak"}
+    assert p.policies.trial_pools()["strong"] is None  # π_strong has no elicit-split samples: none needed
