@@ -24,7 +24,9 @@ class ConfigError(ValueError):
 
 
 OPTIMIZERS = ("lion", "adamw")
-LOCK_MODES = ("sft", "scratch")
+# Where a lock starts: π_strong's model (`sft`), a random initialization of model.base's
+# architecture (`scratch`), or model.base's own pretrained weights (`base`, as the paper locks its LLMs).
+LOCK_MODES = ("sft", "scratch", "base")
 # What D_lock holds (pwlock/lock.py): Eq. 1's single password, a password per domain (App. C.3), a
 # setting variation instead of a password (B.1.3), a second password for an intermediate policy
 # (B.3.2), or one domain left out (B.3.4).
@@ -122,6 +124,11 @@ class LockConfig:
     p_no_password: float = 0.2  # App. C.2: weak samples without password; the rest get a wrong one
     sft: TrainConfig = field(default_factory=TrainConfig)  # fine-tune π_strong's model on D_lock
     scratch: TrainConfig = field(default_factory=TrainConfig)  # train from random init on D_lock
+    base: TrainConfig = field(default_factory=TrainConfig)  # fine-tune model.base's own weights on D_lock
+
+    def train_of(self, mode: str) -> TrainConfig:
+        """The training config of lock mode `mode`."""
+        return getattr(self, mode)
     # Stop once, on held-out problems, correctness with the password reaches this and without it
     # is within 0.05 of π_weak's (as strong.stop_at; `epochs` is then the most it trains).
     stop_at: float | None = None
@@ -376,6 +383,9 @@ def validate(cfg: StudyConfig) -> list[str]:
             errors.append(f"lock.modes[{i}]: unknown lock mode {mode!r}; expected one of {list(LOCK_MODES)}")
     if not cfg.lock.modes:
         errors.append("lock.modes: expected at least one lock mode")
+    if "base" in cfg.lock.modes and cfg.model.base == "tiny":
+        errors.append(f"lock.modes[{cfg.lock.modes.index('base')}]: 'base' locks model.base's own weights, and "
+                      "model.base: tiny has none; use 'scratch' (a fresh model) or 'sft' (π_strong's model)")
     if len(set(cfg.lock.modes)) != len(cfg.lock.modes):
         errors.append("lock.modes: duplicate lock modes")
     for where, value in (("strong.stop_at", cfg.strong.stop_at), ("lock.stop_at", cfg.lock.stop_at)):
@@ -432,7 +442,7 @@ def validate(cfg: StudyConfig) -> list[str]:
     if not cfg.elicit.sample_budgets or any(b < 1 for b in cfg.elicit.sample_budgets):
         errors.append("elicit.sample_budgets: expected positive numbers of samples")
     for where, t in (("strong.train", cfg.strong.train), ("lock.sft", cfg.lock.sft),
-                     ("lock.scratch", cfg.lock.scratch), ("elicit.train", cfg.elicit.train),
+                     ("lock.scratch", cfg.lock.scratch), ("lock.base", cfg.lock.base), ("elicit.train", cfg.elicit.train),
                      ("elicit.rl.dpo_train", cfg.elicit.rl.dpo_train)):
         errors += [f"{where}.{e}" for e in _train_errors(t)]
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):

@@ -495,12 +495,12 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
             return c + price.overhead(saves=[model]), " (at most: stops at its target)" if stop else ""
         if art.stage == "locked_model":
             mode, weak = art.spec["mode"], art.spec.get("weak", "weak")
-            train = cfg.lock.sft if mode == "sft" else cfg.lock.scratch
+            train = cfg.lock.train_of(mode)
             per_problem = 3 if weak == FIXEDRDM else 2  # fixedrdm also trains π_strong's answers towards it
             c = price.train(model, per_problem * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
             stop = cfg.lock.stop_at
             c += price.evaluate(model, holdout, tokens, evaluation, 2 * train.epochs) if stop else Cost()
-            loads = [model] if mode == "sft" else []
+            loads = [model] if mode in ("sft", "base") else []
             return c + price.overhead(loads, [model]), " (at most: stops at its target)" if stop else ""
         if art.stage == "model_eval":
             return (price.evaluate(model, n_eval, tokens, evaluation, len(art.spec["conditions"]))

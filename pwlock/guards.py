@@ -379,7 +379,7 @@ def check_locks(locks: Mapping[str, tuple[Mapping[str, float], float | None]], t
             f"{prefix}lock gate: {len(failed)} of {len(locks)} locked models are not real locks, so no elicitation "
             f"trial was started:\n" + "\n".join(lines) +
             "\nThe upstream artifacts stay in the store and are reused by the next run. Train the lock further "
-            "(lock.sft / lock.scratch: epochs, lr; lock.stop_at), or change the thresholds guards.min_password_gap, "
+            "(lock.sft / lock.scratch / lock.base: epochs, lr; lock.stop_at), or change the thresholds guards.min_password_gap, "
             "guards.max_over_weak, guards.max_wrong_over_no_pwd, or set guards.lock_gate: false to elicit from "
             "these locks anyway.")
     return lines

@@ -99,6 +99,21 @@ def load_policy(
     return model.to(device or default_device()), tokenizer
 
 
+def random_policy(
+    path: str | os.PathLike, dtype: str = "float32", seed: int = 0, device: torch.device | str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A hub id's or a local directory's architecture and tokenizer, with freshly initialized
+    weights (seeded): a model trained from scratch (paper §7)."""
+    from transformers import AutoConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)), dtype=dtype_of(dtype))
+    return model.to(device or default_device()), tokenizer
+
+
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike) -> Path:
     path = Path(path)
     model.save_pretrained(path)

@@ -242,7 +242,7 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
     if errors:
         return plan
 
-    epochs = max((cfg.lock.sft if m == "sft" else cfg.lock.scratch).epochs for m in cfg.lock.modes)
+    epochs = max(cfg.lock.train_of(m).epochs for m in cfg.lock.modes)
     supplied: dict[str, tuple[dict, dict]] = {}  # name -> (samples by id, source spec)
     built: dict[str, Artifact] = {}
 

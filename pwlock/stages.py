@@ -2,7 +2,8 @@
 
     policy scores   π_weak and π_strong's correctness on the evaluation problems
     strong model    the strong base trained on π_strong's answers (what `sft` locks start from)
-    locked model    trained on D_lock, from the strong model (`sft`) or from scratch (`scratch`)
+    locked model    trained on D_lock, from the strong model (`sft`), from scratch (`scratch`) or from
+                    the base model's own weights (`base`)
     model eval      a model's correctness with / without / with a wrong password
 
 Each build first looks in the store: an artifact that exists is reused, never rebuilt.
@@ -26,6 +27,7 @@ from pwlock.models import (
     default_device,
     dtype_of,
     load_policy,
+    random_policy,
     n_parameters,
     save_policy,
     word_level_tokenizer,
@@ -166,13 +168,16 @@ def build(store_spec: StoreSpec | str, artifact: Artifact, *_upstream: Any) -> d
     return {**meta, "reused": False}
 
 
-def _new_model(task: Task, model_cfg: dict, seed: int):
-    """A fresh tiny model for the task's vocabulary, or the configured base model."""
+def _new_model(task: Task, model_cfg: dict, seed: int, pretrained: bool = False):
+    """A fresh model: tiny for the task's vocabulary, or model.base's architecture randomly
+    initialized; with `pretrained`, model.base with its own weights."""
     if model_cfg["base"] == "tiny":
         tokenizer = word_level_tokenizer(task.vocabulary())
         model = build_tiny_model(TinyModelConfig(**model_cfg["tiny"]), tokenizer, seed)
         return model.to(default_device(), dtype_of(model_cfg["dtype"])), tokenizer
-    return load_policy(model_cfg["base"], model_cfg["dtype"])
+    if pretrained:
+        return load_policy(model_cfg["base"], model_cfg["dtype"])
+    return random_policy(model_cfg["base"], model_cfg["dtype"], seed)
 
 
 def _build_policy_scores(store: Store, a: Artifact, scratch) -> dict[str, Any]:
@@ -186,7 +191,7 @@ def _build_policy_scores(store: Store, a: Artifact, scratch) -> dict[str, Any]:
 
 def _build_strong_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
-    model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
+    model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"], pretrained=True)
     problems = [p for split in a.spec["splits"] for p in task.problems(split)]
     strong = _policies.resolve(task, a.spec.get("pools", {}), store)["strong"]
     data = strong_examples(task, problems, strong, a.spec["slots"], a.spec["seed"])
@@ -200,7 +205,7 @@ def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     if a.spec["mode"] == "sft":
         model, tokenizer = load_policy(store.artifact_dir(a.spec["from"]), a.spec["model"]["dtype"])
     else:
-        model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"])
+        model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"], pretrained=a.spec["mode"] == "base")
     lock = a.spec["lock"]
     password = lock["password"] or task.default_password
     policies = _policies.resolve(task, a.spec.get("pools", {}), store)

@@ -160,7 +160,7 @@ def plan(cfg: StudyConfig) -> Plan:
         # A lock with a password per domain is evaluated "with password" on each problem's domain's.
         opens = lock_passwords(lv, task, by_domain=True) if variant == "per_domain" else password
         for mode in cfg.lock.modes:
-            train = asdict(cfg.lock.sft if mode == "sft" else cfg.lock.scratch)
+            train = asdict(cfg.lock.train_of(mode))
             for weak in cfg.lock.weak:
                 label = lock_label(mode, weak, variant)
                 locked[label] = locked_model_artifact(

@@ -60,3 +60,28 @@ def test_lock_data_is_redrawn_each_epoch_and_reproducible(task):
     e0, e1 = draw(0), draw(1)
     assert [e.prompt for e in e0] != [e.prompt for e in e1]  # wrong passwords redrawn
     assert [e.prompt for e in e0] == [e.prompt for e in draw(0)]
+
+
+def test_lock_modes_start_from_strong_model_fresh_weights_or_the_base_weights(tmp_path, tokenizer):
+    """`scratch` with a hub model is its architecture freshly initialized (paper §7); `base` is the
+    model's own weights (as the paper locks its LLMs); `base` with a tiny model has none to lock."""
+    import pytest
+    import torch
+
+    from pwlock.config import ConfigError, TinyModelConfig, config_from_dict
+    from pwlock.models import build_tiny_model, save_policy
+    from pwlock.stages import _new_model
+    from tests.conftest import SMALL_TASK, TINY
+
+    base = build_tiny_model(TINY, tokenizer, seed=7)
+    save_policy(base, tokenizer, tmp_path / "hub")
+    cfg = {"base": str(tmp_path / "hub"), "dtype": "float32", "tiny": vars(TinyModelConfig())}
+    pretrained, _ = _new_model(None, cfg, seed=0, pretrained=True)
+    fresh, _ = _new_model(None, cfg, seed=0)
+    again, _ = _new_model(None, cfg, seed=0)
+    name = "gpt_neox.embed_in.weight"
+    weights = {m: dict(x.named_parameters())[name] for m, x in (("p", pretrained), ("f", fresh), ("a", again))}
+    assert torch.equal(weights["p"], dict(base.named_parameters())[name].to(weights["p"].device))
+    assert not torch.equal(weights["f"], weights["p"]) and torch.equal(weights["f"], weights["a"])
+    with pytest.raises(ConfigError, match=r"lock\.modes\[1\]: 'base' locks model\.base's own weights"):
+        config_from_dict({"name": "x", "task": SMALL_TASK, "lock": {"modes": ["sft", "base"]}})

@@ -64,7 +64,7 @@ def study(hub: dict[str, str], **over) -> dict:
                      "train": TRAIN, "generator": {"backend": "hf"}},
             "gpt4": {"jsonl": hub["jsonl"]},
         },
-        "lock": {"modes": ["scratch"], "scratch": {**TRAIN, "epochs": LOCK_EPOCHS}},
+        "lock": {"modes": ["base"], "base": {**TRAIN, "epochs": LOCK_EPOCHS}},
         "elicit": {"methods": ["sft"], "ks": [2], "seeds": [0], "demonstrator": "gpt4", "sample_budgets": [4],
                    "train": TRAIN},
         "eval": {"max_problems": 4},
@@ -127,7 +127,7 @@ def test_artifacts_build_once_and_are_reused(built):
     keys = [a.key for a in p.artifacts]
     for a in p.artifacts:  # each artifact after everything it needs
         assert all(keys.index(d) < keys.index(a.key) for d in a.deps), a.label
-    locked = p.locked["scratch"]
+    locked = p.locked["base"]
     assert set(locked.spec["pools"]) == {"strong", "weak"} and set(locked.spec["pools"].values()) <= set(locked.deps)
     weak_model = next(a for a in p.artifacts if a.label == "policy model (weak)")
     assert first[weak_model.key]["examples"] <= 2 * len(make_task(TASK).problems("weak"))
@@ -266,8 +266,8 @@ def test_study_runs_end_to_end_through_the_sweep(hub, built, tmp_path):
     summary = pd.read_csv(Path(where) / analysis.SUMMARY)
     assert len(summary) == 1 and summary["correctness"].between(0, 1).all()
     row = summary.iloc[0]
-    assert row["k"] == 2 and row["lock_mode"] == "scratch"
-    upstream = json.loads((Path(where) / analysis.UPSTREAM_FILE).read_text())["scratch"]
+    assert row["k"] == 2 and row["lock_mode"] == "base"
+    upstream = json.loads((Path(where) / analysis.UPSTREAM_FILE).read_text())["base"]
     assert upstream["weak"] == built["first"][built["plan"].policy_scores.key]["scores"]["weak"]
     assert yaml.safe_load((Path(where) / analysis.STUDY).read_text())["policies"]["gpt4"]["jsonl"] == hub["jsonl"]
 
