@@ -4,9 +4,9 @@ figure needs, and priced by pwlock.cost.
 The file lists models (parameters), tasks (problems, strong and weak base, how π_strong is made,
 tokens per example, domains) and figures (tasks × locks × methods × demonstrators × k × seeds, or a
 sweep config). Artifacts are shared across figures by what they are: one π_weak per task and base
-model, one sample pool per policy and split, one locked model per lock. pwlock has no stage yet for
-the LLM tasks' upstream models (π_strong, π_weak and demonstrators as models, sample pools): they
-are priced from this description. A figure that names a sweep config (`config:`) is planned by
+model, one sample pool per policy and split, one locked model per lock. The LLM tasks' figures are
+priced from this description (their datasets are not needed); they run as sweep configs whose
+`policies:` build those models and pools (pwlock/policies.py). A figure that names a sweep config (`config:`) is planned by
 pwlock.sweep like any sweep, with its real artifact keys. Each figure names the sweep that runs it
 (`sweep:`); that sweep's --dry-run prints its figures' plan and cost, then the study's total.
 
