@@ -163,7 +163,8 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike | io.By
     tasks = sorted(agg["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = ["-", "--", "-.", ":"]
+    # Demonstrators differ by marker and dash pattern, apart from the thin reference lines' dashes.
+    styles = [("-", "o"), ((0, (6, 2)), "s"), ((0, (2, 2)), "^"), ((0, (6, 2, 2, 2)), "D")]
     for ax, task in zip(axes[0], tasks):
         sub = agg[agg["task"] == task]
         demonstrators = sorted(sub["demonstrator"].unique())
@@ -172,8 +173,9 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike | io.By
             for demonstrator, rows in by_mode.groupby("demonstrator"):
                 rows = rows.sort_values("k")
                 who = f" on {demonstrator}'s demonstrations" if len(demonstrators) > 1 else ""
-                ax.errorbar(rows["k"], rows["mean"], yerr=rows["sem"], marker="o", capsize=3, color=color,
-                            ls=styles[demonstrators.index(demonstrator) % len(styles)],
+                ls, marker = styles[demonstrators.index(demonstrator) % len(styles)]
+                ax.errorbar(rows["k"], rows["mean"], yerr=rows["sem"], marker=marker, capsize=3, color=color, ls=ls,
+                            lw=1.8,
                             label=f"{mode}-locked, elicited ({rows['method'].iloc[0]}{who})")
             up = summary[(summary["task"] == task) & (summary["lock_mode"] == mode)].iloc[0]
             ax.axhline(up["locked_with_pwd"], color=color, ls="--", lw=1, label=f"{mode}-locked, with password")
