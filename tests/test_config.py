@@ -115,8 +115,9 @@ def test_dry_run_prints_the_plan(tmp_path):
 
 
 # sweep configs; a study description there (`figures:`, e.g. paper.yaml) is tested with pwlock.cost,
-# and a config on a hub data set (paper_math.yaml) on the test fixture (tests/test_policies.py)
-HUB_DATA = {"paper_math.yaml"}
+# and the configs on a hub or local data set (the paper's text tasks) on the test fixtures
+# (tests/test_paper_configs.py)
+HUB_DATA = {"paper_math.yaml", "paper_code.yaml", "paper_mmlu.yaml", "paper_critique.yaml"}
 SWEEP_CONFIGS = [p for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml"))
                  if "figures" not in yaml.safe_load(p.read_text()) and p.name not in HUB_DATA]
 
