@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from pwlock.store import Store, open_store
 
@@ -58,7 +59,7 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
             frames.append(df.assign(trial=Path(trial_path).name))
     if not frames:
         raise ValueError(f"{path}: no trial reported a result")
-    out = with_dimensions(pd.concat(frames, ignore_index=True))
+    out = with_dimensions(pd.concat(frames, ignore_index=True), _study_demonstrator(store, name))
     cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
     cols += [c for c in ("samples", "sampled_score", "kept_score", "pairs", "password_samples", "eval_problems")
              if c in out]
@@ -74,10 +75,20 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
     return out.sort_values(["lock_mode", "k", "seed", "candidate"], ignore_index=True)
 
 
-def with_dimensions(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with the trial dimensions that experiments from before them lack: π_strong's
-    demonstrations from the whole split."""
-    return df.assign(**{c: df[c] if c in df else d for c, d in (("demonstrator", "strong"), ("domain", "all"))})
+def _study_demonstrator(store: Store, name: str) -> str:
+    """The demonstrator of an experiment whose study had one (before trials named theirs)."""
+    if store.exists(f"{name}/{STUDY}"):
+        demonstrator = (yaml.safe_load(store.read_text(f"{name}/{STUDY}")).get("elicit") or {}).get("demonstrator")
+        if isinstance(demonstrator, str):
+            return demonstrator
+    return "strong"
+
+
+def with_dimensions(df: pd.DataFrame, demonstrator: str = "strong") -> pd.DataFrame:
+    """`df` with the trial dimensions that trials of experiments from before them lack (a resumed
+    one mixes both): the study's one demonstrator, demonstrations from the whole split."""
+    return df.assign(**{c: df[c].fillna(d) if c in df else d for c, d in (("demonstrator", demonstrator),
+                                                                            ("domain", "all"))})
 
 
 def other_domains(candidates: pd.DataFrame) -> pd.Series:

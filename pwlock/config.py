@@ -240,7 +240,7 @@ class ElicitConfig:
     demonstrator: str | list[str] = "strong"
     # Demonstrations from one domain of the elicit split only (paper §5.2, Fig. 4, 10, 17): a trial
     # per domain listed; "all" draws from the whole split. Trials then report correctness per domain.
-    domains: list[str] = field(default_factory=lambda: ["all"])
+    domains: list[str] | str = field(default_factory=lambda: ["all"])  # a single name is a list of one
     train: TrainConfig = field(default_factory=TrainConfig)
     # App. G.3: evaluate after {256, 512, 1024}/k epochs (k < 256), else after {1, 2, 4} epochs.
     sample_budgets: list[int] = field(default_factory=lambda: [256, 512, 1024])
@@ -251,7 +251,8 @@ class ElicitConfig:
         return [self.demonstrator] if isinstance(self.demonstrator, str) else list(self.demonstrator)
 
 
-ALL_DOMAINS = "all"
+ALL_DOMAINS = "all"  # elicit.domains: demonstrations from the whole elicit split
+NO_DEMONSTRATOR = "none"  # the demonstrator of a trial that sees none (RL methods)
 
 
 @dataclass
@@ -365,6 +366,8 @@ def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> S
         cfg = dacite.from_dict(StudyConfig, raw, config=dacite.Config(strict=True, cast=[tuple]))
     except dacite.DaciteError as e:
         raise ConfigError(f"{source}: {e}") from None
+    if isinstance(cfg.elicit.domains, str):
+        cfg.elicit.domains = [cfg.elicit.domains]
     errors = validate(cfg)
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
@@ -407,6 +410,12 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append("elicit.demonstrator: expected a policy or a list of policies, each once")
     if not cfg.elicit.domains or len(set(cfg.elicit.domains)) != len(cfg.elicit.domains):
         errors.append(f"elicit.domains: expected domains (or {ALL_DOMAINS!r}), each once")
+    if "sft" not in cfg.elicit.methods:  # only SFT trials draw demonstrations of their own
+        if cfg.elicit.domains != [ALL_DOMAINS]:
+            errors.append("elicit.domains: only used by the sft method, which elicit.methods lacks")
+        if len(demonstrators) > 1:
+            errors.append("elicit.demonstrator: a list is only used by the sft method, which elicit.methods lacks "
+                          "(composed methods take elicit.rl.sft_demonstrator)")
     for i, method in enumerate(cfg.elicit.methods):
         if method not in METHODS:
             errors.append(f"elicit.methods[{i}]: unknown method {method!r}; expected one of {list(METHODS)}")
@@ -549,10 +558,8 @@ def _variant_errors(lock: LockConfig) -> list[str]:
                       "e.g. 'weak' with weak: [weaker] on function_composition")
     if "omit_domain" in variants and lock.omit_domain is None:
         errors.append("omit_domain: variant 'omit_domain' needs the domain to leave out")
-    for v in ("setting",):
-        if v in variants and lock.stop_at is not None:
-            errors.append(f"stop_at: not supported with variant {v!r} (it measures the single password); "
-                          "set epochs instead")
+    if "setting" in variants and lock.stop_at is not None:
+        errors.append("stop_at: not supported with variant 'setting' (it measures a password); set epochs instead")
     return errors
 
 

@@ -265,7 +265,7 @@ class Item:
     figures: tuple[str, ...] = ()  # trials: the figures they feed
     deps: tuple[str, ...] = ()  # ids of the artifacts it needs
     in_store: bool = False
-    buildable: bool = True  # False: described only; pwlock has no stage that builds it yet
+    buildable: bool = True  # False: described only (a study description's LLM artifacts), not planned by a sweep
     note: str = ""  # e.g. "at most" when training stops early at a target
 
     @property
@@ -346,7 +346,8 @@ class Estimate:
                      f"{len(self.artifacts) - len(built)} in the store (cost 0)")
         unbuildable = [a for a in built if not a.buildable]
         if unbuildable:
-            lines.append(f"  of which {len(unbuildable)} pwlock has no stage for yet (priced from their description)")
+            lines.append(f"  of which {len(unbuildable)} priced from their description (their sweep configs plan "
+                         "them where the data is)")
         return lines + self.totals()
 
     def totals(self) -> list[str]:
@@ -372,7 +373,7 @@ class Estimate:
             lines.append(f"upstream artifacts ({len(self.artifacts)}):")
             for a in self.artifacts:
                 state = ("[in store, reused]" if a.in_store else "[to build]" if a.buildable
-                         else "[to build; no stage yet]")
+                         else "[to build; described]")
                 lines.append(f"  {a.label:<58} {_h(a.gpu_hours):>12}  {state}{a.note}")
         lines += self.summary()[1:]  # its first line repeats the header
         lines.append("counts: training (SFT, DPO, locking), generation (samples, sample pools, RL rollouts, "

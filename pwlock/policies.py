@@ -174,16 +174,17 @@ def policy_model_artifact(name: str, task: dict, p: PolicyModelConfig, train_on:
 
 
 def sample_pool_artifact(name: str, task: dict, source: dict, split: str, n: int, temperature: float | None,
-                         max_problems: int | None, seed: int, generator: dict | None, deps: tuple[str, ...] = ()
-                         ) -> Artifact:
+                         max_problems: int | None, seed: int, generator: dict | None, deps: tuple[str, ...] = (),
+                         inputs: dict[str, Any] | None = None) -> Artifact:
     """n samples per problem of `split` (its first `max_problems`) from `source`: {"model": key},
-    {"base": hub id or path, "dtype": ...} or {"jsonl": path, "sha256": digest}."""
+    {"base": hub id or path, "dtype": ...} or {"jsonl": sha256 digest} (the file's path in `inputs`)."""
     spec = {"task": task, "source": source, "split": split, "n": n, "temperature": temperature,
             "max_problems": max_problems, "seed": seed, "generator": generator}
     what = "from a file" if "jsonl" in source else "greedy" if temperature == 0 else f"{n}/problem"
-    # A vLLM engine takes its GPU share itself: the stage that drives it holds none.
-    gpus = 0.0 if generator is not None and generator["backend"] == "vllm" else None
-    return Artifact("sample_pool", f"samples of {name} ({split}, {what})", spec, deps, gpus=gpus)
+    # A vLLM engine takes its GPU share itself: the stage that drives it holds none; nor does one
+    # that copies a supplied file.
+    gpus = 0.0 if "jsonl" in source or (generator is not None and generator["backend"] == "vllm") else None
+    return Artifact("sample_pool", f"samples of {name} ({split}, {what})", spec, deps, gpus=gpus, inputs=inputs or {})
 
 
 @dataclass
@@ -243,6 +244,10 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
         return plan
 
     epochs = max(cfg.lock.train_of(m).epochs for m in cfg.lock.modes)
+    from pwlock.tasks.llm import ChoiceAnswer
+
+    sample = task.problems("elicit")[:1]
+    classifier = bool(sample) and isinstance(task.reference(sample[0]), ChoiceAnswer)
     supplied: dict[str, tuple[dict, dict]] = {}  # name -> (samples by id, source spec)
     built: dict[str, Artifact] = {}
 
@@ -257,7 +262,7 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
             path = models[name].jsonl
             samples = read_jsonl(path, f"policies.{name}.jsonl")
             errors.extend(unknown_ids(samples, path, task, f"policies.{name}.jsonl"))
-            supplied[name] = samples, {"jsonl": str(Path(path).expanduser().resolve()), "sha256": file_digest(path)}
+            supplied[name] = samples, {"jsonl": file_digest(path)}  # by content: its path is an input
         return supplied[name]
 
     def source_of(name: str) -> tuple[dict, tuple[str, ...]]:
@@ -285,10 +290,16 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
             temperature, generator = None, None  # what the file holds
         else:
             generator = asdict(p.generator)
-            if generator["backend"] == "auto":  # vLLM where stages have GPUs (the cluster's image has it)
+            if classifier:  # one forward pass over the letters, in the stage's own process: no engine
+                if generator["backend"] == "vllm":
+                    errors.append(f"policies.{name}.generator.backend: task {task.name!r} samples a letter from "
+                                  "the model's distribution over the choices in one forward pass; set hf or auto")
+                generator["backend"] = "hf"
+            elif generator["backend"] == "auto":  # vLLM where stages have GPUs (the cluster's image has it)
                 generator["backend"] = "vllm" if cfg.ray.gpus_per_stage > 0 else "hf"
+        inputs = {"jsonl": str(Path(p.jsonl).expanduser())} if p.jsonl is not None else None
         return add(sample_pool_artifact(name, task_spec, source, split, n, temperature, max_problems, cfg.seed,
-                                        generator, deps))
+                                        generator, deps, inputs))
 
     trained: dict[str, Artifact | None] = {}
 
@@ -358,8 +369,8 @@ def _build_sample_pool(store: Store, a: Artifact, scratch: Path) -> dict[str, An
     problems = eval_problems(task, a.spec["split"], a.spec["max_problems"])
     src, n = a.spec["source"], a.spec["n"]
     if "jsonl" in src:
-        path, where = src["jsonl"], a.label
-        if file_digest(path) != src["sha256"]:
+        path, where = a.inputs["jsonl"], a.label
+        if file_digest(path) != src["jsonl"]:
             raise ValueError(f"{where}: {path} changed since the study was planned; plan it again")
         samples = read_jsonl(path, where)
         errors = coverage_errors(samples, path, problems, a.spec["split"], where)

@@ -58,6 +58,9 @@ class Artifact:
     deps: tuple[str, ...] = ()
     key: str = field(init=False)
     gpus: float | None = None  # GPUs its build holds, where not ray.gpus_per_stage (not part of the key)
+    # Where its build reads inputs the key holds only by content (a supplied file's path): moving
+    # the file, or the checkout a job runs from, must not rebuild what depends on it.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", content_key(self.stage, {"version": STAGE_VERSION, **self.spec}))
@@ -84,7 +87,8 @@ def _with_pools(spec: dict[str, Any], pools: dict[str, str] | None, deps: tuple[
     leaves the spec, hence the key, as it was before model policies existed."""
     if not pools:
         return spec, deps
-    return {**spec, "pools": dict(sorted(pools.items()))}, deps + tuple(sorted(set(pools.values())))
+    keys = {k for k in pools.values() if k is not None}  # None: a model policy with no pool for this use
+    return {**spec, "pools": dict(sorted(pools.items()))}, deps + tuple(sorted(keys))
 
 
 def strong_model_artifact(
@@ -107,6 +111,8 @@ def locked_model_artifact(
     spec = {"mode": mode, "task": task, "model": model, "train": train, "lock": lock, "seed": seed}
     if weak != "weak":  # the default π_weak leaves the key as it was before other choices existed
         spec["weak"] = weak
+    if mode == "scratch" and model["base"] != "tiny":  # once meant the base's own weights (now `base`)
+        spec["init"] = "random"
     deps: tuple[str, ...] = ()
     if mode == "sft":
         assert strong is not None
@@ -186,7 +192,8 @@ def _build_policy_scores(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     policies = _policies.resolve(task, a.spec.get("pools", {}), store)
     if "fixedrdm_model" in a.spec:
         policies[FIXEDRDM] = weak_policy(task, FIXEDRDM, _tokenizer_for(task, a.spec["fixedrdm_model"]), 0)
-    return {"scores": {role: evaluate.policy_correctness(task, pol, problems) for role, pol in policies.items()}}
+    return {"scores": {role: None if isinstance(pol, _policies.Unsampled) else
+                       evaluate.policy_correctness(task, pol, problems) for role, pol in policies.items()}}
 
 
 def _build_strong_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:

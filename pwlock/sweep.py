@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig, to_dict
+from pwlock.config import ALL_DOMAINS, NO_DEMONSTRATOR, ConfigError, StudyConfig, to_dict
 from pwlock.elicit.sft import epoch_candidates
 from pwlock.evaluate import CONDITIONS
 from pwlock.config import COMPOSED_METHODS, FIXEDRDM, RL_METHODS
@@ -142,7 +142,11 @@ def plan(cfg: StudyConfig) -> Plan:
     ev.pop("batch_size")  # how fast, not what: not part of any artifact's identity
     base_lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
     password = cfg.lock.password or task.default_password
-    scores = policy_scores_artifact(task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None, pols.scores)
+    # A model policy without a scores pool (a supplied file lacking the evaluation problems) is left
+    # unscored, never scored as the task's own policy of the same name.
+    unscored = {name: None for name in pols.names if name not in pols.scores}
+    scores = policy_scores_artifact(task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None,
+                                    {**pols.scores, **unscored})
     artifacts = [*pols.artifacts, scores]
     strong = strong_eval = None
     if "sft" in cfg.lock.modes:
@@ -174,7 +178,8 @@ def plan(cfg: StudyConfig) -> Plan:
     for label in locked:
         for method in cfg.elicit.methods:
             # RL methods see no demonstration; composed ones take theirs from elicit.rl.sft_demonstrator.
-            demonstrators = cfg.elicit.demonstrators if method == "sft" else ["strong"]
+            demonstrators = (cfg.elicit.demonstrators if method == "sft" else [cfg.elicit.rl.sft_demonstrator]
+                             if method in COMPOSED_METHODS else [NO_DEMONSTRATOR])
             for demonstrator in demonstrators:
                 for domain in cfg.elicit.domains if method == "sft" else [ALL_DOMAINS]:
                     for k in sorted(cfg.elicit.ks) if method not in RL_METHODS else [0]:
@@ -340,6 +345,10 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
     }
     if not resume:
         store.write_text(f"{experiment}/{STUDY_FILE}", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if resume:  # trials of experiments from before a lock's label named its variant know it by the old one
+        for label, old in _old_labels(p).items():
+            constants["locked_key"][old], constants["weak"][old] = p.locked[label].key, p.weak[label]
+            upstream[old] = upstream[label]
     store.write_text(f"{experiment}/{analysis.UPSTREAM_FILE}", json.dumps(upstream, indent=2))
     # Constants go to the object store once, not into every trial's config and Tune's state.
     trainable = tune.with_resources(tune.with_parameters(elicitation_trial, constants=constants), resources)
@@ -396,6 +405,15 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_uri}")
     return exp_uri
+
+def _old_labels(p: Plan) -> dict[str, str]:
+    """Each lock's label as it was before labels named the variant (one variant per study then),
+    where that differs and is free."""
+    if len(set(p.variant.values())) != 1:
+        return {}
+    out = {label: lock_label(p.locked[label].spec["mode"], p.weak[label]) for label in p.locked}
+    return {label: old for label, old in out.items() if old != label and old not in p.locked}
+
 
 def _trial_name(trial) -> str:
     c = trial.config["run"]

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pwlock.config import ALL_DOMAINS, NO_DEMONSTRATOR
+
 log = logging.getLogger(__name__)
 
 JOURNAL = "journal"
@@ -43,9 +45,10 @@ RECORD_KEYS = ("candidate", "epochs", "steps", "correctness", "correctness_by_do
 
 
 def trial_name(lock_mode: str, method: str, k: int, seed: int, demonstrator: str = "strong",
-               domain: str = "all") -> str:
+               domain: str = ALL_DOMAINS) -> str:
     """`sftlock-sft-k32-seed0`; a demonstrator other than π_strong and a single domain are named too."""
-    extra = "".join([f"-{demonstrator}" * (demonstrator != "strong"), f"-{domain}" * (domain != "all")])
+    named = demonstrator not in ("strong", NO_DEMONSTRATOR)
+    extra = "".join([f"-{demonstrator}" * named, f"-{domain}" * (domain != ALL_DOMAINS)])
     return f"{lock_mode}lock-{method}{extra}-k{k}-seed{seed}"
 
 

@@ -66,6 +66,9 @@ def test_from_scratch_config_has_a_trial_per_demonstrator():
                                                       r"each once"),
     ({"lock": {"variant": ["standard"], "omit_domain": "g1"}}, r"lock\.omit_domain: only used with variant "
                                                                r"'omit_domain'"),
+    ({"elicit": {"methods": ["expert_iteration"], "domains": ["g1"]}}, r"elicit\.domains: only used by the sft method"),
+    ({"elicit": {"methods": ["dpo"], "demonstrator": ["strong", "weak"]}}, r"elicit\.demonstrator: a list is only "
+                                                                            r"used by the sft method"),
 ])
 def test_bad_dimensions_are_refused_naming_the_field(change, message):
     raw = _raw("local.yaml")
@@ -153,3 +156,43 @@ def test_generalization_sweep_end_to_end(tmp_path):
     np.testing.assert_allclose(g1["other_domains"], others)
     names = {p.name.rsplit("-", 1)[0] for p in exp.iterdir() if p.name.startswith("sft")}
     assert "sft-per_domainlock-sft-weak-g1-k8-seed1" in names
+
+
+def test_rl_trials_name_no_demonstrator_and_composed_ones_theirs():
+    raw = _raw("rl.yaml")
+    raw["elicit"]["methods"] = ["expert_iteration", "sft+expert_iteration"]
+    raw["elicit"]["ks"] = [16]
+    raw["lock"]["weak"] = ["weak"]
+    p = plan(config_from_dict(raw))
+    by_method = {t.method: t for t in p.trials if t.seed == 0}
+    assert by_method["expert_iteration"].demonstrator == "none"
+    assert by_method["expert_iteration"].name == "sftlock-expert_iteration-k0-seed0"
+    assert by_method["sft+expert_iteration"].demonstrator == "weak"  # elicit.rl.sft_demonstrator
+    assert by_method["sft+expert_iteration"].name == "sftlock-sft+expert_iteration-weak-k16-seed0"
+
+
+def test_results_of_a_resumed_experiment_from_before_the_dimensions_keep_every_trial():
+    """A resumed experiment mixes trials that reported demonstrator and domain with finished ones
+    that did not: the latter get the study's values, and none is dropped."""
+    rows = pd.DataFrame({"trial": ["t0", "t1", "t2"], "demonstrator": [None, None, "weak"],
+                         "domain": [None, None, "all"]})
+    filled = analysis.with_dimensions(rows, demonstrator="weak")
+    assert filled["demonstrator"].tolist() == ["weak"] * 3 and filled["domain"].tolist() == ["all"] * 3
+    assert analysis.with_dimensions(rows.drop(columns=["demonstrator", "domain"]))["domain"].tolist() == ["all"] * 3
+
+
+def test_a_resumed_single_variant_experiment_knows_its_locks_by_their_old_labels():
+    from pwlock.sweep import _old_labels
+
+    raw = _raw("local.yaml")
+    raw["lock"].update(variant="omit_domain", omit_domain="g3")
+    p = plan(config_from_dict(raw))
+    assert _old_labels(p) == {"sft-omit_domain": "sft", "scratch-omit_domain": "scratch"}
+    assert _old_labels(plan(load_config(CONFIGS / "generalization.yaml"))) == {}  # several variants: new labels only
+
+
+def test_a_single_domain_may_be_named_without_a_list():
+    raw = _raw("local.yaml")
+    raw["elicit"].update(domains="g1", ks=[8])
+    p = plan(config_from_dict(raw))
+    assert {t.domain for t in p.trials} == {"g1"}

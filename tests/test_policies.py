@@ -347,3 +347,46 @@ def test_each_demonstrator_of_a_list_gets_its_pool(hub):
     assert set(p.policies.elicit) == {"gpt4", "weak"}
     assert {t.demonstrator for t in p.trials} == {"gpt4", "weak"}
     assert p.policies.trial_pools()["strong"] is None  # π_strong has no elicit-split samples: none needed
+
+
+def test_a_supplied_file_is_keyed_by_content_not_by_where_it_lies(hub, tmp_path):
+    """A copy of the JSONL elsewhere (e.g. a job's uploaded checkout) keys every artifact the same;
+    its build reads the file from where this plan found it."""
+    copy = tmp_path / "elsewhere" / "gpt4.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(hub["jsonl"]).read_bytes())
+    first, second = plan(config_from_dict(study(hub))), plan(config_from_dict(study(hub, **{"policies.gpt4.jsonl":
+                                                                                          str(copy)})))
+    assert [a.key for a in first.artifacts] == [a.key for a in second.artifacts]
+    pools = [a for a in second.artifacts if a.stage == "sample_pool" and "jsonl" in a.spec["source"]]
+    assert pools and all(a.inputs == {"jsonl": str(copy)} for a in pools)
+    assert all(str(tmp_path) not in json.dumps(a.spec) for a in second.artifacts)
+    assert all(a.gpus == 0.0 for a in pools)  # copying a file holds no GPU
+
+
+def test_a_supplied_policy_without_evaluation_samples_is_unscored_not_the_tasks_own(tmp_path):
+    """policies.weak from a file covering only the lock and elicit problems: π_weak is not scored
+    (None), never scored as the toy task's programmatic π_weak it replaces."""
+    from tests.conftest import SMALL_TASK
+
+    task = make_task(SMALL_TASK)
+    weak = task.policies()["weak"]
+    path = tmp_path / "weak.jsonl"
+    path.write_text("".join(json.dumps({"id": p.id, "completion": weak(p)}) + "\n"
+                            for s in ("lock", "elicit") for p in task.problems(s)))
+    cfg = config_from_dict({"name": "toy", "task": SMALL_TASK, "policies": {"weak": {"jsonl": str(path)}},
+                            "lock": {"modes": ["scratch"]}, "eval": {"max_problems": 50}})
+    p = plan(cfg)
+    assert p.policy_scores.spec["pools"] == {"weak": None}
+    store = open_store(tmp_path / "store")
+    scores = build(store.spec, p.policy_scores)["scores"]
+    assert scores["weak"] is None and scores["strong"] == 1.0
+
+
+def test_scratch_with_a_hub_model_is_keyed_apart_from_its_pretrained_weights(hub):
+    """`scratch` once meant a hub model's own weights: its locked model's key says it is random now,
+    and `base` (the weights) is a lock of its own."""
+    raw = study(hub, **{"lock.modes": ["scratch", "base"], "lock.scratch": TRAIN})
+    p = plan(config_from_dict(raw))
+    assert p.locked["scratch"].spec["init"] == "random" and "init" not in p.locked["base"].spec
+    assert p.locked["scratch"].key != p.locked["base"].key
