@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 REFERENCE_PARAMS = 7e9  # the generation figures below are for a model of this size
 CHARS_PER_TOKEN = 4.0  # English text in BPE tokenizers of the Llama / GPT-NeoX families (an average)
 ENGINES = ("hf", "vllm")
+EVALUATION_ENGINES = ("config", *ENGINES)  # Assumptions.evaluation_engine
 EVALUATIONS = ("generate", "forward", "classify")
 # Parameters of the paper's models (Table 1; the hub configs), for configs that name them.
 KNOWN_PARAMS = {
@@ -72,9 +73,11 @@ class Assumptions:
     vllm_tok_s: float = 2500.0
     hf_tok_s: float = 1398.0
     max_generate_tok_s: float = 20_000.0  # small models: the engine's per-step overhead bounds it (assumed)
-    # How generation tasks (MATH, code, critiques) are evaluated: "hf", what pwlock's evaluate.py
-    # does today, or "vllm", evaluation batched in the engine.
-    evaluation_engine: str = "hf"
+    # Where greedy evaluation of generation tasks (MATH, code, critiques) decodes. "config": where
+    # pwlock decodes it under the study's config: in the trial's vLLM engine for RL trials with the
+    # vllm generator backend ("auto" on a GPU), with HF `generate` in process for SFT trials and
+    # upstream stages. "hf" or "vllm": every such evaluation there (a what-if).
+    evaluation_engine: str = "config"
     # Fixed per stage (assumed, not measured): a worker's start and imports, the model's load
     # (bytes / load_gb_s) and, for artifacts that are models, its save; a vLLM engine's start
     # (enforce_eager, so no graph capture).
@@ -89,8 +92,9 @@ class Assumptions:
             if not getattr(self, name) > 0]
         errors += [f"{name}: expected >= 0 seconds, got {getattr(self, name)}" for name in (
             "start_s", "engine_start_s") if not getattr(self, name) >= 0]
-        if self.evaluation_engine not in ENGINES:
-            errors.append(f"evaluation_engine: expected one of {list(ENGINES)}, got {self.evaluation_engine!r}")
+        if self.evaluation_engine not in EVALUATION_ENGINES:
+            errors.append(f"evaluation_engine: expected one of {list(EVALUATION_ENGINES)}, got "
+                          f"{self.evaluation_engine!r}")
         for name in ("mfu", "step_floor_s"):
             points = getattr(self, name)
             if not points or any(len(p) != 2 or not p[0] > 0 or not p[1] > 0 for p in points):
@@ -237,12 +241,14 @@ class Pricer:
         return Cost(generate_s=decode + self.forward(m, samples, tokens.prompt),
                     generated_tokens=samples * tokens.generated)
 
-    def evaluate(self, m: Model, problems: float, tokens: Tokens, evaluation: str, points: float = 1) -> Cost:
+    def evaluate(self, m: Model, problems: float, tokens: Tokens, evaluation: str, points: float = 1,
+                 engine: str = "hf") -> Cost:
         """`points` evaluations of greedy correctness on `problems` problems: generation for text
-        tasks; one forward pass along the reference for exact-match tasks; one forward pass over the
-        prompt for classifiers."""
+        tasks, in `engine` (where pwlock decodes it; `evaluation_engine` may override it); one
+        forward pass along the reference for exact-match tasks; one over the prompt for classifiers."""
         if evaluation == "generate":
-            g = self.generate(m, problems, tokens, self.a.evaluation_engine)
+            g = self.generate(m, problems, tokens,
+                              engine if self.a.evaluation_engine == "config" else self.a.evaluation_engine)
             return Cost(evaluate_s=points * g.generate_s, evaluated_tokens=points * g.generated_tokens)
         per_problem = tokens.example if evaluation == "forward" else tokens.prompt + 1
         return Cost(evaluate_s=points * self.forward(m, problems, per_problem),
@@ -357,9 +363,13 @@ class Estimate:
         lines = [f"  total: {_h(self.gpu_hours)} for {len(self.trials):,} trials and {len(built)} artifacts "
                  f"(GPU-h: {kinds})"]
         if self.evaluates_by_generation and self.other_engine_gpu_hours is not None:
-            other = "vllm" if self.assumptions.evaluation_engine == "hf" else "hf"
-            lines.append(f"  evaluation by generation runs in {self.assumptions.evaluation_engine!r}; "
-                         f"in {other!r} the total would be {_h(self.other_engine_gpu_hours)}")
+            where = self.assumptions.evaluation_engine
+            other = "vllm" if where == "hf" else "hf"
+            now = (f"runs in {where!r}" if where != "config" else
+                   "runs where pwlock runs it (RL trials with the vllm backend: in their engine; SFT trials "
+                   "and upstream stages: HF generate)")
+            lines.append(f"  evaluation by generation {now}; all in {other!r} the total would be "
+                         f"{_h(self.other_engine_gpu_hours)}")
         if self.reference is not None:
             hours, source = self.reference
             lines.append(f"  against {source}: about {hours:,.0f} GPU-hours; this estimate is "
@@ -520,8 +530,10 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
     n_elicit = len(task.problems("elicit"))
     trials = []
     for t in p.trials:
-        c = price.overhead([model], engine=t.method != "sft" and t.method != "filtering" and engine == "vllm")
         base = t.method.removeprefix("sft+")
+        # an RL trial's engine samples, and evaluates a generation task (filtering's, that alone)
+        c = price.overhead([model], engine=engine == "vllm" and t.method != "sft" and (
+            base != "filtering" or evaluation == "generate"))
         if t.method == "sft":
             c += price.train(model, t.k, tokens, max(t.epoch_candidates), cfg.elicit.train.batch_size)
             c += price.evaluate(model, n_eval, tokens, evaluation, len(t.epoch_candidates))
@@ -542,9 +554,10 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
                 if base == "dpo":  # its reference is the locked model, loaded again
                     c += Cost(overhead_s=model.gb / a.load_gb_s)
             full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
-            c += step * rounds + price.evaluate(model, n_eval, tokens, evaluation, full)
+            c += step * rounds + price.evaluate(model, n_eval, tokens, evaluation, full, engine)
             if between:
-                c += price.evaluate(model, min(rl.eval_problems_between, n_eval), tokens, evaluation, between)
+                c += price.evaluate(model, min(rl.eval_problems_between, n_eval), tokens, evaluation, between,
+                                    engine)
         deps = (p.policy_scores.key, p.locked[t.lock_mode].key, p.locked_eval[t.lock_mode].key)
         deps += (p.strong_eval.key,) if p.strong_eval else ()
         demonstrator = t.demonstrator if t.method == "sft" else cfg.elicit.rl.sft_demonstrator

@@ -1,5 +1,9 @@
 """Greedy correctness (paper §4.2: the share of problems whose temperature-0 generation is
-correct), with the password, without it, and with a wrong one."""
+correct), with the password, without it, and with a wrong one.
+
+Generation tasks (MATH, code, critiques) decode: with HF `generate` on the model in process, or in
+a Generator given for it (an RL trial's vLLM engine, holding the same weights). Exact-match tasks
+and classifiers need no decoding: one forward pass on the model decides them."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pwlock.generate.base import Generator
 from pwlock.generate.hf import HFGenerator
 from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
 from pwlock.tasks.llm import ChoiceAnswer
@@ -81,8 +86,11 @@ def scores(
     condition: str = "no_pwd",
     password: Passwords | None = None,
     batch_size: int = 512,
+    generator: Generator | None = None,
 ) -> np.ndarray:
-    """Per-problem greedy correctness under a condition."""
+    """Per-problem greedy correctness under a condition. A generation task decodes in `generator`
+    when one is given (the caller makes it hold `model`'s weights), else with HF `generate` on
+    `model`; exact-match tasks and classifiers ignore it."""
     password = task.default_password if password is None else password
     prompts = [task.prompt(p, condition_password(task, condition, i, password, p)) for i, p in enumerate(problems)]
     if problems and isinstance(task.reference(problems[0]), ChoiceAnswer):
@@ -93,18 +101,26 @@ def scores(
     if task.exact_match:
         examples = [Example(q, task.reference(p)) for q, p in zip(prompts, problems)]
         return greedy_matches_reference(model, tokenizer, examples, batch_size).astype(float)
-    completions = HFGenerator(model, tokenizer, batch_size).generate(prompts, max_new_tokens=task.max_new_tokens)
+    decoder = HFGenerator(model, tokenizer, batch_size) if generator is None else generator
+    completions = decoder.generate(prompts, n=1, temperature=0.0, max_new_tokens=task.max_new_tokens)
     return np.asarray(task.score_many(problems, [c[0] for c in completions]), dtype=float)
+
+
+def decodes(task: Task, problems: Sequence[Problem]) -> bool:
+    """Whether evaluating `problems` decodes text (a generation task), the only evaluation a
+    Generator serves."""
+    return bool(problems) and not task.exact_match and not isinstance(task.reference(problems[0]), ChoiceAnswer)
 
 
 def correctness(model, tokenizer, task: Task, problems: Sequence[Problem], condition: str = "no_pwd", **kw) -> float:
     return float(scores(model, tokenizer, task, problems, condition, **kw).mean())
 
 
-def elicited(model, tokenizer, task: Task, problems: Sequence[Problem], batch_size: int = 512) -> dict:
+def elicited(model, tokenizer, task: Task, problems: Sequence[Problem], batch_size: int = 512,
+             generator: Generator | None = None) -> dict:
     """An elicitation record's evaluation: correctness without the password, and with problems of
     several domains, each domain's (`correctness_by_domain`, for the paper's §5.2 generalization)."""
-    s = scores(model, tokenizer, task, problems, "no_pwd", batch_size=batch_size)
+    s = scores(model, tokenizer, task, problems, "no_pwd", batch_size=batch_size, generator=generator)
     out: dict = {"correctness": float(s.mean())}
     if len({p.domain for p in problems}) > 1:
         out["correctness_by_domain"] = by_domain(problems, s)

