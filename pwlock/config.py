@@ -39,6 +39,13 @@ RL_METHODS = ("expert_iteration", "filtering", "dpo", "iterated_dpo")
 COMPOSED_METHODS = ("sft+expert_iteration", "sft+iterated_dpo")
 METHODS = SFT_METHODS + RL_METHODS + COMPOSED_METHODS
 GENERATORS = ("auto", "hf", "vllm")
+
+
+def resolve_engine(choice: str, gpus_per_trial: float) -> str:
+    """An engine choice ("auto", "hf" or "vllm") as trials on the study's resources run it: "auto"
+    is vLLM where trials have GPUs (the cluster's image has it), HF generate in process on CPUs.
+    Decided by the driver, which may run where there is no GPU, and handed to every trial."""
+    return choice if choice != "auto" else "vllm" if gpus_per_trial > 0 else "hf"
 FIXEDRDM = "fixedrdm"  # π_weak = a fixed random distribution over tokens (App. G.2)
 SCHEDULES = ("constant", "linear")
 BF16_UPDATES = ("stochastic", "master")  # how Lion's ±lr steps survive bf16 weights (train/optim.py)
@@ -260,6 +267,11 @@ class EvalConfig:
     split: str = "val"
     max_problems: int | None = None
     batch_size: int = 512
+    # Where SFT trials decode greedy evaluations of generation tasks (MATH, code, critiques): "hf"
+    # (HF generate in process), "vllm" (a vLLM engine in the trial, given the weights at each epoch
+    # candidate) or "auto" (vllm where trials have GPUs). RL trials evaluate in their own engine
+    # (elicit.rl.generator). Exact-match and classifier tasks need no decoding and start no engine.
+    engine: str = "auto"
 
 
 @dataclass
@@ -461,6 +473,8 @@ def validate(cfg: StudyConfig) -> list[str]:
             errors.append(f"model.base: model directory {cfg.model.base!r} not found")
     if cfg.eval.max_problems is not None and cfg.eval.max_problems < 1:
         errors.append(f"eval.max_problems: expected a positive number or null, got {cfg.eval.max_problems}")
+    if cfg.eval.engine not in GENERATORS:
+        errors.append(f"eval.engine: expected one of {list(GENERATORS)}, got {cfg.eval.engine!r}")
     if cfg.eval.batch_size < 1:
         errors.append(f"eval.batch_size: expected >= 1, got {cfg.eval.batch_size}")
     if cfg.store.url is not None and "://" in cfg.store.url and not cfg.store.url.startswith(("s3://", "file://")):

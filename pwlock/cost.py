@@ -75,8 +75,8 @@ class Assumptions:
     max_generate_tok_s: float = 20_000.0  # small models: the engine's per-step overhead bounds it (assumed)
     # Where greedy evaluation of generation tasks (MATH, code, critiques) decodes. "config": where
     # pwlock decodes it under the study's config: in the trial's vLLM engine for RL trials with the
-    # vllm generator backend ("auto" on a GPU), with HF `generate` in process for SFT trials and
-    # upstream stages. "hf" or "vllm": every such evaluation there (a what-if).
+    # vllm generator backend and SFT trials with eval.engine vllm ("auto" on a GPU, both), with HF
+    # `generate` in process for upstream stages. "hf" or "vllm": every such evaluation there (a what-if).
     evaluation_engine: str = "config"
     # Fixed per stage (assumed, not measured): a worker's start and imports, the model's load
     # (bytes / load_gb_s) and, for artifacts that are models, its save; a vLLM engine's start
@@ -366,8 +366,8 @@ class Estimate:
             where = self.assumptions.evaluation_engine
             other = "vllm" if where == "hf" else "hf"
             now = (f"runs in {where!r}" if where != "config" else
-                   "runs where pwlock runs it (RL trials with the vllm backend: in their engine; SFT trials "
-                   "and upstream stages: HF generate)")
+                   "runs where pwlock runs it (trials: in their vLLM engine, per elicit.rl.generator and "
+                   "eval.engine; upstream stages: HF generate)")
             lines.append(f"  evaluation by generation {now}; all in {other!r} the total would be "
                          f"{_h(self.other_engine_gpu_hours)}")
         if self.reference is not None:
@@ -527,16 +527,19 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
                               in_store=store is not None and store.has(art.key), note=note))
     rl = cfg.elicit.rl
     engine = "hf" if rl.generator.backend == "hf" else "vllm"  # "auto" picks vLLM on a GPU
+    eval_engine = "hf" if cfg.eval.engine == "hf" else "vllm"  # SFT trials' evaluation, the same way
     n_elicit = len(task.problems("elicit"))
     trials = []
     for t in p.trials:
         base = t.method.removeprefix("sft+")
         # an RL trial's engine samples, and evaluates a generation task (filtering's, that alone)
-        c = price.overhead([model], engine=engine == "vllm" and t.method != "sft" and (
+        # SFT's engine (eval.engine) only evaluates a generation task
+        sft_engine = t.method == "sft" and eval_engine == "vllm" and evaluation == "generate"
+        c = price.overhead([model], engine=sft_engine or engine == "vllm" and t.method != "sft" and (
             base != "filtering" or evaluation == "generate"))
         if t.method == "sft":
             c += price.train(model, t.k, tokens, max(t.epoch_candidates), cfg.elicit.train.batch_size)
-            c += price.evaluate(model, n_eval, tokens, evaluation, len(t.epoch_candidates))
+            c += price.evaluate(model, n_eval, tokens, evaluation, len(t.epoch_candidates), eval_engine)
         else:
             rounds = len(t.epoch_candidates)
             if t.method in COMPOSED_METHODS:

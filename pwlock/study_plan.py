@@ -487,17 +487,17 @@ class _Expansion:
         task = domain if f.joint else unit[0]
         m, toks = self.model(self.s.tasks[unit[0]].strong_base), self.tokens(task)
 
-        def evaluate(points: float) -> Cost:
-            return sum((self.evaluate(t, m, points) for t in unit), Cost())
+        def evaluate(points: float) -> Cost:  # SFT trials decode in an engine of their own (eval.engine)
+            return sum((self.evaluate(t, m, points, POOL_ENGINE) for t in unit), Cost())
 
         base = method.removeprefix("sft+")
         with_demos = method == "sft" or method in COMPOSED_METHODS
         for dem, k in [(dem, k) for dem in f.demonstrators for k in f.ks] if with_demos else [(None, 0)]:
             deps = self.pool(task, dem, "elicit", 1) if dem else ()
-            # an RL trial's engine samples, and evaluates a generation task (filtering's, that alone)
+            # an RL trial's engine samples, and evaluates a generation task (filtering's and SFT's, that alone)
             generates = any(self.s.tasks[t].evaluation == "generate" for t in unit)
-            c = self.price.overhead([m], engine=method in RL_METHODS + COMPOSED_METHODS and (
-                base != "filtering" or generates))
+            c = self.price.overhead([m], engine=generates or (method in RL_METHODS + COMPOSED_METHODS
+                                                               and base != "filtering"))
             name = method + (f" on {k} {dem}" if dem else "") + (f" from {domain}" if domain else "")
             if k:
                 candidates = epoch_candidates(k, d.sample_budgets)

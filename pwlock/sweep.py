@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import time
@@ -16,11 +18,11 @@ from typing import Any
 
 import yaml
 
-from pwlock.config import ALL_DOMAINS, NO_DEMONSTRATOR, ConfigError, StudyConfig, to_dict
+from pwlock.config import ALL_DOMAINS, NO_DEMONSTRATOR, ConfigError, StudyConfig, resolve_engine, to_dict
 from pwlock.elicit.sft import epoch_candidates
+from pwlock import evaluate
 from pwlock.evaluate import CONDITIONS
 from pwlock.config import COMPOSED_METHODS, FIXEDRDM, RL_METHODS
-from pwlock.elicit import methods
 from pwlock.elicit.methods import n_candidates, samples_per_round
 from pwlock.generate.vllm_actor import trial_resources
 from pwlock.lock import variant_errors, variant_spec
@@ -139,7 +141,8 @@ def plan(cfg: StudyConfig) -> Plan:
 
     model = asdict(cfg.model)
     ev = asdict(cfg.eval)
-    ev.pop("batch_size")  # how fast, not what: not part of any artifact's identity
+    for how in ("batch_size", "engine"):  # how fast, not what: not part of any artifact's identity
+        ev.pop(how)
     base_lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
     password = cfg.lock.password or task.default_password
     # A model policy without a scores pool (a supplied file lacking the evaluation problems) is left
@@ -320,8 +323,16 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         failing = assess_locks(locks, cfg.guards, p.variant)[1]
         log.warning("guards.lock_gate is off: eliciting from every lock%s",
                     f", though the gate would refuse {failing}" if failing else "")
-    rl_methods = any(m != "sft" for m in cfg.elicit.methods)
-    engine = cfg.elicit.rl.generator.vllm if rl_methods and methods.backend(cfg.elicit.rl) == "vllm" else None
+    # Engines are chosen here for the trials' resources, not by each trial where it lands (a driver
+    # on a CPU head node would otherwise reserve no engine bundle for trials that start one).
+    rl = copy.deepcopy(cfg.elicit.rl)
+    rl.generator.backend = resolve_engine(rl.generator.backend, cfg.ray.gpus_per_trial)
+    ev = dataclasses.replace(cfg.eval, engine=resolve_engine(cfg.eval.engine, cfg.ray.gpus_per_trial))
+    task = make_task(p.task_spec)
+    rl_engine = any(m != "sft" for m in cfg.elicit.methods) and rl.generator.backend == "vllm"
+    eval_engine = ("sft" in cfg.elicit.methods and ev.engine == "vllm"
+                   and evaluate.decodes(task, task.problems(cfg.eval.split)[:1]))
+    engine = rl.generator.vllm if rl_engine or eval_engine else None
     resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, engine)
     engine_bundle = 1 if engine is not None and cfg.ray.gpus_per_trial else None
     constants = {
@@ -331,17 +342,17 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
         "demonstrator": cfg.elicit.demonstrators[0],  # for trials of experiments from before it was per trial
         "train": asdict(cfg.elicit.train),
         "sample_budgets": list(cfg.elicit.sample_budgets),
-        "eval": asdict(cfg.eval),
+        "eval": asdict(ev),
         "dtype": cfg.model.dtype,
         "cpus": cfg.ray.cpus_per_trial,
         "checkpoint_every_s": cfg.fault_tolerance.checkpoint_every_s,
         "locked_key": {label: a.key for label, a in p.locked.items()},
         "weak": dict(p.weak),
         "pools": p.policies.trial_pools(),  # model policies' samples of the elicit split (pwlock.policies)
-        "rl": asdict(cfg.elicit.rl),
+        "rl": asdict(rl),
         "engine_bundle": engine_bundle,
         "guards": asdict(cfg.guards),
-        "passwords": lock_passwords(cfg.lock, make_task(p.task_spec)),
+        "passwords": lock_passwords(cfg.lock, task),
     }
     if not resume:
         store.write_text(f"{experiment}/{STUDY_FILE}", yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -185,7 +185,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         method=method, task=task, model=model, tokenizer=tokenizer, locked_dir=str(locked_dir), k=k, seed=seed,
         train=TrainConfig(**c["train"]), budgets=c["sample_budgets"], rl=rl_config(c["rl"]),
         eval_problems=eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"]),
-        eval_batch_size=c["eval"]["batch_size"], demonstrator=demonstrator, domain=None if domain == "all" else domain,
+        eval_batch_size=c["eval"]["batch_size"], eval_engine=c["eval"].get("engine", "hf"), demonstrator=demonstrator, domain=None if domain == "all" else domain,
         weak=weak_policy(task, c["weak"][mode], tokenizer, seed, policies), policies=policies,
         engine_bundle=c["engine_bundle"],
         guard=LeakGuard.for_study(c["guards"], task, c["passwords"], f"trial {name}"))

@@ -80,9 +80,10 @@ def test_tiny_described_study_is_priced_exactly():
         "locked: t": lock,
         "locked: t: evaluation": lock_eval,
     })
-    # one trial: k = 4, candidates {8/4} = [2] epochs of one step of 600 tokens, one evaluation
+    # one trial: k = 4, candidates {8/4} = [2] epochs of one step of 600 tokens, one evaluation in
+    # the trial's engine (started for it: a generation task)
     (trial,) = est.trials
-    assert trial.cost.seconds == pytest.approx((10 + 1) + 2 * 0.6 + evaluation)
+    assert trial.cost.seconds == pytest.approx((10 + 1 + 20) + 2 * 0.6 + evaluation)
     total = weak + pool + lock + lock_eval + trial.cost.seconds
     assert est.gpu_hours == pytest.approx(total / 3600)
     kinds = est.hours_by_kind()

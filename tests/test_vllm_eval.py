@@ -205,9 +205,44 @@ def test_filtering_on_an_exact_match_task_starts_no_engine(task, tokenizer, lock
     assert len(reported) == 3 and engines == []  # one forward pass evaluates it: nothing to decode
 
 
+@slow
+def test_an_sft_trial_with_eval_engine_vllm_evaluates_each_candidate_in_its_engine(decoded, tokenizer, locked,
+                                                                                   local_ray, engines):  # noqa: F811
+    val = decoded.problems("lock")[:8] + decoded.problems("val")[:16]
+    e = elicitation("sft", decoded, tokenizer, locked, val)
+    e = copy.copy(e)
+    e.k, e.budgets, e.eval_engine = 8, [16, 32], "vllm"
+    reported = []
+    methods.run(e, lambda record, state: reported.append(record), None, None)
+    assert [r["epochs"] for r in reported] == [2, 4]  # budgets 16 and 32 samples of 8 demonstrations
+    (started,) = engines
+    served = started["served"]
+    assert served["greedy_prompts"] == 2 * 24 and served["sampled_prompts"] == 0
+    assert served["weight_loads"] == 1 + 2  # the start's, then each candidate's weights
+    # the engine held the weights it evaluated: the last candidate's number is HF's on the final weights
+    assert reported[-1]["correctness"] == evaluate.correctness(e.model, tokenizer, decoded, val)
+    assert gone(started["pid"])
+
+
+def test_an_sft_trial_on_an_exact_match_task_starts_no_engine(task, tokenizer, locked, engines):
+    e = copy.copy(elicitation("sft", task, tokenizer, locked, task.problems("val")[:24]))
+    e.k, e.budgets, e.eval_engine = 8, [16], "vllm"
+    reported = []
+    methods.run(e, lambda record, state: reported.append(record), None, None)
+    assert len(reported) == 1 and engines == []  # one forward pass evaluates it: nothing to decode
+
+
+def test_auto_engines_are_decided_by_the_trials_resources():
+    from pwlock.config import resolve_engine
+
+    assert resolve_engine("auto", 1.0) == "vllm" and resolve_engine("auto", 0.25) == "vllm"
+    assert resolve_engine("auto", 0.0) == "hf"
+    assert resolve_engine("hf", 1.0) == "hf" and resolve_engine("vllm", 0.0) == "vllm"
+
+
 def test_the_cost_model_prices_each_evaluation_where_pwlock_decodes_it():
-    """By default (evaluation_engine "config"): SFT trials and upstream models with HF generate, RL
-    trials in their engine; filtering starts an engine for a generation task's evaluation. "hf" and
+    """By default (evaluation_engine "config"): upstream models with HF generate, RL and SFT trials
+    in their engine; filtering starts an engine for a generation task's evaluation. "hf" and
     "vllm" price every evaluation there."""
     from tests.test_cost import tiny_study
 
@@ -228,7 +263,7 @@ def test_the_cost_model_prices_each_evaluation_where_pwlock_decodes_it():
         return out
 
     # one SFT evaluation (k = 4: one epoch candidate), two RL rounds
-    assert evaluations({}) == pytest.approx({"sft on 4 high_quality": hf, "expert_iteration": 2 * vllm,
+    assert evaluations({}) == pytest.approx({"sft on 4 high_quality": vllm, "expert_iteration": 2 * vllm,
                                              "filtering": 2 * vllm, "π_weak": hf,
                                              # start, load, its evaluation engine; π_weak's load and engine
                                              "filtering overhead": 10 + 1 + 20 + (1 + 20)})

@@ -62,9 +62,10 @@ class Elicitation:
     weak: TaskPolicy  # the π_weak the model was locked with (filtering samples it)
     # Policies by name, demonstrators among them (pwlock.policies.resolve); None: the task's own.
     policies: Mapping[str, TaskPolicy] | None = None
-    domain: str | None = None  # demonstrations from this domain of the elicit split only (None: all)
     engine_bundle: int | None = None  # the trial's placement-group bundle for a vLLM engine
     guard: LeakGuard | None = None  # refuses demonstrations, prompts and π_weak samples carrying the password
+    domain: str | None = None  # demonstrations from this domain of the elicit split only (None: all)
+    eval_engine: str = "hf"  # where SFT evaluates a generation task: "hf" in process, or "vllm" (eval.engine)
 
 
 def n_candidates(method: str, k: int, budgets: list[int], rl: RLConfig) -> int:
@@ -90,9 +91,10 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
     weights of that moment in `e.model`)."""
     if e.method == "sft":
         demos = _demonstrations(e, e.demonstrator)
-        elicit_sft(e.model, e.tokenizer, e.task, demos, e.eval_problems, e.train, e.seed, e.budgets,
-                   eval_batch_size=e.eval_batch_size, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
-                   start=start)
+        with evaluation_engine(e, e.eval_engine) as engine:
+            elicit_sft(e.model, e.tokenizer, e.task, demos, e.eval_problems, e.train, e.seed, e.budgets,
+                       eval_batch_size=e.eval_batch_size, checkpoint=checkpoint,
+                       checkpoint_every_s=checkpoint_every_s, start=start, evaluator=engine)
         return
     if e.method not in RL_METHODS + COMPOSED_METHODS:
         raise ValueError(f"unknown elicitation method {e.method!r}")
@@ -129,7 +131,7 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
                     e.guard.check(out, "π_weak samples (filtering)")
                 return out
 
-            with evaluation_engine(e) as engine:
+            with evaluation_engine(e, backend(e.rl)) as engine:
                 expert_iteration(e.model, e.tokenizer, e.task, weak_samples, problems, e.eval_problems, train,
                                  e.seed, rl.n, rl.iterations, on_round=on_round, start=done,
                                  eval_batch_size=e.eval_batch_size, evaluator=engine, **_eval_schedule(rl))
@@ -208,11 +210,15 @@ def generator(e: Elicitation, source: PreTrainedModel) -> Iterator[Generator]:
 
 
 @contextlib.contextmanager
-def evaluation_engine(e: Elicitation) -> Iterator[Generator | None]:
-    """For filtering, which samples π_weak and no model: with the vllm backend, an engine that
-    serves the rounds' evaluation alone, where the task decodes it; else None (HF in process)."""
-    if backend(e.rl) == "hf" or not evaluate.decodes(e.task, e.eval_problems):
+def evaluation_engine(e: Elicitation, engine: str) -> Iterator[Generator | None]:
+    """An engine that serves evaluation alone (filtering samples π_weak, SFT samples nothing), where
+    `engine` is "vllm" and the task decodes; else None (HF in process). It starts with the model's
+    current weights; the caller gives it new ones before each evaluation."""
+    if engine == "hf" or not evaluate.decodes(e.task, e.eval_problems):
         yield None
         return
-    with generator(e, e.model) as gen:
+    from pwlock.generate.vllm_actor import vllm_generator
+
+    with vllm_generator(e.locked_dir, e.tokenizer, e.rl.generator.vllm, e.engine_bundle) as gen:
+        gen.load_weights(e.model.state_dict())
         yield gen

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
 from pwlock.config import TrainConfig
+from pwlock.generate.base import Generator
 from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
 from pwlock.train.sft import TrainState, steps_per_epoch, train_sft
 
@@ -48,6 +49,13 @@ def demonstrations(task: Task, k: int, seed: int, demonstrator: str, split: str 
     return [Example(task.prompt(problems[i], None), policy(problems[i])) for i in chosen]
 
 
+def _evaluation(model, tokenizer, task: Task, problems: Sequence[Problem], batch_size: int,
+                evaluator: Generator | None) -> dict:
+    if evaluator is not None and evaluate.decodes(task, problems):
+        evaluator.load_weights(model.state_dict())  # the weights of this epoch candidate
+    return evaluate.elicited(model, tokenizer, task, problems, batch_size, generator=evaluator)
+
+
 def nested_sample(n: int, k: int, seed: int) -> list[int]:
     """k distinct indices below n, drawn one by one, redrawing repeats: the first k of one stream, so
     a smaller k is always a prefix of a larger one. (`random.sample` switches algorithm with k, which
@@ -78,9 +86,11 @@ def elicit_sft(
     checkpoint: Checkpoint | None = None,
     checkpoint_every_s: float | None = None,
     start: TrainState | None = None,
+    evaluator: Generator | None = None,
 ) -> list[dict]:
     """Fine-tune on `demos`; at each epoch candidate, measure greedy correctness without password
-    on `eval_problems` and pass it to `report`. Returns one record per candidate.
+    on `eval_problems` and pass it to `report`. Returns one record per candidate. A generation task
+    decodes in `evaluator` (a vLLM engine, given the weights at each candidate) where one is given.
 
     With `checkpoint`, the run can be resumed: at each candidate, and after any epoch ending
     `checkpoint_every_s` after the last checkpoint, `checkpoint(record or None, state)` is called
@@ -96,7 +106,7 @@ def elicit_sft(
         record = None
         if epoch in candidates:
             record = {"candidate": candidates.index(epoch) + 1, "epochs": epoch, "steps": epoch * per_epoch,
-                      **evaluate.elicited(model, tokenizer, task, eval_problems, eval_batch_size)}
+                      **_evaluation(model, tokenizer, task, eval_problems, eval_batch_size, evaluator)}
             records.append(record)
         due = checkpoint_every_s is not None and time.monotonic() - last_checkpoint >= checkpoint_every_s
         if checkpoint is not None and (record is not None or due):
