@@ -123,7 +123,7 @@ class StrongConfig:
 
 @dataclass
 class LockConfig:
-    modes: list[str] = field(default_factory=lambda: list(LOCK_MODES))
+    modes: list[str] = field(default_factory=lambda: ["sft", "scratch"])  # of LOCK_MODES
     # The π_weak each lock imitates without the password: one locked model per mode and policy.
     # Names of the task's policies ("weak", or e.g. the toy task's "weaker"), or "fixedrdm".
     weak: list[str] = field(default_factory=lambda: ["weak"])
