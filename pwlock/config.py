@@ -374,6 +374,15 @@ def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> S
         raw = _merge(raw, overrides)
     raw.setdefault("source", source)
     _check_keys(StudyConfig, raw, "", source)
+    # Each policy on its own first: dacite names a field of a dict's value without the dict's key.
+    for name, entry in (raw.get("policies") or {}).items() if isinstance(raw.get("policies"), dict) else ():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: policies.{name}: expected a mapping (base, train_on, jsonl, ...), "
+                              f"got {entry!r}")
+        try:
+            dacite.from_dict(PolicyModelConfig, entry, config=dacite.Config(strict=True, cast=[tuple]))
+        except dacite.DaciteError as e:
+            raise ConfigError(f"{source}: policies.{name}: {e}") from None
     try:
         cfg = dacite.from_dict(StudyConfig, raw, config=dacite.Config(strict=True, cast=[tuple]))
     except dacite.DaciteError as e:

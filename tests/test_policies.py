@@ -390,3 +390,13 @@ def test_scratch_with_a_hub_model_is_keyed_apart_from_its_pretrained_weights(hub
     p = plan(config_from_dict(raw))
     assert p.locked["scratch"].spec["init"] == "random" and "init" not in p.locked["base"].spec
     assert p.locked["scratch"].key != p.locked["base"].key
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"base": "x", "temperature": "hot"}, r"s\.yaml: policies\.weak: wrong value type for field \"temperature\""),
+    (None, r"s\.yaml: policies\.weak: expected a mapping \(base, train_on, jsonl, \.\.\.\), got None"),
+])
+def test_a_policy_entry_of_the_wrong_shape_is_named(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"name": "x", "task": {"name": "function_composition"}, "policies": {"weak": entry}},
+                         source="s.yaml")
