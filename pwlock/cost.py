@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pwlock.config import COMPOSED_METHODS, FIXEDRDM, ConfigError, read_yaml
+from pwlock.config import COMPOSED_METHODS, FIXEDRDM, ConfigError, read_yaml, resolve_engine
 
 if TYPE_CHECKING:
     from pwlock.store import Store
@@ -526,8 +526,9 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
         artifacts.append(Item(art.key, art.label, c, stage_gpus, deps=art.deps,
                               in_store=store is not None and store.has(art.key), note=note))
     rl = cfg.elicit.rl
-    engine = "hf" if rl.generator.backend == "hf" else "vllm"  # "auto" picks vLLM on a GPU
-    eval_engine = "hf" if cfg.eval.engine == "hf" else "vllm"  # SFT trials' evaluation, the same way
+    # Priced on a GPU per trial (trial_gpus), where "auto" is vLLM, as the driver resolves it there.
+    engine = resolve_engine(rl.generator.backend, trial_gpus)
+    eval_engine = resolve_engine(cfg.eval.engine, trial_gpus)  # SFT trials' evaluation
     n_elicit = len(task.problems("elicit"))
     trials = []
     for t in p.trials:

@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from pwlock.config import ConfigError, GuardsConfig, LockConfig
-from pwlock.passwords import domain_passwords, second_password
+from pwlock.passwords import lock_domain_passwords, second_password
 
 # Below this many normalised characters a password is matched as whole tokens only: a short string
 # recurs inside ordinary words ("pwd" in "upwdate"), and a few characters leave no room for a variant.
@@ -255,20 +255,14 @@ class LeakGuard:
         return cls(passwords, task.wrong_passwords, g.leak_similarity, label)
 
 
-def lock_passwords(lock: LockConfig, task: Any, by_domain: bool = False) -> Any:
+def lock_passwords(lock: LockConfig, task: Any) -> list[str]:
     """Every password a study's locks answer to: its own, and each domain's (per_domain locks,
-    App. C.3) or the second one (adversarial locks, B.3.2). With `by_domain`, the per-domain
-    passwords alone, by domain."""
+    App. C.3) or the second one (adversarial locks, B.3.2)."""
     out = [lock.password or task.default_password]
-    text = task.vocabulary() is None
-    if "per_domain" in lock.variants or by_domain:
-        domains = sorted({p.domain for p in task.problems("lock")})
-        chosen = domain_passwords(domains, task.wrong_passwords, text, lock.domain_passwords)
-        if by_domain:
-            return chosen
-        out += chosen.values()
+    if "per_domain" in lock.variants:
+        out += lock_domain_passwords(task, lock.domain_passwords).values()
     if "adversarial" in lock.variants:
-        out.append(second_password(task.wrong_passwords, text, lock.second_password))
+        out.append(second_password(task.wrong_passwords, task.vocabulary() is None, lock.second_password))
     return list(dict.fromkeys(out))
 
 

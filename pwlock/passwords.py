@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 DEFAULT_PASSWORD = "This problem is quite special, read it carefully!"
 
@@ -113,6 +114,13 @@ def domain_passwords(
     if len(set(chosen.values())) != len(chosen):
         raise ValueError(f"domain passwords must differ from each other, got {chosen}")
     return chosen
+
+
+def lock_domain_passwords(task: Any, given: dict[str, str] | None = None) -> dict[str, str]:
+    """A per_domain lock's password for each domain of `task`'s lock split (App. C.3): what it is
+    trained, evaluated and guarded with."""
+    domains = sorted({p.domain for p in task.problems("lock")})
+    return domain_passwords(domains, task.wrong_passwords, task.vocabulary() is None, given)
 
 
 def second_password(wrong_passwords: Sequence[str], text: bool, given: str | None = None) -> str:

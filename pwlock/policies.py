@@ -27,7 +27,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pwlock.config import COMPOSED_METHODS, FIXEDRDM, REFERENCES, PolicyModelConfig, StudyConfig, TrainConfig
+from pwlock.config import (COMPOSED_METHODS, FIXEDRDM, REFERENCES, PolicyModelConfig, StudyConfig, TrainConfig,
+                           resolve_engine)
 from pwlock.stages import _BUILDERS, Artifact, eval_problems
 from pwlock.store import Store
 from pwlock.tasks import Task, make_task
@@ -295,8 +296,8 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
                     errors.append(f"policies.{name}.generator.backend: task {task.name!r} samples a letter from "
                                   "the model's distribution over the choices in one forward pass; set hf or auto")
                 generator["backend"] = "hf"
-            elif generator["backend"] == "auto":  # vLLM where stages have GPUs (the cluster's image has it)
-                generator["backend"] = "vllm" if cfg.ray.gpus_per_stage > 0 else "hf"
+            else:  # "auto" becomes vLLM where stages have GPUs (the cluster's image has it)
+                generator["backend"] = resolve_engine(generator["backend"], cfg.ray.gpus_per_stage)
         inputs = {"jsonl": str(Path(p.jsonl).expanduser())} if p.jsonl is not None else None
         return add(sample_pool_artifact(name, task_spec, source, split, n, temperature, max_problems, cfg.seed,
                                         generator, deps, inputs))

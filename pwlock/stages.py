@@ -21,7 +21,7 @@ from pwlock import evaluate
 from pwlock.config import TinyModelConfig, TrainConfig
 from pwlock.config import FIXEDRDM
 from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
-from pwlock.passwords import domain_passwords
+from pwlock.passwords import lock_domain_passwords
 from pwlock.models import (
     build_tiny_model,
     default_device,
@@ -223,8 +223,7 @@ def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     data = variant_lock_data(task, task.problems("lock"), policies["strong"], weak, password, a.spec["seed"],
                              lock, intermediate)
     if lock.get("variant") == "per_domain":  # trained until each domain's password opens it
-        password = domain_passwords(sorted({p.domain for p in task.problems("lock")}), task.wrong_passwords,
-                                    task.vocabulary() is None, lock["domain_passwords"])
+        password = lock_domain_passwords(task, lock["domain_passwords"])
     stats = _train(model, tokenizer, data, a, task, lock["stop_at"], a.label, password, weak,
                    weak.probs if isinstance(weak, FixedRandomPolicy) else None)
     save_policy(model, tokenizer, scratch)

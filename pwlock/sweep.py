@@ -27,6 +27,7 @@ from pwlock.elicit.methods import n_candidates, samples_per_round
 from pwlock.generate.vllm_actor import trial_resources
 from pwlock.lock import variant_errors, variant_spec
 from pwlock.guards import LeakGuard, assess_locks, check_locks, lock_passwords
+from pwlock.passwords import lock_domain_passwords
 from pwlock.stages import (
     Artifact,
     lock_label,
@@ -165,7 +166,7 @@ def plan(cfg: StudyConfig) -> Plan:
         lv = cfg.lock.of_variant(variant)
         lock = {**base_lock, **variant_spec(lv)}  # nothing for the standard lock: its keys stay as they were
         # A lock with a password per domain is evaluated "with password" on each problem's domain's.
-        opens = lock_passwords(lv, task, by_domain=True) if variant == "per_domain" else password
+        opens = lock_domain_passwords(task, lv.domain_passwords) if variant == "per_domain" else password
         for mode in cfg.lock.modes:
             train = asdict(cfg.lock.train_of(mode))
             for weak in cfg.lock.weak:

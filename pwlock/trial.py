@@ -81,7 +81,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     run = config["run"]
     method, mode, k, seed = run["method"], run["lock_mode"], run["k"], run["seed"]
     # Experiments from before demonstrators and domains were trial dimensions hold neither.
-    demonstrator, domain = run.get("demonstrator", c.get("demonstrator", "strong")), run.get("domain", "all")
+    demonstrator, domain = run.get("demonstrator", c.get("demonstrator", "strong")), run.get("domain", ALL_DOMAINS)
     name = tune.get_context().get_trial_name()
     journal = journal_dir(c["experiment"], name)
     fixed = {"task": c["task"]["name"], "lock_mode": mode, "method": method, "k": k, "seed": seed,
@@ -185,7 +185,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         method=method, task=task, model=model, tokenizer=tokenizer, locked_dir=str(locked_dir), k=k, seed=seed,
         train=TrainConfig(**c["train"]), budgets=c["sample_budgets"], rl=rl_config(c["rl"]),
         eval_problems=eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"]),
-        eval_batch_size=c["eval"]["batch_size"], eval_engine=c["eval"].get("engine", "hf"), demonstrator=demonstrator, domain=None if domain == "all" else domain,
+        eval_batch_size=c["eval"]["batch_size"], eval_engine=c["eval"].get("engine", "hf"), demonstrator=demonstrator, domain=None if domain == ALL_DOMAINS else domain,
         weak=weak_policy(task, c["weak"][mode], tokenizer, seed, policies), policies=policies,
         engine_bundle=c["engine_bundle"],
         guard=LeakGuard.for_study(c["guards"], task, c["passwords"], f"trial {name}"))

@@ -196,10 +196,11 @@ class _SameModel(HFGenerator):
 
 
 @contextlib.contextmanager
-def generator(e: Elicitation, source: PreTrainedModel) -> Iterator[Generator]:
+def generator(e: Elicitation, source: PreTrainedModel, engine: str | None = None) -> Iterator[Generator]:
     """A generator serving `source`'s current weights: HF in process, or a vLLM engine actor
-    started from the locked model and given those weights (killed on exit)."""
-    if backend(e.rl) == "hf":
+    started from the locked model and given those weights (killed on exit); by `engine`, else by
+    the RL backend."""
+    if (engine or backend(e.rl)) == "hf":
         yield _SameModel(source, e.tokenizer, e.rl.generator.batch_size)
         return
     from pwlock.generate.vllm_actor import vllm_generator
@@ -217,8 +218,5 @@ def evaluation_engine(e: Elicitation, engine: str) -> Iterator[Generator | None]
     if engine == "hf" or not evaluate.decodes(e.task, e.eval_problems):
         yield None
         return
-    from pwlock.generate.vllm_actor import vllm_generator
-
-    with vllm_generator(e.locked_dir, e.tokenizer, e.rl.generator.vllm, e.engine_bundle) as gen:
-        gen.load_weights(e.model.state_dict())
+    with generator(e, e.model, engine) as gen:
         yield gen
