@@ -483,12 +483,11 @@ def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = N
     from pwlock.elicit.sft import epoch_candidates
     from pwlock.stages import HOLDOUT_SIZE, eval_problems
     from pwlock.sweep import STRONG_SPLITS
-    from pwlock.tasks import make_task
 
     a = a or Assumptions()
     price = Pricer(a)
     cfg = p.cfg
-    task = make_task(p.task_spec)
+    task = p.task
     tokens = task_tokens(task, cfg.lock.password or task.default_password)
     model = model_of(cfg.model, task)
     evaluation = evaluation_of(task)

@@ -40,7 +40,7 @@ from pwlock.analysis import STUDY as STUDY_FILE
 from pwlock.policies import PolicyPlan, plan_policies, policy_names
 from pwlock.progress import SweepProgress
 from pwlock.store import Store, StoreError, StoreSpec
-from pwlock.tasks import make_task
+from pwlock.tasks import Task, make_task
 from pwlock.train.sft import steps_per_epoch
 from pwlock.trial import elicitation_trial, trial_name
 
@@ -82,6 +82,9 @@ class Plan:
     locked_eval: dict[str, Artifact]
     trials: list[Trial]
     variant: dict[str, str]  # each lock's variant, by lock label
+    # The task the plan was made from: built once (a text task reads its data set), for the
+    # description, the cost estimate and the run alike.
+    task: Task
     policies: PolicyPlan = field(default_factory=PolicyPlan)  # model policies: their models and sample pools
 
 
@@ -192,7 +195,7 @@ def plan(cfg: StudyConfig) -> Plan:
                         trials += [Trial(task.name, label, method, k, seed, rounds, demonstrator, domain)
                                    for seed in cfg.elicit.seeds]
     return Plan(cfg, task_spec, artifacts, scores, strong, strong_eval, locked, weak_of, locked_eval, trials,
-                variant_of, pols)
+                variant_of, task, pols)
 
 
 def describe(p: Plan, store: Store | None = None) -> str:
@@ -216,7 +219,7 @@ def describe(p: Plan, store: Store | None = None) -> str:
     lines.append(f"elicitation trials ({len(p.trials)}): locks {list(p.locked)} × methods {p.cfg.elicit.methods} × "
                  f"{ks}seeds {p.cfg.elicit.seeds}")
     batch = p.cfg.elicit.train.batch_size
-    n_elicit = len(make_task(p.task_spec).problems("elicit"))
+    n_elicit = len(p.task.problems("elicit"))
     for t in p.trials:
         if t.method == "sft":
             steps = [e * steps_per_epoch(t.k, batch) for e in t.epoch_candidates]
@@ -329,7 +332,7 @@ def run(cfg: StudyConfig, store: Store, experiment: str | None = None, resume: b
     rl = copy.deepcopy(cfg.elicit.rl)
     rl.generator.backend = resolve_engine(rl.generator.backend, cfg.ray.gpus_per_trial)
     ev = dataclasses.replace(cfg.eval, engine=resolve_engine(cfg.eval.engine, cfg.ray.gpus_per_trial))
-    task = make_task(p.task_spec)
+    task = p.task
     rl_engine = any(m != "sft" for m in cfg.elicit.methods) and rl.generator.backend == "vllm"
     eval_engine = ("sft" in cfg.elicit.methods and ev.engine == "vllm"
                    and evaluate.decodes(task, task.problems(cfg.eval.split)[:1]))
