@@ -310,7 +310,7 @@ class FaultToleranceConfig:
 
 @dataclass
 class GuardsConfig:
-    """Checks before and during elicitation (pwlock/guards.py; README "Guards")."""
+    """Checks before and during elicitation (pwlock/guards.py; docs/guards.md)."""
 
     # Before any trial, refuse a locked model whose evaluation does not show a real lock.
     lock_gate: bool = True

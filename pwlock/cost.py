@@ -52,7 +52,8 @@ class Assumptions:
     study file, or `python -m pwlock.cost FILE --assume field=value`."""
 
     gpu: str = "H100 80GB"
-    # bf16 dense matmul rate measured on the H100 (README, "The trainer on a GPU"; MFU is counted against it).
+    # bf16 dense matmul rate measured on the H100 (docs/models-and-training.md, "The trainer on a GPU";
+    # MFU is counted against it).
     peak_flops: float = 798e12
     # Training. A step takes max(floor, tokens × 6N / (mfu × peak)); both are interpolated in log N
     # between the points measured with pwlock's trainer on one H100 and held constant beyond them:

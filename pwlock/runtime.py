@@ -48,7 +48,7 @@ def init_ray(cfg: RayConfig) -> str:
 
 
 # Driver-side Tune settings for big sweeps (Tune reads them when a sweep starts). Measured with
-# benchmarks/sweep_overhead.py on 4,000 no-op trials; README "Big sweeps" has the figures.
+# benchmarks/sweep_overhead.py on 4,000 no-op trials; docs/big-sweeps.md has the figures.
 TUNE_ENV = {
     # Snapshot the experiment every 5 min, not every >= 10 s: each snapshot rewrites the state file
     # and re-uploads every trial's files. fault_tolerance.snapshot_every_s overrides it.

