@@ -5,7 +5,6 @@ No Docker, Kubernetes or cloud account is needed: what can be checked without th
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import re
@@ -17,7 +16,6 @@ import jsonschema
 import pytest
 import ray
 import yaml
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -235,38 +233,73 @@ def test_image_pins_agree_with_pyproject():
         "pyproject.toml changed since docker/requirements.txt was made: run `python docker/lock.py`"
 
 
-def test_lock_satisfies_every_requirement_it_can_see():
-    """Every pyproject dependency (ray with its extras) is in the lock at a version it accepts, and so
-    on down the tree for every locked package installed here at the same version (the rest, such as
-    vLLM and the CUDA libraries, the resolver that wrote the lock vouches for)."""
-    lock = locked()
-    env = default_environment()
-    todo = [(Requirement(r), "pyproject.toml") for r in PYPROJECT["project"]["dependencies"]]
-    todo.append((Requirement(f"vllm=={lock['vllm']}"), "docker/lock.py"))
-    seen: set[tuple[str, frozenset]] = set()
-    checked = 0
+def walk(lock: dict[str, str], deps: dict[str, dict], roots: list[tuple[Requirement, str]],
+         absent: frozenset[str] = frozenset()) -> set[str]:
+    """Follow every requirement from `roots` down the tree recorded beside a lock (its .deps.json),
+    with the image's environment markers; each must be pinned in `lock` at a version it accepts
+    (`absent`: names install.sh removes, never pinned). Returns the names reached."""
+    env = docker_lock.MARKERS
+    todo, seen = list(roots), set()
     while todo:
         req, by = todo.pop()
         name = canonicalize_name(req.name)
-        assert name in lock, f"{req} (required by {by}) is not in docker/requirements.txt"
+        if name in absent:
+            continue
+        assert name in lock, f"{req} (required by {by}) is not in the lock"
         assert req.specifier.contains(lock[name], prereleases=True), f"{req} (by {by}) but the lock has {lock[name]}"
         key = (name, frozenset(req.extras))
         if key in seen:
             continue
         seen.add(key)
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        if Version(dist.version).public != Version(lock[name]).public:
-            continue
-        checked += 1
-        for raw in dist.requires or []:
+        for raw in deps[name]["requires_dist"]:
             sub = Requirement(raw)
             if sub.marker is None or any(sub.marker.evaluate({**env, "extra": e}) for e in (req.extras or {""})):
                 todo.append((sub, f"{name}=={lock[name]}"))
-    assert checked > 100  # most of the tree is installed here at the locked version
-    print(f"{checked} of {len(lock)} locked packages checked against their requirements")
+    return {name for name, _ in seen}
+
+
+def recorded(lock_path: Path) -> dict[str, dict]:
+    """A lock's .deps.json, checked to describe exactly the lock's pins."""
+    deps = {canonicalize_name(n): d for n, d in json.loads(lock_path.with_suffix(".deps.json").read_text()).items()}
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", lock_path.read_text(), flags=re.M))
+    assert {canonicalize_name(n): v for n, v in pinned.items()} == {n: d["version"] for n, d in deps.items()}, \
+        f"{lock_path.name} and its .deps.json disagree: run `python docker/lock.py --keep`"
+    return deps
+
+
+def test_image_lock_satisfies_pyproject_and_its_own_tree():
+    """Every pyproject dependency (ray with its extras), CUDA vLLM and the image's tools are in the
+    lock at versions they accept, and so on down the whole tree as the lock recorded it: a check of
+    the files alone, whatever this machine has installed."""
+    lock = locked()
+    roots = [(Requirement(r), "docker/lock.py") for r in docker_lock.inputs()]
+    reached = walk(lock, recorded(ROOT / "docker" / "requirements.txt"), roots)
+    assert reached == set(lock), f"locked but required by nothing: {sorted(set(lock) - reached)}"
+
+
+def test_walk_refuses_a_lock_that_breaks_a_requirement():
+    """The check above is not vacuous: a pin outside a range something requires, or a missing pin, fails it."""
+    lock = locked()
+    deps = recorded(ROOT / "docker" / "requirements.txt")
+    roots = [(Requirement(r), "docker/lock.py") for r in docker_lock.inputs()]
+    with pytest.raises(AssertionError, match="but the lock has 0.1"):
+        walk({**lock, "botocore": "0.1"}, deps, roots)
+    with pytest.raises(AssertionError, match="is not in the lock"):
+        walk({n: v for n, v in lock.items() if n != "urllib3"}, deps, roots)
+
+
+def test_cpu_constraints_cover_every_requirement_of_every_extra():
+    """install.sh's constraints pin every dependency of pwlock and of each extra, and their trees,
+    at versions they accept (a dependency added to pyproject.toml without remaking the file fails here)."""
+    path = ROOT / docker_lock.CPU_LOCK.relative_to(ROOT)
+    lock = {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)$", path.read_text(), flags=re.M)}
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    roots = [(Requirement(r), "pyproject.toml") for r in PYPROJECT["project"]["dependencies"]]
+    roots += [(Requirement(r), f"pyproject.toml [{e}]") for e, reqs in extras.items() for r in reqs]
+    assert f"extras {','.join(sorted(extras))}." in path.read_text()
+    reached = walk(lock, recorded(path), roots, absent=frozenset(docker_lock.CPU_REMOVED))
+    assert reached | {"pip"} == set(lock), f"pinned but required by nothing: {sorted(set(lock) - reached - {'pip'})}"
+    assert "-c \"$constraints\"" in (ROOT / "install.sh").read_text() and "constraints=docker/constraints-cpu.txt" in (ROOT / "install.sh").read_text()
 
 
 def test_dockerfile_installs_the_lock_then_pwlock_and_copies_what_exists():
