@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import atexit
+import faulthandler
+import os
+import sys
+
 import pytest
 
 from pwlock.models import build_tiny_model, word_level_tokenizer
@@ -59,3 +64,35 @@ def bucket_objects(server, prefix: str = "") -> dict[str, int]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.bucket, Prefix=prefix):
         out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
     return out
+
+
+# --- how the test process ends --------------------------------------------------------------------
+# The suite leaves native threads behind (Ray's core worker, torch's pools, pyarrow's S3 client):
+# interpreter teardown, which frees module state while such threads may still run, is where an
+# exit-time crash can come from, and it would turn a passing run into exit 139. So the session ends
+# in a fixed order, each step visible: Ray stopped, every atexit handler run (pyarrow finalizes S3,
+# weakref finalizers stop sandbox servers), then the process exits with pytest's own status
+# without tearing the interpreter down. faulthandler stays on to the last, so a crash in any of
+# these steps still prints where it happened.
+_exit_status: int | None = None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _exit_status
+    _exit_status = int(exitstatus)
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():  # a test that left its driver up; Ray stops here, not at teardown
+            ray.shutdown()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if _exit_status is None:  # pytest stopped before a session ran (usage error, --help)
+        return
+    faulthandler.enable(file=sys.__stderr__, all_threads=True)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)

@@ -31,7 +31,7 @@ _spec.loader.exec_module(docker_lock)  # docker/ is no package (and `docker` is 
 CLUSTER = ROOT / "cluster"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
-IMAGE = f"REGISTRY/pwlock:{VERSION}"  # REGISTRY: the one placeholder a user replaces (README)
+IMAGE = f"REGISTRY/pwlock:{VERSION}"  # REGISTRY: the one placeholder a user replaces (docs/cluster.md)
 GPUS_PER_NODE = 8
 
 
@@ -198,7 +198,7 @@ def test_rayjob_entrypoint_is_a_sweep_the_image_has_and_its_plan_is_valid(tmp_pa
     assert in_repo(script) == ROOT / "sweeps" / "sample_efficiency.py" and in_repo(script).is_file()
     args = [str(in_repo(a)) if a.startswith(str(workdir) + "/") else a for a in args]
     storage = args[args.index("--storage") + 1]
-    assert re.fullmatch(r"s3://BUCKET/\S+", storage)  # BUCKET: replaced by the user (README)
+    assert re.fullmatch(r"s3://BUCKET/\S+", storage)  # BUCKET: replaced by the user (docs/cluster.md)
     args[args.index("--storage") + 1] = str(tmp_path / "store")
     assert cli.main([*args, "--dry-run"], default_config=ROOT / "sweeps" / "configs" / "local.yaml") == 0
     assert "elicitation trials" in capsys.readouterr().out
