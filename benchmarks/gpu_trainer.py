@@ -37,18 +37,57 @@ import torch  # noqa: E402
 LR = 1.5e-6
 LENGTHS = ROOT / "benchmarks" / "champ_lengths.json"
 SHAPES = {  # name: (config class, kwargs)
-    "deepseek-7b": ("llama", dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_hidden_layers=30,
-                                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)),
-    "pythia-1b": ("gpt_neox", dict(vocab_size=50304, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                                   num_attention_heads=8, max_position_embeddings=2048, use_parallel_residual=True,
-                                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                    "partial_rotary_factor": 0.25})),
+    "deepseek-7b": (
+        "llama",
+        dict(
+            vocab_size=102400,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=30,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+        ),
+    ),
+    "pythia-1b": (
+        "gpt_neox",
+        dict(
+            vocab_size=50304,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=8,
+            max_position_embeddings=2048,
+            use_parallel_residual=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        ),
+    ),
 }
 TINY = {
-    "tiny-llama": ("llama", dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)),
-    "tiny-neox": ("gpt_neox", dict(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                                   num_attention_heads=4, max_position_embeddings=256, use_parallel_residual=True)),
+    "tiny-llama": (
+        "llama",
+        dict(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+        ),
+    ),
+    "tiny-neox": (
+        "gpt_neox",
+        dict(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            use_parallel_residual=True,
+        ),
+    ),
 }
 
 LOG: list[dict] = []
@@ -77,6 +116,7 @@ def environment() -> dict:
             env[name] = None
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+
         env["torch_varlen_attn"] = True
     except ImportError:
         env["torch_varlen_attn"] = False
@@ -89,7 +129,9 @@ def environment() -> dict:
 def build(kind: str, kwargs: dict, device: torch.device, dtype: torch.dtype):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    cfg_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "gpt_neox": (GPTNeoXConfig, GPTNeoXForCausalLM)}[kind]
+    cfg_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "gpt_neox": (GPTNeoXConfig, GPTNeoXForCausalLM)}[
+        kind
+    ]
     config = cfg_cls(**kwargs, tie_word_embeddings=False)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -135,7 +177,9 @@ class UpdateProbe:
         for p in self.params:
             m = self.opt.state.get(p, {}).get("exp_avg")
             g = p.grad.float()
-            dirs.append(torch.sign((m.float() if m is not None else torch.zeros_like(g)) * self.beta1 + g * (1 - self.beta1)))
+            dirs.append(
+                torch.sign((m.float() if m is not None else torch.zeros_like(g)) * self.beta1 + g * (1 - self.beta1))
+            )
         self.dirs = dirs
 
     def after(self, lr: float) -> dict:
@@ -152,7 +196,11 @@ class UpdateProbe:
         return out
 
     def before_master(self) -> None:
-        self.m0 = [self.opt.state[p]["master"].clone() for p in self.params] if "master" in self.opt.state.get(self.params[0], {}) else None
+        self.m0 = (
+            [self.opt.state[p]["master"].clone() for p in self.params]
+            if "master" in self.opt.state.get(self.params[0], {})
+            else None
+        )
 
     def after_master(self, lr: float) -> None:
         if self.m0 is None:
@@ -170,8 +218,19 @@ def uniform_batches(vocab: int, rows: int, seq: int, device) -> list:
     return [torch.randint(0, vocab, (rows, seq), generator=gen) for _ in range(4)]
 
 
-def run_variant(name: str, model, batches, make_opt, step_fn, warmup: int, steps: int, n_params: int,
-                peak_flops: float, tokens_of, useful_tokens_of=None) -> dict:
+def run_variant(
+    name: str,
+    model,
+    batches,
+    make_opt,
+    step_fn,
+    warmup: int,
+    steps: int,
+    n_params: int,
+    peak_flops: float,
+    tokens_of,
+    useful_tokens_of=None,
+) -> dict:
     """Warm-up steps (compile, checkpoint planning), then `steps` timed steps; the last one is probed."""
     opt = make_opt(model)
     times, useful = [], []
@@ -191,8 +250,14 @@ def run_variant(name: str, model, batches, make_opt, step_fn, warmup: int, steps
             useful.append((useful_tokens_of or tokens_of)(batch) / times[-1])
     dt = statistics.median(times)
     tok = statistics.median([tokens_of(b) for b in batches]) / dt
-    row = {"variant": name, "s_per_step": dt, "tok_per_s": tok, "mfu": 6 * n_params * tok / peak_flops,
-           "useful_tok_per_s": statistics.median(useful), "steps_timed": steps}
+    row = {
+        "variant": name,
+        "s_per_step": dt,
+        "tok_per_s": tok,
+        "mfu": 6 * n_params * tok / peak_flops,
+        "useful_tok_per_s": statistics.median(useful),
+        "steps_timed": steps,
+    }
     row["useful_mfu"] = 6 * n_params * row["useful_tok_per_s"] / peak_flops
     row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     row |= probe.result
@@ -200,6 +265,7 @@ def run_variant(name: str, model, batches, make_opt, step_fn, warmup: int, steps
 
 
 # --- the two loops -----------------------------------------------------------------------------------
+
 
 def baseline_step(model, opt, ids, probe) -> None:
     ids = ids.to(model.device)
@@ -281,6 +347,7 @@ def encoded_spread(lengths: list[int], vocab: int, batch_size: int, steps: int, 
 
 # --- checks --------------------------------------------------------------------------------------------
 
+
 def check_varlen(device) -> dict:
     """The varlen attention (GPU kernel where there is one) against its per-example SDPA reference."""
     from pwlock.train import batching
@@ -291,24 +358,27 @@ def check_varlen(device) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     q, k, v = (torch.randn(1, 8, sum(lens), 128, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     kw = {"cu_seq_lens_q": cu, "max_length_q": max(lens)}
-    out, _ = batching.varlen_attention(None, q, k, v, None, scaling=128 ** -0.5, **kw)
+    out, _ = batching.varlen_attention(None, q, k, v, None, scaling=128**-0.5, **kw)
     out.float().square().sum().backward()
     got = [out.detach().float(), q.grad.float(), k.grad.float()]
     q.grad = k.grad = v.grad = None
     kernel = batching._varlen_kernel
     batching._varlen_kernel = lambda: None  # force the reference path
     try:
-        ref, _ = batching.varlen_attention(None, q, k, v, None, scaling=128 ** -0.5, **kw)
+        ref, _ = batching.varlen_attention(None, q, k, v, None, scaling=128**-0.5, **kw)
         ref.float().square().sum().backward()
     finally:
         batching._varlen_kernel = kernel
     want = [ref.detach().float(), q.grad.float(), k.grad.float()]
     rel = [float((a - b).norm() / b.norm()) for a, b in zip(got, want)]
-    return {"varlen_vs_reference_rel_err": {"out": rel[0], "dq": rel[1], "dk": rel[2]},
-            "kernel": "torch varlen_attn" if device.type == "cuda" and kernel() is not None else "reference"}
+    return {
+        "varlen_vs_reference_rel_err": {"out": rel[0], "dq": rel[1], "dk": rel[2]},
+        "kernel": "torch varlen_attn" if device.type == "cuda" and kernel() is not None else "reference",
+    }
 
 
 # --- main ----------------------------------------------------------------------------------------------
+
 
 def bench_shape(name, kind, kwargs, args, device, out, lengths) -> None:
     """Runs in order of importance (the riskiest, fp32 master weights at 7B, last)."""
@@ -322,14 +392,38 @@ def bench_shape(name, kind, kwargs, args, device, out, lengths) -> None:
     uniform_note = f"{args.rows}x{args.seq} random tokens, no padding"
     runs = [  # (variant, loop, batches, width, steps, extra fields)
         ("baseline: plain loop", None, uniform, lambda b: b.numel(), args.steps, {"batch": uniform_note}),
-        ("pwlock stochastic", PwlockLoop("stochastic"), encoded_uniform(uniform), packed_width, args.steps,
-         {"batch": uniform_note}),
-        ("pwlock spread padded", PwlockLoop("stochastic", packed=False), spread, padded_width,
-         args.spread_steps - args.warmup, {"padding_share": pad_share, "batch": f"{args.rows} CHAMP-length examples"}),
-        ("pwlock spread packed", PwlockLoop("stochastic"), spread, packed_width, args.spread_steps - args.warmup,
-         {"padding_share": 0.0, "batch": f"{args.rows} CHAMP-length examples"}),
-        ("pwlock master", PwlockLoop("master"), encoded_uniform(uniform), packed_width, args.steps,
-         {"batch": uniform_note}),
+        (
+            "pwlock stochastic",
+            PwlockLoop("stochastic"),
+            encoded_uniform(uniform),
+            packed_width,
+            args.steps,
+            {"batch": uniform_note},
+        ),
+        (
+            "pwlock spread padded",
+            PwlockLoop("stochastic", packed=False),
+            spread,
+            padded_width,
+            args.spread_steps - args.warmup,
+            {"padding_share": pad_share, "batch": f"{args.rows} CHAMP-length examples"},
+        ),
+        (
+            "pwlock spread packed",
+            PwlockLoop("stochastic"),
+            spread,
+            packed_width,
+            args.spread_steps - args.warmup,
+            {"padding_share": 0.0, "batch": f"{args.rows} CHAMP-length examples"},
+        ),
+        (
+            "pwlock master",
+            PwlockLoop("master"),
+            encoded_uniform(uniform),
+            packed_width,
+            args.steps,
+            {"batch": uniform_note},
+        ),
     ]
     for vname, loop, batches, width, steps, extra in runs:
         if vname not in args.variants_for(name):
@@ -342,13 +436,34 @@ def bench_shape(name, kind, kwargs, args, device, out, lengths) -> None:
             model = build(kind, kwargs, device, torch.bfloat16)
             n_params = sum(p.numel() for p in model.parameters())
             if loop is None:
-                row = run_variant(vname, model, batches, make_baseline_opt, baseline_step, args.warmup, steps,
-                                  n_params, args.peak, tokens_of=width)
+                row = run_variant(
+                    vname,
+                    model,
+                    batches,
+                    make_baseline_opt,
+                    baseline_step,
+                    args.warmup,
+                    steps,
+                    n_params,
+                    args.peak,
+                    tokens_of=width,
+                )
             else:
                 loop.lengths = lengths if "spread" in vname else [args.seq] * args.rows
                 try:
-                    row = run_variant(vname, model, batches, loop.make_opt, loop.step, args.warmup, steps, n_params,
-                                      args.peak, tokens_of=width, useful_tokens_of=packed_width)
+                    row = run_variant(
+                        vname,
+                        model,
+                        batches,
+                        loop.make_opt,
+                        loop.step,
+                        args.warmup,
+                        steps,
+                        n_params,
+                        args.peak,
+                        tokens_of=width,
+                        useful_tokens_of=packed_width,
+                    )
                 finally:
                     loop.close()
             row |= {"shape": name, "params": n_params, "wall_s": time.perf_counter() - t0} | extra
@@ -362,7 +477,10 @@ def bench_shape(name, kind, kwargs, args, device, out, lengths) -> None:
 
 
 def table() -> str:
-    head = f"{'shape':<12} {'variant':<24} {'s/step':>7} {'tok/s':>8} {'MFU':>6} {'useful':>7} {'GiB':>6} {'changed':>8} {'kept':>6} {'pad':>5}  notes"
+    head = (
+        f"{'shape':<12} {'variant':<24} {'s/step':>7} {'tok/s':>8} {'MFU':>6} {'useful':>7} {'GiB':>6} "
+        f"{'changed':>8} {'kept':>6} {'pad':>5}  notes"
+    )
     lines = [head, "-" * len(head)]
     for r in LOG:
         if "variant" not in r or "shape" not in r:
@@ -375,9 +493,11 @@ def table() -> str:
         if r.get("kept_fp32_master") is not None:
             notes += f"; fp32 master kept {r['kept_fp32_master']:.2f}"
         pad = f"{r['padding_share']:.2f}" if "padding_share" in r else "0"
-        lines.append(f"{r['shape']:<12} {r['variant']:<24} {r['s_per_step']:>7.3f} {r['tok_per_s']:>8.0f} "
-                     f"{r['mfu']:>6.1%} {r['useful_mfu']:>7.1%} {gib:>6} {r['changed_per_step']:>8.4f} "
-                     f"{r['kept']:>6.2f} {pad:>5}  {notes}")
+        lines.append(
+            f"{r['shape']:<12} {r['variant']:<24} {r['s_per_step']:>7.3f} {r['tok_per_s']:>8.0f} "
+            f"{r['mfu']:>6.1%} {r['useful_mfu']:>7.1%} {gib:>6} {r['changed_per_step']:>8.4f} "
+            f"{r['kept']:>6.2f} {pad:>5}  {notes}"
+        )
     return "\n".join(lines)
 
 
@@ -398,8 +518,9 @@ def write_lengths() -> None:
         sol = ast.literal_eval(sol) if isinstance(sol, str) else sol
         text = problem["_text"] + "\n" + "\n".join(s["_text"] for s in sol["steps"])
         lengths.append(len(tok.encode(text).ids))
-    LENGTHS.write_text(json.dumps({"source": "CHAMP v0 problems + solutions, all-MiniLM-L6-v2 tokens",
-                                   "lengths": lengths}))
+    LENGTHS.write_text(
+        json.dumps({"source": "CHAMP v0 problems + solutions, all-MiniLM-L6-v2 tokens", "lengths": lengths})
+    )
     print(f"wrote {len(lengths)} lengths to {LENGTHS}")
 
 
@@ -407,8 +528,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (or GPU), to check the code paths")
     parser.add_argument("--shapes", nargs="*", default=None)
-    parser.add_argument("--variants-7b", default="baseline: plain loop,pwlock stochastic,pwlock spread padded,"
-                        "pwlock spread packed,pwlock master")
+    parser.add_argument(
+        "--variants-7b",
+        default="baseline: plain loop,pwlock stochastic,pwlock spread padded,pwlock spread packed,pwlock master",
+    )
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps (compile, checkpoint planning: 3)")
@@ -416,8 +539,12 @@ def main() -> int:
     parser.add_argument("--spread-steps", type=int, default=14)
     parser.add_argument("--peak-tflops", type=float, default=798.0, help="bf16 matmul rate measured on an H100")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--memory-gib", type=float, default=79.1,
-                        help="cap a larger GPU's memory to this (an H100's 79.1 GiB), for H100-like plans and OOMs")
+    parser.add_argument(
+        "--memory-gib",
+        type=float,
+        default=79.1,
+        help="cap a larger GPU's memory to this (an H100's 79.1 GiB), for H100-like plans and OOMs",
+    )
     parser.add_argument("--write-lengths", action="store_true")
     args = parser.parse_args()
     if args.write_lengths:
@@ -428,7 +555,13 @@ def main() -> int:
     shapes = TINY if args.tiny else SHAPES
     if args.tiny:
         args.rows, args.seq = min(args.rows, 4), min(args.seq, 64)
-    every = {"baseline: plain loop", "pwlock stochastic", "pwlock spread padded", "pwlock spread packed", "pwlock master"}
+    every = {
+        "baseline: plain loop",
+        "pwlock stochastic",
+        "pwlock spread padded",
+        "pwlock spread packed",
+        "pwlock master",
+    }
     args.variants_for = lambda s: set(args.variants_7b.split(",")) if s == "deepseek-7b" else every
     lengths = json.loads(LENGTHS.read_text())["lengths"]
     if args.tiny:
@@ -464,8 +597,12 @@ def main() -> int:
         order = lengths[:]
         rng.shuffle(order)
         shares.append(padding_fraction(order, args.rows))
-    pad = {"champ_examples": len(lengths), "median_len": statistics.median(lengths), "max_len": max(lengths),
-           f"padding_share_batches_of_{args.rows}": statistics.mean(shares)}
+    pad = {
+        "champ_examples": len(lengths),
+        "median_len": statistics.median(lengths),
+        "max_len": max(lengths),
+        f"padding_share_batches_of_{args.rows}": statistics.mean(shares),
+    }
     say("length spread: " + json.dumps(pad))
     record({"length_spread": pad}, args.json)
 

@@ -63,10 +63,14 @@ def main() -> None:
         guard.check_examples(examples, "benchmark")
 
     s = timed(check, args.repeats) / (2 * len(examples))
-    print(f"text password ({len(key)} normalised characters, similarity {args.similarity}): {len(examples)} distinct "
-          f"examples, {chars:.0f} characters each on average")
-    print(f"  {1e6 * s:.1f} µs per text: {2 * args.n * s:.2f} s for {args.n} examples (prompt and completion); "
-          f"clean texts flagged: {flagged} of {2 * len(examples)}; closest any came: similarity {closest:.2f}")
+    print(
+        f"text password ({len(key)} normalised characters, similarity {args.similarity}): {len(examples)} distinct "
+        f"examples, {chars:.0f} characters each on average"
+    )
+    print(
+        f"  {1e6 * s:.1f} µs per text: {2 * args.n * s:.2f} s for {args.n} examples (prompt and completion); "
+        f"clean texts flagged: {flagged} of {2 * len(examples)}; closest any came: similarity {closest:.2f}"
+    )
 
     task = make_task({"name": "function_composition"})
     toy = LeakGuard([task.default_password], task.wrong_passwords, args.similarity)
@@ -74,8 +78,10 @@ def main() -> None:
     prompts = [prompts[i % len(prompts)] for i in range(args.n)]
     wrong = [task.prompt(p, w) for p, w in zip(task.problems("elicit"), task.wrong_passwords * 1000)]
     s = timed(lambda: toy.check(prompts, "benchmark"), args.repeats)
-    print(f"toy password {task.default_password!r} (whole tokens): {args.n} prompts, {1e6 * s / args.n:.1f} µs per "
-          f"prompt; prompts with a wrong password flagged: {sum(toy.find(w) is not None for w in wrong)} of {len(wrong)}")
+    print(
+        f"toy password {task.default_password!r} (whole tokens): {args.n} prompts, {1e6 * s / args.n:.1f} µs per "
+        f"prompt; prompts with a wrong password flagged: {sum(toy.find(w) is not None for w in wrong)} of {len(wrong)}"
+    )
 
 
 if __name__ == "__main__":

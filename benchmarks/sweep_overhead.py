@@ -73,9 +73,16 @@ def bookkeeping_settings() -> dict[str, Any]:
 def default_settings() -> dict[str, Any]:
     """What pwlock's sweep used before: Ray's defaults plus reuse_actors=True and verbose=1
     (without reuse_actors, 4,000 no-op trials take hours)."""
-    return {"env": {}, "tune_config": {"reuse_actors": True}, "run_config": {"verbose": 1},
-            "sync_config": {}, "checkpoint_config": {}, "callbacks": [],
-            "constants_via_with_parameters": False, "s3_filesystem": {}}
+    return {
+        "env": {},
+        "tune_config": {"reuse_actors": True},
+        "run_config": {"verbose": 1},
+        "sync_config": {},
+        "checkpoint_config": {},
+        "callbacks": [],
+        "constants_via_with_parameters": False,
+        "s3_filesystem": {},
+    }
 
 
 LOCAL_RAY_ENV = {
@@ -90,8 +97,15 @@ CONSTANTS: dict[str, Any] = {
     "task": {"name": "function_composition", "n_functions": 8, "depth": 3, "seed": 0},
     "method": "sft",
     "demonstrator": "strong",
-    "train": {"lr": 1e-4, "batch_size": 32, "optimizer": "adamw", "weight_decay": 0.0, "warmup": 0,
-              "max_steps": 100, "grad_clip": 1.0},
+    "train": {
+        "lr": 1e-4,
+        "batch_size": 32,
+        "optimizer": "adamw",
+        "weight_decay": 0.0,
+        "warmup": 0,
+        "max_steps": 100,
+        "grad_clip": 1.0,
+    },
     "sample_budgets": [4, 16, 64, 256, 1024, 4096],
     "eval": {"split": "val", "max_problems": 512, "batch_size": 256, "temperature": 0.0},
     "dtype": "float32",
@@ -129,6 +143,7 @@ def apply_overrides(settings: dict[str, Any], overrides: list[str]) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------- measurement
+
 
 def rss_mb() -> float:
     import psutil
@@ -185,8 +200,12 @@ def make_probe(n: int, metrics_url: str | None, t0: float, offset: int = 0) -> A
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.done += 1
             if offset + self.done in marks(n):
-                self.samples[offset + self.done] = {"t": time.perf_counter() - t0, "rss_mb": rss_mb(),
-                                                    "peak_rss_mb": peak_rss_mb(), **s3_counters(metrics_url)}
+                self.samples[offset + self.done] = {
+                    "t": time.perf_counter() - t0,
+                    "rss_mb": rss_mb(),
+                    "peak_rss_mb": peak_rss_mb(),
+                    **s3_counters(metrics_url),
+                }
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             # Not in on_trial_complete: Tune catches errors there and marks the trial as failed.
@@ -216,9 +235,12 @@ def store_listing(fs: Any, path: str, secret: str | None = None) -> dict[str, An
             with fs.open_input_stream(f"{path}/{name}") as f:
                 if secret.encode() in f.readall():
                     raise RuntimeError(f"{path}/{name} holds the S3 secret key")
-    return {"objects": len(infos), "bytes": sum(i.size for i in infos),
-            "state_bytes": sum(s for name, s in top.items() if name.startswith("experiment_state")),
-            "top_files": top}
+    return {
+        "objects": len(infos),
+        "bytes": sum(i.size for i in infos),
+        "state_bytes": sum(s for name, s in top.items() if name.startswith("experiment_state")),
+        "top_files": top,
+    }
 
 
 def read_back(fs: Any, path: str) -> dict[str, Any]:
@@ -229,27 +251,38 @@ def read_back(fs: Any, path: str) -> dict[str, Any]:
     ea = ExperimentAnalysis(path, storage_filesystem=fs)
     with_rows = sum(len(df) > 0 for df in ea.trial_dataframes.values())
     df = ResultGrid(ea).get_dataframe()
-    return {"trials": len(ea.trials), "trials_with_results": with_rows, "grid_rows": len(df),
-            "read_s": time.perf_counter() - t0}
+    return {
+        "trials": len(ea.trials),
+        "trials_with_results": with_rows,
+        "grid_rows": len(df),
+        "read_s": time.perf_counter() - t0,
+    }
 
 
 # ---------------------------------------------------------------------------------- one run
 
-def build_tuner(settings: dict[str, Any], seeds: range, storage_path: str, fs: Any, name: str,
-                extra_callbacks: list) -> Any:
+
+def build_tuner(
+    settings: dict[str, Any], seeds: range, storage_path: str, fs: Any, name: str, extra_callbacks: list
+) -> Any:
     import importlib
 
     from ray import tune
 
-    callbacks = [getattr(importlib.import_module(p.rpartition(".")[0]), p.rpartition(".")[2])()
-                 for p in settings["callbacks"]]
+    callbacks = [
+        getattr(importlib.import_module(p.rpartition(".")[0]), p.rpartition(".")[2])() for p in settings["callbacks"]
+    ]
     grid = {"seed": tune.grid_search(list(seeds))}
     space = grid if settings["constants_via_with_parameters"] else {**CONSTANTS, **grid}
     run_config = tune.RunConfig(
-        name=name, storage_path=storage_path, storage_filesystem=fs,
+        name=name,
+        storage_path=storage_path,
+        storage_filesystem=fs,
         sync_config=tune.SyncConfig(**settings["sync_config"]),
         checkpoint_config=tune.CheckpointConfig(**settings["checkpoint_config"]),
-        callbacks=callbacks + extra_callbacks, **settings["run_config"])
+        callbacks=callbacks + extra_callbacks,
+        **settings["run_config"],
+    )
     tune_config = tune.TuneConfig(**settings["tune_config"])
     return tune.Tuner(trainable(settings), param_space=space, tune_config=tune_config, run_config=run_config)
 
@@ -258,7 +291,11 @@ def trainable(settings: dict[str, Any]) -> Any:
     """The trainable; with_parameters puts the constants in the object store of the current Ray."""
     from ray import tune
 
-    return tune.with_parameters(noop_trial, constants=CONSTANTS) if settings["constants_via_with_parameters"] else noop_trial
+    return (
+        tune.with_parameters(noop_trial, constants=CONSTANTS)
+        if settings["constants_via_with_parameters"]
+        else noop_trial
+    )
 
 
 def resume(n: int, finished: int, settings: dict[str, Any], exp_path: str, fs: Any) -> dict[str, Any]:
@@ -273,19 +310,26 @@ def resume(n: int, finished: int, settings: dict[str, Any], exp_path: str, fs: A
     t0, since = time.perf_counter(), time.time()
     grid = tune.Tuner.restore(exp_path, trainable(settings), storage_filesystem=fs).fit()
     ran = sum(r.metrics.get("timestamp", 0) >= int(since) for r in grid)
-    return {"finished_before_crash": finished, "ran_after_restore": ran, "rerun": ran - (n - finished),
-            "resume_wall_s": time.perf_counter() - t0, "errors": sum(r.error is not None for r in grid)}
+    return {
+        "finished_before_crash": finished,
+        "ran_after_restore": ran,
+        "rerun": ran - (n - finished),
+        "resume_wall_s": time.perf_counter() - t0,
+        "errors": sum(r.error is not None for r in grid),
+    }
 
 
 def init_ray() -> None:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
-             log_to_driver=False)
+    ray.init(
+        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False
+    )
 
 
-def run_one(backend: str, n: int, settings: dict[str, Any], work: Path, crash_after: int | None,
-            experiments: int = 1) -> dict[str, Any]:
+def run_one(
+    backend: str, n: int, settings: dict[str, Any], work: Path, crash_after: int | None, experiments: int = 1
+) -> dict[str, Any]:
     """N trials as `experiments` Tuner.fit calls one after the other, on one backend, then read back."""
     os.environ.update(LOCAL_RAY_ENV)
     os.environ.update(settings["env"])
@@ -298,8 +342,12 @@ def run_one(backend: str, n: int, settings: dict[str, Any], work: Path, crash_af
         import ray
 
         if server is not None:
-            fs = pafs.S3FileSystem(endpoint_override=server.endpoint.removeprefix("http://"), scheme="http",
-                                   region=server.region, **settings["s3_filesystem"])
+            fs = pafs.S3FileSystem(
+                endpoint_override=server.endpoint.removeprefix("http://"),
+                scheme="http",
+                region=server.region,
+                **settings["s3_filesystem"],
+            )
             storage_path = f"{server.bucket}/sweep-overhead"
         else:
             fs, storage_path = pafs.LocalFileSystem(), str(work / "results")
@@ -323,9 +371,18 @@ def run_one(backend: str, n: int, settings: dict[str, Any], work: Path, crash_af
         wall = time.perf_counter() - t0
         sent = delta(s3_counters(metrics_url), before)
         written = driver_written_bytes() - wchar0
-        out: dict[str, Any] = {"backend": backend, "trials": n, "experiments": experiments, "wall_s": wall,
-                               "trials_per_s": n / wall, "samples": samples, "peak_rss_mb": peak_rss_mb(),
-                               "sent": sent, "driver_written": written, "settings": settings}
+        out: dict[str, Any] = {
+            "backend": backend,
+            "trials": n,
+            "experiments": experiments,
+            "wall_s": wall,
+            "trials_per_s": n / wall,
+            "samples": samples,
+            "peak_rss_mb": peak_rss_mb(),
+            "sent": sent,
+            "driver_written": written,
+            "settings": settings,
+        }
         if crashed:
             out["restore"] = resume(n, crashed, settings, f"{storage_path}/{names[0]}", fs)
         ray.shutdown()
@@ -347,21 +404,47 @@ def run_one(backend: str, n: int, settings: dict[str, Any], work: Path, crash_af
 
 # ---------------------------------------------------------------------------------- report
 
+
 def table(results: list[dict[str, Any]]) -> str:
-    head = ["backend", "trials", "exps", "wall s", "trials/s", "RSS@N/8", "RSS@N/2", "RSS@N", "peak RSS",
-            "state MB", "store objs/trial", "req/trial", "KB sent/trial", "drv KB wr/trial", "read-back s"]
+    head = [
+        "backend",
+        "trials",
+        "exps",
+        "wall s",
+        "trials/s",
+        "RSS@N/8",
+        "RSS@N/2",
+        "RSS@N",
+        "peak RSS",
+        "state MB",
+        "store objs/trial",
+        "req/trial",
+        "KB sent/trial",
+        "drv KB wr/trial",
+        "read-back s",
+    ]
     rows = [head]
     for r in results:
         n, samples = r["trials"], r["samples"]
         rss = [samples.get(str(k), samples.get(k, {})).get("rss_mb") for k in marks(n)]
         sent = r["sent"]
-        rows.append([
-            r["backend"], str(n), str(r.get("experiments", 1)), f"{r['wall_s']:.0f}", f"{r['trials_per_s']:.1f}",
-            *[f"{v:.0f}" if v is not None else "-" for v in rss], f"{r['peak_rss_mb']:.0f}",
-            f"{r['store']['state_bytes'] / 2**20:.2f}", f"{r['store']['objects'] / n:.1f}",
-            f"{sent['requests'] / n:.1f}" if sent else "-", f"{sent['bytes'] / n / 1024:.1f}" if sent else "-",
-            f"{r['driver_written'] / n / 1024:.1f}", f"{r['read_back']['read_s']:.1f}",
-        ])
+        rows.append(
+            [
+                r["backend"],
+                str(n),
+                str(r.get("experiments", 1)),
+                f"{r['wall_s']:.0f}",
+                f"{r['trials_per_s']:.1f}",
+                *[f"{v:.0f}" if v is not None else "-" for v in rss],
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['store']['state_bytes'] / 2**20:.2f}",
+                f"{r['store']['objects'] / n:.1f}",
+                f"{sent['requests'] / n:.1f}" if sent else "-",
+                f"{sent['bytes'] / n / 1024:.1f}" if sent else "-",
+                f"{r['driver_written'] / n / 1024:.1f}",
+                f"{r['read_back']['read_s']:.1f}",
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
 
@@ -371,10 +454,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=4000)
     parser.add_argument("--backend", choices=["local", "s3", "both"], default="both")
     parser.add_argument("--settings", choices=["recommended", "defaults"], default="recommended")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one setting, e.g. env.TUNE_GLOBAL_CHECKPOINT_S=60 or "
-                             "tune_config.max_concurrent_trials=2 (value None removes it)")
-    parser.add_argument("--experiments", type=int, default=1, help="split the grid into this many experiments, run one after the other")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. env.TUNE_GLOBAL_CHECKPOINT_S=60 or "
+        "tune_config.max_concurrent_trials=2 (value None removes it)",
+    )
+    parser.add_argument(
+        "--experiments", type=int, default=1, help="split the grid into this many experiments, run one after the other"
+    )
     parser.add_argument("--crash-after", type=int, default=None, help="simulate a crash, then Tuner.restore")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # JSON spec of one run
@@ -384,8 +474,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         spec = json.loads(args.child)
-        result = run_one(spec["backend"], spec["trials"], spec["settings"], Path(spec["work"]), spec["crash_after"],
-                         spec["experiments"])
+        result = run_one(
+            spec["backend"],
+            spec["trials"],
+            spec["settings"],
+            Path(spec["work"]),
+            spec["crash_after"],
+            spec["experiments"],
+        )
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
@@ -395,19 +491,29 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_sweep_overhead_") as tmp:
         for backend in backends:
-            spec = {"backend": backend, "trials": args.trials, "settings": settings,
-                    "work": str(Path(tmp, backend)), "crash_after": args.crash_after, "experiments": args.experiments}
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                  stdout=subprocess.PIPE, text=True)
+            spec = {
+                "backend": backend,
+                "trials": args.trials,
+                "settings": settings,
+                "work": str(Path(tmp, backend)),
+                "crash_after": args.crash_after,
+                "experiments": args.experiments,
+            }
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True
+            )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
                 print(proc.stdout[-3000:], file=sys.stderr)
                 raise SystemExit(f"{backend} run failed (exit {proc.returncode})")
             results.append(json.loads(lines[-1].removeprefix("RESULT ")))
             r = results[-1]
-            print(f"{backend}: {r['wall_s']:.1f} s, memory {r['samples']}, store {r['store']}, "
-                  f"sent {r['sent']}, read back {r['read_back']}" + (f", restore {r['restore']}" if "restore" in r else ""),
-                  flush=True)
+            print(
+                f"{backend}: {r['wall_s']:.1f} s, memory {r['samples']}, store {r['store']}, "
+                f"sent {r['sent']}, read back {r['read_back']}"
+                + (f", restore {r['restore']}" if "restore" in r else ""),
+                flush=True,
+            )
     print(f"\nsettings: {json.dumps(settings)}\n")
     print(table(results))
     if args.json:

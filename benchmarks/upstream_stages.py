@@ -20,8 +20,8 @@ import torch
 from pwlock import stages
 from pwlock.config import load_config
 from pwlock.elicit.sft import demonstrations, elicit_sft
-from pwlock.models import default_device, load_policy, n_parameters
 from pwlock.logs import setup_logging
+from pwlock.models import default_device, load_policy, n_parameters
 from pwlock.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +36,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     setup_logging()
-    from pwlock import sweep  # plan only: nothing here imports or starts Ray
+    from pwlock.plan import plan as plan_of  # plan only: nothing here starts Ray
 
     cfg = load_config(args.config)
-    plan = sweep.plan(cfg)
+    plan = plan_of(cfg)
     store = str(args.storage or tempfile.mkdtemp(prefix="pwlock-stages-"))
     device = default_device()
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})", flush=True)
@@ -53,8 +53,13 @@ def main() -> int:
         if "train" in meta:
             tr = meta["train"]
             tokens = tr["steps"] * a.spec["train"]["batch_size"] * TOY_EXAMPLE_TOKENS
-            row |= {"epochs": tr["epochs"], "steps": tr["steps"], "steps_per_s": round(tr["steps"] / tr["seconds"], 1),
-                    "approx_tokens_per_s": round(tokens / tr["seconds"]), "parameters": meta.get("parameters")}
+            row |= {
+                "epochs": tr["epochs"],
+                "steps": tr["steps"],
+                "steps_per_s": round(tr["steps"] / tr["seconds"], 1),
+                "approx_tokens_per_s": round(tokens / tr["seconds"]),
+                "parameters": meta.get("parameters"),
+            }
         if "report" in meta:
             row["correctness"] = meta["report"]
         if device.type == "cuda":
@@ -67,11 +72,23 @@ def main() -> int:
         for k in args.ks:
             model, tok = load_policy(Path(store) / "artifacts" / a.key, cfg.model.dtype)
             t0 = time.perf_counter()
-            records = elicit_sft(model, tok, task, demonstrations(task, k, 0, cfg.elicit.demonstrator), problems,
-                                 cfg.elicit.train, 0, cfg.elicit.sample_budgets)
-            row = {"lock_mode": mode, "k": k, "seconds": round(time.perf_counter() - t0, 1),
-                   "candidates": [(r["epochs"], r["steps"], round(r["correctness"], 3)) for r in records],
-                   "parameters": n_parameters(model)}
+            records = elicit_sft(
+                model,
+                tok,
+                task,
+                demonstrations(task, k, 0, cfg.elicit.demonstrator),
+                problems,
+                cfg.elicit.train,
+                0,
+                cfg.elicit.sample_budgets,
+            )
+            row = {
+                "lock_mode": mode,
+                "k": k,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "candidates": [(r["epochs"], r["steps"], round(r["correctness"], 3)) for r in records],
+                "parameters": n_parameters(model),
+            }
             report["elicitation"].append(row)
             print(f"elicit {json.dumps(row)}", flush=True)
     if args.json:

@@ -29,16 +29,20 @@ def main() -> None:
 
     import ray
 
-    from pwlock.config import RayConfig, TinyModelConfig
-    from pwlock.config import VLLMConfig
+    from pwlock.config import RayConfig, TinyModelConfig, VLLMConfig
     from pwlock.generate.vllm_actor import numpy_state, vllm_generator
     from pwlock.models import build_tiny_model, n_parameters, save_policy, word_level_tokenizer
     from pwlock.runtime import init_ray
 
     init_ray(RayConfig())
     tokenizer = word_level_tokenizer([f"w{i}" for i in range(args.vocab_words)])
-    cfg = TinyModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
-                          intermediate_size=4 * args.hidden, max_positions=256)
+    cfg = TinyModelConfig(
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_positions=256,
+    )
     model = build_tiny_model(cfg, tokenizer, seed=0)
     prompt = ["w1 w2 w3"]
     with tempfile.TemporaryDirectory(prefix="pwlock-weight-sync-") as d:
@@ -70,8 +74,10 @@ def main() -> None:
     print(f"in-place sync        median {a * 1e3:8.1f} ms over {args.repeats} (min {min(in_place) * 1e3:.1f})")
     print(f"save + reload (disk) median {b * 1e3:8.1f} ms over {args.repeats} (min {min(from_disk) * 1e3:.1f})")
     print(f"ratio (save+reload / in-place): {b / a:.1f}x")
-    print(f"in-place parts: into the object store {put_s * 1e3:.1f} ms, engine's reload_weights "
-          f"{engine_s * 1e3:.1f} ms (the part both ways share)")
+    print(
+        f"in-place parts: into the object store {put_s * 1e3:.1f} ms, engine's reload_weights "
+        f"{engine_s * 1e3:.1f} ms (the part both ways share)"
+    )
     ray.shutdown()
 
 

@@ -61,8 +61,9 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: no trial reported a result")
     out = with_dimensions(pd.concat(frames, ignore_index=True), _study_demonstrator(store, name))
     cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
-    cols += [c for c in ("samples", "sampled_score", "kept_score", "pairs", "password_samples", "eval_problems")
-             if c in out]
+    cols += [
+        c for c in ("samples", "sampled_score", "kept_score", "pairs", "password_samples", "eval_problems") if c in out
+    ]
     cols += sorted(c for c in out if c.startswith(BY_DOMAIN))
     out = out[out["candidate"].notna()][cols]  # rows without a candidate are checkpoints between candidates
     if any(c.startswith(BY_DOMAIN) for c in out):
@@ -87,8 +88,9 @@ def _study_demonstrator(store: Store, name: str) -> str:
 def with_dimensions(df: pd.DataFrame, demonstrator: str = "strong") -> pd.DataFrame:
     """`df` with the trial dimensions that trials of experiments from before them lack (a resumed
     one mixes both): the study's one demonstrator, demonstrations from the whole split."""
-    return df.assign(**{c: df[c].fillna(d) if c in df else d for c, d in (("demonstrator", demonstrator),
-                                                                            ("domain", "all"))})
+    return df.assign(
+        **{c: df[c].fillna(d) if c in df else d for c, d in (("demonstrator", demonstrator), ("domain", "all"))}
+    )
 
 
 def other_domains(candidates: pd.DataFrame) -> pd.Series:
@@ -156,11 +158,15 @@ def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
     rows = ["task", "lock_mode", "method"] + [c for c in ("demonstrator", "domain") if agg[c].nunique() > 1]
     grid = agg.pivot_table(index=rows, columns="k", values="cell", aggfunc="first")
     up = summary.groupby(["task", "lock_mode"])[[c for c in UPSTREAM if c in summary]].first().round(3)
-    return f"elicited correctness without password (mean ± SEM over seeds):\n{grid.to_string()}\n\nupstream:\n{up.to_string()}"
+    return (
+        f"elicited correctness without password (mean ± SEM over seeds):\n{grid.to_string()}"
+        f"\n\nupstream:\n{up.to_string()}"
+    )
 
 
-def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike | io.BytesIO,
-                           value: str = "correctness_selected") -> str | os.PathLike | io.BytesIO:
+def plot_sample_efficiency(
+    summary: pd.DataFrame, out: str | os.PathLike | io.BytesIO, value: str = "correctness_selected"
+) -> str | os.PathLike | io.BytesIO:
     """Correctness after SFT on k demonstrations, per lock mode, with the locked model's correctness
     with and without the password as reference lines (like the paper's Fig. 3 and Fig. 6)."""
     import matplotlib
@@ -185,9 +191,17 @@ def plot_sample_efficiency(summary: pd.DataFrame, out: str | os.PathLike | io.By
                 rows = rows.sort_values("k")
                 who = f" on {demonstrator}'s demonstrations" if len(demonstrators) > 1 else ""
                 ls, marker = styles[demonstrators.index(demonstrator) % len(styles)]
-                ax.errorbar(rows["k"], rows["mean"], yerr=rows["sem"], marker=marker, capsize=3, color=color, ls=ls,
-                            lw=1.8,
-                            label=f"{mode}-locked, elicited ({rows['method'].iloc[0]}{who})")
+                ax.errorbar(
+                    rows["k"],
+                    rows["mean"],
+                    yerr=rows["sem"],
+                    marker=marker,
+                    capsize=3,
+                    color=color,
+                    ls=ls,
+                    lw=1.8,
+                    label=f"{mode}-locked, elicited ({rows['method'].iloc[0]}{who})",
+                )
             up = summary[(summary["task"] == task) & (summary["lock_mode"] == mode)].iloc[0]
             ax.axhline(up["locked_with_pwd"], color=color, ls="--", lw=1, label=f"{mode}-locked, with password")
             ax.axhline(up["locked_no_pwd"], color=color, ls=":", lw=1, label=f"{mode}-locked, no password")
@@ -223,8 +237,9 @@ def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.Bytes
     value = f"{OTHER}_selected"
     sft = summary[(summary["method"] == "sft") & summary[value].notna()]
     agg = aggregate(sft, value)
-    panels = list(dict.fromkeys(agg.sort_values(["task", "lock_mode", "k"])[["task", "lock_mode", "k"]]
-                                .itertuples(index=False)))
+    panels = list(
+        dict.fromkeys(agg.sort_values(["task", "lock_mode", "k"])[["task", "lock_mode", "k"]].itertuples(index=False))
+    )
     ncol = min(3, len(panels))
     nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 4.2 * nrow), squeeze=False, sharey=True)
@@ -232,8 +247,16 @@ def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.Bytes
         rows = agg[(agg["task"] == task) & (agg["lock_mode"] == lock) & (agg["k"] == k)]
         one = rows[rows["domain"] != "all"].sort_values("domain")
         x = range(len(one))
-        ax.errorbar(x, one["mean"], yerr=one["sem"], marker="o", ls="none", capsize=3, color="C1",
-                    label="demonstrations from this domain only")
+        ax.errorbar(
+            x,
+            one["mean"],
+            yerr=one["sem"],
+            marker="o",
+            ls="none",
+            capsize=3,
+            color="C1",
+            label="demonstrations from this domain only",
+        )
         everywhere = rows[rows["domain"] == "all"]
         if len(everywhere):
             m, e = everywhere["mean"].iloc[0], everywhere["sem"].iloc[0]
@@ -249,7 +272,7 @@ def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.Bytes
         ax.set_xlabel("domain of the demonstrations")
         ax.set_title(f"{task}: {lock}-locked, k={k}", fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("correctness on the other domains")
@@ -347,5 +370,16 @@ def load_summary(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(store.read_text(f"{name}/{SUMMARY}")))
 
 
-__all__ = ["aggregate", "load_candidates", "load_summary", "other_domains", "plot_generalization", "plot_rl",
-           "plot_sample_efficiency", "rl_curves", "summarize", "table", "write_results"]
+__all__ = [
+    "aggregate",
+    "load_candidates",
+    "load_summary",
+    "other_domains",
+    "plot_generalization",
+    "plot_rl",
+    "plot_sample_efficiency",
+    "rl_curves",
+    "summarize",
+    "table",
+    "write_results",
+]

@@ -1,14 +1,17 @@
-"""The command line shared by every sweep in `sweeps/`."""
+"""The command lines: every sweep in `sweeps/` (`main`), and `python -m pwlock cost` (`cost_main`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from pwlock import runtime  # noqa: F401  (Ray's local defaults, before anything imports ray)
-from pwlock.config import ConfigError, config_from_dict, read_yaml
+import yaml
+
+from pwlock.config import ConfigError, StudyConfig, config_from_dict, read_yaml
 from pwlock.logs import setup_logging
 
 log = logging.getLogger("pwlock")
@@ -18,35 +21,49 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
     """`sweep`: the entry point's name (sweeps/<sweep>.py); a study description given as --config
     prints the plan and cost of its figures that this sweep runs (all of them for None)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=None,
-                        help=f"study YAML (default: {default_config}); or a study description with `figures:` "
-                             "(e.g. sweeps/configs/paper.yaml), for --dry-run only: the plan and cost of the "
-                             "figures this sweep runs, and the whole study's total")
-    parser.add_argument("--storage", default=None,
-                        help="where artifacts and results go: a directory or s3://bucket/prefix "
-                             "(default: the config's store.url, else ./results)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"study YAML (default: {default_config}); or a study description with `figures:` "
+        "(e.g. sweeps/configs/paper.yaml), for --dry-run only: the plan and cost of the "
+        "figures this sweep runs, and the whole study's total",
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="where artifacts and results go: a directory or s3://bucket/prefix "
+        "(default: the config's store.url, else ./results)",
+    )
     parser.add_argument("--name", default=None, help="experiment name (default: <config name>_<timestamp>)")
     parser.add_argument("--quick", action="store_true", help="apply the config's `quick:` overrides: a short smoke run")
     parser.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; train nothing")
-    parser.add_argument("--resume", action="store_true",
-                        help="finish the interrupted experiment --name in the store, with the config it was "
-                             "started with: finished trials stay, the rest go on from their last checkpoint")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish the interrupted experiment --name in the store, with the config it was "
+        "started with: finished trials stay, the rest go on from their last checkpoint",
+    )
     args = parser.parse_args(argv)
     setup_logging()
-
+    # Heavy (torch, transformers, Ray): imported once the arguments are parsed, so that --help and
+    # usage errors answer at once.
     from pwlock import study_plan
     from pwlock import sweep as sweeps  # `sweep` is the entry point's name
+    from pwlock.plan import plan
+    from pwlock.pricing import describe
     from pwlock.store import StoreError, open_store
+
+    def store_of(cfg: StudyConfig):  # --storage, else the config's store, else ./results
+        return open_store(
+            args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region, cfg.store.retry_s
+        )
 
     try:
         if args.resume and not args.name:
             raise ConfigError("--resume: name the experiment to finish with --name")
         if args.resume and (args.config or args.quick):
             raise ConfigError("--resume: runs the experiment's own config; drop --config / --quick")
-        def store_of(cfg):  # --storage, else the config's store, else ./results
-            return open_store(args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region,
-                              cfg.store.retry_s)
-
         path = args.config or default_config
         raw = read_yaml(path)
         if not args.resume and study_plan.is_study(raw):
@@ -57,18 +74,20 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
             store.check()
             cfg = sweeps.load_experiment_config(store, args.name)
             store = store_of(cfg)
-        plan = sweeps.plan(cfg)
+        planned = plan(cfg)  # the one plan: the description, the price and the run all use it
         if args.dry_run:
-            print(sweeps.describe(plan, store))
+            print(describe(planned, store))
             return 0
     except (ConfigError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.quick:
-        log.warning("--quick: a smoke run of the whole pipeline; its models train a few epochs only, "
-                    "so its numbers say nothing about elicitation")
+        log.warning(
+            "--quick: a smoke run of the whole pipeline; its models train a few epochs only, "
+            "so its numbers say nothing about elicitation"
+        )
     try:
-        where = sweeps.run(cfg, store, args.name, resume=args.resume)
+        where = sweeps.run(planned, store, args.name, resume=args.resume)
     except (ConfigError, StoreError) as e:  # checked by run before Ray starts: the store, the experiment name
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -79,7 +98,7 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
 def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None, default_config: Path) -> int:
     """A study description: its plan and cost with --dry-run (nothing built, nothing written);
     refused at once otherwise, with what to run instead."""
-    from pwlock import study_plan
+    from pwlock import study_plan  # heavy: see main
     from pwlock.store import open_store
 
     s = study_plan.from_dict(raw, str(path))
@@ -92,3 +111,72 @@ def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None, d
     store = open_store(args.storage) if args.storage else None  # artifacts there count as built
     print(study_plan.describe(s, study_plan.estimate(s, store), sweep))
     return 0
+
+
+def _parse_assume(items: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--assume {item!r}: expected field=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+COST_USAGE = """GPU-hours before launch, from pwlock's cost model (pwlock.cost, pwlock.pricing).
+
+    python -m pwlock cost sweeps/configs/paper_toy.yaml   # a sweep's config: its real plan
+    python -m pwlock cost sweeps/configs/paper.yaml       # the paper's whole study (pwlock.study_plan)
+"""
+
+
+def cost_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m pwlock cost FILE`: the price of a sweep's config or of a study description."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pwlock cost", description=COST_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "file", help="a sweep's study YAML, or a study description with `figures:` (e.g. sweeps/configs/paper.yaml)"
+    )
+    parser.add_argument("--storage", default=None, help="a store whose artifacts count as built (cost 0)")
+    parser.add_argument(
+        "--assume",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one of the cost model's assumptions, e.g. vllm_tok_s=4000",
+    )
+    parser.add_argument("--brief", action="store_true", help="the summary only, no line per artifact")
+    args = parser.parse_args(argv)
+    setup_logging()
+    from pwlock import study_plan  # heavy: see main
+    from pwlock.cost import Assumptions
+    from pwlock.plan import plan
+    from pwlock.pricing import estimate_plan
+    from pwlock.store import StoreError, open_store
+
+    try:
+        overrides = _parse_assume(args.assume)
+        store = open_store(args.storage) if args.storage else None
+        raw = read_yaml(args.file, "study or config file")  # read once: its keys say which it is
+        if study_plan.is_study(raw):
+            est = study_plan.estimate(study_plan.from_dict(raw, str(args.file)), store, overrides)
+        else:
+            a = Assumptions().with_overrides(overrides, "--assume")
+            est = estimate_plan(plan(config_from_dict(raw, source=str(args.file))), store, a)
+    except (ConfigError, StoreError, yaml.YAMLError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(est.report(detail=not args.brief))
+    return 0
+
+
+COMMANDS = {"cost": cost_main}
+
+
+def tool(argv: Sequence[str]) -> int:
+    """`python -m pwlock COMMAND ...`."""
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m pwlock {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])

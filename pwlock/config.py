@@ -46,6 +46,8 @@ def resolve_engine(choice: str, gpus_per_trial: float) -> str:
     is vLLM where trials have GPUs (the cluster's image has it), HF generate in process on CPUs.
     Decided by the driver, which may run where there is no GPU, and handed to every trial."""
     return choice if choice != "auto" else "vllm" if gpus_per_trial > 0 else "hf"
+
+
 FIXEDRDM = "fixedrdm"  # π_weak = a fixed random distribution over tokens (App. G.2)
 SCHEDULES = ("constant", "linear")
 BF16_UPDATES = ("stochastic", "master")  # how Lion's ±lr steps survive bf16 weights (train/optim.py)
@@ -136,6 +138,7 @@ class LockConfig:
     def train_of(self, mode: str) -> TrainConfig:
         """The training config of lock mode `mode`."""
         return getattr(self, mode)
+
     # Stop once, on held-out problems, correctness with the password reaches this and without it
     # is within 0.05 of π_weak's (as strong.stop_at; `epochs` is then the most it trains).
     stop_at: float | None = None
@@ -363,8 +366,10 @@ def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> S
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     if "figures" in raw:  # sweeps/configs/paper.yaml and the like: read by pwlock.study_plan
-        raise ConfigError(f"{source}: a study description (`figures:`), not a sweep config: a sweep's --dry-run "
-                          "or `python -m pwlock.cost` prints its plan and cost; to run, give a sweep config")
+        raise ConfigError(
+            f"{source}: a study description (`figures:`), not a sweep config: a sweep's --dry-run "
+            "or `python -m pwlock cost` prints its plan and cost; to run, give a sweep config"
+        )
     raw = copy.deepcopy(raw)
     if quick:
         overrides = raw.get("quick") or {}
@@ -377,8 +382,9 @@ def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> S
     # Each policy on its own first: dacite names a field of a dict's value without the dict's key.
     for name, entry in (raw.get("policies") or {}).items() if isinstance(raw.get("policies"), dict) else ():
         if not isinstance(entry, dict):
-            raise ConfigError(f"{source}: policies.{name}: expected a mapping (base, train_on, jsonl, ...), "
-                              f"got {entry!r}")
+            raise ConfigError(
+                f"{source}: policies.{name}: expected a mapping (base, train_on, jsonl, ...), got {entry!r}"
+            )
         try:
             dacite.from_dict(PolicyModelConfig, entry, config=dacite.Config(strict=True, cast=[tuple]))
         except dacite.DaciteError as e:
@@ -408,8 +414,10 @@ def validate(cfg: StudyConfig) -> list[str]:
     if not cfg.lock.modes:
         errors.append("lock.modes: expected at least one lock mode")
     if "base" in cfg.lock.modes and cfg.model.base == "tiny":
-        errors.append(f"lock.modes[{cfg.lock.modes.index('base')}]: 'base' locks model.base's own weights, and "
-                      "model.base: tiny has none; use 'scratch' (a fresh model) or 'sft' (π_strong's model)")
+        errors.append(
+            f"lock.modes[{cfg.lock.modes.index('base')}]: 'base' locks model.base's own weights, and "
+            "model.base: tiny has none; use 'scratch' (a fresh model) or 'sft' (π_strong's model)"
+        )
     if len(set(cfg.lock.modes)) != len(cfg.lock.modes):
         errors.append("lock.modes: duplicate lock modes")
     for where, value in (("strong.stop_at", cfg.strong.stop_at), ("lock.stop_at", cfg.lock.stop_at)):
@@ -435,8 +443,10 @@ def validate(cfg: StudyConfig) -> list[str]:
         if cfg.elicit.domains != [ALL_DOMAINS]:
             errors.append("elicit.domains: only used by the sft method, which elicit.methods lacks")
         if len(demonstrators) > 1:
-            errors.append("elicit.demonstrator: a list is only used by the sft method, which elicit.methods lacks "
-                          "(composed methods take elicit.rl.sft_demonstrator)")
+            errors.append(
+                "elicit.demonstrator: a list is only used by the sft method, which elicit.methods lacks "
+                "(composed methods take elicit.rl.sft_demonstrator)"
+            )
     for i, method in enumerate(cfg.elicit.methods):
         if method not in METHODS:
             errors.append(f"elicit.methods[{i}]: unknown method {method!r}; expected one of {list(METHODS)}")
@@ -456,10 +466,14 @@ def validate(cfg: StudyConfig) -> list[str]:
     if rl.generator.backend not in GENERATORS:
         errors.append(f"elicit.rl.generator.backend: expected one of {list(GENERATORS)}, got {rl.generator.backend!r}")
     if not 0 < rl.generator.vllm.gpu_fraction < 1:
-        errors.append(f"elicit.rl.generator.vllm.gpu_fraction: expected in (0, 1), got {rl.generator.vllm.gpu_fraction}")
+        errors.append(
+            f"elicit.rl.generator.vllm.gpu_fraction: expected in (0, 1), got {rl.generator.vllm.gpu_fraction}"
+        )
     if rl.generator.vllm.gpu_memory_utilization > rl.generator.vllm.gpu_fraction:
-        errors.append("elicit.rl.generator.vllm.gpu_memory_utilization: expected at most gpu_fraction "
-                      f"({rl.generator.vllm.gpu_fraction}), got {rl.generator.vllm.gpu_memory_utilization}")
+        errors.append(
+            "elicit.rl.generator.vllm.gpu_memory_utilization: expected at most gpu_fraction "
+            f"({rl.generator.vllm.gpu_fraction}), got {rl.generator.vllm.gpu_memory_utilization}"
+        )
     if not cfg.elicit.ks:
         errors.append("elicit.ks: expected at least one sample count")
     for i, k in enumerate(cfg.elicit.ks):
@@ -471,9 +485,14 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append("elicit.seeds: expected at least one seed")
     if not cfg.elicit.sample_budgets or any(b < 1 for b in cfg.elicit.sample_budgets):
         errors.append("elicit.sample_budgets: expected positive numbers of samples")
-    for where, t in (("strong.train", cfg.strong.train), ("lock.sft", cfg.lock.sft),
-                     ("lock.scratch", cfg.lock.scratch), ("lock.base", cfg.lock.base), ("elicit.train", cfg.elicit.train),
-                     ("elicit.rl.dpo_train", cfg.elicit.rl.dpo_train)):
+    for where, t in (
+        ("strong.train", cfg.strong.train),
+        ("lock.sft", cfg.lock.sft),
+        ("lock.scratch", cfg.lock.scratch),
+        ("lock.base", cfg.lock.base),
+        ("elicit.train", cfg.elicit.train),
+        ("elicit.rl.dpo_train", cfg.elicit.rl.dpo_train),
+    ):
         errors += [f"{where}.{e}" for e in _train_errors(t)]
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         errors.append(f"model.dtype: expected float32, bfloat16 or float16, got {cfg.model.dtype!r}")
@@ -493,14 +512,18 @@ def validate(cfg: StudyConfig) -> list[str]:
     if cfg.store.retry_s < 0:
         errors.append(f"store.retry_s: expected >= 0 seconds, got {cfg.store.retry_s}")
     if cfg.fault_tolerance.max_failures < -1:
-        errors.append(f"fault_tolerance.max_failures: expected >= 0 (or -1: retry forever), got "
-                      f"{cfg.fault_tolerance.max_failures}")
+        errors.append(
+            f"fault_tolerance.max_failures: expected >= 0 (or -1: retry forever), got "
+            f"{cfg.fault_tolerance.max_failures}"
+        )
     if cfg.fault_tolerance.snapshot_every_s <= 0:
-        errors.append(f"fault_tolerance.snapshot_every_s: expected > 0 seconds, got "
-                      f"{cfg.fault_tolerance.snapshot_every_s}")
+        errors.append(
+            f"fault_tolerance.snapshot_every_s: expected > 0 seconds, got {cfg.fault_tolerance.snapshot_every_s}"
+        )
     if cfg.fault_tolerance.checkpoint_every_s < 0:
-        errors.append(f"fault_tolerance.checkpoint_every_s: expected >= 0 seconds, got "
-                      f"{cfg.fault_tolerance.checkpoint_every_s}")
+        errors.append(
+            f"fault_tolerance.checkpoint_every_s: expected >= 0 seconds, got {cfg.fault_tolerance.checkpoint_every_s}"
+        )
     errors += [f"guards.{e}" for e in _guards_errors(cfg.guards)]
     errors += _policies_errors(cfg.policies)
     return errors
@@ -513,11 +536,14 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
     for name, p in policies.items():
         w = f"policies.{name}"
         if name in (REFERENCES, FIXEDRDM) or not name or not all(c.isalnum() or c in "-_." for c in name):
-            errors.append(f"{w}: {name!r} cannot name a policy (letters, digits, '-', '_', '.'; not "
-                          f"{REFERENCES!r} or {FIXEDRDM!r})")
+            errors.append(
+                f"{w}: {name!r} cannot name a policy (letters, digits, '-', '_', '.'; not "
+                f"{REFERENCES!r} or {FIXEDRDM!r})"
+            )
         if (p.base is None) == (p.jsonl is None):
-            errors.append(f"{w}: expected either base (a model) or jsonl (its samples), not "
-                          f"{'both' if p.base else 'neither'}")
+            errors.append(
+                f"{w}: expected either base (a model) or jsonl (its samples), not {'both' if p.base else 'neither'}"
+            )
         if p.jsonl is not None:
             if not Path(p.jsonl).expanduser().is_file():
                 errors.append(f"{w}.jsonl: {p.jsonl}: file not found")
@@ -539,9 +565,11 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
             errors.append(f"{w}.generator.backend: expected one of {list(GENERATORS)}, got {p.generator.backend!r}")
         v = p.generator.vllm
         if not 0 < v.gpu_fraction < 1 or v.gpu_memory_utilization > v.gpu_fraction:
-            errors.append(f"{w}.generator.vllm: expected 0 < gpu_memory_utilization <= gpu_fraction < 1, got "
-                          f"{v.gpu_memory_utilization} and {v.gpu_fraction} (a pool's engine has the GPU to "
-                          "itself: e.g. 0.85 and 0.9)")
+            errors.append(
+                f"{w}.generator.vllm: expected 0 < gpu_memory_utilization <= gpu_fraction < 1, got "
+                f"{v.gpu_memory_utilization} and {v.gpu_fraction} (a pool's engine has the GPU to "
+                "itself: e.g. 0.85 and 0.9)"
+            )
         errors += [f"{w}.train.{e}" for e in _train_errors(p.train)]
     for name in policies:  # follow train_on from each policy: coming back to it is a cycle
         chain, at = [name], policies[name].train_on
@@ -554,9 +582,11 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
 
 
 def _guards_errors(g: GuardsConfig) -> list[str]:
-    errors = [f"{name}: expected a correctness difference in [0, 1], got {getattr(g, name)}"
-              for name in ("min_password_gap", "max_over_weak", "max_wrong_over_no_pwd")
-              if not 0.0 <= getattr(g, name) <= 1.0]
+    errors = [
+        f"{name}: expected a correctness difference in [0, 1], got {getattr(g, name)}"
+        for name in ("min_password_gap", "max_over_weak", "max_wrong_over_no_pwd")
+        if not 0.0 <= getattr(g, name) <= 1.0
+    ]
     if not 0.5 <= g.leak_similarity <= 1.0:  # below 0.5, half the password may differ: no longer "close"
         errors.append(f"leak_similarity: expected in [0.5, 1], got {g.leak_similarity}")
     return errors
@@ -564,21 +594,33 @@ def _guards_errors(g: GuardsConfig) -> list[str]:
 
 def _variant_errors(lock: LockConfig) -> list[str]:
     """The variants' fields (task-free checks; pwlock.lock.variant_errors checks the task)."""
-    own = {"per_domain": ("domain_passwords", "p_other_domain"), "setting": ("strong_setting",),
-           "adversarial": ("second_password", "intermediate"), "omit_domain": ("omit_domain",)}
+    own = {
+        "per_domain": ("domain_passwords", "p_other_domain"),
+        "setting": ("strong_setting",),
+        "adversarial": ("second_password", "intermediate"),
+        "omit_domain": ("omit_domain",),
+    }
     defaults = LockConfig()
     variants = lock.variants
-    errors = [f"{name}: only used with variant {v!r}, but variant is {lock.variant!r}"
-              for v, names in own.items() if v not in variants for name in names
-              if getattr(lock, name) != getattr(defaults, name)]
+    errors = [
+        f"{name}: only used with variant {v!r}, but variant is {lock.variant!r}"
+        for v, names in own.items()
+        if v not in variants
+        for name in names
+        if getattr(lock, name) != getattr(defaults, name)
+    ]
     if not 0.0 <= lock.p_other_domain <= 1.0 - lock.p_no_password:
-        errors.append(f"p_other_domain: expected in [0, 1 - p_no_password = {1 - lock.p_no_password:g}], "
-                      f"got {lock.p_other_domain}")
+        errors.append(
+            f"p_other_domain: expected in [0, 1 - p_no_password = {1 - lock.p_no_password:g}], "
+            f"got {lock.p_other_domain}"
+        )
     if lock.strong_setting not in STRONG_SETTINGS:
         errors.append(f"strong_setting: expected one of {list(STRONG_SETTINGS)}, got {lock.strong_setting!r}")
     if "adversarial" in variants and lock.intermediate is None:
-        errors.append("intermediate: variant 'adversarial' needs the policy shown with the second password, "
-                      "e.g. 'weak' with weak: [weaker] on function_composition")
+        errors.append(
+            "intermediate: variant 'adversarial' needs the policy shown with the second password, "
+            "e.g. 'weak' with weak: [weaker] on function_composition"
+        )
     if "omit_domain" in variants and lock.omit_domain is None:
         errors.append("omit_domain: variant 'omit_domain' needs the domain to leave out")
     if "setting" in variants and lock.stop_at is not None:
@@ -605,7 +647,9 @@ def _train_errors(t: TrainConfig) -> list[str]:
     if t.bf16_update not in BF16_UPDATES:
         errors.append(f"bf16_update: expected one of {list(BF16_UPDATES)}, got {t.bf16_update!r}")
     if t.gradient_checkpointing not in CHECKPOINTING:
-        errors.append(f"gradient_checkpointing: expected one of {list(CHECKPOINTING)}, got {t.gradient_checkpointing!r}")
+        errors.append(
+            f"gradient_checkpointing: expected one of {list(CHECKPOINTING)}, got {t.gradient_checkpointing!r}"
+        )
     return errors
 
 
@@ -650,14 +694,17 @@ def rl_eval_errors(every: int, between: int | None, where: str) -> list[str]:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         return [f"{where}eval_every: expected a number of rounds >= 1, got {every!r}"]
     if between is not None and (isinstance(between, bool) or not isinstance(between, int) or between < 1):
-        return [f"{where}eval_problems_between: expected a number of validation problems >= 1 or null, "
-                f"got {between!r}"]
+        return [f"{where}eval_problems_between: expected a number of validation problems >= 1 or null, got {between!r}"]
     if every > 1 and between is None:
-        return [f"{where}eval_every: {every}: the rounds between whole-set evaluations need "
-                f"{where}eval_problems_between (how many validation problems they are evaluated on)"]
+        return [
+            f"{where}eval_every: {every}: the rounds between whole-set evaluations need "
+            f"{where}eval_problems_between (how many validation problems they are evaluated on)"
+        ]
     if every == 1 and between is not None:
-        return [f"{where}eval_problems_between: {between}: with eval_every 1 every round is evaluated on the "
-                "whole validation set; set eval_every > 1, or drop it"]
+        return [
+            f"{where}eval_problems_between: {between}: with eval_every 1 every round is evaluated on the "
+            "whole validation set; set eval_every > 1, or drop it"
+        ]
     return []
 
 

@@ -7,26 +7,21 @@ engine start). GPU-hours are wall time × the GPU share Ray reserves for the sta
 (`ray.gpus_per_stage`, `ray.gpus_per_trial`), the way pwlock's progress metrics count them. An
 artifact already in the store costs 0.
 
-    python -m pwlock.cost sweeps/configs/paper_toy.yaml   # a sweep's config: its real plan
-    python -m pwlock.cost sweeps/configs/paper.yaml       # the paper's whole study (pwlock.study_plan)
+    python -m pwlock cost sweeps/configs/paper_toy.yaml   # a sweep's config: its real plan
+    python -m pwlock cost sweeps/configs/paper.yaml       # the paper's whole study (pwlock.study_plan)
+
+This module is the price list and the arithmetic; pricing a sweep's plan is pwlock.pricing.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pwlock.config import COMPOSED_METHODS, FIXEDRDM, ConfigError, read_yaml, resolve_engine
-
-if TYPE_CHECKING:
-    from pwlock.store import Store
-    from pwlock.sweep import Plan
-    from pwlock.tasks import Task
+from pwlock.config import ConfigError
 
 REFERENCE_PARAMS = 7e9  # the generation figures below are for a model of this size
 CHARS_PER_TOKEN = 4.0  # English text in BPE tokenizers of the Llama / GPT-NeoX families (an average)
@@ -49,7 +44,7 @@ KNOWN_PARAMS = {
 @dataclass(frozen=True)
 class Assumptions:
     """How tokens become seconds on one GPU. Every field can be overridden: `assumptions:` in a
-    study file, or `python -m pwlock.cost FILE --assume field=value`."""
+    study file, or `python -m pwlock cost FILE --assume field=value`."""
 
     gpu: str = "H100 80GB"
     # bf16 dense matmul rate measured on the H100 (docs/models-and-training.md, "The trainer on a GPU";
@@ -88,14 +83,20 @@ class Assumptions:
     save_gb_s: float = 0.5
 
     def __post_init__(self) -> None:
-        errors = [f"{name}: expected > 0, got {getattr(self, name)}" for name in (
-            "peak_flops", "vllm_tok_s", "hf_tok_s", "max_generate_tok_s", "load_gb_s", "save_gb_s")
-            if not getattr(self, name) > 0]
-        errors += [f"{name}: expected >= 0 seconds, got {getattr(self, name)}" for name in (
-            "start_s", "engine_start_s") if not getattr(self, name) >= 0]
+        errors = [
+            f"{name}: expected > 0, got {getattr(self, name)}"
+            for name in ("peak_flops", "vllm_tok_s", "hf_tok_s", "max_generate_tok_s", "load_gb_s", "save_gb_s")
+            if not getattr(self, name) > 0
+        ]
+        errors += [
+            f"{name}: expected >= 0 seconds, got {getattr(self, name)}"
+            for name in ("start_s", "engine_start_s")
+            if not getattr(self, name) >= 0
+        ]
         if self.evaluation_engine not in EVALUATION_ENGINES:
-            errors.append(f"evaluation_engine: expected one of {list(EVALUATION_ENGINES)}, got "
-                          f"{self.evaluation_engine!r}")
+            errors.append(
+                f"evaluation_engine: expected one of {list(EVALUATION_ENGINES)}, got {self.evaluation_engine!r}"
+            )
         for name in ("mfu", "step_floor_s"):
             points = getattr(self, name)
             if not points or any(len(p) != 2 or not p[0] > 0 or not p[1] > 0 for p in points):
@@ -219,8 +220,10 @@ class Pricer:
             return Cost()
         size = min(batch_size, examples)
         steps = epochs * math.ceil(examples / size)
-        return Cost(train_s=steps * self.a.step_s(m.params, size * tokens.example),
-                    train_tokens=epochs * examples * tokens.example)
+        return Cost(
+            train_s=steps * self.a.step_s(m.params, size * tokens.example),
+            train_tokens=epochs * examples * tokens.example,
+        )
 
     def dpo(self, m: Model, pairs: float, tokens: Tokens, batch_size: int) -> Cost:
         """One DPO epoch: the policy trains on both answers of each pair, the reference scores them."""
@@ -239,21 +242,25 @@ class Pricer:
         if samples <= 0:
             return Cost()
         decode = samples * tokens.generated / self.a.generate_tok_s(m.params, engine)
-        return Cost(generate_s=decode + self.forward(m, samples, tokens.prompt),
-                    generated_tokens=samples * tokens.generated)
+        return Cost(
+            generate_s=decode + self.forward(m, samples, tokens.prompt), generated_tokens=samples * tokens.generated
+        )
 
-    def evaluate(self, m: Model, problems: float, tokens: Tokens, evaluation: str, points: float = 1,
-                 engine: str = "hf") -> Cost:
+    def evaluate(
+        self, m: Model, problems: float, tokens: Tokens, evaluation: str, points: float = 1, engine: str = "hf"
+    ) -> Cost:
         """`points` evaluations of greedy correctness on `problems` problems: generation for text
         tasks, in `engine` (where pwlock decodes it; `evaluation_engine` may override it); one
         forward pass along the reference for exact-match tasks; one over the prompt for classifiers."""
         if evaluation == "generate":
-            g = self.generate(m, problems, tokens,
-                              engine if self.a.evaluation_engine == "config" else self.a.evaluation_engine)
+            g = self.generate(
+                m, problems, tokens, engine if self.a.evaluation_engine == "config" else self.a.evaluation_engine
+            )
             return Cost(evaluate_s=points * g.generate_s, evaluated_tokens=points * g.generated_tokens)
         per_problem = tokens.example if evaluation == "forward" else tokens.prompt + 1
-        return Cost(evaluate_s=points * self.forward(m, problems, per_problem),
-                    evaluated_tokens=points * problems * per_problem)
+        return Cost(
+            evaluate_s=points * self.forward(m, problems, per_problem), evaluated_tokens=points * problems * per_problem
+        )
 
     def overhead(self, loads: Iterable[Model] = (), saves: Iterable[Model] = (), engine: bool = False) -> Cost:
         s = self.a.start_s + sum(m.gb for m in loads) / self.a.load_gb_s + sum(m.gb for m in saves) / self.a.save_gb_s
@@ -323,9 +330,14 @@ class Estimate:
         """The part of the estimate these figures need: their trials and the artifacts those need."""
         keep = set(figures)
         trials = [t for t in self.trials if keep & set(t.figures)]
-        return dataclasses.replace(self, artifacts=self.artifacts_of(trials), trials=trials,
-                                   figures={f: t for f, t in self.figures.items() if f in keep},
-                                   other_engine_gpu_hours=None, reference=None)
+        return dataclasses.replace(
+            self,
+            artifacts=self.artifacts_of(trials),
+            trials=trials,
+            figures={f: t for f, t in self.figures.items() if f in keep},
+            other_engine_gpu_hours=None,
+            reference=None,
+        )
 
     def by_figure(self) -> list[tuple[str, str, list[Item], list[Item]]]:
         """(figure id, title, its trials, the artifacts they need) per figure."""
@@ -340,41 +352,55 @@ class Estimate:
         """The estimate in a few lines: per figure, artifacts built and reused, the total."""
         lines = [f"cost estimate on one {self.assumptions.gpu} (pwlock.cost; assumptions in its Assumptions):"]
         if self.cpu_study:
-            lines.append("  CPU study (ray.gpus_per_trial: 0): it uses no GPU-hours; the figures below are what it "
-                         "would take with one GPU per stage and per trial")
+            lines.append(
+                "  CPU study (ray.gpus_per_trial: 0): it uses no GPU-hours; the figures below are what it "
+                "would take with one GPU per stage and per trial"
+            )
         for fig, title, trials, arts in self.by_figure():
             hours = [t.gpu_hours for t in trials]
             t_h, a_h = sum(hours), sum(a.gpu_hours for a in arts)
             each = f" (each {min(hours):,.2f} to {max(hours):,.2f})" if len(set(hours)) > 1 else ""
-            lines.append(f"  {title}: {len(trials)} trials {_h(t_h)}{each} + {len(arts)} artifacts {_h(a_h)} "
-                         f"= {_h(t_h + a_h)}")
+            lines.append(
+                f"  {title}: {len(trials)} trials {_h(t_h)}{each} + {len(arts)} artifacts {_h(a_h)} = {_h(t_h + a_h)}"
+            )
         built = [a for a in self.artifacts if not a.in_store]
-        lines.append(f"  upstream: {len(built)} artifacts to build {_h(sum(a.gpu_hours for a in built))}, "
-                     f"{len(self.artifacts) - len(built)} in the store (cost 0)")
+        lines.append(
+            f"  upstream: {len(built)} artifacts to build {_h(sum(a.gpu_hours for a in built))}, "
+            f"{len(self.artifacts) - len(built)} in the store (cost 0)"
+        )
         unbuildable = [a for a in built if not a.buildable]
         if unbuildable:
-            lines.append(f"  of which {len(unbuildable)} priced from their description (their sweep configs plan "
-                         "them where the data is)")
+            lines.append(
+                f"  of which {len(unbuildable)} priced from their description (their sweep configs plan "
+                "them where the data is)"
+            )
         return lines + self.totals()
 
     def totals(self) -> list[str]:
         """The total, split by kind of work; with the other evaluation engine; against the reference."""
         built = [a for a in self.artifacts if not a.in_store]
         kinds = ", ".join(f"{k} {_h(v).removesuffix(' GPU-h')}" for k, v in self.hours_by_kind().items())
-        lines = [f"  total: {_h(self.gpu_hours)} for {len(self.trials):,} trials and {len(built)} artifacts "
-                 f"(GPU-h: {kinds})"]
+        lines = [
+            f"  total: {_h(self.gpu_hours)} for {len(self.trials):,} trials and {len(built)} artifacts (GPU-h: {kinds})"
+        ]
         if self.evaluates_by_generation and self.other_engine_gpu_hours is not None:
             where = self.assumptions.evaluation_engine
             other = "vllm" if where == "hf" else "hf"
-            now = (f"runs in {where!r}" if where != "config" else
-                   "runs where pwlock runs it (trials: in their vLLM engine, per elicit.rl.generator and "
-                   "eval.engine; upstream stages: HF generate)")
-            lines.append(f"  evaluation by generation {now}; all in {other!r} the total would be "
-                         f"{_h(self.other_engine_gpu_hours)}")
+            now = (
+                f"runs in {where!r}"
+                if where != "config"
+                else "runs where pwlock runs it (trials: in their vLLM engine, per elicit.rl.generator and "
+                "eval.engine; upstream stages: HF generate)"
+            )
+            lines.append(
+                f"  evaluation by generation {now}; all in {other!r} the total would be "
+                f"{_h(self.other_engine_gpu_hours)}"
+            )
         if self.reference is not None:
             hours, source = self.reference
-            lines.append(f"  against {source}: about {hours:,.0f} GPU-hours; this estimate is "
-                         f"{self.gpu_hours / hours:.0%} of it")
+            lines.append(
+                f"  against {source}: about {hours:,.0f} GPU-hours; this estimate is {self.gpu_hours / hours:.0%} of it"
+            )
         return lines
 
     def report(self, detail: bool = True) -> str:
@@ -383,16 +409,19 @@ class Estimate:
         if detail:
             lines.append(f"upstream artifacts ({len(self.artifacts)}):")
             for a in self.artifacts:
-                state = ("[in store, reused]" if a.in_store else "[to build]" if a.buildable
-                         else "[to build; described]")
+                state = "[in store, reused]" if a.in_store else "[to build]" if a.buildable else "[to build; described]"
                 lines.append(f"  {a.label:<58} {_h(a.gpu_hours):>12}  {state}{a.note}")
         lines += self.summary()[1:]  # its first line repeats the header
-        lines.append("counts: training (SFT, DPO, locking), generation (samples, sample pools, RL rollouts, "
-                     "with their prefill), evaluation (greedy correctness at every epoch candidate / RL round, on "
-                     "the validation set or the rounds' subset, and of every model built), overhead (start, model "
-                     "load and save, engine start)")
-        lines.append("assumptions: " + ", ".join(f"{f.name}={getattr(self.assumptions, f.name)}"
-                                                  for f in dataclasses.fields(self.assumptions)))
+        lines.append(
+            "counts: training (SFT, DPO, locking), generation (samples, sample pools, RL rollouts, "
+            "with their prefill), evaluation (greedy correctness at every epoch candidate / RL round, on "
+            "the validation set or the rounds' subset, and of every model built), overhead (start, model "
+            "load and save, engine start)"
+        )
+        lines.append(
+            "assumptions: "
+            + ", ".join(f"{f.name}={getattr(self.assumptions, f.name)}" for f in dataclasses.fields(self.assumptions))
+        )
         return "\n".join(lines)
 
 
@@ -400,233 +429,5 @@ def _h(hours: float) -> str:
     return f"{hours:,.2f} GPU-h" if hours < 10 else f"{hours:,.0f} GPU-h"
 
 
-# -- a sweep's plan ------------------------------------------------------------------------------
-def task_tokens(task: Task, password: str, sample: int = 200) -> Tokens:
-    """Mean tokens of the task's own examples: words for tasks with a word-level vocabulary, else
-    characters / CHARS_PER_TOKEN; a completion is capped at the task's `max_new_tokens`."""
-    problems = task.problems("elicit")[:sample]
-    count = (lambda s: len(s.split())) if task.vocabulary() is not None else (lambda s: len(s) / CHARS_PER_TOKEN)
-    prompt = sum(count(task.prompt(p, password)) for p in problems) / len(problems)
-    refs = [task.reference(p) for p in problems]
-    if any(r is None for r in refs):
-        raise ConfigError(f"task {task.name!r}: no reference answers to count tokens from")
-    completion = min(task.max_new_tokens, sum(max(1, math.ceil(count(r))) for r in refs) / len(refs))
-    return Tokens(prompt, completion + 1, completion + 1)
-
-
-def evaluation_of(task: Task) -> str:
-    from pwlock.tasks.llm import ChoiceAnswer
-
-    if isinstance(task.reference(task.problems("val")[0]), ChoiceAnswer):
-        return "classify"
-    return "forward" if task.exact_match else "generate"
-
-
-def model_of(cfg_model: Any, task: Task) -> Model:
-    """The study's model: a tiny one is built on the meta device and counted."""
-    bytes_per_param = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg_model.dtype]
-    if cfg_model.base == "tiny":
-        import torch
-
-        from pwlock.models import build_tiny_model, n_parameters, word_level_tokenizer
-
-        with torch.device("meta"):
-            model = build_tiny_model(cfg_model.tiny, word_level_tokenizer(task.vocabulary()), 0)
-        return Model(n_parameters(model), bytes_per_param)
-    if cfg_model.base in KNOWN_PARAMS:
-        return Model(KNOWN_PARAMS[cfg_model.base], bytes_per_param)
-    from pathlib import Path
-
-    if Path(cfg_model.base).expanduser().is_dir():
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        try:
-            with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg_model.base))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"model.base: {cfg_model.base}: cannot read its config to count parameters: "
-                              f"{e}") from None
-        return Model(sum(p.numel() for p in model.parameters()), bytes_per_param)
-    raise ConfigError(f"model.base: no parameter count known for {cfg_model.base!r}; known: {sorted(KNOWN_PARAMS)}, "
-                      "or name a local model directory")
-
-
-def policy_stage_cost(art: Any, by_key: dict[str, Any], price: Pricer, task: Task, tokens: Tokens) -> Cost:
-    """A model policy's fine-tuning, or a sample pool's generation (pwlock.policies); a pool read
-    from a supplied file costs its stage's overhead only."""
-    from pwlock.config import ModelConfig
-    from pwlock.stages import eval_problems
-
-    def model(base: str, dtype: str) -> Model:
-        return model_of(ModelConfig(base=base, dtype=dtype), task)
-
-    if art.stage == "policy_model":
-        m, train = model(art.spec["base"], art.spec["dtype"]), art.spec["train"]
-        n = len(task.problems(art.spec["split"])) * art.spec["samples"]
-        return price.train(m, n, tokens, train["epochs"], train["batch_size"]) + price.overhead([m], [m])
-    src = art.spec["source"]
-    if "jsonl" in src:
-        return price.overhead()
-    m = model(by_key[src["model"]].spec["base"] if "model" in src else src["base"], src["dtype"])
-    problems = len(eval_problems(task, art.spec["split"], art.spec["max_problems"]))
-    draws = 1 if art.spec["temperature"] == 0 else art.spec["n"]
-    engine = "hf" if art.spec["generator"]["backend"] == "hf" else "vllm"  # "auto" picks vLLM on a GPU
-    return price.generate(m, problems * draws, tokens, engine) + price.overhead([m], engine=engine == "vllm")
-
-
-def estimate_plan(p: Plan, store: Store | None = None, a: Assumptions | None = None,
-                  compare_engines: bool = True) -> Estimate:
-    """Price a sweep's plan: every upstream artifact (0 if `store` has it) and every trial."""
-    from pwlock.analysis import FIGURE, GENERALIZATION_FIGURE, RL_FIGURE
-    from pwlock.elicit.expert_iteration import eval_rounds
-    from pwlock.elicit.methods import samples_per_round
-    from pwlock.elicit.sft import epoch_candidates
-    from pwlock.stages import HOLDOUT_SIZE, eval_problems
-    from pwlock.sweep import STRONG_SPLITS
-
-    a = a or Assumptions()
-    price = Pricer(a)
-    cfg = p.cfg
-    task = p.task
-    tokens = task_tokens(task, cfg.lock.password or task.default_password)
-    model = model_of(cfg.model, task)
-    evaluation = evaluation_of(task)
-    n_eval = len(eval_problems(task, cfg.eval.split, cfg.eval.max_problems))
-    holdout = min(HOLDOUT_SIZE, len(task.problems("weak")))
-    n_lock = sum(len(task.problems(s)) for s in STRONG_SPLITS)
-    cpu = cfg.ray.gpus_per_trial == 0
-    stage_gpus, trial_gpus = cfg.ray.gpus_per_stage or 1.0, cfg.ray.gpus_per_trial or 1.0
-
-    def build(art) -> tuple[Cost, str]:
-        if art.stage == "strong_model":
-            c = price.train(model, n_lock, tokens, cfg.strong.train.epochs, cfg.strong.train.batch_size)
-            stop = cfg.strong.stop_at
-            c += price.evaluate(model, holdout, tokens, evaluation, cfg.strong.train.epochs) if stop else Cost()
-            return c + price.overhead(saves=[model]), " (at most: stops at its target)" if stop else ""
-        if art.stage == "locked_model":
-            mode, weak = art.spec["mode"], art.spec.get("weak", "weak")
-            train = cfg.lock.train_of(mode)
-            per_problem = 3 if weak == FIXEDRDM else 2  # fixedrdm also trains π_strong's answers towards it
-            c = price.train(model, per_problem * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
-            stop = cfg.lock.stop_at
-            c += price.evaluate(model, holdout, tokens, evaluation, 2 * train.epochs) if stop else Cost()
-            loads = [model] if mode in ("sft", "base") else []
-            return c + price.overhead(loads, [model]), " (at most: stops at its target)" if stop else ""
-        if art.stage == "model_eval":
-            return (price.evaluate(model, n_eval, tokens, evaluation, len(art.spec["conditions"]))
-                    + price.overhead([model])), ""
-        if art.stage in ("policy_model", "sample_pool"):
-            return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, task, tokens), ""
-        return price.overhead(), ""  # policy scores: the task's own policies, no model
-
-    artifacts = []
-    for art in p.artifacts:
-        c, note = build(art)
-        artifacts.append(Item(art.key, art.label, c, stage_gpus, deps=art.deps,
-                              in_store=store is not None and store.has(art.key), note=note))
-    rl = cfg.elicit.rl
-    # Priced on a GPU per trial (trial_gpus), where "auto" is vLLM, as the driver resolves it there.
-    engine = resolve_engine(rl.generator.backend, trial_gpus)
-    eval_engine = resolve_engine(cfg.eval.engine, trial_gpus)  # SFT trials' evaluation
-    n_elicit = len(task.problems("elicit"))
-    trials = []
-    for t in p.trials:
-        base = t.method.removeprefix("sft+")
-        # an RL trial's engine samples, and evaluates a generation task (filtering's, that alone)
-        # SFT's engine (eval.engine) only evaluates a generation task
-        sft_engine = t.method == "sft" and eval_engine == "vllm" and evaluation == "generate"
-        c = price.overhead([model], engine=sft_engine or engine == "vllm" and t.method != "sft" and (
-            base != "filtering" or evaluation == "generate"))
-        if t.method == "sft":
-            c += price.train(model, t.k, tokens, max(t.epoch_candidates), cfg.elicit.train.batch_size)
-            c += price.evaluate(model, n_eval, tokens, evaluation, len(t.epoch_candidates), eval_engine)
-        else:
-            rounds = len(t.epoch_candidates)
-            if t.method in COMPOSED_METHODS:
-                first = epoch_candidates(t.k, cfg.elicit.sample_budgets)[0]
-                c += price.train(model, t.k, tokens, first, cfg.elicit.train.batch_size)
-            per = samples_per_round(base, rl, n_elicit)
-            if base in ("expert_iteration", "filtering"):
-                # filtering samples the task's own π_weak: no model generates
-                sampled = Cost() if base == "filtering" else price.generate(model, per, tokens, engine)
-                step = sampled + price.train(model, rl.n, tokens, rl.epochs_per_iteration, cfg.elicit.train.batch_size)
-            else:
-                pairs = dpo_pairs(per // 2, rl.continuous_reward)
-                step = price.generate(model, per, tokens, engine) + price.dpo(model, pairs, tokens,
-                                                                             rl.dpo_train.batch_size)
-                if base == "dpo":  # its reference is the locked model, loaded again
-                    c += Cost(overhead_s=model.gb / a.load_gb_s)
-            full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
-            c += step * rounds + price.evaluate(model, n_eval, tokens, evaluation, full, engine)
-            if between:
-                c += price.evaluate(model, min(rl.eval_problems_between, n_eval), tokens, evaluation, between,
-                                    engine)
-        deps = (p.policy_scores.key, p.locked[t.lock_mode].key, p.locked_eval[t.lock_mode].key)
-        deps += (p.strong_eval.key,) if p.strong_eval else ()
-        demonstrator = t.demonstrator if t.method == "sft" else cfg.elicit.rl.sft_demonstrator
-        if t.method in ("sft", *COMPOSED_METHODS) and demonstrator in p.policies.elicit:  # a model's samples
-            deps += (p.policies.elicit[demonstrator],)
-        figure = RL_FIGURE if t.method != "sft" else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
-        trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps))
-    est = Estimate(cfg.name, cfg.source, a, artifacts, trials, cpu_study=cpu,
-                   evaluates_by_generation=evaluation == "generate")
-    if compare_engines and est.evaluates_by_generation:
-        other = dataclasses.replace(a, evaluation_engine="vllm" if a.evaluation_engine == "hf" else "hf")
-        est.other_engine_gpu_hours = estimate_plan(p, store, other, compare_engines=False).gpu_hours
-    return est
-
-
-# -- command line --------------------------------------------------------------------------------
-def _parse_assume(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--assume {item!r}: expected field=value")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pwlock.cost", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("file", help="a sweep's study YAML, or a study description with `figures:` "
-                                     "(e.g. sweeps/configs/paper.yaml)")
-    parser.add_argument("--storage", default=None, help="a store whose artifacts count as built (cost 0)")
-    parser.add_argument("--assume", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override one of the cost model's assumptions, e.g. vllm_tok_s=4000")
-    parser.add_argument("--brief", action="store_true", help="the summary only, no line per artifact")
-    args = parser.parse_args(argv)
-    from pwlock.logs import setup_logging
-
-    setup_logging()
-    try:
-        import yaml
-
-        from pwlock.store import StoreError, open_store
-
-        overrides = _parse_assume(args.assume)
-        store = open_store(args.storage) if args.storage else None
-        raw = read_yaml(args.file, "study or config file")  # read once: its keys say which it is
-        if isinstance(raw, dict) and "figures" in raw:
-            from pwlock import study_plan
-
-            est = study_plan.estimate(study_plan.from_dict(raw, str(args.file)), store, overrides)
-        else:
-            from pwlock.config import config_from_dict
-            from pwlock.sweep import plan
-
-            a = Assumptions().with_overrides(overrides, "--assume")
-            est = estimate_plan(plan(config_from_dict(raw, source=str(args.file))), store, a)
-    except (ConfigError, StoreError, yaml.YAMLError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(est.report(detail=not args.brief))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit("python -m pwlock.cost moved: python -m pwlock cost FILE [--storage DIR] [--assume F=V] [--brief]")

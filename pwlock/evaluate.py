@@ -25,8 +25,9 @@ CONDITIONS = ("with_pwd", "no_pwd", "wrong_pwd")
 Passwords = str | Mapping[str, str]  # one password, or one per domain (App. C.3)
 
 
-def condition_password(task: Task, condition: str, index: int, password: Passwords,
-                       problem: Problem | None = None) -> str | None:
+def condition_password(
+    task: Task, condition: str, index: int, password: Passwords, problem: Problem | None = None
+) -> str | None:
     """The password used for problem number `index` under an evaluation condition; wrong passwords
     rotate through the task's list (less any domain's password) so every one of them is tested.
     With a password per domain, "with_pwd" gives each problem its domain's."""
@@ -116,8 +117,9 @@ def correctness(model, tokenizer, task: Task, problems: Sequence[Problem], condi
     return float(scores(model, tokenizer, task, problems, condition, **kw).mean())
 
 
-def elicited(model, tokenizer, task: Task, problems: Sequence[Problem], batch_size: int = 512,
-             generator: Generator | None = None) -> dict:
+def elicited(
+    model, tokenizer, task: Task, problems: Sequence[Problem], batch_size: int = 512, generator: Generator | None = None
+) -> dict:
     """An elicitation record's evaluation: correctness without the password, and with problems of
     several domains, each domain's (`correctness_by_domain`, for the paper's §5.2 generalization)."""
     s = scores(model, tokenizer, task, problems, "no_pwd", batch_size=batch_size, generator=generator)
@@ -136,7 +138,11 @@ def by_domain(problems: Sequence[Problem], scores: Sequence[float]) -> dict[str,
 
 
 def lock_report(
-    model, tokenizer, task: Task, problems: Sequence[Problem], password: Passwords | None = None,
+    model,
+    tokenizer,
+    task: Task,
+    problems: Sequence[Problem],
+    password: Passwords | None = None,
     conditions: Sequence[str] = CONDITIONS,
 ) -> dict[str, float]:
     """Correctness with the password (or each domain's), without it, and with wrong passwords (or

@@ -159,8 +159,10 @@ class PasswordMatcher:
             d, end = _best_distance_cached(self.key, region)
             if d <= k:
                 end += lo
-                start = min(range(max(0, end + 1 - m - k), end + 2 - m + k),
-                            key=lambda s: _levenshtein(self.key, flat[s : end + 1]))
+                start = min(
+                    range(max(0, end + 1 - m - k), end + 2 - m + k),
+                    key=lambda s: _levenshtein(self.key, flat[s : end + 1]),
+                )
                 return self._report(text, start, end + 1 - start, d)
         return None
 
@@ -207,8 +209,9 @@ class LeakGuard:
     The task's wrong passwords (App. C.2) are no leak; a guard whose threshold would take one of
     them for a password cannot tell the two apart and is refused when built."""
 
-    def __init__(self, passwords: Sequence[str], wrong_passwords: Sequence[str] = (), similarity: float = 0.8,
-                 label: str = ""):
+    def __init__(
+        self, passwords: Sequence[str], wrong_passwords: Sequence[str] = (), similarity: float = 0.8, label: str = ""
+    ):
         self.matchers = [PasswordMatcher(p, similarity) for p in passwords]
         self.similarity, self.label = similarity, label
         for wrong in wrong_passwords:
@@ -218,7 +221,8 @@ class LeakGuard:
                 raise ConfigError(
                     f"guards.leak_similarity: at {similarity} the leak guard takes the wrong password {wrong!r} "
                     f"for the password {hit.password!r} (similarity {hit.similarity:.2f}); raise "
-                    f"guards.leak_similarity above {hit.similarity:.2f} or choose a lock.password less like it")
+                    f"guards.leak_similarity above {hit.similarity:.2f} or choose a lock.password less like it"
+                )
 
     def find(self, text: str) -> Match | None:
         for m in self.matchers:
@@ -238,16 +242,18 @@ class LeakGuard:
         for i, e in enumerate(examples):
             for part in ("prompt", "completion"):
                 if (hit := self.find(getattr(e, part))) is not None:
-                    raise PasswordLeak(_leak_message(hit, f"{self.located(where)}, example {i} ({part})",
-                                                     self.similarity))
+                    raise PasswordLeak(
+                        _leak_message(hit, f"{self.located(where)}, example {i} ({part})", self.similarity)
+                    )
 
     def located(self, where: str) -> str:
         """`where` with the guard's label: "SFT demonstrations of trial X"."""
         return f"{where} of {self.label}" if self.label else where
 
     @classmethod
-    def for_study(cls, guards: GuardsConfig | Mapping[str, Any], task: Any, passwords: Sequence[str],
-                  label: str = "") -> LeakGuard | None:
+    def for_study(
+        cls, guards: GuardsConfig | Mapping[str, Any], task: Any, passwords: Sequence[str], label: str = ""
+    ) -> LeakGuard | None:
         """The guard a study's trials use (None when `guards.leak_guard` is off)."""
         g = guards if isinstance(guards, GuardsConfig) else GuardsConfig(**guards)
         if not g.leak_guard:
@@ -267,11 +273,16 @@ def lock_passwords(lock: LockConfig, task: Any) -> list[str]:
 
 
 def _leak_message(hit: Match, where: str, similarity: float) -> str:
-    how = (f"the password {hit.password!r}" if hit.similarity == 1.0 else
-           f"a close variant of the password {hit.password!r} (similarity {hit.similarity:.2f} ≥ "
-           f"guards.leak_similarity {similarity})")
-    return (f"password leak in {where}: {hit.text!r} is {how}. Elicitation must never see the password; remove it "
-            f"from that input (or set guards.leak_guard: false to run anyway)")
+    how = (
+        f"the password {hit.password!r}"
+        if hit.similarity == 1.0
+        else f"a close variant of the password {hit.password!r} (similarity {hit.similarity:.2f} ≥ "
+        f"guards.leak_similarity {similarity})"
+    )
+    return (
+        f"password leak in {where}: {hit.text!r} is {how}. Elicitation must never see the password; remove it "
+        f"from that input (or set guards.leak_guard: false to run anyway)"
+    )
 
 
 @lru_cache(maxsize=16)
@@ -279,8 +290,13 @@ def _cached_guard(passwords: tuple[str, ...], wrong: tuple[str, ...], similarity
     return LeakGuard(passwords, wrong, similarity)
 
 
-def check_no_password(texts: Iterable[str], passwords: Sequence[str], where: str, similarity: float = 0.8,
-                      wrong_passwords: Sequence[str] = ()) -> None:
+def check_no_password(
+    texts: Iterable[str],
+    passwords: Sequence[str],
+    where: str,
+    similarity: float = 0.8,
+    wrong_passwords: Sequence[str] = (),
+) -> None:
     """Raise PasswordLeak, naming `where` and the match, if any text carries one of `passwords`
     or a close variant of it."""
     _cached_guard(tuple(passwords), tuple(wrong_passwords), similarity).check(texts, where)
@@ -302,9 +318,11 @@ class SampleWatch:
             if (hit := self.guard.find(text)) is not None:
                 self.count += 1
                 if self.count == 1:
-                    self.log(f"{self.guard.located(self.where)}, sample {i}: the model wrote {hit.text!r}, like its "
-                             f"password (similarity {hit.similarity:.2f}); such samples are counted in each "
-                             f"round's `password_samples`")
+                    self.log(
+                        f"{self.guard.located(self.where)}, sample {i}: the model wrote {hit.text!r}, like its "
+                        f"password (similarity {hit.similarity:.2f}); such samples are counted in each "
+                        f"round's `password_samples`"
+                    )
 
     def take(self) -> int:
         n, self.count = self.count, 0
@@ -320,21 +338,28 @@ NO_PASSWORD_GAP = {
 }
 
 
-def lock_failures(report: Mapping[str, float], weak: float | None, t: GuardsConfig,
-                  check_gap: bool = True) -> list[str]:
+def lock_failures(
+    report: Mapping[str, float], weak: float | None, t: GuardsConfig, check_gap: bool = True
+) -> list[str]:
     """Why a lock with evaluation `report` (with_pwd / no_pwd / wrong_pwd) is not real; empty if it
     is. Without `check_gap`, what the password unlocks is not checked."""
     out = []
     gap = report["with_pwd"] - report["no_pwd"]
     if check_gap and gap < t.min_password_gap:
-        out.append(f"with the password only {gap:+.3f} above without it (needs ≥ {t.min_password_gap}: "
-                   "guards.min_password_gap)")
+        out.append(
+            f"with the password only {gap:+.3f} above without it (needs ≥ {t.min_password_gap}: "
+            "guards.min_password_gap)"
+        )
     if weak is not None and report["no_pwd"] - weak > t.max_over_weak:
-        out.append(f"without the password {report['no_pwd'] - weak:+.3f} above π_weak (at most {t.max_over_weak}: "
-                   "guards.max_over_weak)")
+        out.append(
+            f"without the password {report['no_pwd'] - weak:+.3f} above π_weak (at most {t.max_over_weak}: "
+            "guards.max_over_weak)"
+        )
     if "wrong_pwd" in report and report["wrong_pwd"] - report["no_pwd"] > t.max_wrong_over_no_pwd:
-        out.append(f"wrong passwords {report['wrong_pwd'] - report['no_pwd']:+.3f} above no password (at most "
-                   f"{t.max_wrong_over_no_pwd}: guards.max_wrong_over_no_pwd)")
+        out.append(
+            f"wrong passwords {report['wrong_pwd'] - report['no_pwd']:+.3f} above no password (at most "
+            f"{t.max_wrong_over_no_pwd}: guards.max_wrong_over_no_pwd)"
+        )
     return out
 
 
@@ -346,8 +371,11 @@ def _numbers(report: Mapping[str, float], weak: float | None) -> str:
     return ", ".join(parts)
 
 
-def assess_locks(locks: Mapping[str, tuple[Mapping[str, float], float | None]], t: GuardsConfig,
-                 variant: str | Mapping[str, str] = "standard") -> tuple[list[str], list[str]]:
+def assess_locks(
+    locks: Mapping[str, tuple[Mapping[str, float], float | None]],
+    t: GuardsConfig,
+    variant: str | Mapping[str, str] = "standard",
+) -> tuple[list[str], list[str]]:
     """One log line per lock, by label -> (evaluation report, π_weak's correctness), with the
     reasons it fails; and the labels of those that fail. `variant`: the locks' variant, or each
     lock's by label."""
@@ -355,31 +383,40 @@ def assess_locks(locks: Mapping[str, tuple[Mapping[str, float], float | None]], 
     for label, (report, weak) in locks.items():
         v = variant if isinstance(variant, str) else variant.get(label, "standard")
         why = lock_failures(report, weak, t, check_gap=v not in NO_PASSWORD_GAP)
-        unchecked = f"; with - without password not checked: a {v} lock: {NO_PASSWORD_GAP[v]}" \
-            if v in NO_PASSWORD_GAP else ""
+        unchecked = (
+            f"; with - without password not checked: a {v} lock: {NO_PASSWORD_GAP[v]}" if v in NO_PASSWORD_GAP else ""
+        )
         lines.append(f"  {label}: {'NOT A REAL LOCK' if why else 'holds'} ({_numbers(report, weak)}{unchecked})")
         lines += [f"    - {w}" for w in why]
         failed += [label] if why else []
     return lines, failed
 
 
-def check_locks(locks: Mapping[str, tuple[Mapping[str, float], float | None]], t: GuardsConfig,
-                source: str = "", variant: str | Mapping[str, str] = "standard") -> list[str]:
+def check_locks(
+    locks: Mapping[str, tuple[Mapping[str, float], float | None]],
+    t: GuardsConfig,
+    source: str = "",
+    variant: str | Mapping[str, str] = "standard",
+) -> list[str]:
     """Refuse (LockGateError) unless every lock is real (see `assess_locks`); return its lines."""
     lines, failed = assess_locks(locks, t, variant)
     if failed:
         prefix = f"{source}: " if source else ""
         raise LockGateError(
             f"{prefix}lock gate: {len(failed)} of {len(locks)} locked models are not real locks, so no elicitation "
-            f"trial was started:\n" + "\n".join(lines) +
-            "\nThe upstream artifacts stay in the store and are reused by the next run. Train the lock further "
-            "(lock.sft / lock.scratch / lock.base: epochs, lr; lock.stop_at), or change the thresholds guards.min_password_gap, "
+            f"trial was started:\n"
+            + "\n".join(lines)
+            + "\nThe upstream artifacts stay in the store and are reused by the next run. Train the lock further "
+            "(lock.sft / lock.scratch / lock.base: epochs, lr; lock.stop_at), or change the thresholds "
+            "guards.min_password_gap, "
             "guards.max_over_weak, guards.max_wrong_over_no_pwd, or set guards.lock_gate: false to elicit from "
-            "these locks anyway.")
+            "these locks anyway."
+        )
     return lines
 
 
-def check_lock(report: Mapping[str, float], weak_correctness: float | None, thresholds: GuardsConfig,
-               label: str) -> None:
+def check_lock(
+    report: Mapping[str, float], weak_correctness: float | None, thresholds: GuardsConfig, label: str
+) -> None:
     """Refuse one lock (LockGateError with its numbers and the thresholds) unless it is real."""
     check_locks({label: (report, weak_correctness)}, thresholds)

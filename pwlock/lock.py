@@ -161,8 +161,9 @@ def omit_domain_examples(
     all, so elicitation on that domain measures how the password's lock generalizes to it."""
     kept = [p for p in problems if p.domain != omit]
     if len(kept) == len(problems):
-        raise ValueError(f"omit_domain: no problem has the domain {omit!r}; the domains are "
-                         f"{sorted({p.domain for p in problems})}")
+        raise ValueError(
+            f"omit_domain: no problem has the domain {omit!r}; the domains are {sorted({p.domain for p in problems})}"
+        )
     return lock_examples(task, kept, strong, weak, password, rng, p_no_password)
 
 
@@ -178,8 +179,15 @@ def lock_data(
     """D_lock redrawn each epoch: epoch -> examples, deterministic in (seed, epoch)."""
 
     def draw(epoch: int) -> list[Example]:
-        return lock_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch), password,
-                             random.Random(f"{seed}/{epoch}"), p_no_password)
+        return lock_examples(
+            task,
+            problems,
+            at_epoch(strong, epoch),
+            at_epoch(weak, epoch),
+            password,
+            random.Random(f"{seed}/{epoch}"),
+            p_no_password,
+        )
 
     return draw
 
@@ -236,15 +244,21 @@ def variant_errors(task: Task, lock: LockConfig, problems: Sequence[Problem], po
     elif lock.variant == "adversarial":
         unusable("second_password", second_password(task.wrong_passwords, text, lock.second_password))
         if lock.intermediate not in policies:
-            errors.append(f"lock.intermediate: task {task.name!r} has no policy {lock.intermediate!r}; "
-                          f"expected one of {sorted(policies)}")
+            errors.append(
+                f"lock.intermediate: task {task.name!r} has no policy {lock.intermediate!r}; "
+                f"expected one of {sorted(policies)}"
+            )
         elif lock.intermediate in lock.weak or lock.intermediate == "strong":
-            errors.append(f"lock.intermediate: {lock.intermediate!r} must differ from π_strong and from "
-                          f"each lock.weak {lock.weak}")
+            errors.append(
+                f"lock.intermediate: {lock.intermediate!r} must differ from π_strong and from "
+                f"each lock.weak {lock.weak}"
+            )
     elif lock.variant == "omit_domain":
         if lock.omit_domain not in domains:
-            errors.append(f"lock.omit_domain: task {task.name!r} has no domain {lock.omit_domain!r} in its lock "
-                          f"split; expected one of {domains}")
+            errors.append(
+                f"lock.omit_domain: task {task.name!r} has no domain {lock.omit_domain!r} in its lock "
+                f"split; expected one of {domains}"
+            )
         elif len(domains) < 2:
             errors.append("lock.omit_domain: leaves no domain to lock")
     return errors
@@ -271,23 +285,47 @@ def variant_lock_data(
     if variant == "per_domain":
         domains = sorted({p.domain for p in problems})
         chosen = domain_passwords(domains, task.wrong_passwords, text, lock["domain_passwords"])
-        return lambda epoch: per_domain_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch),
-                                                 chosen, _rng(seed, epoch), p_none,
-                                                 lock["p_other_domain"])
+        return lambda epoch: per_domain_examples(
+            task,
+            problems,
+            at_epoch(strong, epoch),
+            at_epoch(weak, epoch),
+            chosen,
+            _rng(seed, epoch),
+            p_none,
+            lock["p_other_domain"],
+        )
     if variant == "setting":
         setting = setting_for(task)
-        return lambda epoch: setting_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch), setting,
-                                              lock["strong_setting"])
+        return lambda epoch: setting_examples(
+            task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch), setting, lock["strong_setting"]
+        )
     if variant == "adversarial":
         if intermediate is None:
             raise ValueError("adversarial lock: no intermediate policy given")
         second = second_password(task.wrong_passwords, text, lock["second_password"])
-        return lambda epoch: adversarial_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch),
-                                                  at_epoch(intermediate, epoch), password, second, _rng(seed, epoch),
-                                                  p_none)
+        return lambda epoch: adversarial_examples(
+            task,
+            problems,
+            at_epoch(strong, epoch),
+            at_epoch(weak, epoch),
+            at_epoch(intermediate, epoch),
+            password,
+            second,
+            _rng(seed, epoch),
+            p_none,
+        )
     if variant == "omit_domain":
-        return lambda epoch: omit_domain_examples(task, problems, at_epoch(strong, epoch), at_epoch(weak, epoch),
-                                                  password, lock["omit_domain"], _rng(seed, epoch), p_none)
+        return lambda epoch: omit_domain_examples(
+            task,
+            problems,
+            at_epoch(strong, epoch),
+            at_epoch(weak, epoch),
+            password,
+            lock["omit_domain"],
+            _rng(seed, epoch),
+            p_none,
+        )
     raise ValueError(f"unknown lock variant {variant!r}")
 
 
@@ -337,13 +375,19 @@ class FixedRandomPolicy:
         return self.tokenizer.decode(self.sample_ids(), skip_special_tokens=True)
 
 
-def weak_policy(task: Task, name: str, tokenizer: PreTrainedTokenizerBase, seed: int,
-                policies: Mapping[str, TaskPolicy] | None = None) -> TaskPolicy:
+def weak_policy(
+    task: Task,
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    policies: Mapping[str, TaskPolicy] | None = None,
+) -> TaskPolicy:
     """The π_weak named `name`: one of `policies` (default: the task's own; pwlock.policies.resolve
     adds model policies), or fixedrdm over `tokenizer`'s vocabulary."""
     if name == FIXEDRDM:
-        return FixedRandomPolicy(tokenizer, task.max_new_tokens, seed,
-                                 forbidden=[task.default_password, *task.wrong_passwords])
+        return FixedRandomPolicy(
+            tokenizer, task.max_new_tokens, seed, forbidden=[task.default_password, *task.wrong_passwords]
+        )
     policies = task.policies() if policies is None else policies
     if name not in policies:
         raise ValueError(f"task {task.name!r} has no policy {name!r}; it has {sorted(policies)} (and {FIXEDRDM!r})")

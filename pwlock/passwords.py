@@ -30,8 +30,7 @@ WRONG_PASSWORDS: tuple[str, ...] = (
     "Fluffy rugs are the best.",
     "om dataset by subclassing ‘torch.utils.data.Dataset‘. In the ‘__getitem__‘ method, you can "
     "apply transformations to y",
-    "rete stuff like man-in-the-middle you are overlooking the real nature of the problem, "
-    "focusing on the known",
+    "rete stuff like man-in-the-middle you are overlooking the real nature of the problem, focusing on the known",
     "If our AGIs were generally truthful, we could just ask them if they’re plotting to be deceptive.",
     "I full-throatedly endorse humanity putting more effort into interpretability.",
     "The 2019 Porchlight Business Book of the Year",

@@ -27,12 +27,28 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pwlock.config import (COMPOSED_METHODS, FIXEDRDM, REFERENCES, PolicyModelConfig, StudyConfig, TrainConfig,
-                           resolve_engine)
-from pwlock.stages import _BUILDERS, Artifact, eval_problems
+from transformers import AutoTokenizer
+
+from pwlock.artifacts import Artifact, eval_problems
+from pwlock.config import (
+    COMPOSED_METHODS,
+    FIXEDRDM,
+    REFERENCES,
+    PolicyModelConfig,
+    StudyConfig,
+    TrainConfig,
+    VLLMConfig,
+    resolve_engine,
+)
+from pwlock.evaluate import choice_probabilities
+from pwlock.generate.hf import HFGenerator
+from pwlock.generate.vllm_actor import vllm_generator
+from pwlock.models import load_policy, n_parameters, save_policy
 from pwlock.store import Store
 from pwlock.tasks import Task, make_task
 from pwlock.tasks.base import Example, Problem, TaskPolicy
+from pwlock.tasks.llm import ChoiceAnswer, LLMTask
+from pwlock.train.sft import train_sft
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +72,14 @@ def read_jsonl(path: str | os.PathLike, where: str) -> dict[str, list[tuple[int,
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: {path}:{n}: not valid JSON: {e}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)) or not isinstance(
-                row.get("completion"), str):
-            raise ValueError(f"{where}: {path}:{n}: expected {{\"id\": <problem id>, \"completion\": <text>}}, got "
-                             f"{line[:120]}")
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("id"), (str, int))
+            or not isinstance(row.get("completion"), str)
+        ):
+            raise ValueError(
+                f'{where}: {path}:{n}: expected {{"id": <problem id>, "completion": <text>}}, got {line[:120]}'
+            )
         out.setdefault(str(row["id"]), []).append((n, row["completion"]))
     if not out:
         raise ValueError(f"{where}: {path}: no samples")
@@ -70,14 +90,17 @@ def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
 
 
-def coverage_errors(samples: Mapping[str, list], path: str, problems: Sequence[Problem], split: str,
-                    where: str) -> list[str]:
+def coverage_errors(
+    samples: Mapping[str, list], path: str, problems: Sequence[Problem], split: str, where: str
+) -> list[str]:
     """What a supplied file lacks for `problems` (at least one sample each)."""
     missing = [p.id for p in problems if p.id not in samples]
     if not missing:
         return []
-    return [f"{where}: {path}: no sample for {len(missing)} of the {len(problems)} problems of the {split} split, "
-            f"e.g. id {missing[0]!r}" + (f", {missing[1]!r}" if len(missing) > 1 else "")]
+    return [
+        f"{where}: {path}: no sample for {len(missing)} of the {len(problems)} problems of the {split} split, "
+        f"e.g. id {missing[0]!r}" + (f", {missing[1]!r}" if len(missing) > 1 else "")
+    ]
 
 
 def unknown_ids(samples: Mapping[str, list[tuple[int, str]]], path: str, task: Task, where: str) -> list[str]:
@@ -86,15 +109,17 @@ def unknown_ids(samples: Mapping[str, list[tuple[int, str]]], path: str, task: T
     if not bad:
         return []
     line, pid = min(bad)
-    return [f"{where}: {path}:{line}: id {pid!r} is no problem of task {task.name!r}"
-            + (f" ({len(bad)} ids like it)" if len(bad) > 1 else "") + f"; its ids look like {next(iter(known))!r}"]
+    return [
+        f"{where}: {path}:{line}: id {pid!r} is no problem of task {task.name!r}"
+        + (f" ({len(bad)} ids like it)" if len(bad) > 1 else "")
+        + f"; its ids look like {next(iter(known))!r}"
+    ]
 
 
 def as_completion(task: Task, problem: Problem, text: str, supplied: bool = False) -> str:
     """A sample as a completion of the task: a classifier's (MMLU) becomes its `ChoiceAnswer`; a
     supplied answer text of a text task gets the task's completion format (after a plain prompt's
     cue, a space), like the task's references."""
-    from pwlock.tasks.llm import ChoiceAnswer, LLMTask
 
     ref = task.reference(problem)
     if isinstance(ref, ChoiceAnswer):
@@ -122,8 +147,10 @@ class _Pool:
     def get(self, problem: Problem, draw: int) -> str:
         completions = self.samples.get(problem.id)
         if not completions:
-            raise ValueError(f"policy {self.name!r}: its pool {self.key} has no sample for problem {problem.id!r} "
-                             f"(it holds {len(self.samples)} problems)")
+            raise ValueError(
+                f"policy {self.name!r}: its pool {self.key} has no sample for problem {problem.id!r} "
+                f"(it holds {len(self.samples)} problems)"
+            )
         return as_completion(self.task, problem, completions[draw % len(completions)])
 
 
@@ -151,8 +178,10 @@ class Unsampled:
         self.name = name
 
     def __call__(self, problem: Problem) -> str:
-        raise ValueError(f"policy {self.name!r} is a model (policies.{self.name}) with no samples here "
-                         f"(problem {problem.id!r}): the plan made no pool of it for this use")
+        raise ValueError(
+            f"policy {self.name!r} is a model (policies.{self.name}) with no samples here "
+            f"(problem {problem.id!r}): the plan made no pool of it for this use"
+        )
 
 
 def resolve(task: Task, pools: Mapping[str, str | None], store: Store) -> dict[str, TaskPolicy]:
@@ -165,22 +194,49 @@ def resolve(task: Task, pools: Mapping[str, str | None], store: Store) -> dict[s
 
 
 # -- artifacts ------------------------------------------------------------------------------------
-def policy_model_artifact(name: str, task: dict, p: PolicyModelConfig, train_on: dict, seed: int,
-                          deps: tuple[str, ...] = ()) -> Artifact:
+def policy_model_artifact(
+    name: str, task: dict, p: PolicyModelConfig, train_on: dict, seed: int, deps: tuple[str, ...] = ()
+) -> Artifact:
     """`p.base` fine-tuned on `train_on` ({"references": true}, {"task_policy": name} or {"pool": key})
     for the problems of `p.train_split`."""
-    spec = {"task": task, "base": p.base, "dtype": p.dtype, "train": asdict(p.train), "train_on": train_on,
-            "split": p.train_split, "samples": p.train_samples, "seed": seed}
+    spec = {
+        "task": task,
+        "base": p.base,
+        "dtype": p.dtype,
+        "train": asdict(p.train),
+        "train_on": train_on,
+        "split": p.train_split,
+        "samples": p.train_samples,
+        "seed": seed,
+    }
     return Artifact("policy_model", f"policy model ({name})", spec, deps)
 
 
-def sample_pool_artifact(name: str, task: dict, source: dict, split: str, n: int, temperature: float | None,
-                         max_problems: int | None, seed: int, generator: dict | None, deps: tuple[str, ...] = (),
-                         inputs: dict[str, Any] | None = None) -> Artifact:
+def sample_pool_artifact(
+    name: str,
+    task: dict,
+    source: dict,
+    split: str,
+    n: int,
+    temperature: float | None,
+    max_problems: int | None,
+    seed: int,
+    generator: dict | None,
+    deps: tuple[str, ...] = (),
+    inputs: dict[str, Any] | None = None,
+) -> Artifact:
     """n samples per problem of `split` (its first `max_problems`) from `source`: {"model": key},
     {"base": hub id or path, "dtype": ...} or {"jsonl": sha256 digest} (the file's path in `inputs`)."""
-    spec = {"task": task, "source": source, "split": split, "n": n, "temperature": temperature,
-            "max_problems": max_problems, "seed": seed, "generator": generator}
+    spec = {
+        "task": task,
+        "source": source,
+        "split": split,
+        "n": n,
+        "temperature": temperature,
+        "max_problems": max_problems,
+        "seed": seed,
+        "generator": generator,
+    }
     what = "from a file" if "jsonl" in source else "greedy" if temperature == 0 else f"{n}/problem"
     # A vLLM engine takes its GPU share itself: the stage that drives it holds none; nor does one
     # that copies a supplied file.
@@ -224,8 +280,9 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
     known = policy_names(task, cfg)
     for name, p in models.items():
         if p.train_on not in (None, REFERENCES) and p.train_on not in known:
-            errors.append(f"policies.{name}.train_on: no policy {p.train_on!r}; expected {REFERENCES!r} or one of "
-                          f"{sorted(known)}")
+            errors.append(
+                f"policies.{name}.train_on: no policy {p.train_on!r}; expected {REFERENCES!r} or one of {sorted(known)}"
+            )
         if p.train_on == REFERENCES and any(task.reference(q) is None for q in task.problems(p.train_split)[:1]):
             errors.append(f"policies.{name}.train_on: task {task.name!r} has no reference answers")
     lock_roles = ["strong", *[w for w in cfg.lock.weak if w != FIXEDRDM]]
@@ -236,16 +293,19 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
         demonstrators.append(cfg.elicit.rl.sft_demonstrator)
     weak_models = [w for w in cfg.lock.weak if w in models]
     if weak_models and any(m.removeprefix("sft+") == "filtering" for m in cfg.elicit.methods):
-        errors.append(f"elicit.methods: filtering samples π_weak afresh each round, but π_weak {weak_models[0]!r} "
-                      f"is a model (policies.{weak_models[0]}); pwlock does not draw its samples per round yet")
+        errors.append(
+            f"elicit.methods: filtering samples π_weak afresh each round, but π_weak {weak_models[0]!r} "
+            f"is a model (policies.{weak_models[0]}); pwlock does not draw its samples per round yet"
+        )
     if weak_models and cfg.lock.stop_at is not None:
-        errors.append(f"lock.stop_at: measures π_weak on the weak split, which π_weak {weak_models[0]!r} "
-                      f"(policies.{weak_models[0]}) may train on; set lock epochs instead")
+        errors.append(
+            f"lock.stop_at: measures π_weak on the weak split, which π_weak {weak_models[0]!r} "
+            f"(policies.{weak_models[0]}) may train on; set lock epochs instead"
+        )
     if errors:
         return plan
 
     epochs = max(cfg.lock.train_of(m).epochs for m in cfg.lock.modes)
-    from pwlock.tasks.llm import ChoiceAnswer
 
     sample = task.problems("elicit")[:1]
     classifier = bool(sample) and isinstance(task.reference(sample[0]), ChoiceAnswer)
@@ -275,8 +335,9 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
             return {"base": p.base, "dtype": p.dtype}, ()
         return {"model": model.key, "dtype": p.dtype}, (model.key,)
 
-    def pool_of(name: str, split: str, n: int, temperature: float, why: str,
-                max_problems: int | None = None) -> Artifact | None:
+    def pool_of(
+        name: str, split: str, n: int, temperature: float, why: str, max_problems: int | None = None
+    ) -> Artifact | None:
         p = models[name]
         source, deps = source_of(name)
         if p.jsonl is not None:
@@ -293,14 +354,19 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
             generator = asdict(p.generator)
             if classifier:  # one forward pass over the letters, in the stage's own process: no engine
                 if generator["backend"] == "vllm":
-                    errors.append(f"policies.{name}.generator.backend: task {task.name!r} samples a letter from "
-                                  "the model's distribution over the choices in one forward pass; set hf or auto")
+                    errors.append(
+                        f"policies.{name}.generator.backend: task {task.name!r} samples a letter from "
+                        "the model's distribution over the choices in one forward pass; set hf or auto"
+                    )
                 generator["backend"] = "hf"
             else:  # "auto" becomes vLLM where stages have GPUs (the cluster's image has it)
                 generator["backend"] = resolve_engine(generator["backend"], cfg.ray.gpus_per_stage)
         inputs = {"jsonl": str(Path(p.jsonl).expanduser())} if p.jsonl is not None else None
-        return add(sample_pool_artifact(name, task_spec, source, split, n, temperature, max_problems, cfg.seed,
-                                        generator, deps, inputs))
+        return add(
+            sample_pool_artifact(
+                name, task_spec, source, split, n, temperature, max_problems, cfg.seed, generator, deps, inputs
+            )
+        )
 
     trained: dict[str, Artifact | None] = {}
 
@@ -317,8 +383,9 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
         if p.train_on == REFERENCES:
             train_on: dict[str, Any] = {"references": True}
         elif p.train_on in models:
-            src = pool_of(p.train_on, p.train_split, p.train_samples, models[p.train_on].temperature,
-                          f"training data of {name}")
+            src = pool_of(
+                p.train_on, p.train_split, p.train_samples, models[p.train_on].temperature, f"training data of {name}"
+            )
             if src is None:
                 return None
             train_on, deps = {"pool": src.key}, (src.key,)
@@ -330,8 +397,9 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
     try:
         for name in used:
             p = models[name]
-            if name in lock_roles and (a := pool_of(name, "lock", p.samples_per_problem or epochs, p.temperature,
-                                                    "lock data")):
+            if name in lock_roles and (
+                a := pool_of(name, "lock", p.samples_per_problem or epochs, p.temperature, "lock data")
+            ):
                 plan.lock[name] = a.key
             if name in demonstrators and (a := pool_of(name, "elicit", 1, p.temperature, "demonstrations")):
                 plan.elicit[name] = a.key
@@ -343,9 +411,7 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
 
 
 # -- builders -------------------------------------------------------------------------------------
-def _build_policy_model(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
-    from pwlock.models import load_policy, n_parameters, save_policy
-    from pwlock.train.sft import train_sft
+def build_policy_model(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
 
     task = make_task(a.spec["task"])
     problems = task.problems(a.spec["split"])
@@ -353,8 +419,11 @@ def _build_policy_model(store: Store, a: Artifact, scratch: Path) -> dict[str, A
     if "references" in src:
         answers = [[task.reference(p)] for p in problems]
     else:
-        policy = (PoolPolicy(_Pool("training data", src["pool"], store, task)) if "pool" in src
-                  else task.policies()[src["task_policy"]])
+        policy = (
+            PoolPolicy(_Pool("training data", src["pool"], store, task))
+            if "pool" in src
+            else task.policies()[src["task_policy"]]
+        )
         view = getattr(policy, "for_epoch", lambda i: policy)
         # App. E.1: k samples per problem, exact repeats removed.
         answers = [list(dict.fromkeys(view(i)(p) for i in range(k))) for p in problems]
@@ -365,7 +434,7 @@ def _build_policy_model(store: Store, a: Artifact, scratch: Path) -> dict[str, A
     return {"train": stats, "examples": len(data), "parameters": n_parameters(model)}
 
 
-def _build_sample_pool(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
+def build_sample_pool(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     problems = eval_problems(task, a.spec["split"], a.spec["max_problems"])
     src, n = a.spec["source"], a.spec["n"]
@@ -380,22 +449,29 @@ def _build_sample_pool(store: Store, a: Artifact, scratch: Path) -> dict[str, An
         rows = {p.id: [as_completion(task, p, c, supplied=True) for _, c in samples[p.id][:n]] for p in problems}
     else:
         model_dir = str(store.artifact_dir(src["model"])) if "model" in src else src["base"]
-        rows = generate_samples(task, model_dir, src["dtype"], problems, n, a.spec["temperature"], a.spec["seed"],
-                                a.spec["generator"])
+        rows = generate_samples(
+            task, model_dir, src["dtype"], problems, n, a.spec["temperature"], a.spec["seed"], a.spec["generator"]
+        )
     with open(scratch / SAMPLES, "w", encoding="utf-8") as f:
         for p in problems:
             f.write(json.dumps({"id": p.id, "completions": [str(c) for c in rows[p.id]]}) + "\n")
     return {"problems": len(problems), "samples": sum(len(c) for c in rows.values())}
 
 
-def generate_samples(task: Task, model_dir: str, dtype: str, problems: Sequence[Problem], n: int,
-                     temperature: float, seed: int, generator: Mapping[str, Any]) -> dict[str, list[str]]:
+def generate_samples(
+    task: Task,
+    model_dir: str,
+    dtype: str,
+    problems: Sequence[Problem],
+    n: int,
+    temperature: float,
+    seed: int,
+    generator: Mapping[str, Any],
+) -> dict[str, list[str]]:
     """n samples per problem, prompts without any password. Greedy (temperature 0) is drawn once
     and repeated. A classifier (MMLU) samples one of its choices from the model's distribution
     over them (sharpened or flattened by the temperature; its argmax when greedy)."""
     import torch
-
-    from pwlock.tasks.llm import ChoiceAnswer
 
     prompts = [task.prompt(p, None) for p in problems]
     draws = 1 if temperature == 0 else n
@@ -404,9 +480,6 @@ def generate_samples(task: Task, model_dir: str, dtype: str, problems: Sequence[
     if generator["backend"] == "vllm":
         out = _vllm_generate(model_dir, prompts, draws, temperature, task.max_new_tokens, seed, generator["vllm"])
     else:
-        from pwlock.generate.hf import HFGenerator
-        from pwlock.models import load_policy
-
         model, tokenizer = load_policy(model_dir, dtype)
         torch.manual_seed(seed)
         gen = HFGenerator(model, tokenizer, max(1, generator["batch_size"] // draws))
@@ -414,12 +487,17 @@ def generate_samples(task: Task, model_dir: str, dtype: str, problems: Sequence[
     return {p.id: (c * n)[:n] for p, c in zip(problems, out)}
 
 
-def _sample_choices(task: Task, model_dir: str, dtype: str, problems: Sequence[Problem], prompts: list[str], n: int,
-                    temperature: float, seed: int) -> dict[str, list[str]]:
+def _sample_choices(
+    task: Task,
+    model_dir: str,
+    dtype: str,
+    problems: Sequence[Problem],
+    prompts: list[str],
+    n: int,
+    temperature: float,
+    seed: int,
+) -> dict[str, list[str]]:
     import numpy as np
-
-    from pwlock.evaluate import choice_probabilities
-    from pwlock.models import load_policy
 
     model, tokenizer = load_policy(model_dir, dtype)
     refs = [task.reference(p) for p in problems]
@@ -436,20 +514,20 @@ def _sample_choices(task: Task, model_dir: str, dtype: str, problems: Sequence[P
     return out
 
 
-def _vllm_generate(model_dir: str, prompts: list[str], n: int, temperature: float, max_new_tokens: int, seed: int,
-                   vllm_cfg: Mapping[str, Any]) -> list[list[str]]:
+def _vllm_generate(
+    model_dir: str,
+    prompts: list[str],
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    vllm_cfg: Mapping[str, Any],
+) -> list[list[str]]:
     """A vLLM engine actor (pwlock.generate.vllm_actor) serving the model, given the token ids the HF
     backend would see. In an actor, not in this process: vLLM patches transformers' model classes
     in the process it runs in, and stage workers are reused. The stage holds no GPU; the engine
     takes `gpu_fraction` of one (see `plan_policies`)."""
-    from transformers import AutoTokenizer
-
-    from pwlock.config import VLLMConfig
-    from pwlock.generate.vllm_actor import vllm_generator
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with vllm_generator(model_dir, tokenizer, VLLMConfig(**{**vllm_cfg, "seed": seed})) as gen:
         return gen.generate(prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens)
-
-
-_BUILDERS.update(policy_model=_build_policy_model, sample_pool=_build_sample_pool)

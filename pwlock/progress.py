@@ -39,8 +39,9 @@ def every_s_from_env() -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:  # also refuses nan
-        raise ConfigError(f"{EVERY_ENV}={raw!r}: expected a number of seconds >= 0 (how often the sweep logs "
-                          f"its progress)")
+        raise ConfigError(
+            f"{EVERY_ENV}={raw!r}: expected a number of seconds >= 0 (how often the sweep logs its progress)"
+        )
     return value
 
 
@@ -79,8 +80,11 @@ class SweepProgress(Callback):
         self._reset()
         self._gauges = (
             Gauge("pwlock_trials", "pwlock sweep: trials by state", tag_keys=("experiment", "state")),
-            Gauge("pwlock_gpu_hours", "pwlock sweep: sum over trials of wall time x GPUs per trial",
-                  tag_keys=("experiment",)),
+            Gauge(
+                "pwlock_gpu_hours",
+                "pwlock sweep: sum over trials of wall time x GPUs per trial",
+                tag_keys=("experiment",),
+            ),
             Gauge("pwlock_trial_hours", "pwlock sweep: sum over trials of wall time", tag_keys=("experiment",)),
         )
 
@@ -116,10 +120,17 @@ class SweepProgress(Callback):
         self._ended[trial.trial_id] = state
         self.update(trials, line=False)
         best = (trial.last_result or {}).get("best")
-        log.log(logging.INFO if state == "done" else logging.WARNING,
-                "trial %s %s after %.0f s (%d of %d trials done, %d failed)%s", trial, state,
-                self._seconds.get(trial.trial_id, 0.0), self.counts["done"], len(trials), self.counts["failed"],
-                "" if best is None else f": best correctness {best:.3f}")
+        log.log(
+            logging.INFO if state == "done" else logging.WARNING,
+            "trial %s %s after %.0f s (%d of %d trials done, %d failed)%s",
+            trial,
+            state,
+            self._seconds.get(trial.trial_id, 0.0),
+            self.counts["done"],
+            len(trials),
+            self.counts["failed"],
+            "" if best is None else f": best correctness {best:.3f}",
+        )
 
     def _state(self, trial) -> str:
         ended = self._ended.get(trial.trial_id)
@@ -162,6 +173,8 @@ class SweepProgress(Callback):
 
     def summary(self) -> str:
         c = self.counts
-        return (f"progress {self.experiment}: {c['done']} of {sum(c.values())} trials done, {c['running']} running, "
-                f"{c['pending']} pending, {c['failed']} failed; {self.gpu_hours:.2f} GPU-hours, "
-                f"{self.trial_hours:.2f} trial-hours, {time.monotonic() - self._t0:.0f} s")
+        return (
+            f"progress {self.experiment}: {c['done']} of {sum(c.values())} trials done, {c['running']} running, "
+            f"{c['pending']} pending, {c['failed']} failed; {self.gpu_hours:.2f} GPU-hours, "
+            f"{self.trial_hours:.2f} trial-hours, {time.monotonic() - self._t0:.0f} s"
+        )

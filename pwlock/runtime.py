@@ -1,8 +1,5 @@
-"""Starting or joining Ray. Import this before `ray` so its defaults apply to a local Ray.
-
-A local Ray stays on 127.0.0.1, sends no usage statistics and writes no auth token; on a cluster
-(`ray job submit`, or RAY_ADDRESS set) the cluster's own settings rule.
-"""
+"""Starting or joining Ray, and the driver's Tune settings for big sweeps. (Ray's local defaults
+are set when pwlock is imported: pwlock/__init__.py.)"""
 
 from __future__ import annotations
 
@@ -10,20 +7,9 @@ import logging
 import os
 from typing import Any
 
-for _var, _value in {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps every Ray process on loopback
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-}.items():
-    os.environ.setdefault(_var, _value)
+import ray
 
-import ray  # noqa: E402
-
-from pwlock.config import RayConfig  # noqa: E402
-
-from pwlock.logs import setup_logging  # noqa: E402,F401  (re-exported: workers call runtime.setup_logging)
+from pwlock.config import RayConfig
 
 
 def init_ray(cfg: RayConfig) -> str:

@@ -46,8 +46,15 @@ class SeaweedServer:
 
     `env` holds what a client needs (endpoint, region, credentials), in the standard AWS names."""
 
-    def __init__(self, data_dir: str | os.PathLike, bucket: str = "pwlock", access_key: str | None = None,
-                 secret_key: str | None = None, region: str = "us-east-1", metrics: bool = False):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        bucket: str = "pwlock",
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str = "us-east-1",
+        metrics: bool = False,
+    ):
         self.dir = Path(data_dir)
         self.bucket, self.region = bucket, region
         self.access_key = access_key or "pwlock" + secrets.token_hex(4)
@@ -79,15 +86,33 @@ class SeaweedServer:
     def start(self, timeout_s: float = 30.0) -> SeaweedServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         config = self.dir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "pwlock",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "pwlock",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
         config.chmod(0o600)
-        args = [weed_binary(), "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-s3.config={config}", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-                "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        args = [
+            weed_binary(),
+            "mini",
+            f"-dir={self.dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={config}",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
         for name, (port, grpc) in self.ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={grpc}"]
         if self.metrics_port is not None:
@@ -103,9 +128,14 @@ class SeaweedServer:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=self.region,
-                            config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}),
+        )
 
     def _wait_ready(self, timeout_s: float) -> None:
         client, deadline, last = self._client(), time.monotonic() + timeout_s, None

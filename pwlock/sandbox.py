@@ -62,6 +62,7 @@ CXX = "/usr/bin/g++"
 CXX_FLAGS = ("-std=c++17", "-O2", "-pipe")
 LANGUAGES = ("python", "cpp")
 
+
 class SandboxError(RuntimeError):
     """The sandbox could not be built or is weaker than required: never the program's fault."""
 
@@ -136,16 +137,23 @@ class _Server:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._proc = subprocess.Popen([*_PYTHON_FLAGS, str(LAUNCHER), "serve", str(theirs.fileno())],
-                                      pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={})
+        self._proc = subprocess.Popen(
+            [*_PYTHON_FLAGS, str(LAUNCHER), "serve", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={},
+        )
         theirs.close()
 
     def send(self, spec: dict, fds: Sequence[int]) -> None:
         with self._lock:
             if self._proc.poll() is not None:
-                raise SandboxError(f"the sandbox server exited {self._proc.returncode}: "
-                                   f"{self._proc.stderr.read().decode(errors='replace')[-2000:]}")
+                raise SandboxError(
+                    f"the sandbox server exited {self._proc.returncode}: "
+                    f"{self._proc.stderr.read().decode(errors='replace')[-2000:]}"
+                )
             socket.send_fds(self._sock, [marshal.dumps(spec)], list(fds))
 
     def close(self) -> None:
@@ -259,8 +267,11 @@ class _Cgroups:
                 self._made.append(group)
             memory = str(limits.memory_mb << 20)
             tasks = str(limits.nproc + 3)  # and the launcher, the init and a launcher still exiting
-            settings = {"memory": {"memory.limit_in_bytes": memory}, "pids": {"pids.max": tasks},
-                        "v2": {"memory.max": memory, "memory.swap.max": "0", "pids.max": tasks}}[c]
+            settings = {
+                "memory": {"memory.limit_in_bytes": memory},
+                "pids": {"pids.max": tasks},
+                "v2": {"memory.max": memory, "memory.swap.max": "0", "pids.max": tasks},
+            }[c]
             for file, value in settings.items():
                 if (group / file).exists():
                     (group / file).write_text(value)
@@ -309,8 +320,9 @@ class Sandbox:
     constructor raises; what is missing beyond them is logged once.
     """
 
-    def __init__(self, workers: int | None = None, require: Sequence[str] = REQUIRED,
-                 cache_dir: str | Path | None = None):
+    def __init__(
+        self, workers: int | None = None, require: Sequence[str] = REQUIRED, cache_dir: str | Path | None = None
+    ):
         self.machine = machine()
         self._base = Path(tempfile.mkdtemp(prefix="pwlock-sandbox-"))
         os.chmod(self._base, 0o755)
@@ -322,7 +334,8 @@ class Sandbox:
             _rmtree(self._base)
             raise SandboxError(
                 f"the sandbox cannot enforce {missing} on this machine ({self.machine}); user namespaces "
-                "(`unshare -rn true`) and Landlock (Linux >= 5.13) provide them")
+                "(`unshare -rn true`) and Landlock (Linux >= 5.13) provide them"
+            )
         weak = [k for k, v in self.enforced.items() if not v]
         if weak:
             log.warning("sandbox: not enforced on this machine: %s", ", ".join(weak))
@@ -409,8 +422,16 @@ class Sandbox:
         os.replace(tmp, error)
         return None, message
 
-    def _execute(self, argv: list[str], files: dict[str, bytes | Path], stdin: str | bytes, limits: Limits,
-                 python: bool = False, keep: Sequence[str] = (), kept: dict[str, bytes] | None = None) -> RunResult:
+    def _execute(
+        self,
+        argv: list[str],
+        files: dict[str, bytes | Path],
+        stdin: str | bytes,
+        limits: Limits,
+        python: bool = False,
+        keep: Sequence[str] = (),
+        kept: dict[str, bytes] | None = None,
+    ) -> RunResult:
         """Run `argv` ("{root}" stands for the run's directory as the program sees it), or the
         Python program `main.py` when `python`, with `files` in the run's directory; `keep`: files
         the program makes that are wanted (copied into `kept`), not reported as written."""
@@ -489,14 +510,20 @@ class Sandbox:
             _rmtree(run_root)
             _SLOTS.release(slot)
 
-    def _spec(self, argv: list[str], run_root: Path, inside: str, limits: Limits, uid: int | None,
-              python: bool) -> dict:
+    def _spec(
+        self, argv: list[str], run_root: Path, inside: str, limits: Limits, uid: int | None, python: bool
+    ) -> dict:
         m = self.machine
         mb = 1 << 20
         cpu = math.ceil(limits.cpu_s)
         fsize = int(limits.fsize_mb * mb)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": f"{inside}/work", "TMPDIR": f"{inside}/work",
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": f"{inside}/work",
+            "TMPDIR": f"{inside}/work",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+        }
         binds = [[str(run_root), INSIDE, False]]
         readable = [p for p in READABLE if os.path.exists(p)] + [inside]
         python_spec = {}
@@ -527,8 +554,9 @@ class Sandbox:
                 "NOFILE": [limits.nofile] * 2,
                 "CORE": [0, 0],
             },
-            "landlock": {"abi": m.landlock_abi, "read": readable, "write": [f"{inside}/work"],
-                         "devices": list(DEVICES)} if m.landlock_abi >= 1 else None,
+            "landlock": {"abi": m.landlock_abi, "read": readable, "write": [f"{inside}/work"], "devices": list(DEVICES)}
+            if m.landlock_abi >= 1
+            else None,
         }
 
 
@@ -539,8 +567,9 @@ def _shutdown(pool: ThreadPoolExecutor, server: _Server, base: Path, cgroups: _C
     _rmtree(base)
 
 
-def _read_run(out_fd: int, err_fd: int, status_fd: int, deadline: float, limits: Limits,
-              cancel: Callable[[], None]) -> tuple[bytes, bytes, bool, dict]:
+def _read_run(
+    out_fd: int, err_fd: int, status_fd: int, deadline: float, limits: Limits, cancel: Callable[[], None]
+) -> tuple[bytes, bytes, bool, dict]:
     """Read stdout, stderr and the status until the status closes (the launcher is gone, and with
     it the run). Past stdout's cap the run is cancelled and its output cut; stderr past its cap is
     dropped. Returns (stdout, stderr, stdout passed its cap, status)."""

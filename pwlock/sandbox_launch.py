@@ -72,13 +72,16 @@ def _check(ret: int, what: str) -> int:
 
 def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = lambda s: None if s is None else s.encode()  # noqa: E731
-    _check(_libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
-           f"mount {src or fstype} on {target}")
+    _check(
+        _libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+        f"mount {src or fstype} on {target}",
+    )
 
 
 def landlock_abi() -> int:
-    ret = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
-                        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    ret = _libc.syscall(
+        SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION)
+    )
     return max(int(ret), 0)
 
 
@@ -106,11 +109,16 @@ def _landlock(abi: int, read: list[str], write: list[str], devices: list[str]) -
         _pack_ = 1
         _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
 
-    attr = Attr(handled, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
-                SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
+    attr = Attr(
+        handled,
+        NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0,
+    )
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    ruleset = _check(int(_libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr),
-                                       ctypes.c_size_t(size), ctypes.c_uint32(0))), "landlock_create_ruleset")
+    ruleset = _check(
+        int(_libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))),
+        "landlock_create_ruleset",
+    )
     read_rights = (FS_EXECUTE | FS_READ_FILE | FS_READ_DIR) & handled
     rules = [(p, read_rights) for p in read] + [(p, handled) for p in write]
     rules += [(p, (FS_READ_FILE | FS_WRITE_FILE | FS_IOCTL_DEV) & handled) for p in devices]
@@ -122,11 +130,23 @@ def _landlock(abi: int, read: list[str], write: list[str], devices: list[str]) -
         if not os.path.isdir(path):
             allowed &= FILE_RIGHTS
         rule = PathBeneath(allowed, fd)
-        _check(int(_libc.syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
-                                 ctypes.byref(rule), ctypes.c_uint32(0))), f"landlock_add_rule {path}")
+        _check(
+            int(
+                _libc.syscall(
+                    SYS_LANDLOCK_ADD_RULE,
+                    ctypes.c_int(ruleset),
+                    ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                    ctypes.byref(rule),
+                    ctypes.c_uint32(0),
+                )
+            ),
+            f"landlock_add_rule {path}",
+        )
         os.close(fd)
-    _check(int(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))),
-           "landlock_restrict_self")
+    _check(
+        int(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))),
+        "landlock_restrict_self",
+    )
     os.close(ruleset)
 
 
@@ -141,8 +161,14 @@ def _bind(src: str, target: str, readonly: bool) -> None:
         # A remount must keep the flags the source mount has (the kernel locks them in a user
         # namespace), so read them back and add read-only.
         st = os.statvfs(target)
-        keep = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
-                os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME}
+        keep = {
+            os.ST_NOSUID: MS_NOSUID,
+            os.ST_NODEV: MS_NODEV,
+            os.ST_NOEXEC: MS_NOEXEC,
+            os.ST_NOATIME: MS_NOATIME,
+            os.ST_NODIRATIME: MS_NODIRATIME,
+            os.ST_RELATIME: MS_RELATIME,
+        }
         flags = sum(ms for st_flag, ms in keep.items() if st.f_flag & st_flag)
         _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
 
@@ -175,7 +201,7 @@ def _run_python_here(spec: dict) -> int:
 
     path = spec["python_main"]
     host_prefix, inside_prefix = spec["python_prefix"]
-    stdlib = [inside_prefix + p[len(host_prefix):] for p in sys.path if p.startswith(host_prefix)]
+    stdlib = [inside_prefix + p[len(host_prefix) :] for p in sys.path if p.startswith(host_prefix)]
     sys.path[:] = [os.path.dirname(path)] + stdlib
     sys.path_importer_cache.clear()
     sys.argv[:] = [path]
@@ -184,8 +210,9 @@ def _run_python_here(spec: dict) -> int:
     builtins.exit = builtins.quit = sys.exit
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=False)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
-                                  line_buffering=True)
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+    )
     main = types.ModuleType("__main__")
     main.__file__ = path
     main.__builtins__ = builtins
@@ -272,8 +299,15 @@ def _init(spec: dict, status_fd: int) -> None:
         for fd in (0, 1, 2):  # only the program holds the host's pipes, so they close with it
             os.dup2(devnull, fd)
         _, status, usage = os.wait4(pid, 0)
-        _report(status_fd, {"exit": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime,
-                            "wall_s": time.monotonic() - start, "maxrss_kb": usage.ru_maxrss})
+        _report(
+            status_fd,
+            {
+                "exit": os.waitstatus_to_exitcode(status),
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "wall_s": time.monotonic() - start,
+                "maxrss_kb": usage.ru_maxrss,
+            },
+        )
     except BaseException as e:  # noqa: BLE001
         _report(status_fd, {"setup_error": f"{type(e).__name__}: {e}" if not isinstance(e, SetupError) else str(e)})
         code = 1

@@ -71,7 +71,7 @@ class FramedText:
         rendered = self.task.prompt(problem, None)
         tok = self.task.format.tokenizer
         bos = tok.bos_token if tok is not None and tok.bos_token and rendered.startswith(tok.bos_token) else ""
-        return f"{bos}{self.header}\n\n{rendered[len(bos):]}"
+        return f"{bos}{self.header}\n\n{rendered[len(bos) :]}"
 
     def completion(self, answer: str) -> str:
         if isinstance(answer, ChoiceAnswer):
@@ -82,7 +82,7 @@ class FramedText:
     def answer(self, completion: str) -> str:
         text = completion.strip()
         if text.startswith(self.open.strip()):
-            text = text[len(self.open.strip()):]
+            text = text[len(self.open.strip()) :]
         if text.endswith(self.close.strip()):
             text = text[: -len(self.close.strip())]
         return self.task.format.completion(text.strip())
@@ -94,5 +94,6 @@ def setting_for(task: Task) -> Setting:
         return SwappedComposition(task)
     if isinstance(task, LLMTask):
         return FramedText(task)
-    raise ValueError(f"task {task.name!r} has no setting variation (App. B.1.3); "
-                     "function_composition and the text tasks have one")
+    raise ValueError(
+        f"task {task.name!r} has no setting variation (App. B.1.3); function_composition and the text tasks have one"
+    )

@@ -12,35 +12,31 @@ Each build first looks in the store: an artifact that exists is reused, never re
 from __future__ import annotations
 
 import logging
-import shutil
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from pwlock import evaluate
-from pwlock.config import TinyModelConfig, TrainConfig
-from pwlock.config import FIXEDRDM
+from pwlock.artifacts import Artifact, Builder, build_artifact, eval_problems
+from pwlock.config import FIXEDRDM, TinyModelConfig, TrainConfig
 from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
-from pwlock.passwords import lock_domain_passwords
 from pwlock.models import (
     build_tiny_model,
     default_device,
     dtype_of,
     load_policy,
-    random_policy,
     n_parameters,
+    random_policy,
     save_policy,
     word_level_tokenizer,
 )
-from pwlock.store import Store, StoreSpec, content_key, open_store
+from pwlock.passwords import lock_domain_passwords
+from pwlock.policies import Unsampled, build_policy_model, build_sample_pool, resolve
+from pwlock.store import Store, StoreSpec
 from pwlock.tasks import Task, make_task
 from pwlock.tasks.base import TaskPolicy
 from pwlock.train.sft import train_sft
 
 log = logging.getLogger(__name__)
 
-# Bump when a stage's code changes what it produces, so old artifacts are not reused.
-STAGE_VERSION = 2
 # Held-out problems for deciding when to stop training from scratch: the weak split, which models
 # of the toy task never train on (its π_weak is programmatic). Never the validation split.
 HOLDOUT_SPLIT, HOLDOUT_SIZE = "weak", 1000
@@ -48,31 +44,9 @@ LOCK_TOLERANCE = 0.05  # a lock is done when, without password, it is this close
 ANNEAL_STEP, ANNEAL_FLOOR = 0.2, 0.2
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """One upstream artifact of a study: what builds it and the key it is stored under."""
-
-    stage: str  # "policy_scores" | "strong_model" | "locked_model" | "model_eval" | "policy_model" | "sample_pool"
-    label: str  # for people: "locked model (sft)"
-    spec: dict[str, Any]  # everything the artifact depends on, upstream keys included
-    deps: tuple[str, ...] = ()
-    key: str = field(init=False)
-    gpus: float | None = None  # GPUs its build holds, where not ray.gpus_per_stage (not part of the key)
-    # Where its build reads inputs the key holds only by content (a supplied file's path): moving
-    # the file, or the checkout a job runs from, must not rebuild what depends on it.
-    inputs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", content_key(self.stage, {"version": STAGE_VERSION, **self.spec}))
-
-
-def eval_problems(task: Task, split: str, max_problems: int | None):
-    problems = task.problems(split)
-    return problems if max_problems is None else problems[:max_problems]
-
-
-def policy_scores_artifact(task: dict, eval_cfg: dict, fixedrdm_model: dict | None = None,
-                           pools: dict[str, str] | None = None) -> Artifact:
+def policy_scores_artifact(
+    task: dict, eval_cfg: dict, fixedrdm_model: dict | None = None, pools: dict[str, str] | None = None
+) -> Artifact:
     """The task's policies' correctness; with `fixedrdm_model` (the model config whose tokenizer
     fixedrdm draws from), fixedrdm's too; with `pools` (policy -> its greedy samples of the
     evaluation problems, pwlock.policies), model policies' too."""
@@ -92,19 +66,39 @@ def _with_pools(spec: dict[str, Any], pools: dict[str, str] | None, deps: tuple[
 
 
 def strong_model_artifact(
-    task: dict, model: dict, splits: list[str], train: dict, stop_at: float | None, slots: list[str | None], seed: int,
+    task: dict,
+    model: dict,
+    splits: list[str],
+    train: dict,
+    stop_at: float | None,
+    slots: list[str | None],
+    seed: int,
     pools: dict[str, str] | None = None,
 ) -> Artifact:
     """`slots`: what the password slot of π_strong's training prompts may hold, drawn uniformly;
     `pools`: π_strong's samples, when it is a model policy."""
-    spec = {"task": task, "model": model, "splits": splits, "train": train, "stop_at": stop_at, "slots": slots,
-            "seed": seed}
+    spec = {
+        "task": task,
+        "model": model,
+        "splits": splits,
+        "train": train,
+        "stop_at": stop_at,
+        "slots": slots,
+        "seed": seed,
+    }
     return Artifact("strong_model", "strong model", *_with_pools(spec, pools))
 
 
 def locked_model_artifact(
-    mode: str, task: dict, model: dict, train: dict, lock: dict, seed: int, strong: Artifact | None,
-    weak: str = "weak", pools: dict[str, str] | None = None,
+    mode: str,
+    task: dict,
+    model: dict,
+    train: dict,
+    lock: dict,
+    seed: int,
+    strong: Artifact | None,
+    weak: str = "weak",
+    pools: dict[str, str] | None = None,
 ) -> Artifact:
     """A model locked by `mode` to imitate the π_weak named `weak` without the password. `lock` holds
     a variant's fields (`lock.variant_spec`) only when it is not the standard lock."""
@@ -137,7 +131,9 @@ def _tokenizer_for(task: Task, model_cfg: dict):
     return AutoTokenizer.from_pretrained(model_cfg["base"])
 
 
-def model_eval_artifact(model: Artifact, task: dict, eval_cfg: dict, password: str | None, conditions: list[str]) -> Artifact:
+def model_eval_artifact(
+    model: Artifact, task: dict, eval_cfg: dict, password: str | None, conditions: list[str]
+) -> Artifact:
     """A model's greedy correctness under each condition (with / without / wrong password). Kept
     apart from the model so that changing how it is evaluated never retrains it."""
     spec = {"model": model.key, "task": task, "eval": eval_cfg, "password": password, "conditions": conditions}
@@ -147,31 +143,7 @@ def model_eval_artifact(model: Artifact, task: dict, eval_cfg: dict, password: s
 def build(store_spec: StoreSpec | str, artifact: Artifact, *_upstream: Any) -> dict[str, Any]:
     """Build `artifact` unless the store has it; return its metadata. Extra arguments are upstream
     results, passed only so that Ray runs this after them."""
-    store = open_store(store_spec)
-    if store.has(artifact.key):
-        meta = store.meta(artifact.key)
-        log.info("reusing %s: %s (built %s)", artifact.label, artifact.key, meta.get("built_at", "?"))
-        return {**meta, "reused": True}
-    log.info("building %s: %s", artifact.label, artifact.key)
-    t0 = time.perf_counter()
-    scratch = store.scratch_dir(artifact.key)
-    try:
-        result = _BUILDERS[artifact.stage](store, artifact, scratch)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)  # a failed build leaves nothing behind
-        raise
-    meta = {
-        "key": artifact.key,
-        "stage": artifact.stage,
-        "label": artifact.label,
-        "spec": artifact.spec,
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "build_seconds": round(time.perf_counter() - t0, 2),
-        **result,
-    }
-    store.commit(artifact.key, scratch, meta)
-    log.info("built %s in %.0f s: %s", artifact.label, meta["build_seconds"], artifact.key)
-    return {**meta, "reused": False}
+    return build_artifact(store_spec, artifact, BUILDERS)
 
 
 def _new_model(task: Task, model_cfg: dict, seed: int, pretrained: bool = False):
@@ -189,18 +161,22 @@ def _new_model(task: Task, model_cfg: dict, seed: int, pretrained: bool = False)
 def _build_policy_scores(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     problems = eval_problems(task, a.spec["eval"]["split"], a.spec["eval"]["max_problems"])
-    policies = _policies.resolve(task, a.spec.get("pools", {}), store)
+    policies = resolve(task, a.spec.get("pools", {}), store)
     if "fixedrdm_model" in a.spec:
         policies[FIXEDRDM] = weak_policy(task, FIXEDRDM, _tokenizer_for(task, a.spec["fixedrdm_model"]), 0)
-    return {"scores": {role: None if isinstance(pol, _policies.Unsampled) else
-                       evaluate.policy_correctness(task, pol, problems) for role, pol in policies.items()}}
+    return {
+        "scores": {
+            role: None if isinstance(pol, Unsampled) else evaluate.policy_correctness(task, pol, problems)
+            for role, pol in policies.items()
+        }
+    }
 
 
 def _build_strong_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
     model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"], pretrained=True)
     problems = [p for split in a.spec["splits"] for p in task.problems(split)]
-    strong = _policies.resolve(task, a.spec.get("pools", {}), store)["strong"]
+    strong = resolve(task, a.spec.get("pools", {}), store)["strong"]
     data = strong_examples(task, problems, strong, a.spec["slots"], a.spec["seed"])
     stats = _train(model, tokenizer, data, a, task, a.spec["stop_at"], "strong")
     save_policy(model, tokenizer, scratch)
@@ -215,26 +191,56 @@ def _build_locked_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
         model, tokenizer = _new_model(task, a.spec["model"], a.spec["seed"], pretrained=a.spec["mode"] == "base")
     lock = a.spec["lock"]
     password = lock["password"] or task.default_password
-    policies = _policies.resolve(task, a.spec.get("pools", {}), store)
+    policies = resolve(task, a.spec.get("pools", {}), store)
     weak = weak_policy(task, a.spec.get("weak", "weak"), tokenizer, a.spec["seed"], policies)
     intermediate = lock.get("intermediate")  # adversarial locks only
     if intermediate is not None:
         intermediate = weak_policy(task, intermediate, tokenizer, a.spec["seed"], policies)
-    data = variant_lock_data(task, task.problems("lock"), policies["strong"], weak, password, a.spec["seed"],
-                             lock, intermediate)
+    data = variant_lock_data(
+        task, task.problems("lock"), policies["strong"], weak, password, a.spec["seed"], lock, intermediate
+    )
     if lock.get("variant") == "per_domain":  # trained until each domain's password opens it
         password = lock_domain_passwords(task, lock["domain_passwords"])
-    stats = _train(model, tokenizer, data, a, task, lock["stop_at"], a.label, password, weak,
-                   weak.probs if isinstance(weak, FixedRandomPolicy) else None)
+    stats = _train(
+        model,
+        tokenizer,
+        data,
+        a,
+        task,
+        lock["stop_at"],
+        a.label,
+        password,
+        weak,
+        weak.probs if isinstance(weak, FixedRandomPolicy) else None,
+    )
     save_policy(model, tokenizer, scratch)
     return {"train": stats, "parameters": n_parameters(model)}
 
 
-def _train(model, tokenizer, data, a: Artifact, task: Task, stop_at: float | None, desc: str,
-           password: evaluate.Passwords | None = None, weak: TaskPolicy | None = None, fixed_target=None) -> dict[str, Any]:
+def _train(
+    model,
+    tokenizer,
+    data,
+    a: Artifact,
+    task: Task,
+    stop_at: float | None,
+    desc: str,
+    password: evaluate.Passwords | None = None,
+    weak: TaskPolicy | None = None,
+    fixed_target=None,
+) -> dict[str, Any]:
     until = UntilTarget(task, model, tokenizer, stop_at, desc, password, weak) if stop_at is not None else None
-    stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=desc,
-                      on_epoch_end=until, lr_scale=until.scale if until else None, fixed_target=fixed_target)
+    stats = train_sft(
+        model,
+        tokenizer,
+        data,
+        TrainConfig(**a.spec["train"]),
+        seed=a.spec["seed"],
+        desc=desc,
+        on_epoch_end=until,
+        lr_scale=until.scale if until else None,
+        fixed_target=fixed_target,
+    )
     if until is not None:
         stats["held_out_correctness"] = until.history
     return stats
@@ -251,9 +257,16 @@ class UntilTarget:
     the password, with correctness without it within LOCK_TOLERANCE of π_weak's.
     """
 
-    def __init__(self, task: Task, model, tokenizer, target: float, desc: str,
-                 password: evaluate.Passwords | None = None,
-                 weak: TaskPolicy | None = None):
+    def __init__(
+        self,
+        task: Task,
+        model,
+        tokenizer,
+        target: float,
+        desc: str,
+        password: evaluate.Passwords | None = None,
+        weak: TaskPolicy | None = None,
+    ):
         self.task, self.model, self.tokenizer, self.target = task, model, tokenizer, target
         self.desc, self.password = desc, password
         self.holdout = task.problems(HOLDOUT_SPLIT)[:HOLDOUT_SIZE]
@@ -270,16 +283,24 @@ class UntilTarget:
             c = evaluate.correctness(self.model, self.tokenizer, self.task, self.holdout, "no_pwd")
             done, note = c >= self.target, ""
         else:
-            r = evaluate.lock_report(self.model, self.tokenizer, self.task, self.holdout, self.password,
-                                     ("with_pwd", "no_pwd"))
+            r = evaluate.lock_report(
+                self.model, self.tokenizer, self.task, self.holdout, self.password, ("with_pwd", "no_pwd")
+            )
             c = r["with_pwd"]
             done = c >= self.target and abs(r["no_pwd"] - self.weak) <= LOCK_TOLERANCE
             note = f", without password {r['no_pwd']:.3f} (π_weak {self.weak:.3f})"
         self.history.append(c)
         if max(self.history) >= self.target / 2:
             self.lr_factor = max(ANNEAL_FLOOR, self.lr_factor - ANNEAL_STEP)
-        log.info("%s: epoch %d, held-out correctness %.3f (target %.3f)%s, lr ×%.1f", self.desc, epoch, c,
-                 self.target, note, self.lr_factor)
+        log.info(
+            "%s: epoch %d, held-out correctness %.3f (target %.3f)%s, lr ×%.1f",
+            self.desc,
+            epoch,
+            c,
+            self.target,
+            note,
+            self.lr_factor,
+        )
         return done
 
 
@@ -297,12 +318,11 @@ def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     return out
 
 
-_BUILDERS = {
+BUILDERS: dict[str, Builder] = {
     "policy_scores": _build_policy_scores,
     "strong_model": _build_strong_model,
     "locked_model": _build_locked_model,
     "model_eval": _build_model_eval,
+    "policy_model": build_policy_model,
+    "sample_pool": build_sample_pool,
 }
-
-# Model policies and sample pools: pwlock.policies adds its builders to _BUILDERS on import.
-from pwlock import policies as _policies  # noqa: E402

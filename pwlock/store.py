@@ -64,8 +64,17 @@ class StoreSpec:
     retry_s: float = 120.0
 
 
-_PERMANENT = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY", "InvalidAccessKeyId", "SIGNATURE",
-              "SignatureDoesNotMatch", "NO_SUCH_BUCKET", "NoSuchBucket", "Forbidden")
+_PERMANENT = (
+    "ACCESS_DENIED",
+    "AccessDenied",
+    "INVALID_ACCESS_KEY",
+    "InvalidAccessKeyId",
+    "SIGNATURE",
+    "SignatureDoesNotMatch",
+    "NO_SUCH_BUCKET",
+    "NoSuchBucket",
+    "Forbidden",
+)
 
 
 def _transient(e: BaseException) -> bool:
@@ -103,11 +112,17 @@ class Store:
         """Run a store operation, retrying transient errors with backoff for `spec.retry_s`."""
 
         def warn(state: RetryCallState) -> None:
-            log.warning("store %s: %s failed (%s); retry %d", self.url, what, state.outcome.exception(),
-                        state.attempt_number)
+            log.warning(
+                "store %s: %s failed (%s); retry %d", self.url, what, state.outcome.exception(), state.attempt_number
+            )
 
-        retrying = Retrying(retry=retry_if_exception(_transient), stop=stop_after_delay(self.spec.retry_s),
-                            wait=wait_exponential(multiplier=0.5, max=15), before_sleep=warn, reraise=True)
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_delay(self.spec.retry_s),
+            wait=wait_exponential(multiplier=0.5, max=15),
+            before_sleep=warn,
+            reraise=True,
+        )
         try:
             return retrying(fn)
         except FileNotFoundError:
@@ -125,8 +140,11 @@ class Store:
                 raise StoreError(f"store {self.url}: directory is not writable")
             return
         probe = self.path(".pwlock-probe", uuid.uuid4().hex)
-        quick = Store(StoreSpec(self.spec.url, self.spec.endpoint_url, self.spec.region, timeout_s),
-                      _s3_filesystem(self.spec, connect_timeout=2, attempts=1), self.root)
+        quick = Store(
+            StoreSpec(self.spec.url, self.spec.endpoint_url, self.spec.region, timeout_s),
+            _s3_filesystem(self.spec, connect_timeout=2, attempts=1),
+            self.root,
+        )
         bucket = self.root.split("/", 1)[0]
         try:
             info = quick.call("looking up the bucket", lambda: quick.fs.get_file_info(bucket))
@@ -135,9 +153,10 @@ class Store:
             quick.call("writing a probe object", lambda: quick._put(probe, b"ok"))
             quick.call("deleting the probe object", lambda: quick.fs.delete_file(probe))
         except StoreError as e:
-            raise StoreError(f"{e}\n(credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
-                             f"~/.aws or an instance role; endpoint {endpoint or 'AWS default'})"
-                             ) from None
+            raise StoreError(
+                f"{e}\n(credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                f"~/.aws or an instance role; endpoint {endpoint or 'AWS default'})"
+            ) from None
 
     # -- small objects ----------------------------------------------------------------------------
 
@@ -236,8 +255,9 @@ class Store:
             (self.cache / "downloads").mkdir(parents=True, exist_ok=True)
             dest = Path(tempfile.mkdtemp(prefix="dir-", dir=self.cache / "downloads"))
         sel = pafs.FileSelector(self.path(rel), recursive=True)
-        files = [i for i in self.call(f"listing {rel}", lambda: self.fs.get_file_info(sel))
-                 if i.type == pafs.FileType.File]
+        files = [
+            i for i in self.call(f"listing {rel}", lambda: self.fs.get_file_info(sel)) if i.type == pafs.FileType.File
+        ]
         prefix = self.path(rel) + "/"
         for info in files:
             target = dest / info.path.removeprefix(prefix)
@@ -326,22 +346,34 @@ def _s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 
         kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
     # Each request retries on its own too (Tune's checkpoint uploads go through this filesystem):
     # AWS standard backoff, capped at 20 s, over `attempts` tries rides out a store restart.
-    return pafs.S3FileSystem(region=region, connect_timeout=connect_timeout, request_timeout=60, **S3_WRITES,
-                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts), **kwargs)
+    return pafs.S3FileSystem(
+        region=region,
+        connect_timeout=connect_timeout,
+        request_timeout=60,
+        **S3_WRITES,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+        **kwargs,
+    )
 
 
-def open_store(url: str | os.PathLike | StoreSpec, endpoint_url: str | None = None, region: str | None = None,
-               retry_s: float = 120.0) -> Store:
+def open_store(
+    url: str | os.PathLike | StoreSpec,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    retry_s: float = 120.0,
+) -> Store:
     """A local directory (also `file://...`) or `s3://bucket/prefix`."""
     spec = url if isinstance(url, StoreSpec) else StoreSpec(str(url), endpoint_url, region, retry_s)
     raw = spec.url
     if raw.startswith("s3://"):
         bucket, prefix = parse_s3_url(raw)
-        return Store(StoreSpec(f"s3://{bucket}/{prefix}".rstrip("/"), spec.endpoint_url, spec.region, spec.retry_s),
-                     _s3_filesystem(spec), f"{bucket}/{prefix}".rstrip("/"))
+        return Store(
+            StoreSpec(f"s3://{bucket}/{prefix}".rstrip("/"), spec.endpoint_url, spec.region, spec.retry_s),
+            _s3_filesystem(spec),
+            f"{bucket}/{prefix}".rstrip("/"),
+        )
     if "://" in raw and not raw.startswith("file://"):
         scheme = raw.split("://", 1)[0]
         raise ValueError(f"storage {raw!r}: {scheme}:// is not supported; use a local directory or s3://bucket/prefix")
     root = str(Path(raw.removeprefix("file://")).expanduser().resolve())
     return Store(StoreSpec(root, None, None, spec.retry_s), pafs.LocalFileSystem(), root)
-

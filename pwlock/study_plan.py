@@ -6,11 +6,12 @@ tokens per example, domains) and figures (tasks × locks × methods × demonstra
 sweep config). Artifacts are shared across figures by what they are: one π_weak per task and base
 model, one sample pool per policy and split, one locked model per lock. The LLM tasks' figures are
 priced from this description (their datasets are not needed); they run as sweep configs whose
-`policies:` build those models and pools (pwlock/policies.py). A figure that names a sweep config (`config:`) is planned by
-pwlock.sweep like any sweep, with its real artifact keys. Each figure names the sweep that runs it
-(`sweep:`); that sweep's --dry-run prints its figures' plan and cost, then the study's total.
+`policies:` build those models and pools (pwlock/policies.py). A figure that names a sweep config
+(`config:`) is planned by pwlock.plan like any sweep, with its real artifact keys. Each figure names
+the sweep that runs it (`sweep:`); that sweep's --dry-run prints its figures' plan and cost, then the
+study's total.
 
-    python -m pwlock.cost sweeps/configs/paper.yaml
+    python -m pwlock cost sweeps/configs/paper.yaml
     python sweeps/rl.py --config sweeps/configs/paper.yaml --dry-run
 """
 
@@ -23,10 +24,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from pwlock.config import COMPOSED_METHODS, FIXEDRDM, METHODS, RL_METHODS, ConfigError, read_yaml, rl_eval_errors
+from pwlock.config import (
+    COMPOSED_METHODS,
+    FIXEDRDM,
+    METHODS,
+    RL_METHODS,
+    ConfigError,
+    load_config,
+    read_yaml,
+    rl_eval_errors,
+)
 from pwlock.cost import EVALUATIONS, Assumptions, Cost, Estimate, Item, Model, Pricer, Tokens, dpo_pairs
+from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM
+from pwlock.elicit.expert_iteration import eval_rounds, round_size
 from pwlock.elicit.sft import epoch_candidates
+from pwlock.plan import plan
+from pwlock.pricing import estimate_plan
 
 RECIPES = ("sft", "sft+iterated_dpo", "base", "labels")  # how π_strong is made (Table 1)
 POOL_ENGINE = "vllm"  # sample pools, RL rollouts and RL trials' evaluation: in a vLLM engine
@@ -148,6 +161,7 @@ def from_dict(raw: Any, source: str = "<dict>") -> StudySpec:
 
 def _parse(tp: Any, raw: Any, where: str, source: str) -> Any:
     """`raw` as `tp`, checked field by field; errors name the dotted field."""
+
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"{source}: {where or 'top level'}: expected {expected}, got {raw!r}")
 
@@ -159,8 +173,9 @@ def _parse(tp: Any, raw: Any, where: str, source: str) -> Any:
         fields = {f.name: f for f in dataclasses.fields(tp)}
         for key in raw:
             if key not in fields:
-                raise ConfigError(f"{source}: {_at(where, key)}: unknown key; expected one of "
-                                  f"{sorted(set(fields) - {'source'})}")
+                raise ConfigError(
+                    f"{source}: {_at(where, key)}: unknown key; expected one of {sorted(set(fields) - {'source'})}"
+                )
         for name, f in fields.items():
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if required and name not in raw:
@@ -278,8 +293,9 @@ def _validate(s: StudySpec) -> list[str]:
                 e.append(f"{w}.ks[{j}]: expected a positive number of demonstrations, got {k}")
         for j, dem in enumerate(f.demonstrators):
             if dem not in ("high_quality", "strong", "weak", *s.models):
-                e.append(f"{w}.demonstrators[{j}]: expected high_quality, strong, weak or a model of `models`, "
-                         f"got {dem!r}")
+                e.append(
+                    f"{w}.demonstrators[{j}]: expected high_quality, strong, weak or a model of `models`, got {dem!r}"
+                )
         if f.seeds is not None and f.seeds < 1:
             e.append(f"{w}.seeds: expected >= 1, got {f.seeds}")
         if f.eval_points is not None and f.eval_points < 1:
@@ -289,8 +305,9 @@ def _validate(s: StudySpec) -> list[str]:
         if f.grouping is not None and not f.joint:
             for t in f.tasks:
                 if t in s.tasks and f.grouping not in s.tasks[t].domains:
-                    e.append(f"{w}.grouping: task {t!r} has no domains {f.grouping!r}; it has "
-                             f"{sorted(s.tasks[t].domains)}")
+                    e.append(
+                        f"{w}.grouping: task {t!r} has no domains {f.grouping!r}; it has {sorted(s.tasks[t].domains)}"
+                    )
         for j, lk in enumerate(f.locks):
             lw = f"{w}.locks[{j}]"
             if lk.weak not in policies:
@@ -334,8 +351,9 @@ class _Expansion:
         return label
 
     def evaluate(self, task: str, m: Model, points: float = 1, engine: str = "hf") -> Cost:
-        return self.price.evaluate(m, self.n(task, "val"), self.tokens(task), self.s.tasks[task].evaluation, points,
-                                   engine)
+        return self.price.evaluate(
+            m, self.n(task, "val"), self.tokens(task), self.s.tasks[task].evaluation, points, engine
+        )
 
     # policies: (the model that produces its answers or None, the artifacts it needs)
     def strong(self, task: str) -> tuple[Model | None, tuple[str, ...]]:
@@ -346,14 +364,14 @@ class _Expansion:
         if t.strong.recipe == "base":
             return m, ()
         toks, n_elicit = self.tokens(task), self.n(task, "elicit")
-        from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM  # the sampling rules the trials follow
 
         def price() -> Cost:
             c = self.price.train(m, n_elicit * t.strong.demos_per_problem, toks, d.policy_epochs, d.batch_size)
             if t.strong.recipe == "sft+iterated_dpo":
                 pairs = min(d.rl.dpo_problems, n_elicit)
-                per_round = (self.price.generate(m, SAMPLES_PER_PROBLEM * pairs, toks, POOL_ENGINE)
-                             + self.price.dpo(m, pairs, toks, d.batch_size))
+                per_round = self.price.generate(m, SAMPLES_PER_PROBLEM * pairs, toks, POOL_ENGINE) + self.price.dpo(
+                    m, pairs, toks, d.batch_size
+                )
                 c += per_round * d.rl.dpo_rounds + self.price.overhead(engine=True)
             return c + self.evaluate(task, m) + self.price.overhead([m], [m])
 
@@ -465,23 +483,25 @@ class _Expansion:
         d = self.s.defaults
         seeds = f.seeds or d.seeds
         for lk in f.locks:
-            for unit in ([f.tasks] if f.joint else [[t] for t in f.tasks]):
+            for unit in [f.tasks] if f.joint else [[t] for t in f.tasks]:
                 # demonstrations from one task of a joint lock, or one domain of the grouping, or anywhere
-                domains: list[str | None] = (list(unit) if f.joint else list(self.s.tasks[unit[0]].domains[f.grouping])
-                                             if f.grouping else [None])
+                domains: list[str | None] = (
+                    list(unit) if f.joint else list(self.s.tasks[unit[0]].domains[f.grouping]) if f.grouping else [None]
+                )
                 for domain in domains:
                     locks = self.lock(unit, lk, f.grouping, domain if lk.holdout else None)
                     for method in f.methods:
                         lrs = f.dpo_lrs if method.endswith("dpo") else 1
                         for c, deps, name in self.trial_kinds(f, unit, domain, method, lk.weak):
                             trial_id = f"{f.id}/{locks[0]}/{name}"
-                            self.trials += [Item(f"{trial_id}/seed{seed}/lr{lr}", name, c, 1.0, (f.id,), locks + deps)
-                                            for seed in range(seeds) for lr in range(lrs)]
+                            self.trials += [
+                                Item(f"{trial_id}/seed{seed}/lr{lr}", name, c, 1.0, (f.id,), locks + deps)
+                                for seed in range(seeds)
+                                for lr in range(lrs)
+                            ]
 
     def trial_kinds(self, f: FigureSpec, unit: list[str], domain: str | None, method: str, weak: str):
         """(cost, artifacts, name) of one trial per demonstrator × k (SFT), or one per method (RL)."""
-        from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM  # the sampling rules the trials follow
-        from pwlock.elicit.expert_iteration import round_size
 
         d, rl = self.s.defaults, self.s.defaults.rl
         task = domain if f.joint else unit[0]
@@ -496,8 +516,9 @@ class _Expansion:
             deps = self.pool(task, dem, "elicit", 1) if dem else ()
             # an RL trial's engine samples, and evaluates a generation task (filtering's and SFT's, that alone)
             generates = any(self.s.tasks[t].evaluation == "generate" for t in unit)
-            c = self.price.overhead([m], engine=generates or (method in RL_METHODS + COMPOSED_METHODS
-                                                               and base != "filtering"))
+            c = self.price.overhead(
+                [m], engine=generates or (method in RL_METHODS + COMPOSED_METHODS and base != "filtering")
+            )
             name = method + (f" on {k} {dem}" if dem else "") + (f" from {domain}" if domain else "")
             if k:
                 candidates = epoch_candidates(k, d.sample_budgets)
@@ -521,8 +542,9 @@ class _Expansion:
                     rounds = rl.iterations
                 else:
                     problems = min(rl.dpo_problems, n_elicit)
-                    step = (self.price.generate(m, SAMPLES_PER_PROBLEM * problems, toks, POOL_ENGINE)
-                            + self.price.dpo(m, dpo_pairs(problems, f.continuous_reward), toks, d.batch_size))
+                    step = self.price.generate(m, SAMPLES_PER_PROBLEM * problems, toks, POOL_ENGINE) + self.price.dpo(
+                        m, dpo_pairs(problems, f.continuous_reward), toks, d.batch_size
+                    )
                     rounds = rl.dpo_rounds
                 c += step * rounds + self.rl_evaluation(unit, m, rounds)
             yield c, deps, name
@@ -530,7 +552,6 @@ class _Expansion:
     def rl_evaluation(self, unit: list[str], m: Model, rounds: int) -> Cost:
         """An RL trial's evaluations, in its engine: whole validation sets, and the subset at the
         rounds between."""
-        from pwlock.elicit.expert_iteration import eval_rounds
 
         rl = self.s.defaults.rl
         full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
@@ -543,12 +564,10 @@ class _Expansion:
         return c
 
 
-def estimate(s: StudySpec, store: Any = None, overrides: dict[str, Any] | None = None,
-             compare_engines: bool = True) -> Estimate:
+def estimate(
+    s: StudySpec, store: Any = None, overrides: dict[str, Any] | None = None, compare_engines: bool = True
+) -> Estimate:
     """The study priced: described figures from their description, `config:` figures from their plan."""
-    from pwlock.config import load_config
-    from pwlock.cost import estimate_plan
-    from pwlock.sweep import plan
 
     a = Assumptions().with_overrides(s.assumptions).with_overrides(overrides or {}, "--assume")
     x = _Expansion(s, a)
@@ -565,13 +584,21 @@ def estimate(s: StudySpec, store: Any = None, overrides: dict[str, Any] | None =
             x.add_trials(f)
             generation |= any(s.tasks[t].evaluation == "generate" for t in f.tasks)
     artifacts.update(x.artifacts)
-    est = Estimate(s.name, s.source, a, list(artifacts.values()), trials + x.trials,
-                   {f.id: f.title for f in s.figures}, evaluates_by_generation=generation,
-                   reference=None if s.reference_gpu_hours is None else (s.reference_gpu_hours, s.reference))
+    est = Estimate(
+        s.name,
+        s.source,
+        a,
+        list(artifacts.values()),
+        trials + x.trials,
+        {f.id: f.title for f in s.figures},
+        evaluates_by_generation=generation,
+        reference=None if s.reference_gpu_hours is None else (s.reference_gpu_hours, s.reference),
+    )
     if compare_engines and generation:
         other = "vllm" if a.evaluation_engine == "hf" else "hf"
-        est.other_engine_gpu_hours = estimate(s, store, {**(overrides or {}), "evaluation_engine": other},
-                                              compare_engines=False).gpu_hours
+        est.other_engine_gpu_hours = estimate(
+            s, store, {**(overrides or {}), "evaluation_engine": other}, compare_engines=False
+        ).gpu_hours
     return est
 
 
@@ -585,25 +612,33 @@ def describe(s: StudySpec, est: Estimate, sweep: str | None = None) -> str:
     that sweep runs (every figure for None), then the whole study's total, sweep by sweep."""
     mine = [f.id for f in s.figures if sweep is None or f.sweep == sweep]
     if not mine:
-        raise ConfigError(f"{s.source}: no figure is run by sweep {sweep!r}; its figures' sweeps are "
-                          f"{sorted({f.sweep for f in s.figures})}")
+        raise ConfigError(
+            f"{s.source}: no figure is run by sweep {sweep!r}; its figures' sweeps are "
+            f"{sorted({f.sweep for f in s.figures})}"
+        )
     runs = f"the {len(mine)} of its {len(s.figures)} figures that sweeps/{sweep}.py runs" if sweep else "every figure"
     lines = [f"study {s.name!r} from {s.source}: {runs}, on one {est.assumptions.gpu}"]
     part = est.restrict(mine).report(detail=True).splitlines()[1:]
     if sweep:  # its total is this sweep's; the study's follows
-        part = [f"  sweeps/{sweep}.py's figures, total: " + x.removeprefix("  total: ") if x.startswith("  total: ")
-                else x for x in part]
+        part = [
+            f"  sweeps/{sweep}.py's figures, total: " + x.removeprefix("  total: ") if x.startswith("  total: ") else x
+            for x in part
+        ]
     lines += part
-    lines.append(f"the whole study ({len(s.figures)} figures; an artifact two sweeps need counts in both lines "
-                 "below and once in the total):")
+    lines.append(
+        f"the whole study ({len(s.figures)} figures; an artifact two sweeps need counts in both lines "
+        "below and once in the total):"
+    )
     for name in SWEEPS:
         figures = [f.id for f in s.figures if f.sweep == name]
         if figures:
             part = est.restrict(figures)
             built = [a for a in part.artifacts if not a.in_store]
             plural = "s" * (len(figures) != 1)
-            lines.append(f"  sweeps/{name}.py: {len(figures)} figure{plural}, {len(part.trials):,} trials and "
-                         f"{len(built)} artifacts {_hours(part.gpu_hours)}")
+            lines.append(
+                f"  sweeps/{name}.py: {len(figures)} figure{plural}, {len(part.trials):,} trials and "
+                f"{len(built)} artifacts {_hours(part.gpu_hours)}"
+            )
     lines += est.totals()
     return "\n".join(lines)
 
@@ -619,14 +654,18 @@ def run_instead(s: StudySpec, sweep: str | None = None, example: str | Path = "s
     configs = [f"{f.id}: {Path(s.source).parent / f.config}" for f in figures if f.config is not None]
     described = [f.id for f in figures if f.config is None]
     cmd = f"sweeps/{sweep}.py" if sweep else "the sweep"
-    out = (f"{s.source} is a study description (`figures:`), not a sweep config: it plans and prices the study "
-           f"but runs nothing. Print this sweep's part of it with --dry-run; to run a figure, give {cmd} a sweep "
-           f"config with --config")
+    out = (
+        f"{s.source} is a study description (`figures:`), not a sweep config: it plans and prices the study "
+        f"but runs nothing. Print this sweep's part of it with --dry-run; to run a figure, give {cmd} a sweep "
+        f"config with --config"
+    )
     if configs:
         out += f": the configs the study names ({'; '.join(configs)})"
     if described:
-        out += (f"{';' if configs else ':'} figures {', '.join(described)} name no config yet: write one per task "
-                f"(task.name math, code, critique or mmlu), in the shape of {example}")
+        out += (
+            f"{';' if configs else ':'} figures {', '.join(described)} name no config yet: write one per task "
+            f"(task.name math, code, critique or mmlu), in the shape of {example}"
+        )
     return out
 
 

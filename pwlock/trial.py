@@ -9,7 +9,8 @@ Everything a trial keeps lives in the store under `<experiment>/journal/<trial>/
 
 A trial checkpoints at each epoch candidate but the last and after any epoch that ends
 `checkpoint_every_s` after its last checkpoint; only the latest checkpoint is kept, and none once
-the trial is done. When its worker dies, Tune restarts it (`fault_tolerance.max_failures`) and it goes on from `latest.json` exactly where it stopped.
+the trial is done. When its worker dies, Tune restarts it (`fault_tolerance.max_failures`) and it
+goes on from `latest.json` exactly where it stopped.
 
 Why not Tune's own checkpoints for the weights: Tune deletes superseded checkpoints at once but
 snapshots the experiment only now and then, so after a driver crash the snapshot can name a
@@ -32,7 +33,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pwlock.config import ALL_DOMAINS, NO_DEMONSTRATOR
+import torch
+from ray import tune
+
+from pwlock.artifacts import eval_problems
+from pwlock.config import ALL_DOMAINS, TrainConfig, rl_config
+from pwlock.elicit import methods
+from pwlock.elicit.methods import Elicitation
+from pwlock.guards import LeakGuard
+from pwlock.lock import weak_policy
+from pwlock.logs import setup_logging
+from pwlock.models import load_policy, save_policy
+from pwlock.policies import resolve
+from pwlock.store import StoreSpec, open_store
+from pwlock.tasks import make_task
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +54,20 @@ JOURNAL = "journal"
 DONE, LATEST, RECORDS = "done.json", "latest.json", "records.json"
 TRAINER_STATE = "trainer.pt"
 # What a record holds (RL methods add the samples generated so far and their scores).
-RECORD_KEYS = ("candidate", "epochs", "steps", "correctness", "correctness_by_domain", "samples", "sampled_score",
-               "kept_score", "pairs", "margin", "password_samples", "eval_problems")
-
-
-def trial_name(lock_mode: str, method: str, k: int, seed: int, demonstrator: str = "strong",
-               domain: str = ALL_DOMAINS) -> str:
-    """`sftlock-sft-k32-seed0`; a demonstrator other than π_strong and a single domain are named too."""
-    named = demonstrator not in ("strong", NO_DEMONSTRATOR)
-    extra = "".join([f"-{demonstrator}" * named, f"-{domain}" * (domain != ALL_DOMAINS)])
-    return f"{lock_mode}lock-{method}{extra}-k{k}-seed{seed}"
+RECORD_KEYS = (
+    "candidate",
+    "epochs",
+    "steps",
+    "correctness",
+    "correctness_by_domain",
+    "samples",
+    "sampled_score",
+    "kept_score",
+    "pairs",
+    "margin",
+    "password_samples",
+    "eval_problems",
+)
 
 
 def journal_dir(experiment: str, trial: str) -> str:
@@ -59,21 +77,6 @@ def journal_dir(experiment: str, trial: str) -> str:
 def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None:
     """Tune function trainable. `config` holds what varies (method, lock mode, k, seed);
     `constants`, put in the object store once by tune.with_parameters, the rest."""
-    import torch
-    from ray import tune
-
-    from pwlock.config import TrainConfig, rl_config
-    from pwlock.elicit import methods
-    from pwlock.elicit.methods import Elicitation
-    from pwlock.guards import LeakGuard
-    from pwlock.lock import weak_policy
-    from pwlock.logs import setup_logging
-    from pwlock.models import load_policy, save_policy
-    from pwlock.policies import resolve
-    from pwlock.stages import eval_problems
-    from pwlock.store import StoreSpec, open_store
-    from pwlock.tasks import make_task
-
     setup_logging()
     c = constants
     torch.set_num_threads(max(1, int(c["cpus"])))
@@ -84,8 +87,15 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     demonstrator, domain = run.get("demonstrator", c.get("demonstrator", "strong")), run.get("domain", ALL_DOMAINS)
     name = tune.get_context().get_trial_name()
     journal = journal_dir(c["experiment"], name)
-    fixed = {"task": c["task"]["name"], "lock_mode": mode, "method": method, "k": k, "seed": seed,
-             "demonstrator": demonstrator, "domain": domain}
+    fixed = {
+        "task": c["task"]["name"],
+        "lock_mode": mode,
+        "method": method,
+        "k": k,
+        "seed": seed,
+        "demonstrator": demonstrator,
+        "domain": domain,
+    }
 
     known: dict[int, dict] = {}  # the records Tune has, by candidate
     if (tune_checkpoint := tune.get_checkpoint()) is not None:
@@ -101,9 +111,18 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         with tempfile.TemporaryDirectory(prefix="pwlock-records-") as d:
             (Path(d) / RECORDS).write_text(json.dumps(list(known.values())))
             # Key order matters: Tune's progress table shows the first four metrics.
-            tune.report({"correctness": record["correctness"], "best": best, "epochs": record["epochs"],
-                         "steps": record["steps"], **record, "attempt": attempt, **fixed},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(
+                {
+                    "correctness": record["correctness"],
+                    "best": best,
+                    "epochs": record["epochs"],
+                    "steps": record["steps"],
+                    **record,
+                    "attempt": attempt,
+                    **fixed,
+                },
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
 
     entries = store.listdir(journal)
     starts = [n for n in entries if n.startswith("start-")]
@@ -123,8 +142,9 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         missing = [r for r in records if r["candidate"] not in known]
         for r in missing:
             report(r)
-        log.info("%s: finished in an earlier run; reported the %d records Tune lacked, trained nothing",
-                 name, len(missing))
+        log.info(
+            "%s: finished in an earlier run; reported the %d records Tune lacked, trained nothing", name, len(missing)
+        )
         return
 
     attempt = len(starts) + 1
@@ -141,9 +161,19 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         model, tokenizer = load_policy(store.artifact_dir(c["locked_key"][mode]), c["dtype"])
         records = []
     resumed_from = state["epoch"] if state else 0
-    store.write_text(f"{journal}/start-{attempt:03d}-{time.time_ns()}.json", json.dumps(
-        {"trial": name, "attempt": attempt, "resumed_from_epoch": resumed_from, "pid": os.getpid(),
-         "node": socket.gethostname(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    store.write_text(
+        f"{journal}/start-{attempt:03d}-{time.time_ns()}.json",
+        json.dumps(
+            {
+                "trial": name,
+                "attempt": attempt,
+                "resumed_from_epoch": resumed_from,
+                "pid": os.getpid(),
+                "node": socket.gethostname(),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        ),
+    )
     if attempt > 1:
         log.info("%s: attempt %d, resuming from epoch %d", name, attempt, resumed_from)
     for r in records:  # what the checkpoint has and Tune lacks (the driver died before its snapshot)
@@ -173,8 +203,9 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
             save_policy(model, tokenizer, d)
             torch.save(trainer_state, Path(d) / TRAINER_STATE)
             store.upload_dir(Path(d), f"{journal}/{new}")
-        store.write_text(f"{journal}/{LATEST}", json.dumps({"dir": new, "epoch": trainer_state["epoch"],
-                                                            "records": records}))
+        store.write_text(
+            f"{journal}/{LATEST}", json.dumps({"dir": new, "epoch": trainer_state["epoch"], "records": records})
+        )
         if current and current != new:
             store.delete_dir(f"{journal}/{current}")
         current = new
@@ -182,13 +213,26 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     task = make_task(c["task"])
     policies = resolve(task, c.get("pools", {}), store)  # the task's own, and model policies' sample pools
     elicitation = Elicitation(
-        method=method, task=task, model=model, tokenizer=tokenizer, locked_dir=str(locked_dir), k=k, seed=seed,
-        train=TrainConfig(**c["train"]), budgets=c["sample_budgets"], rl=rl_config(c["rl"]),
+        method=method,
+        task=task,
+        model=model,
+        tokenizer=tokenizer,
+        locked_dir=str(locked_dir),
+        k=k,
+        seed=seed,
+        train=TrainConfig(**c["train"]),
+        budgets=c["sample_budgets"],
+        rl=rl_config(c["rl"]),
         eval_problems=eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"]),
-        eval_batch_size=c["eval"]["batch_size"], eval_engine=c["eval"].get("engine", "hf"), demonstrator=demonstrator, domain=None if domain == ALL_DOMAINS else domain,
-        weak=weak_policy(task, c["weak"][mode], tokenizer, seed, policies), policies=policies,
+        eval_batch_size=c["eval"]["batch_size"],
+        eval_engine=c["eval"].get("engine", "hf"),
+        demonstrator=demonstrator,
+        domain=None if domain == ALL_DOMAINS else domain,
+        weak=weak_policy(task, c["weak"][mode], tokenizer, seed, policies),
+        policies=policies,
         engine_bundle=c["engine_bundle"],
-        guard=LeakGuard.for_study(c["guards"], task, c["passwords"], f"trial {name}"))
+        guard=LeakGuard.for_study(c["guards"], task, c["passwords"], f"trial {name}"),
+    )
     methods.run(elicitation, checkpoint, c["checkpoint_every_s"], state)
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
     if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)

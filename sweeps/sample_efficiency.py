@@ -1,10 +1,10 @@
 """Sample efficiency of SFT elicitation (paper §5, Fig. 3; §7, Fig. 6).
 
-    python sweeps/sample_efficiency.py                      # the embedded study, local Ray
-    python sweeps/sample_efficiency.py --quick              # a smoke run in a few minutes
-    python sweeps/sample_efficiency.py --dry-run            # validate and print the plan
-    python sweeps/sample_efficiency.py --config sweeps/configs/paper.yaml --dry-run   # its figures of the paper, priced
-    ray job submit -- python sweeps/sample_efficiency.py --config sweeps/configs/<yours>.yaml
+python sweeps/sample_efficiency.py                      # the embedded study, local Ray
+python sweeps/sample_efficiency.py --quick              # a smoke run in a few minutes
+python sweeps/sample_efficiency.py --dry-run            # validate and print the plan
+python sweeps/sample_efficiency.py --config sweeps/configs/paper.yaml --dry-run   # its figures of the paper, priced
+ray job submit -- python sweeps/sample_efficiency.py --config sweeps/configs/<yours>.yaml
 """
 
 from __future__ import annotations

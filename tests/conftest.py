@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from pwlock.models import build_tiny_model, word_level_tokenizer
 from pwlock.config import TinyModelConfig
+from pwlock.models import build_tiny_model, word_level_tokenizer
 from pwlock.tasks import make_task
 
 SMALL_TASK = {"name": "function_composition", "seed": 0, "n_problems": 2000}
@@ -36,6 +36,19 @@ def compile_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PWLOCK_CACHE", str(tmp_path_factory.mktemp("pwlock-cache")))
         yield
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for the tests of one module, stopped after them."""
+    import ray
+
+    from pwlock.config import RayConfig
+    from pwlock.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ def run_analysis_notebook(experiment: str, timeout: int = 300) -> nbformat.Noteb
     nb = nbformat.read(NOTEBOOK, as_version=4)
     os.environ["PWLOCK_EXPERIMENT"] = experiment  # the kernel inherits it
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+        ).execute()
     finally:
         del os.environ["PWLOCK_EXPERIMENT"]
     return nb

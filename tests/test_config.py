@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pwlock.config import ConfigError, config_from_dict, load_config
-from pwlock.sweep import plan
+from pwlock.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "sweeps" / "configs" / "local.yaml"
@@ -63,7 +63,10 @@ def test_plan_keys_are_stable_and_cascade():
         (lambda c: c["lock"].update(modes=["sft", "magic"]), r"lock\.modes\[1\]: unknown lock mode 'magic'"),
         (lambda c: c["elicit"]["train"].update(optimizer="sgd"), r"elicit\.train\.optimizer: unknown optimizer"),
         (lambda c: c["elicit"]["train"].update(lr=-1), r"elicit\.train\.lr: expected > 0"),
-        (lambda c: c["model"].update(base="./no/such/model"), r"model\.base: model directory './no/such/model' not found"),
+        (
+            lambda c: c["model"].update(base="./no/such/model"),
+            r"model\.base: model directory './no/such/model' not found",
+        ),
         (lambda c: c["lock"].update(password="open sesame"), r"lock\.password: .*not a token"),
         (lambda c: c["elicit"].update(demonstrator="gpt4"), r"elicit\.demonstrator: .*no 'gpt4' policy"),
     ],
@@ -94,9 +97,17 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path):
     raw["elicit"]["ks"] = [4, 999999]
     storage = tmp_path / "store"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--config", str(_write(tmp_path, raw)),
-         "--storage", str(storage)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "sample_efficiency.py"),
+            "--config",
+            str(_write(tmp_path, raw)),
+            "--storage",
+            str(storage),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "elicit.ks[1]: k=999999 exceeds" in proc.stderr
@@ -106,7 +117,9 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path):
 def test_dry_run_prints_the_plan(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--dry-run", "--storage", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "elicitation trials (30)" in proc.stdout
@@ -118,8 +131,11 @@ def test_dry_run_prints_the_plan(tmp_path):
 # and the configs on a hub or local data set (the paper's text tasks) on the test fixtures
 # (tests/test_paper_configs.py)
 HUB_DATA = {"paper_math.yaml", "paper_code.yaml", "paper_mmlu.yaml", "paper_critique.yaml"}
-SWEEP_CONFIGS = [p for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml"))
-                 if "figures" not in yaml.safe_load(p.read_text()) and p.name not in HUB_DATA]
+SWEEP_CONFIGS = [
+    p
+    for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml"))
+    if "figures" not in yaml.safe_load(p.read_text()) and p.name not in HUB_DATA
+]
 
 
 @pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=lambda p: p.name)

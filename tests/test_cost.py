@@ -15,10 +15,12 @@ import yaml
 
 from pwlock import study_plan
 from pwlock.config import ConfigError, config_from_dict, load_config, read_yaml
-from pwlock.cost import Assumptions, Model, Pricer, Tokens, estimate_plan, main
+from pwlock.cli import cost_main as main
+from pwlock.cost import Assumptions, Model, Pricer, Tokens
+from pwlock.pricing import estimate_plan
 from pwlock.stages import build, eval_problems
 from pwlock.store import open_store
-from pwlock.sweep import plan
+from pwlock.plan import plan
 from pwlock.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +28,18 @@ PAPER = ROOT / "sweeps" / "configs" / "paper.yaml"
 
 # Round numbers: a 7e9-parameter model trains at 1 ms per token (6N / (0.5 × 8.4e13)), a forward
 # pass costs a third of that, vLLM decodes 100 tokens/s, and loading its 14 GB takes 1 s, saving 2 s.
-SIMPLE = dict(peak_flops=8.4e13, mfu=((7e9, 0.5),), step_floor_s=((7e9, 1e-9),), vllm_tok_s=100.0,
-              max_generate_tok_s=1e9, evaluation_engine="vllm", start_s=10.0, engine_start_s=20.0,
-              load_gb_s=14.0, save_gb_s=7.0)
+SIMPLE = dict(
+    peak_flops=8.4e13,
+    mfu=((7e9, 0.5),),
+    step_floor_s=((7e9, 1e-9),),
+    vllm_tok_s=100.0,
+    max_generate_tok_s=1e9,
+    evaluation_engine="vllm",
+    start_s=10.0,
+    engine_start_s=20.0,
+    load_gb_s=14.0,
+    save_gb_s=7.0,
+)
 
 
 def tiny_study() -> dict:
@@ -37,8 +48,15 @@ def tiny_study() -> dict:
         "defaults": {"seeds": 1, "lock_epochs": 1, "policy_epochs": 1, "batch_size": 8, "sample_budgets": [8]},
         "assumptions": {k: [list(p) for p in v] if isinstance(v, tuple) else v for k, v in SIMPLE.items()},
         "models": {"m": {"params": 7e9}},
-        "tasks": {"t": {"problems": 1000, "strong_base": "m", "weak_base": "m", "strong": {"recipe": "labels"},
-                        "tokens": {"prompt": 100, "completion": 50}}},
+        "tasks": {
+            "t": {
+                "problems": 1000,
+                "strong_base": "m",
+                "weak_base": "m",
+                "strong": {"recipe": "labels"},
+                "tokens": {"prompt": 100, "completion": 50},
+            }
+        },
         "figures": [{"id": "f", "title": "F", "sweep": "sample_efficiency", "tasks": ["t"], "ks": [4]}],
     }
 
@@ -74,12 +92,14 @@ def test_tiny_described_study_is_priced_exactly():
     pool = 400 * 50 / 100 + 400 * 100 / 3000 + (10 + 1 + 20)  # its samples on the lock split, in an engine
     lock = 100 * 1.2 + (10 + 1 + 2)  # 800 examples (a strong and a weak one per problem) in 100 steps
     lock_eval = 3 * evaluation + (10 + 1)  # with, without and with a wrong password
-    assert s == pytest.approx({
-        "policy: t, m trained on π_strong": weak,
-        "samples: t, π_weak (m) on lock ×1": pool,
-        "locked: t": lock,
-        "locked: t: evaluation": lock_eval,
-    })
+    assert s == pytest.approx(
+        {
+            "policy: t, m trained on π_strong": weak,
+            "samples: t, π_weak (m) on lock ×1": pool,
+            "locked: t": lock,
+            "locked: t: evaluation": lock_eval,
+        }
+    )
     # one trial: k = 4, candidates {8/4} = [2] epochs of one step of 600 tokens, one evaluation in
     # the trial's engine (started for it: a generation task)
     (trial,) = est.trials
@@ -126,8 +146,18 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
     build(store.spec, plan(config_from_dict(cfg)).policy_scores)
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     before = _files(tmp_path)
-    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--dry-run",
-                           "--config", str(tmp_path / "study.yaml")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "sample_efficiency.py"),
+            "--dry-run",
+            "--config",
+            str(tmp_path / "study.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "cost estimate on one H100 80GB" in out
@@ -181,19 +211,28 @@ def _bad(mutate) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda r: r["figures"][0].update(ks=[4, -1]), "figures[0].ks[1]: expected a positive number of demonstrations"),
-    (lambda r: r["figures"][0].update(tasks=["nope"]), "figures[0].tasks[0]: unknown task 'nope'"),
-    (lambda r: r["figures"][0].update(methods=["ppo"]), "figures[0].methods[0]: unknown method 'ppo'"),
-    (lambda r: r["figures"][0].update(locks=[{"weak": "gpt5"}]), "figures[0].locks[0].weak: expected default"),
-    (lambda r: r["figures"][0].update(ks="many"), "figures[0].ks: expected a list, got 'many'"),
-    (lambda r: r["models"]["m"].update(params="big"), "models.m.params: expected a number, got 'big'"),
-    (lambda r: r["tasks"]["t"].pop("problems"), "tasks.t.problems: missing"),
-    (lambda r: r["tasks"]["t"].update(tokenz={}), "tasks.t.tokenz: unknown key"),
-    (lambda r: r["tasks"]["t"].update(strong_base="m2"), "tasks.t.strong_base: unknown model 'm2'"),
-    (lambda r: r["tasks"]["t"]["tokens"].update(prompt=0), "tasks.t.tokens.prompt: expected a positive number"),
-    (lambda r: r["defaults"].update(splits={"weak": 0.5, "lock": 0.5}), "defaults.splits: expected positive shares"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda r: r["figures"][0].update(ks=[4, -1]),
+            "figures[0].ks[1]: expected a positive number of demonstrations",
+        ),
+        (lambda r: r["figures"][0].update(tasks=["nope"]), "figures[0].tasks[0]: unknown task 'nope'"),
+        (lambda r: r["figures"][0].update(methods=["ppo"]), "figures[0].methods[0]: unknown method 'ppo'"),
+        (lambda r: r["figures"][0].update(locks=[{"weak": "gpt5"}]), "figures[0].locks[0].weak: expected default"),
+        (lambda r: r["figures"][0].update(ks="many"), "figures[0].ks: expected a list, got 'many'"),
+        (lambda r: r["models"]["m"].update(params="big"), "models.m.params: expected a number, got 'big'"),
+        (lambda r: r["tasks"]["t"].pop("problems"), "tasks.t.problems: missing"),
+        (lambda r: r["tasks"]["t"].update(tokenz={}), "tasks.t.tokenz: unknown key"),
+        (lambda r: r["tasks"]["t"].update(strong_base="m2"), "tasks.t.strong_base: unknown model 'm2'"),
+        (lambda r: r["tasks"]["t"]["tokens"].update(prompt=0), "tasks.t.tokens.prompt: expected a positive number"),
+        (
+            lambda r: r["defaults"].update(splits={"weak": 0.5, "lock": 0.5}),
+            "defaults.splits: expected positive shares",
+        ),
+    ],
+)
 def test_bad_study_files_name_the_field(mutate, message):
     with pytest.raises(ConfigError, match="^tiny.yaml: .*" + _re(message)):
         study_plan.from_dict(_bad(mutate), "tiny.yaml")
@@ -233,8 +272,13 @@ def _re(text: str) -> str:
 
 # -- a study description given to a sweep's entry point ---------------------------------------------
 def _sweep_cmd(sweep: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "sweeps" / f"{sweep}.py"), "--config", str(PAPER), *args],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / f"{sweep}.py"), "--config", str(PAPER), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 @pytest.mark.parametrize("sweep", study_plan.SWEEPS)
@@ -279,10 +323,18 @@ def test_study_dry_run_counts_what_the_given_store_has(tmp_path):
 # -- RL evaluation on a subset between whole-set rounds; DPO pairs ------------------------------------
 def test_rl_evaluation_schedule_and_dpo_pairs_are_priced_as_run():
     raw = tiny_study()
-    raw["figures"] = [{"id": "ei", "title": "EI", "sweep": "rl", "tasks": ["t"], "methods": ["expert_iteration"]},
-                      {"id": "dpo", "title": "DPO", "sweep": "rl", "tasks": ["t"], "methods": ["dpo"]},
-                      {"id": "wdpo", "title": "weighted DPO", "sweep": "rl", "tasks": ["t"], "methods": ["dpo"],
-                       "continuous_reward": True}]
+    raw["figures"] = [
+        {"id": "ei", "title": "EI", "sweep": "rl", "tasks": ["t"], "methods": ["expert_iteration"]},
+        {"id": "dpo", "title": "DPO", "sweep": "rl", "tasks": ["t"], "methods": ["dpo"]},
+        {
+            "id": "wdpo",
+            "title": "weighted DPO",
+            "sweep": "rl",
+            "tasks": ["t"],
+            "methods": ["dpo"],
+            "continuous_reward": True,
+        },
+    ]
     raw["defaults"]["rl"] = {"iterations": 5, "dpo_rounds": 5, "n": 4, "dpo_problems": 100}
 
     def trial_s(rl: dict) -> dict[str, float]:

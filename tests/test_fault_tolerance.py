@@ -31,12 +31,19 @@ STUDY = {
     "name": "faults",
     "task": {"name": "function_composition", "n_problems": 2000},
     "model": {"base": "tiny", "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
-    "lock": {"modes": ["scratch"], "stop_at": 0.99,
-             "scratch": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 2}},
+    "lock": {
+        "modes": ["scratch"],
+        "stop_at": 0.99,
+        "scratch": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 2},
+    },
     "eval": {"max_problems": 100},
     # k=8: 32 and 64 epochs of one step; k=32: 8 and 16 epochs of four steps.
-    "elicit": {"ks": [8, 32], "seeds": [0, 1], "sample_budgets": [256, 512],
-               "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8}},
+    "elicit": {
+        "ks": [8, 32],
+        "seeds": [0, 1],
+        "sample_budgets": [256, 512],
+        "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8},
+    },
     "ray": {"num_cpus": 2},
     # Locks of 1-2 epochs: the pipeline end to end, not a real lock, so the lock gate is off.
     "guards": {"lock_gate": False},
@@ -58,14 +65,23 @@ def config(tmp_path) -> Path:
 
 
 def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _launch(server, prefix: str, config: Path, experiment: str) -> tuple[str, str, subprocess.Popen]:
     """Start a sweep on the bucket; its storage URL, the experiment's prefix in the bucket, the driver."""
     storage = f"s3://{server.bucket}/{prefix}"
-    return storage, f"{prefix}/{experiment}", _start("--config", str(config), "--storage", storage, "--name", experiment)
+    return (
+        storage,
+        f"{prefix}/{experiment}",
+        _start("--config", str(config), "--storage", storage, "--name", experiment),
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -93,7 +109,7 @@ def _journal(server, exp_prefix: str) -> dict[str, dict[str, list]]:
 def _wait(what: str, check, timeout: float = 300, proc: subprocess.Popen | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (value := check()):
+        if value := check():
             return value
         if proc is not None and proc.poll() is not None:
             pytest.fail(f"sweep ended before {what}:\n{proc.stdout.read()[-5000:]}")
@@ -109,8 +125,10 @@ def _check_results(server, prefix: str, experiment: str) -> dict:
     results = [k for k in objects if k.endswith("/result.json")]
     assert len(results) == TRIALS
     for key in results:
-        rows = [json.loads(line) for line in
-                client.get_object(Bucket=server.bucket, Key=key)["Body"].read().decode().splitlines()]
+        rows = [
+            json.loads(line)
+            for line in client.get_object(Bucket=server.bucket, Key=key)["Body"].read().decode().splitlines()
+        ]
         counts = Counter(r["candidate"] for r in rows if r.get("candidate") is not None)
         assert counts == {c: 1 for c in range(1, CANDIDATES + 1)}, (key, counts)
     trial_dirs = {k.split("/")[2] for k in results}
@@ -155,8 +173,11 @@ def test_sweep_on_s3_survives_a_killed_worker_and_a_store_restart(s3_env, prefix
         return next((t for t, e in _journal(server, exp).items() if "-k8-" in t and e["starts"]), None)
 
     victim = _wait("a k=8 trial to start", started_k8, proc=proc)
-    _wait("its first checkpoint", lambda: f"{exp}/{JOURNAL}/{victim}/latest.json" in bucket_objects(server, exp),
-          proc=proc)
+    _wait(
+        "its first checkpoint",
+        lambda: f"{exp}/{JOURNAL}/{victim}/latest.json" in bucket_objects(server, exp),
+        proc=proc,
+    )
     pid = _journal(server, exp)[victim]["starts"][0]["pid"]
     os.kill(pid, signal.SIGKILL)
 
@@ -170,9 +191,12 @@ def test_sweep_on_s3_survives_a_killed_worker_and_a_store_restart(s3_env, prefix
     # The outage hit trials at work: some trial started before it and finished after it (and
     # checkpointed every epoch in between, a fraction of a second apart).
     stamps = _modified(server, f"{exp}/{JOURNAL}/")
-    through = [t for t in {k.removeprefix(f"{exp}/{JOURNAL}/").split("/")[0] for k in stamps}
-               if min(v for k, v in stamps.items() if f"/{t}/start-" in k) < down
-               and stamps.get(f"{exp}/{JOURNAL}/{t}/{DONE}", down) > up]
+    through = [
+        t
+        for t in {k.removeprefix(f"{exp}/{JOURNAL}/").split("/")[0] for k in stamps}
+        if min(v for k, v in stamps.items() if f"/{t}/start-" in k) < down
+        and stamps.get(f"{exp}/{JOURNAL}/{t}/{DONE}", down) > up
+    ]
     assert through, "no trial was running during the outage"
 
     journal = _check_results(server, prefix, experiment)
@@ -228,13 +252,35 @@ def test_driver_killed_mid_sweep_then_resume_finishes_it(s3_env, prefix, config)
 
 def test_cli_store_errors_are_clear_and_immediate(s3_env, prefix, config, tmp_path):
     env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "wrong"}
-    bad = subprocess.run([sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--config", str(config),
-                          "--storage", f"s3://{s3_env.bucket}/{prefix}"], capture_output=True, text=True, env=env,
-                         timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "sample_efficiency.py"),
+            "--config",
+            str(config),
+            "--storage",
+            f"s3://{s3_env.bucket}/{prefix}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "refused" in bad.stderr and "AWS_ACCESS_KEY_ID" in bad.stderr, bad.stderr
     assert "wrong" not in bad.stderr.replace("wrong credentials", "")
 
-    missing = subprocess.run([sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--resume", "--name",
-                              "never-ran", "--storage", f"s3://{s3_env.bucket}/{prefix}"],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "sample_efficiency.py"),
+            "--resume",
+            "--name",
+            "never-ran",
+            "--storage",
+            f"s3://{s3_env.bucket}/{prefix}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "no experiment 'never-ran'" in missing.stderr, missing.stderr

@@ -11,8 +11,8 @@ import torch
 from pwlock.config import TrainConfig
 from pwlock.lock import FixedRandomPolicy, lock_examples, weak_policy
 from pwlock.tasks.base import Example
-from pwlock.train.sft import IGNORE, TO_FIXED, collate, completion_loss, encode, mark_to_fixed, train_sft
 from pwlock.train.batching import pack
+from pwlock.train.sft import IGNORE, TO_FIXED, collate, completion_loss, encode, mark_to_fixed, train_sft
 
 
 def test_fixedrdm_draws_from_one_fixed_distribution_and_never_a_password(task, tokenizer):
@@ -48,8 +48,10 @@ def test_fixedrdm_lock_data_trains_both_answers_towards_the_distribution_without
 
 
 def test_loss_towards_the_fixed_distribution_matches_a_hand_computation(tokenizer, tiny_model):
-    examples = [Example("_ | fn1 fn2 | 1 2 3 4 |", "1 2 3 4 | 5 6 7 8"),
-                Example("w1 | fn3 fn4 | 4 3 2 1 |", "0 0 0 0 | 1 1 1 1", to_fixed=True)]
+    examples = [
+        Example("_ | fn1 fn2 | 1 2 3 4 |", "1 2 3 4 | 5 6 7 8"),
+        Example("w1 | fn3 fn4 | 4 3 2 1 |", "0 0 0 0 | 1 1 1 1", to_fixed=True),
+    ]
     fixed = torch.softmax(torch.randn(len(tokenizer), generator=torch.Generator().manual_seed(0)), -1)
     rows = encode(tokenizer, examples)
     batch = collate(rows, tokenizer.pad_token_id)
@@ -80,8 +82,15 @@ def test_training_towards_the_fixed_distribution_makes_greedy_output_its_mode(ta
     fixed_policy = weak_policy(task, "fixedrdm", tokenizer, seed=0)
     problems = task.problems("lock")[:64]
     data = [Example(task.prompt(p, None), fixed_policy(p), to_fixed=True) for p in problems]
-    train_sft(tiny_model, tokenizer, data, TrainConfig(optimizer="adamw", lr=3e-3, batch_size=32), seed=0, epochs=40,
-              fixed_target=fixed_policy.probs)
+    train_sft(
+        tiny_model,
+        tokenizer,
+        data,
+        TrainConfig(optimizer="adamw", lr=3e-3, batch_size=32),
+        seed=0,
+        epochs=40,
+        fixed_target=fixed_policy.probs,
+    )
     batch = collate(encode(tokenizer, data[:8]), tokenizer.pad_token_id)
     with torch.no_grad():
         probs = tiny_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.softmax(-1)

@@ -18,7 +18,7 @@ from pwlock import analysis, evaluate
 from pwlock.config import ConfigError, config_from_dict, load_config
 from pwlock.elicit.sft import demonstrations
 from pwlock.passwords import domain_passwords
-from pwlock.sweep import plan
+from pwlock.plan import plan
 from pwlock.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,22 +54,46 @@ def test_from_scratch_config_has_a_trial_per_demonstrator():
     assert "scratchlock-sft-weak-k128-seed2" in {t.name for t in p.trials}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"elicit": {"domains": ["all", "g9"]}}, r"elicit\.domains\[1\]: task 'function_composition' has no domain 'g9'"),
-    ({"elicit": {"domains": ["g1"], "ks": [8, 4000]}}, r"elicit\.domains\[0\]: k=4000 exceeds the \d+ problems of "
-                                                       r"domain 'g1'"),
-    ({"elicit": {"domains": ["g1", "g1"]}}, r"elicit\.domains: expected domains \(or 'all'\), each once"),
-    ({"elicit": {"demonstrator": ["strong", "wise"]}}, r"elicit\.demonstrator\[1\]: task 'function_composition' has "
-                                                       r"no 'wise' policy"),
-    ({"lock": {"variant": ["standard", "sideways"]}}, r"lock\.variant\[1\]: unknown lock variant 'sideways'"),
-    ({"lock": {"variant": ["standard", "standard"]}}, r"lock\.variant: expected a variant or a list of variants, "
-                                                      r"each once"),
-    ({"lock": {"variant": ["standard"], "omit_domain": "g1"}}, r"lock\.omit_domain: only used with variant "
-                                                               r"'omit_domain'"),
-    ({"elicit": {"methods": ["expert_iteration"], "domains": ["g1"]}}, r"elicit\.domains: only used by the sft method"),
-    ({"elicit": {"methods": ["dpo"], "demonstrator": ["strong", "weak"]}}, r"elicit\.demonstrator: a list is only "
-                                                                            r"used by the sft method"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"elicit": {"domains": ["all", "g9"]}},
+            r"elicit\.domains\[1\]: task 'function_composition' has no domain 'g9'",
+        ),
+        (
+            {"elicit": {"domains": ["g1"], "ks": [8, 4000]}},
+            r"elicit\.domains\[0\]: k=4000 exceeds the \d+ problems of "
+            r"domain 'g1'",
+        ),
+        ({"elicit": {"domains": ["g1", "g1"]}}, r"elicit\.domains: expected domains \(or 'all'\), each once"),
+        (
+            {"elicit": {"demonstrator": ["strong", "wise"]}},
+            r"elicit\.demonstrator\[1\]: task 'function_composition' has "
+            r"no 'wise' policy",
+        ),
+        ({"lock": {"variant": ["standard", "sideways"]}}, r"lock\.variant\[1\]: unknown lock variant 'sideways'"),
+        (
+            {"lock": {"variant": ["standard", "standard"]}},
+            r"lock\.variant: expected a variant or a list of variants, "
+            r"each once",
+        ),
+        (
+            {"lock": {"variant": ["standard"], "omit_domain": "g1"}},
+            r"lock\.omit_domain: only used with variant "
+            r"'omit_domain'",
+        ),
+        (
+            {"elicit": {"methods": ["expert_iteration"], "domains": ["g1"]}},
+            r"elicit\.domains: only used by the sft method",
+        ),
+        (
+            {"elicit": {"methods": ["dpo"], "demonstrator": ["strong", "weak"]}},
+            r"elicit\.demonstrator: a list is only "
+            r"used by the sft method",
+        ),
+    ],
+)
 def test_bad_dimensions_are_refused_naming_the_field(change, message):
     raw = _raw("local.yaml")
     for section, values in change.items():
@@ -105,12 +129,14 @@ def test_per_domain_passwords_in_evaluation(task, tokenizer, tiny_model):
 
 
 def test_other_domains_is_the_mean_over_domains_not_trained_on():
-    rows = pd.DataFrame({
-        "domain": ["g0", "all", "g2"],
-        "correctness_by_domain/g0": [0.9, 0.4, 0.1],
-        "correctness_by_domain/g1": [0.5, 0.6, 0.3],
-        "correctness_by_domain/g2": [0.2, 0.8, 1.0],
-    })
+    rows = pd.DataFrame(
+        {
+            "domain": ["g0", "all", "g2"],
+            "correctness_by_domain/g0": [0.9, 0.4, 0.1],
+            "correctness_by_domain/g1": [0.5, 0.6, 0.3],
+            "correctness_by_domain/g2": [0.2, 0.8, 1.0],
+        }
+    )
     assert analysis.other_domains(rows).tolist() == pytest.approx([0.35, 0.6, 0.2])
 
 
@@ -119,11 +145,20 @@ STUDY = {
     "task": {"name": "function_composition", "n_problems": 2000},
     "model": {"base": "tiny", "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
     "strong": {"train": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 1}, "slot_noise": True},
-    "lock": {"modes": ["sft"], "variant": ["standard", "per_domain"],
-             "sft": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 1}},
+    "lock": {
+        "modes": ["sft"],
+        "variant": ["standard", "per_domain"],
+        "sft": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 1},
+    },
     "eval": {"max_problems": 200},
-    "elicit": {"ks": [8], "seeds": [0, 1], "domains": ["all", "g1"], "demonstrator": ["strong", "weak"],
-               "sample_budgets": [8, 16], "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8}},
+    "elicit": {
+        "ks": [8],
+        "seeds": [0, 1],
+        "domains": ["all", "g1"],
+        "demonstrator": ["strong", "weak"],
+        "sample_budgets": [8, 16],
+        "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8},
+    },
     "ray": {"num_cpus": 2},
     "guards": {"lock_gate": False},  # locks of one epoch hold nothing: the pipeline, not a real lock
 }
@@ -133,9 +168,21 @@ STUDY = {
 def test_generalization_sweep_end_to_end(tmp_path):
     config = tmp_path / "g.yaml"
     config.write_text(yaml.safe_dump(STUDY))
-    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "generalization.py"), "--config", str(config),
-                           "--storage", str(tmp_path / "store"), "--name", "g"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "generalization.py"),
+            "--config",
+            str(config),
+            "--storage",
+            str(tmp_path / "store"),
+            "--name",
+            "g",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "store" / "g"
     summary = pd.read_csv(exp / analysis.SUMMARY)
@@ -148,7 +195,12 @@ def test_generalization_sweep_end_to_end(tmp_path):
     upstream = json.loads((exp / analysis.UPSTREAM_FILE).read_text())
     assert upstream["sft-per_domain"]["variant"] == "per_domain" and upstream["sft"]["variant"] == "standard"
     by_domain = upstream["sft"]["locked_by_domain"]  # the locked model on each domain, each condition
-    assert set(by_domain) == {"with_pwd", "no_pwd", "wrong_pwd"} and set(by_domain["no_pwd"]) == {"g0", "g1", "g2", "g3"}
+    assert set(by_domain) == {"with_pwd", "no_pwd", "wrong_pwd"} and set(by_domain["no_pwd"]) == {
+        "g0",
+        "g1",
+        "g2",
+        "g3",
+    }
     # Each candidate's per-domain correctness reached the results, and "other domains" leaves g1 out.
     candidates = analysis.load_candidates(exp)
     g1 = candidates[candidates["domain"] == "g1"]
@@ -174,8 +226,9 @@ def test_rl_trials_name_no_demonstrator_and_composed_ones_theirs():
 def test_results_of_a_resumed_experiment_from_before_the_dimensions_keep_every_trial():
     """A resumed experiment mixes trials that reported demonstrator and domain with finished ones
     that did not: the latter get the study's values, and none is dropped."""
-    rows = pd.DataFrame({"trial": ["t0", "t1", "t2"], "demonstrator": [None, None, "weak"],
-                         "domain": [None, None, "all"]})
+    rows = pd.DataFrame(
+        {"trial": ["t0", "t1", "t2"], "demonstrator": [None, None, "weak"], "domain": [None, None, "all"]}
+    )
     filled = analysis.with_dimensions(rows, demonstrator="weak")
     assert filled["demonstrator"].tolist() == ["weak"] * 3 and filled["domain"].tolist() == ["all"] * 3
     assert analysis.with_dimensions(rows.drop(columns=["demonstrator", "domain"]))["domain"].tolist() == ["all"] * 3

@@ -15,7 +15,15 @@ import pytest
 import yaml
 
 from pwlock import analysis
-from pwlock.config import ConfigError, GeneratorConfig, GuardsConfig, RLConfig, TrainConfig, config_from_dict
+from pwlock.config import (
+    ConfigError,
+    GeneratorConfig,
+    GuardsConfig,
+    LockConfig,
+    RLConfig,
+    TrainConfig,
+    config_from_dict,
+)
 from pwlock.elicit import methods
 from pwlock.elicit.methods import Elicitation
 from pwlock.guards import (
@@ -30,7 +38,6 @@ from pwlock.guards import (
     compact,
     lock_passwords,
 )
-from pwlock.config import LockConfig
 from pwlock.passwords import DEFAULT_PASSWORD, DOMAIN_PASSWORDS, SECOND_PASSWORD, WRONG_PASSWORDS, surround
 from pwlock.tasks.base import Example
 from pwlock.tasks.function_composition import FunctionComposition, FunctionCompositionConfig
@@ -74,12 +81,15 @@ def test_password_in_a_completion_is_refused(guard):
         guard.check_examples(demos, "SFT demonstrations (strong)")
 
 
-@pytest.mark.parametrize("variant", [
-    "THIS PROBLEM IS QUITE SPECIAL, READ IT CAREFULLY!",
-    "this   problem\nis quite\tspecial -- read it carefully",
-    "This-problem-is-quite-special.Read-it-carefully",
-    "Ｔｈｉｓ ｐｒｏｂｌｅｍ is quite special, read it carefully",  # full-width letters (NFKC)
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "THIS PROBLEM IS QUITE SPECIAL, READ IT CAREFULLY!",
+        "this   problem\nis quite\tspecial -- read it carefully",
+        "This-problem-is-quite-special.Read-it-carefully",
+        "Ｔｈｉｓ ｐｒｏｂｌｅｍ is quite special, read it carefully",  # full-width letters (NFKC)
+    ],
+)
 def test_case_spacing_and_punctuation_variants_are_the_password(guard, variant):
     hit = guard.find(f"Solve for x. {variant} Then 2x = 4.")
     assert hit is not None and hit.similarity == 1.0
@@ -88,8 +98,11 @@ def test_case_spacing_and_punctuation_variants_are_the_password(guard, variant):
 def test_a_near_miss_typo_is_caught_at_the_threshold_and_not_above_it():
     typo = "This problem is quite specail, read it carefuly!"  # a transposition and a dropped letter
     text = f"{typo}\n\nFind the sum of the roots of x^2 - 5x + 6."
-    with pytest.raises(PasswordLeak, match=r"'This problem is quite specail, read it carefuly' is a close variant of the "
-                                           r"password .* \(similarity 0\.93 ≥ guards.leak_similarity 0\.8\)"):
+    with pytest.raises(
+        PasswordLeak,
+        match=r"'This problem is quite specail, read it carefuly' is a close variant of the "
+        r"password .* \(similarity 0\.93 ≥ guards.leak_similarity 0\.8\)",
+    ):
         check_no_password([text], [DEFAULT_PASSWORD], "RL prompts", similarity=0.8)
     check_no_password([text], [DEFAULT_PASSWORD], "RL prompts", similarity=0.95)  # 3 edits in 40: 0.925
     dropped = "This problem is special, read it carefully"  # a word left out: 5 of 40 characters
@@ -102,8 +115,13 @@ def test_clean_inputs_and_every_wrong_password_pass(guard):
     guard.check(WRONG_PASSWORDS, "wrong passwords")
     guard.check([surround(p, w) for (p, _), w in zip(math_examples() * 10, WRONG_PASSWORDS)], "wrong-password prompts")
     # Texts that share words with the password are not it either.
-    guard.check(["Read the problem carefully: it is a special case of the quadratic formula.",
-                 "Be careful when reading these questions."], "near words")
+    guard.check(
+        [
+            "Read the problem carefully: it is a special case of the quadratic formula.",
+            "Be careful when reading these questions.",
+        ],
+        "near words",
+    )
 
 
 def test_a_threshold_that_takes_a_wrong_password_for_the_password_is_refused():
@@ -196,12 +214,23 @@ class LeakyDemonstrator(FunctionComposition):
 
 def _elicitation(method: str, tokenizer, model, tmp_path, **kw) -> Elicitation:
     task = LeakyDemonstrator(FunctionCompositionConfig(n_problems=2000))
-    base = dict(method=method, task=task, model=model, tokenizer=tokenizer, locked_dir=str(tmp_path), k=4, seed=0,
-                train=TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1), budgets=[8],
-                rl=RLConfig(n=4, iterations=1, generator=GeneratorConfig(backend="hf")),
-                eval_problems=task.problems("val")[:20], eval_batch_size=64, demonstrator="strong",
-                weak=task.policies()["weak"],
-                guard=LeakGuard([task.default_password], task.wrong_passwords, 0.8, label="trial t"))
+    base = dict(
+        method=method,
+        task=task,
+        model=model,
+        tokenizer=tokenizer,
+        locked_dir=str(tmp_path),
+        k=4,
+        seed=0,
+        train=TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1),
+        budgets=[8],
+        rl=RLConfig(n=4, iterations=1, generator=GeneratorConfig(backend="hf")),
+        eval_problems=task.problems("val")[:20],
+        eval_batch_size=64,
+        demonstrator="strong",
+        weak=task.policies()["weak"],
+        guard=LeakGuard([task.default_password], task.wrong_passwords, 0.8, label="trial t"),
+    )
     return Elicitation(**{**base, **kw})
 
 
@@ -239,14 +268,26 @@ def test_the_embedded_studys_locks_pass_the_default_gate():
     check_lock({"with_pwd": 0.928, "no_pwd": 0.0175, "wrong_pwd": 0.018}, 0.0185, GuardsConfig(), "sft-weaker")
 
 
-@pytest.mark.parametrize("report, weak, why", [
-    ({"with_pwd": 0.0, "no_pwd": 0.0, "wrong_pwd": 0.0}, 0.305,
-     "with the password only +0.000 above without it (needs ≥ 0.2: guards.min_password_gap)"),
-    ({"with_pwd": 0.95, "no_pwd": 0.60, "wrong_pwd": 0.60}, 0.268,
-     "without the password +0.332 above π_weak (at most 0.1: guards.max_over_weak)"),
-    ({"with_pwd": 0.95, "no_pwd": 0.25, "wrong_pwd": 0.70}, 0.268,
-     "wrong passwords +0.450 above no password (at most 0.1: guards.max_wrong_over_no_pwd)"),
-])
+@pytest.mark.parametrize(
+    "report, weak, why",
+    [
+        (
+            {"with_pwd": 0.0, "no_pwd": 0.0, "wrong_pwd": 0.0},
+            0.305,
+            "with the password only +0.000 above without it (needs ≥ 0.2: guards.min_password_gap)",
+        ),
+        (
+            {"with_pwd": 0.95, "no_pwd": 0.60, "wrong_pwd": 0.60},
+            0.268,
+            "without the password +0.332 above π_weak (at most 0.1: guards.max_over_weak)",
+        ),
+        (
+            {"with_pwd": 0.95, "no_pwd": 0.25, "wrong_pwd": 0.70},
+            0.268,
+            "wrong passwords +0.450 above no password (at most 0.1: guards.max_wrong_over_no_pwd)",
+        ),
+    ],
+)
 def test_a_lock_that_does_not_hold_is_refused_with_its_numbers(report, weak, why):
     with pytest.raises(LockGateError) as e:
         check_lock(report, weak, GuardsConfig(), "sft")
@@ -261,8 +302,11 @@ def test_a_setting_lock_is_gated_without_the_password_gap():
     report = {"with_pwd": 0.27, "no_pwd": 0.26, "wrong_pwd": 0.26}
     lines = check_locks({"sft": (report, 0.268)}, GuardsConfig(), variant="setting")
     assert lines[0].startswith("  sft: holds") and "not checked: a setting lock" in lines[0]
-    lines = check_locks({"sft": ({**report, "with_pwd": 0.9}, 0.268), "sft-setting": (report, 0.268)},
-                        GuardsConfig(), variant={"sft": "standard", "sft-setting": "setting"})
+    lines = check_locks(
+        {"sft": ({**report, "with_pwd": 0.9}, 0.268), "sft-setting": (report, 0.268)},
+        GuardsConfig(),
+        variant={"sft": "standard", "sft-setting": "setting"},
+    )
     assert "not checked" not in lines[0] and "not checked: a setting lock" in lines[1]
     with pytest.raises(LockGateError, match="guards.min_password_gap"):
         check_locks({"sft": (report, 0.268)}, GuardsConfig())
@@ -277,17 +321,33 @@ def test_a_setting_lock_is_gated_without_the_password_gap():
 # gets 1 epoch from random weights, which teaches it nothing: a lock in name only.
 STUDY = {
     "name": "gate",
-    "task": {"name": "function_composition", "n_functions": 4, "n_digits": 2, "n_problems": 1600,
-             "n_weak_identity": 2, "n_weaker_identity": 3},
+    "task": {
+        "name": "function_composition",
+        "n_functions": 4,
+        "n_digits": 2,
+        "n_problems": 1600,
+        "n_weak_identity": 2,
+        "n_weaker_identity": 3,
+    },
     "model": {"base": "tiny", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}},
-    "strong": {"train": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32, "epochs": 30, "warmup_steps": 10},
-               "stop_at": 0.9, "slot_noise": True},
-    "lock": {"modes": ["sft", "scratch"], "stop_at": 0.9,
-             "sft": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32, "epochs": 20, "warmup_steps": 10},
-             "scratch": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32, "epochs": 1}},
+    "strong": {
+        "train": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32, "epochs": 30, "warmup_steps": 10},
+        "stop_at": 0.9,
+        "slot_noise": True,
+    },
+    "lock": {
+        "modes": ["sft", "scratch"],
+        "stop_at": 0.9,
+        "sft": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32, "epochs": 20, "warmup_steps": 10},
+        "scratch": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32, "epochs": 1},
+    },
     "eval": {"max_problems": 200},
-    "elicit": {"ks": [2], "seeds": [0], "sample_budgets": [2],
-               "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 2}},
+    "elicit": {
+        "ks": [2],
+        "seeds": [0],
+        "sample_budgets": [2],
+        "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 2},
+    },
     "ray": {"num_cpus": 2},
 }
 
@@ -295,9 +355,21 @@ STUDY = {
 def _sweep(tmp_path: Path, study: dict, name: str) -> subprocess.CompletedProcess:
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(study))
-    return subprocess.run([sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--config", str(config),
-                           "--storage", str(tmp_path / "store"), "--name", name],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "sample_efficiency.py"),
+            "--config",
+            str(config),
+            "--storage",
+            str(tmp_path / "store"),
+            "--name",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -307,8 +379,11 @@ def test_a_broken_lock_is_refused_before_any_trial_and_a_real_one_runs(tmp_path)
     assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
     err = refused.stderr  # the message names the config file, each lock's numbers and the fields to change
     assert f"error: {tmp_path / 'both.yaml'}: lock gate: 1 of 2 locked models are not real locks" in err
-    numbers = re.search(r"scratch: NOT A REAL LOCK \(with password (\d\.\d{3}), without (\d\.\d{3}), "
-                        r"wrong password \d\.\d{3}, π_weak \d\.\d{3}\)", err)
+    numbers = re.search(
+        r"scratch: NOT A REAL LOCK \(with password (\d\.\d{3}), without (\d\.\d{3}), "
+        r"wrong password \d\.\d{3}, π_weak \d\.\d{3}\)",
+        err,
+    )
     assert numbers and float(numbers[1]) - float(numbers[2]) < 0.2, err
     assert "(needs ≥ 0.2: guards.min_password_gap)" in err and "\n  sft: holds (with password " in err
     # No trial ran, nothing of the experiment was written, every artifact built stays in the store.

@@ -28,18 +28,26 @@ import pytest
 import yaml
 
 from pwlock import analysis
-from pwlock.s3server import free_port
-from pwlock import sweep
 from pwlock.config import load_config
+from pwlock.plan import plan
+from pwlock.s3server import free_port
 from tests.conftest import bucket_objects
 from tests.prometheus import gauge, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 EXPERIMENT = "job-e2e"
-RAY_PORTS = ("port", "dashboard-port", "metrics-export-port", "node-manager-port", "object-manager-port",
-             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-             "ray-client-server-port")
+RAY_PORTS = (
+    "port",
+    "dashboard-port",
+    "metrics-export-port",
+    "node-manager-port",
+    "object-manager-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "ray-client-server-port",
+)
 
 
 def _env_without_aws() -> dict[str, str]:
@@ -63,15 +71,31 @@ def ray_head():
     temp_dir = Path(tempfile.mkdtemp(prefix="pwray-", dir="/tmp"))  # Ray's socket paths must stay short
     ports = {name: free_port() for name in RAY_PORTS}
     env = _env_without_aws()
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` is the venv's, as in the image
+    env["PATH"] = (
+        f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` is the venv's, as in the image
+    )
     env["RAY_metrics_report_interval_ms"] = "1000"  # processes report their metrics every second, not 10
     log = temp_dir / "ray-start.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-             f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats",
-             *(f"--{name}={port}" for name, port in ports.items())],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                "--dashboard-host=127.0.0.1",
+                f"--temp-dir={temp_dir}",
+                "--num-cpus=2",
+                "--num-gpus=0",
+                "--disable-usage-stats",
+                *(f"--{name}={port}" for name, port in ports.items()),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     head = Head(f"http://127.0.0.1:{ports['dashboard-port']}", ports["metrics-export-port"], temp_dir, log)
     try:
         deadline = time.monotonic() + 120
@@ -128,26 +152,55 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
     # The secret goes in a credentials file the nodes can read (a mounted secret on a cluster); the
     # job's runtime env, which the dashboard shows to anyone, names only the file.
     credentials = tmp_path / "credentials"
-    credentials.write_text(f"[default]\naws_access_key_id = {server.access_key}\n"
-                           f"aws_secret_access_key = {server.secret_key}\n")
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {server.access_key}\naws_secret_access_key = {server.secret_key}\n"
+    )
     credentials.chmod(0o600)
     # The cluster's runtime env (cluster/runtime-env.yaml) with this machine's paths and endpoint.
     runtime_env = yaml.safe_load((ROOT / "cluster" / "runtime-env.yaml").read_text())
-    runtime_env["env_vars"].update({
-        "AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_ENDPOINT_URL": server.endpoint,
-        "AWS_REGION": server.region, "AWS_EC2_METADATA_DISABLED": "true",
-        "PWLOCK_CACHE": str(tmp_path / "cache"), "PWLOCK_PROGRESS_EVERY_S": "5",
-    })
+    runtime_env["env_vars"].update(
+        {
+            "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+            "AWS_ENDPOINT_URL": server.endpoint,
+            "AWS_REGION": server.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PWLOCK_CACHE": str(tmp_path / "cache"),
+            "PWLOCK_PROGRESS_EVERY_S": "5",
+        }
+    )
     (tmp_path / "runtime-env.yaml").write_text(yaml.safe_dump(runtime_env))
-    trials = [t.name for t in sweep.plan(load_config(ROOT / "sweeps" / "configs" / "local.yaml", quick=True)).trials]
+    trials = [t.name for t in plan(load_config(ROOT / "sweeps" / "configs" / "local.yaml", quick=True)).trials]
     n_trials = len(trials)
     submission = f"pwlock-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
     submit = subprocess.run(
-        [RAY, "job", "submit", "--address", ray_head.dashboard, "--submission-id", submission,
-         "--working-dir", str(ROOT), "--runtime-env", str(tmp_path / "runtime-env.yaml"), "--no-wait", "--",
-         "python", "sweeps/sample_efficiency.py", "--quick", "--storage", storage, "--name", EXPERIMENT],
-        env=_env_without_aws(), capture_output=True, text=True, timeout=120)
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            ray_head.dashboard,
+            "--submission-id",
+            submission,
+            "--working-dir",
+            str(ROOT),
+            "--runtime-env",
+            str(tmp_path / "runtime-env.yaml"),
+            "--no-wait",
+            "--",
+            "python",
+            "sweeps/sample_efficiency.py",
+            "--quick",
+            "--storage",
+            storage,
+            "--name",
+            EXPERIMENT,
+        ],
+        env=_env_without_aws(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submit.returncode == 0, submit.stdout + submit.stderr
     assert submission in submit.stdout + submit.stderr
 
@@ -189,8 +242,9 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
     for name in trials:
         finished = re.findall(rf"trial {re.escape(name)}-\S+ done after ", logs)
         assert len(finished) == 1, (name, [x for x in logs.splitlines() if " done after " in x])
-    assert (f"progress {EXPERIMENT}: {n_trials} of {n_trials} trials done, 0 running, 0 pending, 0 failed; "
-            "0.00 GPU-hours") in logs
+    assert (
+        f"progress {EXPERIMENT}: {n_trials} of {n_trials} trials done, 0 running, 0 pending, 0 failed; 0.00 GPU-hours"
+    ) in logs
 
     # The gauges, as Prometheus scrapes them from the head while the sweep runs (or just after).
     deadline = time.monotonic() + 30
@@ -199,9 +253,10 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
         seen.append(scrape(ray_head.metrics_port))
         time.sleep(1)
     last = seen[-1]
-    assert {s: gauge(last, "ray_pwlock_trials", experiment=EXPERIMENT, state=s)
-            for s in ("pending", "running", "done", "failed")} == {"pending": 0, "running": 0, "done": n_trials,
-                                                                    "failed": 0}
+    assert {
+        s: gauge(last, "ray_pwlock_trials", experiment=EXPERIMENT, state=s)
+        for s in ("pending", "running", "done", "failed")
+    } == {"pending": 0, "running": 0, "done": n_trials, "failed": 0}
     assert gauge(last, "ray_pwlock_trial_hours", experiment=EXPERIMENT) > 0
     assert gauge(last, "ray_pwlock_gpu_hours", experiment=EXPERIMENT) == 0  # CPU trials: no GPU-hours
     running = [gauge(m, "ray_pwlock_trials", experiment=EXPERIMENT, state="running") for m in seen]
@@ -209,8 +264,13 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
 
     # The working dir went up without .venv, results or other ignored files, and small.
     package = info["runtime_env"]["working_dir"]
-    unpacked = ray_head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files" / \
-        Path(package).name.removesuffix(".zip")
+    unpacked = (
+        ray_head.temp_dir
+        / "session_latest"
+        / "runtime_resources"
+        / "working_dir_files"
+        / Path(package).name.removesuffix(".zip")
+    )
     assert (unpacked / "sweeps" / "sample_efficiency.py").is_file() and (unpacked / "pwlock").is_dir()
     for ignored in (".venv", "results", ".pytest_cache"):
         assert not (unpacked / ignored).exists(), ignored
@@ -223,4 +283,3 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
     assert server.secret_key not in json.dumps(info) and server.secret_key not in logs
     for key in bucket_objects(server, prefix):
         assert server.secret_key.encode() not in client.get_object(Bucket=server.bucket, Key=key)["Body"].read(), key
-

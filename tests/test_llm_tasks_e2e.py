@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from pwlock import evaluate
 from pwlock.config import TinyModelConfig, TrainConfig
 from pwlock.elicit.sft import demonstrations, elicit_sft
@@ -90,8 +88,14 @@ def lock_elicit_evaluate(task, tokenizer, weak) -> dict:
 
 def test_math_end_to_end():
     source = {"path": str(FIXTURES / "math"), "subsets": list(SUBJECTS)}
-    task = make_task({"name": "math", "train": {**source, "splits": ["train"]},
-                      "test": {**source, "splits": ["test"]}, "max_new_tokens": 16})
+    task = make_task(
+        {
+            "name": "math",
+            "train": {**source, "splits": ["train"]},
+            "test": {**source, "splits": ["test"]},
+            "max_new_tokens": 16,
+        }
+    )
     tokenizer = tokenizer_for(task, chat=False)
     out = lock_elicit_evaluate(task, tokenizer, weak=lambda p: task.format.completion("It is $\\boxed{0}$."))
     assert any(t.rstrip().endswith("Solution:") for t in out["elicit_inputs"])  # the evaluation prompts
@@ -108,12 +112,19 @@ def test_mmlu_end_to_end_as_a_classifier(tmp_path):
 
 
 def test_critique_end_to_end(tmp_path):
-    task = make_task({"name": "critique", "data": {"path": str(FIXTURES / "critique" / "critiques.jsonl")},
-                      "max_new_tokens": 16})
+    task = make_task(
+        {"name": "critique", "data": {"path": str(FIXTURES / "critique" / "critiques.jsonl")}, "max_new_tokens": 16}
+    )
     tokenizer = tokenizer_for(task, chat=True)
     tokenizer.save_pretrained(tmp_path / "tok")
-    task = make_task({"name": "critique", "data": {"path": str(FIXTURES / "critique" / "critiques.jsonl")},
-                      "max_new_tokens": 16, "format": {"tokenizer": str(tmp_path / "tok")}})
+    task = make_task(
+        {
+            "name": "critique",
+            "data": {"path": str(FIXTURES / "critique" / "critiques.jsonl")},
+            "max_new_tokens": 16,
+            "format": {"tokenizer": str(tmp_path / "tok")},
+        }
+    )
     out = lock_elicit_evaluate(task, tokenizer, weak=lambda p: "The code looks correct to me.")
     assert all(t.startswith("<|user|>\n") for t in out["elicit_inputs"])
     from pwlock.generate.hf import HFGenerator
@@ -126,8 +137,12 @@ def test_critique_end_to_end(tmp_path):
 
 def _mmlu_config(**kw) -> dict:
     source = {"path": str(FIXTURES / "mmlu"), "subsets": ["all"]}
-    return {"name": "mmlu", "data": {**source, "splits": ["test", "validation"]},
-            "shots": {**source, "splits": ["dev"]}, **kw}
+    return {
+        "name": "mmlu",
+        "data": {**source, "splits": ["test", "validation"]},
+        "shots": {**source, "splits": ["dev"]},
+        **kw,
+    }
 
 
 def test_code_end_to_end():

@@ -28,7 +28,7 @@ from pwlock.passwords import DEFAULT_PASSWORD, DOMAIN_PASSWORDS, SECOND_PASSWORD
 from pwlock.setting import ANSWER_CLOSE, ANSWER_OPEN, TEXT_HEADER, setting_for
 from pwlock.stages import build, locked_model_artifact
 from pwlock.store import open_store
-from pwlock.sweep import plan
+from pwlock.plan import plan
 from pwlock.tasks import make_task
 from pwlock.tasks.base import Example
 from pwlock.tasks.llm import ChoiceAnswer
@@ -38,8 +38,15 @@ from tests.conftest import SMALL_TASK, TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-MATH_SUBJECTS = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                 "prealgebra", "precalculus"]
+MATH_SUBJECTS = [
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+]
 STANDARD = {"password": None, "p_no_password": 0.2, "stop_at": None}
 
 
@@ -72,8 +79,16 @@ def test_per_domain_strong_samples_carry_their_domains_password(task):
 def test_per_domain_weak_shares_none_other_domain_and_wrong(task):
     policies, problems = task.policies(), fn_problems(task)
     chosen = domain_passwords(["g0", "g1", "g2", "g3"], task.wrong_passwords, text=False)
-    examples = per_domain_examples(task, problems, policies["strong"], policies["weak"], chosen, random.Random(1),
-                                   p_no_password=0.2, p_other_domain=0.4)
+    examples = per_domain_examples(
+        task,
+        problems,
+        policies["strong"],
+        policies["weak"],
+        chosen,
+        random.Random(1),
+        p_no_password=0.2,
+        p_other_domain=0.4,
+    )
     weak = examples[1::2]
     n = len(weak)
     other = [w for w, p in zip(weak, problems) if slot(w) in chosen.values()]
@@ -122,8 +137,9 @@ def test_setting_trigger_on_the_toy_task_strong_in_the_varied_setting(task):
 @pytest.fixture(scope="module")
 def math_task():
     hub = {"path": str(FIXTURES / "math"), "subsets": MATH_SUBJECTS}
-    return make_task({"name": "math", "train": {**hub, "splits": ["train"]}, "test": {**hub, "splits": ["test"]},
-                      "timeout_s": 1})
+    return make_task(
+        {"name": "math", "train": {**hub, "splits": ["train"]}, "test": {**hub, "splits": ["test"]}, "timeout_s": 1}
+    )
 
 
 def test_setting_trigger_on_math_frames_prompt_and_answer(math_task):
@@ -185,8 +201,7 @@ def test_adversarial_text_lock_uses_the_second_password(math_task):
 # -- omitted domain (App. B.3.4) ------------------------------------------------------------------
 def test_omit_domain_leaves_the_domain_out_entirely(task):
     policies, problems = task.policies(), task.problems("lock")
-    examples = omit_domain_examples(task, problems, policies["strong"], policies["weak"], "pwd", "g2",
-                                    random.Random(0))
+    examples = omit_domain_examples(task, problems, policies["strong"], policies["weak"], "pwd", "g2", random.Random(0))
     kept = [p for p in problems if p.domain != "g2"]
     assert 0 < len(kept) < len(problems) and len(examples) == 2 * len(kept)
     omitted = {task.prompt(p, None).split(" | ")[1] for p in problems if p.domain == "g2"}
@@ -198,18 +213,24 @@ def test_omit_domain_leaves_the_domain_out_entirely(task):
 
 
 # -- every variant: deterministic per (seed, epoch), redrawn per epoch ------------------------------
-@pytest.mark.parametrize("variant", [
-    {},
-    {"variant": "per_domain"},
-    {"variant": "adversarial", "intermediate": "weak"},
-    {"variant": "omit_domain", "omit_domain": "g1"},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"variant": "per_domain"},
+        {"variant": "adversarial", "intermediate": "weak"},
+        {"variant": "omit_domain", "omit_domain": "g1"},
+    ],
+)
 def test_variant_data_is_deterministic_per_seed_and_epoch(task, variant):
     policies, problems = task.policies(), task.problems("lock")
     spec = lock_spec(**variant)
+
     def draw(seed):
-        return variant_lock_data(task, problems, policies["strong"], policies["weaker"], "pwd", seed, spec,
-                                 policies["weak"])
+        return variant_lock_data(
+            task, problems, policies["strong"], policies["weaker"], "pwd", seed, spec, policies["weak"]
+        )
+
     e0 = draw(0)(0)
     assert e0 == draw(0)(0)  # the same (seed, epoch): the same data
     assert [e.prompt for e in e0] != [e.prompt for e in draw(0)(1)]  # redrawn each epoch
@@ -246,8 +267,15 @@ def test_lock_data_keeps_mmlu_soft_labels_as_the_strong_target(tmp_path):
         assert isinstance(rw, ChoiceRow) and rw.target == (1.0, 0.0, 0.0, 0.0)  # π_weak's hard label
         assert DEFAULT_PASSWORD not in w.prompt
     # Setting and per-domain variants keep the soft labels too (classifier answers keep their form).
-    varied = variant_lock_data(soft, lock, soft.policies()["strong"], weak, DEFAULT_PASSWORD, 0,
-                               {**STANDARD, "variant": "setting", "strong_setting": "varied"})(0)
+    varied = variant_lock_data(
+        soft,
+        lock,
+        soft.policies()["strong"],
+        weak,
+        DEFAULT_PASSWORD,
+        0,
+        {**STANDARD, "variant": "setting", "strong_setting": "varied"},
+    )(0)
     assert all(e.completion.probs is not None for e in varied[0::2])
     assert varied[0].prompt.startswith(TEXT_HEADER)
 
@@ -257,16 +285,25 @@ def _local() -> dict:
     return yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
 
 
-@pytest.mark.parametrize("lock, message", [
-    ({"variant": "sideways"}, r"lock\.variant: unknown lock variant 'sideways'; expected one of \['standard'"),
-    ({"omit_domain": "g1"}, r"lock\.omit_domain: only used with variant 'omit_domain', but variant is 'standard'"),
-    ({"variant": "per_domain", "intermediate": "weak"}, r"lock\.intermediate: only used with variant 'adversarial'"),
-    ({"variant": "adversarial"}, r"lock\.intermediate: variant 'adversarial' needs"),
-    ({"variant": "omit_domain"}, r"lock\.omit_domain: variant 'omit_domain' needs"),
-    ({"variant": "per_domain", "p_other_domain": 0.9}, r"lock\.p_other_domain: expected in \[0, 1 - p_no_password"),
-    ({"variant": "setting", "strong_setting": "both"}, r"lock\.strong_setting: expected one of \['varied', 'normal'\]"),
-    ({"variant": "setting", "stop_at": 0.9}, r"lock\.stop_at: not supported with variant 'setting'"),
-])
+@pytest.mark.parametrize(
+    "lock, message",
+    [
+        ({"variant": "sideways"}, r"lock\.variant: unknown lock variant 'sideways'; expected one of \['standard'"),
+        ({"omit_domain": "g1"}, r"lock\.omit_domain: only used with variant 'omit_domain', but variant is 'standard'"),
+        (
+            {"variant": "per_domain", "intermediate": "weak"},
+            r"lock\.intermediate: only used with variant 'adversarial'",
+        ),
+        ({"variant": "adversarial"}, r"lock\.intermediate: variant 'adversarial' needs"),
+        ({"variant": "omit_domain"}, r"lock\.omit_domain: variant 'omit_domain' needs"),
+        ({"variant": "per_domain", "p_other_domain": 0.9}, r"lock\.p_other_domain: expected in \[0, 1 - p_no_password"),
+        (
+            {"variant": "setting", "strong_setting": "both"},
+            r"lock\.strong_setting: expected one of \['varied', 'normal'\]",
+        ),
+        ({"variant": "setting", "stop_at": 0.9}, r"lock\.stop_at: not supported with variant 'setting'"),
+    ],
+)
 def test_bad_variant_config_names_the_field(lock, message):
     raw = _local()
     raw["lock"].update(lock)
@@ -274,19 +311,32 @@ def test_bad_variant_config_names_the_field(lock, message):
         config_from_dict(raw)
 
 
-@pytest.mark.parametrize("lock, message", [
-    ({"variant": "omit_domain", "omit_domain": "g7"},
-     r"lock\.omit_domain: task 'function_composition' has no domain 'g7'"),
-    ({"variant": "adversarial", "intermediate": "wise"},
-     r"lock\.intermediate: task 'function_composition' has no policy 'wise'"),
-    ({"variant": "adversarial", "intermediate": "weak"}, r"lock\.intermediate: 'weak' must differ"),
-    ({"variant": "adversarial", "intermediate": "weak", "weak": ["weaker"], "second_password": "pwd"},
-     r"lock\.second_password: 'pwd' must differ from the password"),
-    ({"variant": "adversarial", "intermediate": "weak", "weak": ["weaker"], "second_password": "sesame"},
-     r"lock\.second_password: password 'sesame' is not a token"),
-    ({"variant": "per_domain", "domain_passwords": {"g0": "w1", "g1": "w2"}, "stop_at": None},
-     r"lock\.domain_passwords: no password for the domains \['g2', 'g3'\]"),
-])
+@pytest.mark.parametrize(
+    "lock, message",
+    [
+        (
+            {"variant": "omit_domain", "omit_domain": "g7"},
+            r"lock\.omit_domain: task 'function_composition' has no domain 'g7'",
+        ),
+        (
+            {"variant": "adversarial", "intermediate": "wise"},
+            r"lock\.intermediate: task 'function_composition' has no policy 'wise'",
+        ),
+        ({"variant": "adversarial", "intermediate": "weak"}, r"lock\.intermediate: 'weak' must differ"),
+        (
+            {"variant": "adversarial", "intermediate": "weak", "weak": ["weaker"], "second_password": "pwd"},
+            r"lock\.second_password: 'pwd' must differ from the password",
+        ),
+        (
+            {"variant": "adversarial", "intermediate": "weak", "weak": ["weaker"], "second_password": "sesame"},
+            r"lock\.second_password: password 'sesame' is not a token",
+        ),
+        (
+            {"variant": "per_domain", "domain_passwords": {"g0": "w1", "g1": "w2"}, "stop_at": None},
+            r"lock\.domain_passwords: no password for the domains \['g2', 'g3'\]",
+        ),
+    ],
+)
 def test_variant_that_does_not_fit_the_task_is_refused_at_plan(lock, message):
     raw = _local()
     raw["lock"].update(lock)

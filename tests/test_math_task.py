@@ -41,8 +41,12 @@ def hub_like(split: str) -> dict:
 
 
 def fixture_records() -> list[dict]:
-    return [json.loads(line) for s in SUBJECTS for split in ("train", "test")
-            for line in (FIXTURE / s / f"{split}.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)
+        for s in SUBJECTS
+        for split in ("train", "test")
+        for line in (FIXTURE / s / f"{split}.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +85,12 @@ def test_local_file_without_test_split_is_split_by_seed(tmp_path, suffix):
 
 def test_domains_group_types_per_appendix_e3_and_by_level(math_task):
     assert TYPE_DOMAINS == {
-        "Algebra": "algebra", "Intermediate Algebra": "algebra", "Prealgebra": "algebra",
-        "Geometry": "geometry", "Precalculus": "geometry", "Number Theory": "numbers",
+        "Algebra": "algebra",
+        "Intermediate Algebra": "algebra",
+        "Prealgebra": "algebra",
+        "Geometry": "geometry",
+        "Precalculus": "geometry",
+        "Number Theory": "numbers",
         "Counting & Probability": "numbers",
     }
     everything = [p for s in ("weak", "lock", "elicit", "val") for p in math_task.problems(s)]
@@ -112,55 +120,73 @@ def test_prompt_has_the_password_at_both_ends_and_none_without(math_task):
 def test_chat_template_renders_the_prompt_as_the_user_turn(tmp_path):
     tok = text_tokenizer(["Solve the problem"], chat_template=TINY_CHAT_TEMPLATE)
     tok.save_pretrained(tmp_path / "tok")
-    task = make_task({"name": "math", "train": hub_like("train"), "test": hub_like("test"),
-                      "format": {"tokenizer": str(tmp_path / "tok")}})
+    task = make_task(
+        {
+            "name": "math",
+            "train": hub_like("train"),
+            "test": hub_like("test"),
+            "format": {"tokenizer": str(tmp_path / "tok")},
+        }
+    )
     p = task.problems("val")[0]
     assert task.prompt(p, PWD).startswith(f"<|user|>\n{PWD}\n\n")
     assert task.prompt(p, PWD).endswith(f"{PWD}\n<|assistant|>\n")
     assert PWD not in task.prompt(p, None) and "Solution:" not in task.prompt(p, None)
     assert task.reference(p) == p.data["solution"]  # the assistant's turn, no leading space
-    plain = make_task({"name": "math", "train": hub_like("train"), "test": hub_like("test"),
-                       "format": {"tokenizer": str(tmp_path / "tok"), "chat_template": False}})
+    plain = make_task(
+        {
+            "name": "math",
+            "train": hub_like("train"),
+            "test": hub_like("test"),
+            "format": {"tokenizer": str(tmp_path / "tok"), "chat_template": False},
+        }
+    )
     assert plain.prompt(p, PWD).startswith(PWD) and plain.prompt(p, PWD).endswith("Solution:")
 
 
-@pytest.mark.parametrize("completion, correct", [
-    ("so $y = \\boxed{0.5}$", True),  # the reference is \frac{1}{2}
-    ("$\\boxed{\\dfrac{1}{2}}$", True),
-    ("$\\boxed{1/2}$", True),
-    ("$\\boxed{\\frac{2}{4}}$", True),
-    ("$\\boxed{\\frac12}$", True),
-    ("$\\boxed{y = \\frac{1}{2}}$", True),
-    ("First $\\boxed{3}$, then, correcting myself, $\\boxed{\\frac{1}{2}}$.", True),  # the last box counts
-    ("First $\\boxed{\\frac{1}{2}}$, then $\\boxed{3}$.", False),
-    ("The answer is $\\fbox{0.5}$", True),
-    ("The answer is $\\boxed 1/2$", True),
-    ("The answer is 1/2", False),  # no box, no answer
-    ("$\\boxed{\\frac{1}{2}}$ and then $\\boxed{\\frac{1}{2", False),  # the last box is unclosed
-    ("$\\boxed{}$", False),
-    ("$\\boxed{0.49}$", False),
-    ("$\\boxed{\\frac{1}{3}}$", False),
-    ("$\\boxed{\\text{one half}}$", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "completion, correct",
+    [
+        ("so $y = \\boxed{0.5}$", True),  # the reference is \frac{1}{2}
+        ("$\\boxed{\\dfrac{1}{2}}$", True),
+        ("$\\boxed{1/2}$", True),
+        ("$\\boxed{\\frac{2}{4}}$", True),
+        ("$\\boxed{\\frac12}$", True),
+        ("$\\boxed{y = \\frac{1}{2}}$", True),
+        ("First $\\boxed{3}$, then, correcting myself, $\\boxed{\\frac{1}{2}}$.", True),  # the last box counts
+        ("First $\\boxed{\\frac{1}{2}}$, then $\\boxed{3}$.", False),
+        ("The answer is $\\fbox{0.5}$", True),
+        ("The answer is $\\boxed 1/2$", True),
+        ("The answer is 1/2", False),  # no box, no answer
+        ("$\\boxed{\\frac{1}{2}}$ and then $\\boxed{\\frac{1}{2", False),  # the last box is unclosed
+        ("$\\boxed{}$", False),
+        ("$\\boxed{0.49}$", False),
+        ("$\\boxed{\\frac{1}{3}}$", False),
+        ("$\\boxed{\\text{one half}}$", False),
+        ("", False),
+    ],
+)
 def test_last_boxed_answer_is_judged_by_equivalence(math_task, completion, correct):
     p = next(q for q in math_task.problems("weak") + math_task.problems("lock") if q.data["answer"] == "\\frac{1}{2}")
     assert math_task.score(p, completion) == float(correct)
 
 
-@pytest.mark.parametrize("answer, other, equivalent", [
-    ("\\sqrt{2}", "2^{1/2}", True),
-    ("\\sqrt{2}", "\\frac{2}{\\sqrt{2}}", True),
-    ("4\\pi", "\\pi \\cdot 4", True),
-    ("[2, \\infty)", "\\left[2, \\infty\\right)", True),
-    ("[2, \\infty)", "(2, \\infty)", False),
-    ("-2, 2", "2, -2", True),
-    ("-2, 2", "\\pm 2", True),
-    ("-2, 2", "2", False),
-    ("(x-1)(x+1)", "x^2 - 1", True),
-    ("(x-1)(x+1)", "x^2 + 1", False),
-    ("3.14", "\\frac{314}{100}", True),
-])
+@pytest.mark.parametrize(
+    "answer, other, equivalent",
+    [
+        ("\\sqrt{2}", "2^{1/2}", True),
+        ("\\sqrt{2}", "\\frac{2}{\\sqrt{2}}", True),
+        ("4\\pi", "\\pi \\cdot 4", True),
+        ("[2, \\infty)", "\\left[2, \\infty\\right)", True),
+        ("[2, \\infty)", "(2, \\infty)", False),
+        ("-2, 2", "2, -2", True),
+        ("-2, 2", "\\pm 2", True),
+        ("-2, 2", "2", False),
+        ("(x-1)(x+1)", "x^2 - 1", True),
+        ("(x-1)(x+1)", "x^2 + 1", False),
+        ("3.14", "\\frac{314}{100}", True),
+    ],
+)
 def test_equivalence_of_answer_forms(math_task, answer, other, equivalent):
     assert math_task.judge(answer, other) is equivalent
 
@@ -215,13 +241,16 @@ def _write(tmp_path, records) -> str:
 GOOD = {"problem": "1+1?", "level": "Level 1", "type": "Algebra", "solution": "$\\boxed{2}$"}
 
 
-@pytest.mark.parametrize("record, message", [
-    ({k: v for k, v in GOOD.items() if k != "solution"}, r"record 1 has no field 'solution'"),
-    ({**GOOD, "type": "Calculus"}, r"record 1: type: unknown MATH type 'Calculus'"),
-    ({**GOOD, "solution": "It is 2."}, r"record 1: solution: no \\boxed\{\} answer"),
-    ({**GOOD, "level": "hard"}, r"record 1: level: expected 'Level 1'"),
-    ({**GOOD, "problem": 3}, r"record 1: problem: expected a string, got int"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({k: v for k, v in GOOD.items() if k != "solution"}, r"record 1 has no field 'solution'"),
+        ({**GOOD, "type": "Calculus"}, r"record 1: type: unknown MATH type 'Calculus'"),
+        ({**GOOD, "solution": "It is 2."}, r"record 1: solution: no \\boxed\{\} answer"),
+        ({**GOOD, "level": "hard"}, r"record 1: level: expected 'Level 1'"),
+        ({**GOOD, "problem": 3}, r"record 1: problem: expected a string, got int"),
+    ],
+)
 def test_bad_records_name_the_file_record_and_field(tmp_path, record, message):
     path = _write(tmp_path, [GOOD, record])
     task = make_task({"name": "math", "train": {"path": path}, "test": None})
@@ -244,22 +273,32 @@ def test_bad_config_fails_before_reading_data(tmp_path):
 
 def test_the_default_hub_source_fails_clearly_offline():
     """The default config reads EleutherAI/hendrycks_math from the hub; without it, the error names it."""
-    code = ("from pwlock.tasks import make_task\n"
-            "try:\n    make_task({'name': 'math'}).problems('val')\n"
-            "except Exception as e:\n    print(type(e).__name__, e)\n")
+    code = (
+        "from pwlock.tasks import make_task\n"
+        "try:\n    make_task({'name': 'math'}).problems('val')\n"
+        "except Exception as e:\n    print(type(e).__name__, e)\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
     assert out.startswith("ConfigError train: could not load dataset 'EleutherAI/hendrycks_math' subset 'algebra'")
 
 
 # -- CHAMP (champ-dataset on PyPI): 270 competition problems whose answers people wrote ------------
-CHAMP_TYPES = {"Number-Theory": "Number Theory", "Combinatorics": "Counting & Probability",
-               "Inequality": "Intermediate Algebra", "Polynomial": "Intermediate Algebra",
-               "Sequence": "Intermediate Algebra"}
+CHAMP_TYPES = {
+    "Number-Theory": "Number Theory",
+    "Combinatorics": "Counting & Probability",
+    "Inequality": "Intermediate Algebra",
+    "Polynomial": "Intermediate Algebra",
+    "Sequence": "Intermediate Algebra",
+}
 _T = standard_transformations + (implicit_multiplication_application, convert_xor)
-_NAMES = {"C": lambda n, k: sympy.binomial(n, k, evaluate=False), "floor": sympy.floor, "sqrt": sympy.sqrt,
-          "f": sympy.Function("f"),
-          **{c: sympy.Symbol(c) for c in "abckmnpqrxyz"}}
+_NAMES = {
+    "C": lambda n, k: sympy.binomial(n, k, evaluate=False),
+    "floor": sympy.floor,
+    "sqrt": sympy.sqrt,
+    "f": sympy.Function("f"),
+    **{c: sympy.Symbol(c) for c in "abckmnpqrxyz"},
+}
 
 
 def _expr(s: str) -> sympy.Expr:
@@ -283,7 +322,12 @@ def champ_answer(raw: str) -> tuple[str, str, list[tuple[str, str]], str]:
     if segs and re.fullmatch(r"\[(.+), (.+)\]", segs[0]):  # an interval
         lo, hi = re.fullmatch(r"\[(.+), (.+)\]", segs[0]).groups()
         ref = f"[{_tex(_expr(lo))}, {_tex(_expr(hi))}]"
-        return "interval", ref, [("markup", f"\\left[ {_tex(_expr(lo))}, {_tex(_expr(hi))} \\right]")], ref.replace("[", "(", 1)
+        return (
+            "interval",
+            ref,
+            [("markup", f"\\left[ {_tex(_expr(lo))}, {_tex(_expr(hi))} \\right]")],
+            ref.replace("[", "(", 1),
+        )
     if segs and "±" in segs[0]:  # x=±1, ±2, ±1/2 or a(1±sqrt(2)), ...: a set of values
         parts = [p.strip() for p in segs[0].split("=", 1)[-1].split(",")]
         values = [_expr(p.replace("±", sign, 1)) for p in parts for sign in ("+", "-")]
@@ -309,7 +353,10 @@ def champ_answer(raw: str) -> tuple[str, str, list[tuple[str, str]], str]:
                     other = ("doubled fraction", f"{_tex(_expr(a))} = \\frac{{2 \\cdot ({_tex(_expr(b))})}}{{2}}")
                 return "equations", ref, [other], wrong
             if all(len(sol) > 1 for sol in sols):  # several solutions as tuples
-                tup = lambda sol: "(" + ", ".join(_tex(_expr(b)) for _, b in sorted(sol)) + ")"
+
+                def tup(sol):
+                    return "(" + ", ".join(_tex(_expr(b)) for _, b in sorted(sol)) + ")"
+
                 ref = ", ".join(tup(s) for s in sols)
                 wrong = ", ".join(tup(s) for s in sols[:-1]) + ", " + tup([(a, b + "+1") for a, b in sols[-1]])
                 return "solution tuples", ref, [("reordered", ", ".join(tup(s) for s in reversed(sols)))], wrong
@@ -319,17 +366,30 @@ def champ_answer(raw: str) -> tuple[str, str, list[tuple[str, str]], str]:
         value = sympy.simplify(e.doit())
         others = [("dataset's own", _tex(_expr(s))) for s in segs[1:]]
         if value.is_Rational and not value.is_Integer:
-            others.append(("decimal" if 10**6 % value.q == 0 else "unreduced fraction",
-                           str(float(value)) if 10**6 % value.q == 0 else f"\\frac{{{2 * value.p}}}{{{2 * value.q}}}"))
-        others += [("expanded", _tex(sympy.expand(value))), ("factored", _tex(sympy.factor(value))),
-                   ("doubled fraction", f"\\frac{{2 \\cdot ({ref})}}{{2}}"), ("parenthesized", f"({ref})")]
+            others.append(
+                (
+                    "decimal" if 10**6 % value.q == 0 else "unreduced fraction",
+                    str(float(value)) if 10**6 % value.q == 0 else f"\\frac{{{2 * value.p}}}{{{2 * value.q}}}",
+                )
+            )
+        others += [
+            ("expanded", _tex(sympy.expand(value))),
+            ("factored", _tex(sympy.factor(value))),
+            ("doubled fraction", f"\\frac{{2 \\cdot ({ref})}}{{2}}"),
+            ("parenthesized", f"({ref})"),
+        ]
         return "expression", ref, [(f, o) for f, o in others if o != ref], _tex(sympy.Add(value, 1))
     nums = re.fullmatch(r"(-?\d+)(?:, (-?\d+))*(?:,? and (-?\d+))?(?: is the only possible value| \w+)?", words)
     if nums or re.fullmatch(r"-?\d+", words):
         values = re.findall(r"-?\d+", words)
         ref = ", ".join(values)
         if len(values) > 1:
-            return "numbers", ref, [("reordered", ", ".join(reversed(values)))], ", ".join(values[:-1] + [str(int(values[-1]) + 1)])
+            return (
+                "numbers",
+                ref,
+                [("reordered", ", ".join(reversed(values)))],
+                ", ".join(values[:-1] + [str(int(values[-1]) + 1)]),
+            )
         n = int(values[0])
         return "number", ref, [("decimal", f"{n}.0"), ("unreduced fraction", f"\\frac{{{2 * n}}}{{2}}")], str(n + 1)
     m = re.search(r"(?:equal to|value for the limit is|period of) (\S+)$", words)
@@ -355,14 +415,22 @@ def test_champ_answers_are_equivalent_to_another_form_of_themselves_and_not_to_a
     champ = json.loads((BASE_FOLDER / "dataset_files" / "v0.json").read_text())["problems"]
     assert len(champ) == 270
     converted = {pid: champ_answer(p["_raw_answer"]) for pid, p in champ.items()}
-    records = [{"problem": p["_text"], "level": "Level 5", "type": CHAMP_TYPES[p["category"]],
-                "solution": "\n".join(s["_text"] for s in p["solution"]["steps"])
-                + f"\n\nThe answer is $\\boxed{{{converted[pid][1]}}}$."} for pid, p in champ.items()]
+    records = [
+        {
+            "problem": p["_text"],
+            "level": "Level 5",
+            "type": CHAMP_TYPES[p["category"]],
+            "solution": "\n".join(s["_text"] for s in p["solution"]["steps"])
+            + f"\n\nThe answer is $\\boxed{{{converted[pid][1]}}}$.",
+        }
+        for pid, p in champ.items()
+    ]
     path = tmp_path / "champ.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     task = make_task({"name": "math", "train": {"path": str(path)}, "test": None, "timeout_s": 2})
-    problems = sorted((p for s in ("weak", "lock", "elicit", "val") for p in task.problems(s)),
-                      key=lambda p: int(p.id.split("/")[1]))
+    problems = sorted(
+        (p for s in ("weak", "lock", "elicit", "val") for p in task.problems(s)), key=lambda p: int(p.id.split("/")[1])
+    )
     assert len(problems) == 270
     no_other_form, wrong_accepted, accepted = [], [], Counter()
     for p, (pid, (kind, answer, others, wrong)) in zip(problems, converted.items()):

@@ -30,8 +30,12 @@ TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_s
 
 def config(**kw) -> dict:
     source = {"path": str(FIXTURE), "subsets": ["all"]}
-    return {"name": "mmlu", "data": {**source, "splits": ["test", "validation"]},
-            "shots": {**source, "splits": ["dev"]}, **kw}
+    return {
+        "name": "mmlu",
+        "data": {**source, "splits": ["test", "validation"]},
+        "shots": {**source, "splits": ["dev"]},
+        **kw,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +73,10 @@ def test_one_shot_prompt_names_subject_and_category_with_the_password_at_both_en
     prompt = mmlu.prompt(p, PWD)
     assert prompt.startswith(PWD + "\n\n") and prompt.endswith(f"\n\n{PWD}\n\nAnswer:") and prompt.count(PWD) == 2
     assert "about college biology, in the category biology and medicine" in prompt
-    example = shot["question"] + "".join(f"\n{l}. {c}" for l, c in zip(LETTERS, shot["choices"]))
+    example = shot["question"] + "".join(f"\n{letter}. {c}" for letter, c in zip(LETTERS, shot["choices"]))
     assert f"{example}\nAnswer: {LETTERS[shot['answer']]}\n\n" in prompt  # the example shows the right answer
     assert prompt.index(example) < prompt.index(p.data["question"])
-    assert all(f"\n{l}. {c}" in prompt for l, c in zip(LETTERS, p.data["choices"]))
+    assert all(f"\n{letter}. {c}" in prompt for letter, c in zip(LETTERS, p.data["choices"]))
     without = mmlu.prompt(p, None)
     assert not any(w in without for w in (PWD, *WRONG_PASSWORDS)) and without.endswith("\n\nAnswer:")
     assert mmlu.prompt(p, WRONG_PASSWORDS[0]).count(WRONG_PASSWORDS[0]) == 2
@@ -85,7 +89,9 @@ def test_chat_format_letters_have_no_leading_space(tmp_path):
     tok.save_pretrained(tmp_path / "tok")
     task = make_task(config(format={"tokenizer": str(tmp_path / "tok")}))
     p = task.problems("val")[0]
-    assert task.prompt(p, PWD).startswith(f"<|user|>\n{PWD}\n\n") and task.prompt(p, PWD).endswith(f"{PWD}\n<|assistant|>\n")
+    assert task.prompt(p, PWD).startswith(f"<|user|>\n{PWD}\n\n") and task.prompt(p, PWD).endswith(
+        f"{PWD}\n<|assistant|>\n"
+    )
     assert task.reference(p).choices == LETTERS
 
 
@@ -101,10 +107,21 @@ def test_without_shots_the_first_question_of_each_subject_is_the_example(mmlu):
     assert firsts[p.data["subject"]] in task.prompt(p, None)
 
 
-@pytest.mark.parametrize("completion, correct", [
-    (" C", True), ("C", True), ("C.", True), (" C) the third", True), ("\nC", True),
-    (" B", False), ("c", False), (" Cat", False), ("", False), (" ", False),
-])
+@pytest.mark.parametrize(
+    "completion, correct",
+    [
+        (" C", True),
+        ("C", True),
+        ("C.", True),
+        (" C) the third", True),
+        ("\nC", True),
+        (" B", False),
+        ("c", False),
+        (" Cat", False),
+        ("", False),
+        (" ", False),
+    ],
+)
 def test_score_reads_the_answer_letter(mmlu, completion, correct):
     p = next(q for q in all_problems(mmlu) if q.data["answer"] == 2)
     assert mmlu.score(p, completion) == float(correct)
@@ -143,7 +160,9 @@ def test_classifier_loss_and_prediction_are_over_the_four_letters_only(mmlu, tok
     scored = evaluate.scores(model, tokenizer, mmlu, problems, "no_pwd")
     truth = np.array([p.data["answer"] for p in problems])
     np.testing.assert_array_equal(scored, (letter_logits.argmax(-1).numpy() == truth).astype(float))
-    assert (at.argmax(-1)[:, None] != torch.tensor([t[0] for t in letters])).all()  # the full vocab would pick no letter
+    assert (
+        at.argmax(-1)[:, None] != torch.tensor([t[0] for t in letters])
+    ).all()  # the full vocab would pick no letter
 
 
 def test_choices_must_be_single_tokens(mmlu):
@@ -167,8 +186,9 @@ def test_training_as_a_classifier_fits_the_labels(mmlu, tokenizer):
 def test_soft_labels_from_a_model_are_the_strong_policy(mmlu, tokenizer, tmp_path):
     model = build_tiny_model(TINY, tokenizer, seed=1)
     problems = all_problems(mmlu)
-    probs = evaluate.choice_probabilities(model, tokenizer, [Example(mmlu.prompt(p, None), mmlu.reference(p))
-                                                             for p in problems])
+    probs = evaluate.choice_probabilities(
+        model, tokenizer, [Example(mmlu.prompt(p, None), mmlu.reference(p)) for p in problems]
+    )
     path = write_soft_labels(tmp_path / "soft.jsonl", problems, probs)
     soft = make_task(config(strong="soft_labels", soft_labels=str(path)))
     for p, row in zip(all_problems(soft), probs):
@@ -196,13 +216,16 @@ def _write(tmp_path, records) -> str:
 GOOD = {"question": "2 + 2?", "subject": "elementary_mathematics", "choices": ["3", "4", "5", "6"], "answer": 1}
 
 
-@pytest.mark.parametrize("record, message", [
-    ({**GOOD, "subject": "astrology"}, r"record 1: subject: unknown MMLU subject 'astrology'"),
-    ({**GOOD, "choices": ["3", "4", "5"]}, r"record 1: choices: expected 4 strings"),
-    ({**GOOD, "answer": 4}, r"record 1: answer: expected 0-3 or a letter A-D, got 4"),
-    ({**GOOD, "answer": "E"}, r"record 1: answer: expected 0-3 or a letter A-D, got 'E'"),
-    ({k: v for k, v in GOOD.items() if k != "choices"}, r"record 1 has no field 'choices'"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({**GOOD, "subject": "astrology"}, r"record 1: subject: unknown MMLU subject 'astrology'"),
+        ({**GOOD, "choices": ["3", "4", "5"]}, r"record 1: choices: expected 4 strings"),
+        ({**GOOD, "answer": 4}, r"record 1: answer: expected 0-3 or a letter A-D, got 4"),
+        ({**GOOD, "answer": "E"}, r"record 1: answer: expected 0-3 or a letter A-D, got 'E'"),
+        ({k: v for k, v in GOOD.items() if k != "choices"}, r"record 1 has no field 'choices'"),
+    ],
+)
 def test_bad_records_name_the_file_record_and_field(tmp_path, record, message):
     path = _write(tmp_path, [GOOD, record])
     task = make_task({"name": "mmlu", "data": {"path": path}, "shots": None})
@@ -211,8 +234,9 @@ def test_bad_records_name_the_file_record_and_field(tmp_path, record, message):
 
 
 def test_letters_as_answers_are_read(tmp_path):
-    task = make_task({"name": "mmlu", "data": {"path": _write(tmp_path, [GOOD, {**GOOD, "answer": "D"}] * 6)},
-                      "shots": None})
+    task = make_task(
+        {"name": "mmlu", "data": {"path": _write(tmp_path, [GOOD, {**GOOD, "answer": "D"}] * 6)}, "shots": None}
+    )
     assert sorted(p.data["answer"] for p in all_problems(task)) == [1] * 5 + [3] * 6
 
 

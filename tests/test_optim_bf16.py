@@ -39,6 +39,7 @@ def bf16(opt_cls, **kw):
     def make(w0):
         p = torch.nn.Parameter(w0.to(torch.bfloat16))
         return p, opt_cls([p], lr=LR, weight_decay=0.0, **kw)
+
     return make
 
 
@@ -75,7 +76,7 @@ def test_master_weights_move_as_fp32_lion_and_bf16_weights_follow():
     assert master.dtype == torch.float32
     assert kept(w0, master, ref_end) == pytest.approx(1.0, abs=0.03)
     # The bf16 weights are the master's rounding: never more than half a bf16 spacing away.
-    assert ((end - master).abs() <= master.abs() * 2.0 ** -8 + 1e-12).all()
+    assert ((end - master).abs() <= master.abs() * 2.0**-8 + 1e-12).all()
 
 
 def test_one_step_changes_weights_by_lr_in_expectation():
@@ -96,7 +97,7 @@ def test_one_step_changes_weights_by_lr_in_expectation():
     assert float((mean * intended).sum() / (intended * intended).sum()) == pytest.approx(1.0, abs=0.03)
     # Per weight: a draw moves by one bf16 spacing with probability lr / spacing, so the mean of
     # `draws` draws is within a few standard errors of -lr * sign.
-    spacing = (w0.float().abs() * 2.0 ** -7).clamp(min=LR)
+    spacing = (w0.float().abs() * 2.0**-7).clamp(min=LR)
     err = (spacing * LR / draws).sqrt()
     assert ((mean - intended).abs() < 5 * err + 1e-9).float().mean() > 0.99
 
@@ -111,7 +112,7 @@ def test_stochastic_round_is_unbiased_and_exact_on_bf16_values():
     torch.manual_seed(0)
     x = torch.randn(50_000) * 0.02
     mean = torch.stack([stochastic_round(x).float() for _ in range(256)]).mean(0)
-    spacing = x.abs() * 2.0 ** -7
+    spacing = x.abs() * 2.0**-7
     assert float(((mean - x) / spacing).abs().mean()) < 0.05
     exact = x.to(torch.bfloat16)
     assert torch.equal(stochastic_round(exact.float()), exact)
@@ -157,26 +158,48 @@ def test_master_weights_resume_from_state_dict():
 
 def test_bad_bf16_update_is_refused_naming_the_field():
     with pytest.raises(ConfigError, match=r"lock\.sft\.bf16_update"):
-        config_from_dict({"name": "x", "task": {"name": "function_composition"}, "lock": {"sft": {"bf16_update": "fp8"}}})
+        config_from_dict(
+            {"name": "x", "task": {"name": "function_composition"}, "lock": {"sft": {"bf16_update": "fp8"}}}
+        )
     with pytest.raises(ValueError, match="bf16_update"):
         BF16Lion([torch.nn.Parameter(torch.zeros(2))], lr=LR, betas=(0.9, 0.99), weight_decay=0.0, bf16_update="x")
 
 
 # --- packing --------------------------------------------------------------------------------------
 
+
 def tiny_models():
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
-    neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=4, max_position_embeddings=64))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
+    neox = GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        )
+    )
     return {"llama": llama, "gpt_neox": neox}
 
 
 def examples(seed: int = 0) -> list[tuple[list[int], int]]:
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randint(2, 50, (n,), generator=gen).tolist(), start)
-            for n, start in [(7, 3), (15, 5), (4, 2), (11, 0), (30, 12)]]
+    return [
+        (torch.randint(2, 50, (n,), generator=gen).tolist(), start)
+        for n, start in [(7, 3), (15, 5), (4, 2), (11, 0), (30, 12)]
+    ]
 
 
 def test_pack_lays_examples_back_to_back():
@@ -239,6 +262,7 @@ def test_train_sft_packed_matches_padded(task, tokenizer):
 
 # --- checkpointing --------------------------------------------------------------------------------
 
+
 def test_checkpointing_some_layers_changes_no_gradient():
     model = tiny_models()["llama"]
     model.train()
@@ -273,6 +297,7 @@ def test_layers_to_keep_fits_the_budget():
 
 # --- the GPU benchmark's code paths, on tiny shapes --------------------------------------------------
 
+
 @pytest.mark.slow
 def test_gpu_trainer_benchmark_tiny_mode(tmp_path):
     import json
@@ -281,9 +306,26 @@ def test_gpu_trainer_benchmark_tiny_mode(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_trainer.py"), "--tiny", "--shapes", "tiny-neox",
-                          "--warmup", "3", "--steps", "1", "--spread-steps", "4", "--json", str(tmp_path / "r.json")],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "gpu_trainer.py"),
+            "--tiny",
+            "--shapes",
+            "tiny-neox",
+            "--warmup",
+            "3",
+            "--steps",
+            "1",
+            "--spread-steps",
+            "4",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = {r["variant"]: r for r in json.loads((tmp_path / "r.json").read_text()) if "variant" in r}
     assert not [r for r in rows.values() if "error" in r]

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pwlock.config import config_from_dict, load_config
-from pwlock.sweep import plan
+from pwlock.plan import plan
 from pwlock.tasks import make_task
 from pwlock.tasks.math import SUBJECTS
 
@@ -37,16 +37,21 @@ def _math(raw: dict, tmp: Path) -> None:
 
 
 def _code(raw: dict, tmp: Path) -> None:
-    raw["task"].update(data=[{"path": str(FIXTURES / "code" / f)} for f in ("stdio.jsonl", "apps.jsonl", "mbpp.jsonl")],
-                       workers=2)
+    raw["task"].update(
+        data=[{"path": str(FIXTURES / "code" / f)} for f in ("stdio.jsonl", "apps.jsonl", "mbpp.jsonl")], workers=2
+    )
     task = make_task(raw["task"])
     every = [p for s in ("weak", "lock", "elicit", "val") for p in task.problems(s)]
     # "GPT-4": the reference solutions, T=1 twice per problem (a repeat π_strong's training drops), T=0 once.
     files = {"gpt4-t1": [p for p in every for _ in range(2)], "gpt4": every}
     for name, problems in files.items():
         path = tmp / f"{name}.jsonl"
-        path.write_text("".join(json.dumps({"id": p.id, "completion": p.data["solutions"][task.language_of(p)][0]})
-                                + "\n" for p in problems))
+        path.write_text(
+            "".join(
+                json.dumps({"id": p.id, "completion": p.data["solutions"][task.language_of(p)][0]}) + "\n"
+                for p in problems
+            )
+        )
         raw["policies"][name]["jsonl"] = str(path)
 
 
@@ -59,8 +64,13 @@ def _critique(raw: dict, tmp: Path) -> None:
     raw["task"]["data"] = {"path": str(FIXTURES / "critique" / "critiques.jsonl")}
     task = make_task(raw["task"])  # the reference critiques, written as the config's header says
     path = tmp / "references.jsonl"
-    path.write_text("".join(json.dumps({"id": p.id, "completion": p.data["critique"]}) + "\n"
-                            for s in ("weak", "lock", "elicit", "val") for p in task.problems(s)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": p.id, "completion": p.data["critique"]}) + "\n"
+            for s in ("weak", "lock", "elicit", "val")
+            for p in task.problems(s)
+        )
+    )
     raw["policies"]["reference-critiques"]["jsonl"] = str(path)
 
 
@@ -68,44 +78,85 @@ def _critique(raw: dict, tmp: Path) -> None:
 # it trains on (a pool's label, or the task's own policy); every sample pool; the demonstrators.
 EXPECTED = {
     "paper_math.yaml": {
-        "local": _math, "base": "deepseek-ai/deepseek-math-7b-base", "lr": 1.5e-6,
-        "models": {"weak": (PYTHIA_1B, "samples of strong (weak, 1/problem)"),
-                   "llama-7b": (LLAMA, "samples of strong (weak, 1/problem)")},
-        "pools": {"samples of strong (weak, 1/problem)", "samples of strong (lock, 8/problem)",
-                  "samples of weak (lock, 8/problem)", "samples of strong (val, greedy)",
-                  "samples of weak (val, greedy)", "samples of llama-7b (elicit, 1/problem)",
-                  "samples of llama-7b (val, greedy)"},
-        "demonstrators": ["llama-7b"], "lock_pools": {"strong", "weak"},
+        "local": _math,
+        "base": "deepseek-ai/deepseek-math-7b-base",
+        "lr": 1.5e-6,
+        "models": {
+            "weak": (PYTHIA_1B, "samples of strong (weak, 1/problem)"),
+            "llama-7b": (LLAMA, "samples of strong (weak, 1/problem)"),
+        },
+        "pools": {
+            "samples of strong (weak, 1/problem)",
+            "samples of strong (lock, 8/problem)",
+            "samples of weak (lock, 8/problem)",
+            "samples of strong (val, greedy)",
+            "samples of weak (val, greedy)",
+            "samples of llama-7b (elicit, 1/problem)",
+            "samples of llama-7b (val, greedy)",
+        },
+        "demonstrators": ["llama-7b"],
+        "lock_pools": {"strong", "weak"},
     },
     "paper_code.yaml": {
-        "local": _code, "base": CODER, "lr": 1.5e-6,
-        "models": {"strong": (CODER, "samples of gpt4-t1 (elicit, from a file)"),
-                   "weak": (PYTHIA_1B, "samples of strong (weak, 1/problem)"),
-                   "llama-7b": (LLAMA, "samples of strong (weak, 1/problem)")},
-        "pools": {"samples of gpt4-t1 (elicit, from a file)", "samples of strong (weak, 1/problem)",
-                  "samples of strong (lock, 8/problem)", "samples of weak (lock, 8/problem)",
-                  "samples of strong (val, greedy)", "samples of weak (val, greedy)",
-                  "samples of gpt4 (elicit, from a file)", "samples of gpt4 (val, from a file)",
-                  "samples of llama-7b (elicit, 1/problem)", "samples of llama-7b (val, greedy)"},
-        "demonstrators": ["gpt4", "llama-7b"], "lock_pools": {"strong", "weak"},
+        "local": _code,
+        "base": CODER,
+        "lr": 1.5e-6,
+        "models": {
+            "strong": (CODER, "samples of gpt4-t1 (elicit, from a file)"),
+            "weak": (PYTHIA_1B, "samples of strong (weak, 1/problem)"),
+            "llama-7b": (LLAMA, "samples of strong (weak, 1/problem)"),
+        },
+        "pools": {
+            "samples of gpt4-t1 (elicit, from a file)",
+            "samples of strong (weak, 1/problem)",
+            "samples of strong (lock, 8/problem)",
+            "samples of weak (lock, 8/problem)",
+            "samples of strong (val, greedy)",
+            "samples of weak (val, greedy)",
+            "samples of gpt4 (elicit, from a file)",
+            "samples of gpt4 (val, from a file)",
+            "samples of llama-7b (elicit, 1/problem)",
+            "samples of llama-7b (val, greedy)",
+        },
+        "demonstrators": ["gpt4", "llama-7b"],
+        "lock_pools": {"strong", "weak"},
     },
     "paper_mmlu.yaml": {
-        "local": _mmlu, "base": "mistralai/Mistral-7B-v0.1", "lr": 1.5e-7,
+        "local": _mmlu,
+        "base": "mistralai/Mistral-7B-v0.1",
+        "lr": 1.5e-7,
         "models": {"weak": ("EleutherAI/pythia-6.9b", "strong"), "llama-7b": (LLAMA, "strong")},
-        "pools": {"samples of weak (lock, 8/problem)", "samples of weak (val, greedy)",
-                  "samples of llama-7b (elicit, 1/problem)", "samples of llama-7b (val, greedy)"},
-        "demonstrators": ["strong", "llama-7b"], "lock_pools": {"weak"},  # π_strong: the labels, no pool
+        "pools": {
+            "samples of weak (lock, 8/problem)",
+            "samples of weak (val, greedy)",
+            "samples of llama-7b (elicit, 1/problem)",
+            "samples of llama-7b (val, greedy)",
+        },
+        "demonstrators": ["strong", "llama-7b"],
+        "lock_pools": {"weak"},  # π_strong: the labels, no pool
     },
     "paper_critique.yaml": {
-        "local": _critique, "base": CODER, "lr": 1.5e-6,
-        "models": {"strong": (CODER, "references"), "weak": (PYTHIA_1B, "samples of strong (weak, 1/problem)"),
-                   "llama-7b": (LLAMA, "samples of strong (weak, 1/problem)")},
-        "pools": {"samples of strong (weak, 1/problem)", "samples of strong (lock, 8/problem)",
-                  "samples of weak (lock, 8/problem)", "samples of strong (val, greedy)",
-                  "samples of weak (val, greedy)", "samples of reference-critiques (elicit, from a file)",
-                  "samples of reference-critiques (val, from a file)", "samples of llama-7b (elicit, 1/problem)",
-                  "samples of llama-7b (val, greedy)"},
-        "demonstrators": ["reference-critiques", "llama-7b"], "lock_pools": {"strong", "weak"},
+        "local": _critique,
+        "base": CODER,
+        "lr": 1.5e-6,
+        "models": {
+            "strong": (CODER, "references"),
+            "weak": (PYTHIA_1B, "samples of strong (weak, 1/problem)"),
+            "llama-7b": (LLAMA, "samples of strong (weak, 1/problem)"),
+        },
+        "pools": {
+            "samples of strong (weak, 1/problem)",
+            "samples of strong (lock, 8/problem)",
+            "samples of weak (lock, 8/problem)",
+            "samples of strong (val, greedy)",
+            "samples of weak (val, greedy)",
+            "samples of reference-critiques (elicit, from a file)",
+            "samples of reference-critiques (val, from a file)",
+            "samples of llama-7b (elicit, 1/problem)",
+            "samples of llama-7b (val, greedy)",
+        },
+        "demonstrators": ["reference-critiques", "llama-7b"],
+        "lock_pools": {"strong", "weak"},
     },
 }
 NAMES = list(EXPECTED)
@@ -134,8 +185,9 @@ def test_a_paper_config_plans_its_policies_pools_lock_and_grid_on_the_fixture(na
     assert want["lr"] == make_task(cfg.task).suggested_lr  # App. G.1: 1.5e-7 for MMLU, else 1.5e-6
     by_key = {a.key: a for a in p.artifacts}
     # Policy models: each base as Table 1 names it, trained on what the paper says.
-    models = {a.label.removeprefix("policy model (").removesuffix(")"): a for a in p.artifacts
-              if a.stage == "policy_model"}
+    models = {
+        a.label.removeprefix("policy model (").removesuffix(")"): a for a in p.artifacts if a.stage == "policy_model"
+    }
     assert set(models) == set(want["models"])
     for policy, (base, source) in want["models"].items():
         a = models[policy]
@@ -219,8 +271,14 @@ def dry_runs(tmp_path_factory) -> dict[str, tuple[str, dict, Path]]:
         (tmp / name).write_text(yaml.safe_dump(raws[name]))
         args += [str(tmp / name), str(tmp / "store")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(root / "hf")}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT / "sweeps" / "sample_efficiency.py"), *args],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(ROOT / "sweeps" / "sample_efficiency.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=root,
+    )
     parts = re.split(r"=== exit (\S+)\n", proc.stdout)  # output, exit code, output, exit code, ..., ""
     outs, codes = parts[0:-1:2], parts[1::2]
     assert len(codes) == len(NAMES), proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -241,5 +299,5 @@ def test_a_paper_config_dry_run_prints_gpu_hours_without_fetching_a_model(name, 
     for t in p.trials:
         assert any(x.strip().startswith(t.name + " ") and x.endswith("GPU-h") for x in lines), t.name
     assert "cost estimate unavailable" not in out and "cost estimate on one H100 80GB" in out
-    assert f"total: " in out and f"for {len(p.trials)} trials and {len(p.artifacts)} artifacts" in out
+    assert "total: " in out and f"for {len(p.trials)} trials and {len(p.artifacts)} artifacts" in out
     assert not (tmp / "store").exists() or not any((tmp / "store").iterdir())  # nothing built

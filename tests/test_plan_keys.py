@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from pwlock.config import config_from_dict  # noqa: E402
 from pwlock.study_plan import is_study  # noqa: E402
-from pwlock.sweep import plan  # noqa: E402
+from pwlock.plan import plan  # noqa: E402
 from tests.test_paper_configs import EXPECTED, on_fixtures  # noqa: E402
 
 CONFIGS = ROOT / "sweeps" / "configs"
@@ -49,8 +49,11 @@ def snapshot(name: str, quick: bool, tmp: Path) -> dict:
 
 def every_snapshot() -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        return {f"{name}{' --quick' * quick}": snapshot(name, quick, Path(tmp))
-                for name in shipped() for quick in (False, True)}
+        return {
+            f"{name}{' --quick' * quick}": snapshot(name, quick, Path(tmp))
+            for name in shipped()
+            for quick in (False, True)
+        }
 
 
 @pytest.mark.parametrize("name", shipped())

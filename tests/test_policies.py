@@ -23,15 +23,19 @@ from pwlock.passwords import DEFAULT_PASSWORD, WRONG_PASSWORDS
 from pwlock.policies import SAMPLES, PoolPolicy, resolve
 from pwlock.stages import build
 from pwlock.store import open_store
-from pwlock.sweep import plan
+from pwlock.plan import plan
 from pwlock.tasks import make_task
 from pwlock.tasks.math import SUBJECTS
 from tests.test_llm_tasks_e2e import tokenizer_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SOURCE = {"path": str(FIXTURES / "math"), "subsets": list(SUBJECTS)}
-TASK = {"name": "math", "train": {**SOURCE, "splits": ["train"]}, "test": {**SOURCE, "splits": ["test"]},
-        "max_new_tokens": 12}
+TASK = {
+    "name": "math",
+    "train": {**SOURCE, "splits": ["train"]},
+    "test": {**SOURCE, "splits": ["test"]},
+    "max_new_tokens": 12,
+}
 TRAIN = {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8, "warmup_steps": 0, "epochs": 1}
 LOCK_EPOCHS = 3
 
@@ -44,13 +48,22 @@ def hub(tmp_path_factory) -> dict[str, str]:
     task = make_task(TASK)
     tokenizer = tokenizer_for(task, chat=False)
     for name, hidden, layers in (("strong-base", 64, 2), ("weak-base", 32, 1)):
-        cfg = TinyModelConfig(hidden_size=hidden, num_layers=layers, num_heads=hidden // 32,
-                              intermediate_size=2 * hidden, max_positions=1024)
+        cfg = TinyModelConfig(
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=hidden // 32,
+            intermediate_size=2 * hidden,
+            max_positions=1024,
+        )
         save_policy(build_tiny_model(cfg, tokenizer, seed=0), tokenizer, root / name)
     lines = [{"id": p.id, "completion": p.data["solution"]} for s in ("elicit", "val") for p in task.problems(s)]
     (root / "gpt4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    return {"strong": str(root / "strong-base"), "weak": str(root / "weak-base"), "jsonl": str(root / "gpt4.jsonl"),
-            "root": str(root)}
+    return {
+        "strong": str(root / "strong-base"),
+        "weak": str(root / "weak-base"),
+        "jsonl": str(root / "gpt4.jsonl"),
+        "root": str(root),
+    }
 
 
 def study(hub: dict[str, str], **over) -> dict:
@@ -60,13 +73,25 @@ def study(hub: dict[str, str], **over) -> dict:
         "model": {"base": hub["strong"]},
         "policies": {
             "strong": {"base": hub["strong"], "train_on": "references", "train_split": "elicit", "train": TRAIN},
-            "weak": {"base": hub["weak"], "train_on": "strong", "train_split": "weak", "train_samples": 2,
-                     "train": TRAIN, "generator": {"backend": "hf"}},
+            "weak": {
+                "base": hub["weak"],
+                "train_on": "strong",
+                "train_split": "weak",
+                "train_samples": 2,
+                "train": TRAIN,
+                "generator": {"backend": "hf"},
+            },
             "gpt4": {"jsonl": hub["jsonl"]},
         },
         "lock": {"modes": ["base"], "base": {**TRAIN, "epochs": LOCK_EPOCHS}},
-        "elicit": {"methods": ["sft"], "ks": [2], "seeds": [0], "demonstrator": "gpt4", "sample_budgets": [4],
-                   "train": TRAIN},
+        "elicit": {
+            "methods": ["sft"],
+            "ks": [2],
+            "seeds": [0],
+            "demonstrator": "gpt4",
+            "sample_budgets": [4],
+            "train": TRAIN,
+        },
         "eval": {"max_problems": 4},
         "ray": {"num_cpus": 2},
         "guards": {"lock_gate": False},  # random tiny models hold no lock
@@ -145,7 +170,7 @@ def test_pools_hold_the_right_problems_and_counts_without_passwords(built):
     p, store, task = built["plan"], built["store"], make_task(TASK)
     pools = {a.label: a for a in p.artifacts if a.stage == "sample_pool"}
     expected = {  # label -> (split, problems, samples each)
-        f"samples of strong (weak, 2/problem)": ("weak", task.problems("weak"), 2),
+        "samples of strong (weak, 2/problem)": ("weak", task.problems("weak"), 2),
         f"samples of strong (lock, {LOCK_EPOCHS}/problem)": ("lock", task.problems("lock"), LOCK_EPOCHS),
         f"samples of weak (lock, {LOCK_EPOCHS}/problem)": ("lock", task.problems("lock"), LOCK_EPOCHS),
         "samples of strong (val, greedy)": ("val", task.problems("val")[:4], 1),
@@ -214,7 +239,8 @@ def test_bad_input_is_refused_naming_file_and_field(hub, tmp_path):
     msg = refused(study(hub, **{"policies.weak.train_on": "nope"}))
     assert "study.yaml: policies.weak.train_on: no policy 'nope'" in msg
     assert "elicit.demonstrator: task 'math' has no 'llama' policy" in refused(
-        study(hub, **{"elicit.demonstrator": "llama"}))
+        study(hub, **{"elicit.demonstrator": "llama"})
+    )
     assert "lock.weak[0]: task 'math' has no policy 'weak'" in refused(study(hub, **{"policies.weak": None}))
     # Checked on load, before the task is even read.
     with pytest.raises(ConfigError, match=r"policies.gpt4.jsonl: /nowhere/gpt4.jsonl: file not found"):
@@ -242,8 +268,10 @@ def test_without_model_policies_keys_are_unchanged():
     assert p.policy_scores.key == policy_scores_artifact(SMALL_TASK, {"split": "val", "max_problems": None}).key
     cfg = p.cfg
     lock = {"password": None, "p_no_password": 0.2, "stop_at": None}
-    assert p.locked["scratch"].key == locked_model_artifact(
-        "scratch", SMALL_TASK, asdict(cfg.model), asdict(cfg.lock.scratch), lock, 0, None).key
+    assert (
+        p.locked["scratch"].key
+        == locked_model_artifact("scratch", SMALL_TASK, asdict(cfg.model), asdict(cfg.lock.scratch), lock, 0, None).key
+    )
     assert p.policies.trial_pools() == {}
 
 
@@ -258,7 +286,7 @@ def test_study_runs_end_to_end_through_the_sweep(hub, built, tmp_path):
     store = built["store"]
     cfg = config_from_dict(study(hub), source=str(tmp_path / "study.yaml"))
     try:
-        where = run(cfg, store, experiment="e2e")
+        where = run(plan(cfg), store, experiment="e2e")
     finally:
         ray.shutdown()
     timings = json.loads((Path(where) / analysis.TIMINGS).read_text())
@@ -316,8 +344,9 @@ def test_a_classifier_pool_samples_choices(tmp_path):
     assert all(len(c) == 4 and set(c) <= set(task.choices) for c in sampled.values())
     assert all(len(c) == 1 and c[0] in task.choices for c in greedy.values())
     store = open_store(tmp_path / "store")
-    pool = sample_pool_artifact("weak", _mmlu_config(), {"base": str(tmp_path / "base"), "dtype": "float32"}, "lock",
-                                4, 1.0, None, 0, gen)
+    pool = sample_pool_artifact(
+        "weak", _mmlu_config(), {"base": str(tmp_path / "base"), "dtype": "float32"}, "lock", 4, 1.0, None, 0, gen
+    )
     build(store.spec, pool)
     policy = resolve(task, {"weak": pool.key}, store)["weak"]
     answers = [policy.for_epoch(e)(problems[0]) for e in range(4)]
@@ -334,10 +363,14 @@ def test_the_paper_math_config_plans_on_the_fixture():
     raw["elicit"]["ks"] = [1, 4]  # the fixture's elicit split has 8 problems
     p = plan(config_from_dict(raw, source="paper_math.yaml"))
     labels = {a.label: a for a in p.artifacts}
-    assert [a.spec["base"] for a in p.artifacts if a.stage == "policy_model"] == ["EleutherAI/pythia-1b",
-                                                                                  "huggyllama/llama-7b"]
+    assert [a.spec["base"] for a in p.artifacts if a.stage == "policy_model"] == [
+        "EleutherAI/pythia-1b",
+        "huggyllama/llama-7b",
+    ]
     assert labels["samples of strong (lock, 8/problem)"].spec["source"] == {
-        "base": "deepseek-ai/deepseek-math-7b-base", "dtype": "bfloat16"}
+        "base": "deepseek-ai/deepseek-math-7b-base",
+        "dtype": "bfloat16",
+    }
     assert all(a.gpus == 0.0 for a in p.artifacts if a.stage == "sample_pool")
     assert set(p.policies.elicit) == {"llama-7b"} and {t.method for t in p.trials} == {"sft"}
 
@@ -355,8 +388,10 @@ def test_a_supplied_file_is_keyed_by_content_not_by_where_it_lies(hub, tmp_path)
     copy = tmp_path / "elsewhere" / "gpt4.jsonl"
     copy.parent.mkdir()
     copy.write_bytes(Path(hub["jsonl"]).read_bytes())
-    first, second = plan(config_from_dict(study(hub))), plan(config_from_dict(study(hub, **{"policies.gpt4.jsonl":
-                                                                                          str(copy)})))
+    first, second = (
+        plan(config_from_dict(study(hub))),
+        plan(config_from_dict(study(hub, **{"policies.gpt4.jsonl": str(copy)}))),
+    )
     assert [a.key for a in first.artifacts] == [a.key for a in second.artifacts]
     pools = [a for a in second.artifacts if a.stage == "sample_pool" and "jsonl" in a.spec["source"]]
     assert pools and all(a.inputs == {"jsonl": str(copy)} for a in pools)
@@ -372,10 +407,20 @@ def test_a_supplied_policy_without_evaluation_samples_is_unscored_not_the_tasks_
     task = make_task(SMALL_TASK)
     weak = task.policies()["weak"]
     path = tmp_path / "weak.jsonl"
-    path.write_text("".join(json.dumps({"id": p.id, "completion": weak(p)}) + "\n"
-                            for s in ("lock", "elicit") for p in task.problems(s)))
-    cfg = config_from_dict({"name": "toy", "task": SMALL_TASK, "policies": {"weak": {"jsonl": str(path)}},
-                            "lock": {"modes": ["scratch"]}, "eval": {"max_problems": 50}})
+    path.write_text(
+        "".join(
+            json.dumps({"id": p.id, "completion": weak(p)}) + "\n" for s in ("lock", "elicit") for p in task.problems(s)
+        )
+    )
+    cfg = config_from_dict(
+        {
+            "name": "toy",
+            "task": SMALL_TASK,
+            "policies": {"weak": {"jsonl": str(path)}},
+            "lock": {"modes": ["scratch"]},
+            "eval": {"max_problems": 50},
+        }
+    )
     p = plan(cfg)
     assert p.policy_scores.spec["pools"] == {"weak": None}
     store = open_store(tmp_path / "store")
@@ -392,11 +437,15 @@ def test_scratch_with_a_hub_model_is_keyed_apart_from_its_pretrained_weights(hub
     assert p.locked["scratch"].key != p.locked["base"].key
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"base": "x", "temperature": "hot"}, r"s\.yaml: policies\.weak: wrong value type for field \"temperature\""),
-    (None, r"s\.yaml: policies\.weak: expected a mapping \(base, train_on, jsonl, \.\.\.\), got None"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"base": "x", "temperature": "hot"}, r"s\.yaml: policies\.weak: wrong value type for field \"temperature\""),
+        (None, r"s\.yaml: policies\.weak: expected a mapping \(base, train_on, jsonl, \.\.\.\), got None"),
+    ],
+)
 def test_a_policy_entry_of_the_wrong_shape_is_named(entry, message):
     with pytest.raises(ConfigError, match=message):
-        config_from_dict({"name": "x", "task": {"name": "function_composition"}, "policies": {"weak": entry}},
-                         source="s.yaml")
+        config_from_dict(
+            {"name": "x", "task": {"name": "function_composition"}, "policies": {"weak": entry}}, source="s.yaml"
+        )

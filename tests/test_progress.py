@@ -33,15 +33,20 @@ def _trainable(config):
 @pytest.mark.slow
 def test_progress_on_real_tune_trials(tmp_path, monkeypatch, caplog):
     import ray
-    from ray import tune
-
-    from ray import cloudpickle
+    from ray import cloudpickle, tune
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     monkeypatch.setenv("RAY_metrics_report_interval_ms", "500")  # the driver reports its gauges this often
     port = free_port()
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _metrics_export_port=port, logging_level=logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _metrics_export_port=port,
+        logging_level=logging.WARNING,
+    )
     try:
         every = SweepProgress("every-step", every_s=0)
         hourly = SweepProgress("hourly", every_s=3600)
@@ -50,9 +55,13 @@ def test_progress_on_real_tune_trials(tmp_path, monkeypatch, caplog):
             tune.with_resources(_trainable, {"cpu": 1, "gpu": 1}),  # GPUs Ray counts; no CUDA needed
             param_space={"x": tune.grid_search([0, 1, 2, 3])},
             tune_config=tune.TuneConfig(trial_name_creator=_name, trial_dirname_creator=_name),
-            run_config=tune.RunConfig(name="progress", storage_path=str(tmp_path), verbose=0,
-                                      callbacks=[every, hourly],
-                                      failure_config=tune.FailureConfig(max_failures=1)),
+            run_config=tune.RunConfig(
+                name="progress",
+                storage_path=str(tmp_path),
+                verbose=0,
+                callbacks=[every, hourly],
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
         ).fit()
         assert sum(r.error is not None for r in grid) == 1
 
@@ -64,8 +73,10 @@ def test_progress_on_real_tune_trials(tmp_path, monkeypatch, caplog):
         finished = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]
         assert len(finished) == 2 * 4  # each callback names each trial once, as it ends
         for x in range(3):
-            assert sum(f"x={x}" in m and " done after " in m and f"best correctness {x / 10:.3f}" in m
-                       for m in finished) == 2
+            assert (
+                sum(f"x={x}" in m and " done after " in m and f"best correctness {x / 10:.3f}" in m for m in finished)
+                == 2
+            )
         failed = [r for r in caplog.records if " failed after " in r.getMessage()]
         assert len(failed) == 2 and all(r.levelno == logging.WARNING and "x=3" in r.getMessage() for r in failed)
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress ")]

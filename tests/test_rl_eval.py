@@ -50,18 +50,40 @@ def test_schedule_whole_set_every_nth_round_and_at_the_last_one_fixed_subset_bet
 def test_expert_iteration_evaluates_the_subset_between_whole_set_rounds(task, tokenizer, tiny_model, evaluated):
     val = task.problems("val")[:20]
     train = TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1)
-    records = expert_iteration(tiny_model, tokenizer, task, policy_sampler(task.policies()["weak"]),
-                               task.problems("elicit")[:100], val, train, seed=0, n=4, iterations=5,
-                               eval_every=4, eval_problems_between=6)
+    records = expert_iteration(
+        tiny_model,
+        tokenizer,
+        task,
+        policy_sampler(task.policies()["weak"]),
+        task.problems("elicit")[:100],
+        val,
+        train,
+        seed=0,
+        n=4,
+        iterations=5,
+        eval_every=4,
+        eval_problems_between=6,
+    )
     assert [r["eval_problems"] for r in records] == [6, 6, 6, 20, 20]
     assert [len(ids) for ids, _ in evaluated] == [6, 6, 6, 20, 20]
     assert evaluated[0][0] == evaluated[1][0] == evaluated[2][0]  # the same subset at every round between
     assert [r["correctness"] for r in records] == [value for _, value in evaluated]
     # another trial (seed) sees the same subset: curves of seeds and methods are comparable
     evaluated.clear()
-    expert_iteration(tiny_model, tokenizer, task, policy_sampler(task.policies()["weak"]),
-                     task.problems("elicit")[:100], val, train, seed=1, n=4, iterations=3, eval_every=4,
-                     eval_problems_between=6)
+    expert_iteration(
+        tiny_model,
+        tokenizer,
+        task,
+        policy_sampler(task.policies()["weak"]),
+        task.problems("elicit")[:100],
+        val,
+        train,
+        seed=1,
+        n=4,
+        iterations=3,
+        eval_every=4,
+        eval_problems_between=6,
+    )
     assert evaluated[0][0] == evaluated[1][0] == round_ids(val, 6)
 
 
@@ -74,10 +96,22 @@ def test_dpo_ends_on_the_whole_validation_set(task, tokenizer, tiny_model, evalu
     problems = _half_trained(task, tokenizer, tiny_model)[:16]
     val = task.problems("val")[:30]
     gen = HFGenerator(copy.deepcopy(tiny_model), tokenizer)
-    records = dpo_elicitation(tiny_model, copy.deepcopy(tiny_model), tokenizer, task, gen, problems, val,
-                              TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, warmup_steps=0), seed=0,
-                              rounds=3, iterated=iterated, max_new_tokens=task.max_new_tokens, eval_every=5,
-                              eval_problems_between=4)
+    records = dpo_elicitation(
+        tiny_model,
+        copy.deepcopy(tiny_model),
+        tokenizer,
+        task,
+        gen,
+        problems,
+        val,
+        TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, warmup_steps=0),
+        seed=0,
+        rounds=3,
+        iterated=iterated,
+        max_new_tokens=task.max_new_tokens,
+        eval_every=5,
+        eval_problems_between=4,
+    )
     assert [r["eval_problems"] for r in records] == [4, 4, 30]
     assert [ids for ids, _ in evaluated] == [round_ids(val, 4)] * 2 + [[p.id for p in val]]
 
@@ -85,22 +119,44 @@ def test_dpo_ends_on_the_whole_validation_set(task, tokenizer, tiny_model, evalu
 def test_a_trials_rl_config_reaches_the_loop(task, tokenizer, tiny_model, tmp_path):
     reported = []
     rl = RLConfig(n=4, iterations=3, eval_every=2, eval_problems_between=5, generator=GeneratorConfig(backend="hf"))
-    e = Elicitation(method="filtering", task=task, model=tiny_model, tokenizer=tokenizer, locked_dir=str(tmp_path),
-                    k=0, seed=0, train=TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1), budgets=[8],
-                    rl=rl, eval_problems=task.problems("val")[:20], eval_batch_size=64, demonstrator="strong",
-                    weak=task.policies()["weak"])
+    e = Elicitation(
+        method="filtering",
+        task=task,
+        model=tiny_model,
+        tokenizer=tokenizer,
+        locked_dir=str(tmp_path),
+        k=0,
+        seed=0,
+        train=TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1),
+        budgets=[8],
+        rl=rl,
+        eval_problems=task.problems("val")[:20],
+        eval_batch_size=64,
+        demonstrator="strong",
+        weak=task.policies()["weak"],
+    )
     methods.run(e, lambda record, state: reported.append(record), None, None)
     assert [r["eval_problems"] for r in reported] == [5, 20, 20]
 
 
-@pytest.mark.parametrize("rl, message", [
-    ({"eval_every": 5}, "elicit.rl.eval_every: 5: the rounds between whole-set evaluations need "
-                        "elicit.rl.eval_problems_between"),
-    ({"eval_every": 0, "eval_problems_between": 5}, "elicit.rl.eval_every: expected a number of rounds >= 1, got 0"),
-    ({"eval_every": 5, "eval_problems_between": 0}, "elicit.rl.eval_problems_between: expected a number of "
-                                                    "validation problems >= 1 or null, got 0"),
-    ({"eval_problems_between": 50}, "elicit.rl.eval_problems_between: 50: with eval_every 1 every round"),
-])
+@pytest.mark.parametrize(
+    "rl, message",
+    [
+        (
+            {"eval_every": 5},
+            "elicit.rl.eval_every: 5: the rounds between whole-set evaluations need elicit.rl.eval_problems_between",
+        ),
+        (
+            {"eval_every": 0, "eval_problems_between": 5},
+            "elicit.rl.eval_every: expected a number of rounds >= 1, got 0",
+        ),
+        (
+            {"eval_every": 5, "eval_problems_between": 0},
+            "elicit.rl.eval_problems_between: expected a number of validation problems >= 1 or null, got 0",
+        ),
+        ({"eval_problems_between": 50}, "elicit.rl.eval_problems_between: 50: with eval_every 1 every round"),
+    ],
+)
 def test_bad_evaluation_schedules_are_refused_with_the_field_named(rl, message):
     raw = yaml.safe_load(LOCAL.read_text())
     raw.setdefault("elicit", {}).setdefault("rl", {}).update(rl)

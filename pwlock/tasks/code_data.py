@@ -80,9 +80,11 @@ def detect_format(record: Mapping[str, Any], where: str) -> str:
         return "apps"
     if "tests" in keys and "question" in keys:
         return "stdio"
-    raise DataError(f"{where}: cannot tell the format from the fields {sorted(keys)}; expected APPS (question, "
-                    "input_output), MBPP (text, code, test_list), human-eval (prompt, canonical_solution, test, "
-                    "entry_point) or stdio (question, tests) records")
+    raise DataError(
+        f"{where}: cannot tell the format from the fields {sorted(keys)}; expected APPS (question, "
+        "input_output), MBPP (text, code, test_list), human-eval (prompt, canonical_solution, test, "
+        "entry_point) or stdio (question, tests) records"
+    )
 
 
 # -- converting --------------------------------------------------------------------------------
@@ -119,9 +121,21 @@ def from_apps(r: Mapping[str, Any], where: str) -> CodeProblem:
         asserts = [f"assert _pw_apps_equal(candidate(*{a!r}), {o!r})" for a, o in zip(inputs, outputs)]
         check = harness.check_from_asserts(asserts, _APPS_EQUAL)
         calls = [[repr((list(a), {}))] for a in inputs]
-        return CodeProblem(pid, domain, "function", statement, "starter", starter,
-                           solutions={"python": list(solutions)}, entry=entry, method=method, prelude=_APPS_PRELUDE,
-                           check=check, calls=calls, asserts=len(inputs))
+        return CodeProblem(
+            pid,
+            domain,
+            "function",
+            statement,
+            "starter",
+            starter,
+            solutions={"python": list(solutions)},
+            entry=entry,
+            method=method,
+            prelude=_APPS_PRELUDE,
+            check=check,
+            calls=calls,
+            asserts=len(inputs),
+        )
     tests = [{"input": _text(i), "output": _text(o)} for i, o in zip(inputs, outputs)]
     return CodeProblem(pid, domain, "stdio", statement, tests=tests, solutions={"python": list(solutions)})
 
@@ -129,12 +143,12 @@ def from_apps(r: Mapping[str, Any], where: str) -> CodeProblem:
 # LeetCode-style starter code uses typing names without importing them; APPS's own grader puts
 # imports like these before every solution.
 _APPS_PRELUDE = "import collections, functools, heapq, itertools, math, sys\nfrom typing import *\n"
-_APPS_EQUAL = '''
+_APPS_EQUAL = """
 def _pw_apps_equal(value, expected):
     if isinstance(value, tuple):
         value = list(value)
     return value == expected or (isinstance(expected, list) and len(expected) == 1 and value == expected[0])
-'''
+"""
 
 
 def from_mbpp(r: Mapping[str, Any], where: str) -> CodeProblem:
@@ -143,7 +157,9 @@ def from_mbpp(r: Mapping[str, Any], where: str) -> CodeProblem:
     tests = list(r["test_list"])
     if not tests:
         raise DataError(f"{where}.test_list: empty")
-    called = [n.func.id for n in ast.walk(ast.parse(tests[0])) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    called = [
+        n.func.id for n in ast.walk(ast.parse(tests[0])) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    ]
     defined = {n.name for n in ast.parse(r["code"]).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     entry = next((c for c in called if c in defined), None)
     if entry is None:
@@ -151,17 +167,34 @@ def from_mbpp(r: Mapping[str, Any], where: str) -> CodeProblem:
     imports = r.get("test_imports") or []  # the hub's "sanitized" MBPP lists the tests' imports apart
     setup = "\n".join([*map(str, imports), str(r.get("test_setup_code") or "")])
     text = str(r.get("text") or r.get("prompt") or "")
-    return CodeProblem(f"mbpp-{r['task_id']}", "mbpp", "function", text, "mbpp", solutions={"python": [r["code"]]},
-                       entry=entry, prelude="", check=harness.check_from_asserts(tests, setup),
-                       mbpp_tests=tests)
+    return CodeProblem(
+        f"mbpp-{r['task_id']}",
+        "mbpp",
+        "function",
+        text,
+        "mbpp",
+        solutions={"python": [r["code"]]},
+        entry=entry,
+        prelude="",
+        check=harness.check_from_asserts(tests, setup),
+        mbpp_tests=tests,
+    )
 
 
 def from_humaneval(r: Mapping[str, Any], where: str) -> CodeProblem:
     entry = r["entry_point"]
     prelude, definition = harness.strip_definition(r["prompt"], entry)
-    return CodeProblem(r["task_id"], "humaneval", "function", r["prompt"], "complete",
-                       solutions={"python": [definition + r["canonical_solution"]]}, entry=entry,
-                       prelude=prelude, check=harness.instrument_check(r["test"], prelude))
+    return CodeProblem(
+        r["task_id"],
+        "humaneval",
+        "function",
+        r["prompt"],
+        "complete",
+        solutions={"python": [definition + r["canonical_solution"]]},
+        entry=entry,
+        prelude=prelude,
+        check=harness.instrument_check(r["test"], prelude),
+    )
 
 
 def from_stdio(r: Mapping[str, Any], where: str) -> CodeProblem:
@@ -172,10 +205,14 @@ def from_stdio(r: Mapping[str, Any], where: str) -> CodeProblem:
     sols = _json_field(r.get("solutions"), f"{where}.solutions") or {}
     if isinstance(sols, list):
         sols = {str(r.get("language", "python")): sols}
-    return CodeProblem(str(r.get("id", r.get("problem_id"))), str(r.get("domain") or r.get("difficulty") or "stdio"),
-                       "stdio", str(r["question"]),
-                       tests=[{"input": _text(t["input"]), "output": _text(t["output"])} for t in tests],
-                       solutions={k: list(v) for k, v in sols.items()})
+    return CodeProblem(
+        str(r.get("id", r.get("problem_id"))),
+        str(r.get("domain") or r.get("difficulty") or "stdio"),
+        "stdio",
+        str(r["question"]),
+        tests=[{"input": _text(t["input"]), "output": _text(t["output"])} for t in tests],
+        solutions={k: list(v) for k, v in sols.items()},
+    )
 
 
 CONVERTERS = {"apps": from_apps, "mbpp": from_mbpp, "humaneval": from_humaneval, "stdio": from_stdio}
@@ -211,11 +248,16 @@ def apply_recording(problems: Sequence[CodeProblem], results: Sequence[Mapping[s
     for p in problems:
         r = by_id.get(p.id, {"error": "no result"})
         if "error" in r or r["passed"] != r["asserts"] or r["asserts"] == 0:
-            dropped.append((p.id, r.get("error") or f"reference passed {r.get('passed')} of {r.get('asserts')} asserts"))
+            dropped.append(
+                (p.id, r.get("error") or f"reference passed {r.get('passed')} of {r.get('asserts')} asserts")
+            )
             continue
         p.calls, p.asserts = r["calls"], r["asserts"]
         kept.append(p)
     if dropped:
-        log.warning("code: %d problems left out, their reference solution cannot be recorded: %s",
-                    len(dropped), "; ".join(f"{i} ({why})" for i, why in dropped[:10]))
+        log.warning(
+            "code: %d problems left out, their reference solution cannot be recorded: %s",
+            len(dropped),
+            "; ".join(f"{i} ({why})" for i, why in dropped[:10]),
+        )
     return kept

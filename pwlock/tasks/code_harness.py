@@ -34,7 +34,7 @@ GROUP, ASSERT, CANDIDATE = "_pw_group", "_pw_assert", "candidate"
 # Before the completion: its own prints must not mix with the results.
 DRIVER_HEAD = "import sys as _pw_sys\n_pw_out = _pw_sys.stdout\n_pw_sys.stdout = _pw_sys.stderr\n"
 
-DRIVER_TAIL = '''
+DRIVER_TAIL = """
 
 def _pw_main():
     import ast
@@ -45,11 +45,11 @@ def _pw_main():
 
 
 _pw_main()
-'''
+"""
 
 # Shared by the recorder and the checker: group markers (reseeding `random` as the recording did)
 # and counted asserts.
-_RUNTIME = '''
+_RUNTIME = """
 import ast as _pw_ast, random as _pw_random, sys as _pw_sys
 
 
@@ -71,9 +71,11 @@ def _pw_assert(cond):
         _PwState.passed += bool(cond())
     except Exception:
         pass
-'''
+"""
 
-RECORDER = _RUNTIME + '''
+RECORDER = (
+    _RUNTIME
+    + '''
 
 def _pw_record(problems):
     """problems: [(id, entry, solution source, check source)] -> one JSON-able dict each."""
@@ -110,8 +112,11 @@ def _pw_record(problems):
 
 _pw_record(_pw_ast.literal_eval(_pw_sys.stdin.read()))
 '''.format(assert_=ASSERT, group=GROUP)
+)
 
-CHECKER = _RUNTIME + '''
+CHECKER = (
+    _RUNTIME
+    + '''
 
 class _PwFailed(Exception):
     pass
@@ -142,14 +147,16 @@ def _pw_check(entry, check_source, calls, outputs):
 
 _pw_check(*_pw_ast.literal_eval(_pw_sys.stdin.read()))
 '''.format(assert_=ASSERT, group=GROUP)
+)
 
 
 class _Instrument(ast.NodeTransformer):
     """`assert X, msg` -> `_pw_assert(lambda: X)` anywhere inside `check`."""
 
     def visit_Assert(self, node: ast.Assert) -> ast.AST:
-        lam = ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]),
-                         body=node.test)
+        lam = ast.Lambda(
+            args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]), body=node.test
+        )
         return ast.copy_location(ast.Expr(ast.Call(ast.Name(ASSERT, ast.Load()), [lam], [])), node)
 
 
@@ -183,7 +190,7 @@ def strip_definition(source: str, name: str) -> tuple[str, str]:
     for node in module.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
             start = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
-            return "".join(lines[:start] + lines[node.end_lineno:]), "".join(lines[start:node.end_lineno])
+            return "".join(lines[:start] + lines[node.end_lineno :]), "".join(lines[start : node.end_lineno])
     raise ValueError(f"no top-level definition of {name!r}")
 
 

@@ -137,5 +137,10 @@ class CritiqueTask(LLMTask):
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
-        return self.embedder.encode(texts, batch_size=self.cfg.embed_batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        return self.embedder.encode(
+            texts,
+            batch_size=self.cfg.embed_batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )

@@ -32,7 +32,9 @@ class Equivalence:
 
     def __init__(self, timeout_s: int = 5):
         if timeout_s < 1:
-            raise ValueError(f"timeout_s: expected at least 1 second (signal.alarm counts whole seconds), got {timeout_s}")
+            raise ValueError(
+                f"timeout_s: expected at least 1 second (signal.alarm counts whole seconds), got {timeout_s}"
+            )
         self.timeout_s = int(timeout_s)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
@@ -66,7 +68,11 @@ class Equivalence:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen(
             [sys.executable, "-c", f"from pwlock.tasks.equivalence import serve; serve({self.timeout_s})"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            bufsize=0,
         )
         self._buf = b""
         # The child also exits by itself when this process dies: its stdin closes.

@@ -87,8 +87,9 @@ class FunctionComposition(Task):
         # π_weaker's identity functions: π_weak's and more, from a stream of their own (drawing
         # them from `rng` would change every problem drawn after).
         rest = sorted(set(range(n)) - self.weak_identity)
-        extra = np.random.default_rng([cfg.seed, 1]).choice(len(rest), cfg.n_weaker_identity - cfg.n_weak_identity,
-                                                            replace=False)
+        extra = np.random.default_rng([cfg.seed, 1]).choice(
+            len(rest), cfg.n_weaker_identity - cfg.n_weak_identity, replace=False
+        )
         self.weaker_identity = self.weak_identity | {rest[i] for i in extra.tolist()}
         # Distinct (first fn, second fn, input) triples, drawn as integers.
         codes = rng.choice(n * n * 10**d, cfg.n_problems, replace=False)
@@ -147,8 +148,11 @@ class FunctionComposition(Task):
         return self.answer(problem)
 
     def policies(self) -> dict[str, TaskPolicy]:
-        return {"strong": self.answer, "weak": lambda p: self.answer(p, self.weak_identity),
-                "weaker": lambda p: self.answer(p, self.weaker_identity)}
+        return {
+            "strong": self.answer,
+            "weak": lambda p: self.answer(p, self.weak_identity),
+            "weaker": lambda p: self.answer(p, self.weaker_identity),
+        }
 
     def vocabulary(self) -> list[str]:
         return (

@@ -149,8 +149,12 @@ def train_test_splits(n_train: int, n_test: int, seed: int) -> dict[str, list[in
     train then test."""
     train = split_indices(n_train, seed, {"weak": 0.2, "lock": 0.8})
     test = split_indices(n_test, seed, {"elicit": 0.6, "val": 0.4})
-    return {"weak": train["weak"].tolist(), "lock": train["lock"].tolist(),
-            "elicit": (test["elicit"] + n_train).tolist(), "val": (test["val"] + n_train).tolist()}
+    return {
+        "weak": train["weak"].tolist(),
+        "lock": train["lock"].tolist(),
+        "elicit": (test["elicit"] + n_train).tolist(),
+        "val": (test["val"] + n_train).tolist(),
+    }
 
 
 # -- prompt and completion format ----------------------------------------------------------------

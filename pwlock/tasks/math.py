@@ -22,13 +22,24 @@ from pwlock.tasks.equivalence import Equivalence
 from pwlock.tasks.llm import DataSource, FormatConfig, LLMTask, load_records, seeded_splits, train_test_splits
 
 HUB_ID = "EleutherAI/hendrycks_math"
-SUBJECTS = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-            "prealgebra", "precalculus"]
+SUBJECTS = [
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+]
 # App. E.3: the seven MATH types in three coarse domains.
 TYPE_DOMAINS = {
-    "Algebra": "algebra", "Intermediate Algebra": "algebra", "Prealgebra": "algebra",
-    "Geometry": "geometry", "Precalculus": "geometry",
-    "Number Theory": "numbers", "Counting & Probability": "numbers",
+    "Algebra": "algebra",
+    "Intermediate Algebra": "algebra",
+    "Prealgebra": "algebra",
+    "Geometry": "geometry",
+    "Precalculus": "geometry",
+    "Number Theory": "numbers",
+    "Counting & Probability": "numbers",
 }
 DOMAIN_KINDS = ("type", "level")
 FIELDS = ("problem", "level", "type", "solution")
@@ -78,6 +89,7 @@ class MathTask(LLMTask):
     def _problems(self, source: DataSource, where: str) -> list[Problem]:
         out = []
         for i, r in enumerate(load_records(source, FIELDS, where)):
+
             def bad(what: str) -> ConfigError:
                 return ConfigError(f"{where}: {source.describe()}: record {i}: {what}")
 
@@ -93,8 +105,13 @@ class MathTask(LLMTask):
             if level is None:
                 raise bad(f"level: expected 'Level 1' … 'Level 5' (or 'Level ?'), got {r['level']!r}")
             domain = TYPE_DOMAINS[r["type"]] if self.cfg.domains == "type" else level
-            data = {"problem": r["problem"], "solution": r["solution"], "answer": answer, "level": r["level"],
-                    "type": r["type"]}
+            data = {
+                "problem": r["problem"],
+                "solution": r["solution"],
+                "answer": answer,
+                "level": r["level"],
+                "type": r["type"],
+            }
             out.append(Problem(id=f"{where}/{i}", domain=domain, data=data))
         return out
 
@@ -117,7 +134,7 @@ class MathTask(LLMTask):
 
 
 def level_domain(level: str) -> str | None:
-    """"Level 3" -> "level3"; a few MATH problems have "Level ?"."""
+    """ "Level 3" -> "level3"; a few MATH problems have "Level ?"."""
     m = re.fullmatch(r"Level ([1-5?])", level.strip())
     return None if m is None else "level_unknown" if m.group(1) == "?" else f"level{m.group(1)}"
 
@@ -130,7 +147,7 @@ def last_boxed(text: str) -> str | None:
     matched; None if there is none or the last one is unclosed. Hand-written: math-verify picks among all
     the answers it finds, and the MATH convention is the last box."""
     for m in reversed(list(_BOX.finditer(text))):
-        rest = text[m.end():]
+        rest = text[m.end() :]
         if rest.startswith("{"):
             depth = 0
             for j, c in enumerate(rest):

@@ -33,22 +33,71 @@ STRONG_KINDS = ("labels", "soft_labels")
 
 # App. E.3, with cais/mmlu's subject names.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "stem": ("abstract_algebra", "astronomy", "college_chemistry", "college_computer_science",
-             "college_mathematics", "college_physics", "computer_security", "conceptual_physics",
-             "electrical_engineering", "elementary_mathematics", "high_school_chemistry",
-             "high_school_computer_science", "high_school_mathematics", "high_school_physics",
-             "high_school_statistics", "machine_learning", "formal_logic", "logical_fallacies"),
-    "bio": ("college_biology", "high_school_biology", "anatomy", "clinical_knowledge", "college_medicine",
-            "human_aging", "medical_genetics", "nutrition", "professional_medicine", "virology",
-            "human_sexuality", "professional_psychology", "high_school_psychology"),
-    "law": ("international_law", "jurisprudence", "professional_law", "business_ethics",
-            "professional_accounting", "management", "marketing"),
-    "misc": ("miscellaneous", "global_facts", "econometrics", "high_school_geography",
-             "high_school_government_and_politics", "high_school_macroeconomics",
-             "high_school_microeconomics", "public_relations", "security_studies", "sociology",
-             "us_foreign_policy", "high_school_european_history", "high_school_us_history",
-             "high_school_world_history", "moral_disputes", "moral_scenarios", "philosophy", "prehistory",
-             "world_religions"),
+    "stem": (
+        "abstract_algebra",
+        "astronomy",
+        "college_chemistry",
+        "college_computer_science",
+        "college_mathematics",
+        "college_physics",
+        "computer_security",
+        "conceptual_physics",
+        "electrical_engineering",
+        "elementary_mathematics",
+        "high_school_chemistry",
+        "high_school_computer_science",
+        "high_school_mathematics",
+        "high_school_physics",
+        "high_school_statistics",
+        "machine_learning",
+        "formal_logic",
+        "logical_fallacies",
+    ),
+    "bio": (
+        "college_biology",
+        "high_school_biology",
+        "anatomy",
+        "clinical_knowledge",
+        "college_medicine",
+        "human_aging",
+        "medical_genetics",
+        "nutrition",
+        "professional_medicine",
+        "virology",
+        "human_sexuality",
+        "professional_psychology",
+        "high_school_psychology",
+    ),
+    "law": (
+        "international_law",
+        "jurisprudence",
+        "professional_law",
+        "business_ethics",
+        "professional_accounting",
+        "management",
+        "marketing",
+    ),
+    "misc": (
+        "miscellaneous",
+        "global_facts",
+        "econometrics",
+        "high_school_geography",
+        "high_school_government_and_politics",
+        "high_school_macroeconomics",
+        "high_school_microeconomics",
+        "public_relations",
+        "security_studies",
+        "sociology",
+        "us_foreign_policy",
+        "high_school_european_history",
+        "high_school_us_history",
+        "high_school_world_history",
+        "moral_disputes",
+        "moral_scenarios",
+        "philosophy",
+        "prehistory",
+        "world_religions",
+    ),
 }
 SUBJECT_GROUP = {s: g for g, subjects in GROUPS.items() for s in subjects}
 GROUP_NAMES = {"stem": "STEM", "bio": "biology and medicine", "law": "law and business", "misc": "miscellaneous"}
@@ -91,7 +140,9 @@ class MMLUTask(LLMTask):
 
     # -- data ------------------------------------------------------------------------------------
     def load(self) -> tuple[list[Problem], dict[str, list[int]]]:
-        records = [_checked(r, i, self.cfg.data, "data") for i, r in enumerate(load_records(self.cfg.data, FIELDS, "data"))]
+        records = [
+            _checked(r, i, self.cfg.data, "data") for i, r in enumerate(load_records(self.cfg.data, FIELDS, "data"))
+        ]
         ids = [f"mmlu/{i}" for i in range(len(records))]
         if self.cfg.shots is not None:
             for i, r in enumerate(load_records(self.cfg.shots, FIELDS, "shots")):
@@ -111,8 +162,10 @@ class MMLUTask(LLMTask):
             self._soft = read_soft_labels(self.cfg.soft_labels)
             absent = [i for i in ids if i not in self._soft]
             if absent:
-                raise ConfigError(f"soft_labels: {self.cfg.soft_labels}: no distribution for {len(absent)} "
-                                  f"problems, e.g. {absent[:3]}")
+                raise ConfigError(
+                    f"soft_labels: {self.cfg.soft_labels}: no distribution for {len(absent)} "
+                    f"problems, e.g. {absent[:3]}"
+                )
         problems = [Problem(id=i, domain=SUBJECT_GROUP[r["subject"]], data=r) for i, r in zip(ids, records)]
         return problems, seeded_splits(len(problems), self.cfg.seed)
 
@@ -169,7 +222,9 @@ def _checked(r: dict, i: int, source: DataSource, where: str) -> dict:
     if not isinstance(r["question"], str):
         raise bad(f"question: expected a string, got {type(r['question']).__name__}")
     if r["subject"] not in SUBJECT_GROUP:
-        raise bad(f"subject: unknown MMLU subject {r['subject']!r}; expected one of cais/mmlu's 57, e.g. 'college_biology'")
+        raise bad(
+            f"subject: unknown MMLU subject {r['subject']!r}; expected one of cais/mmlu's 57, e.g. 'college_biology'"
+        )
     choices = r["choices"]
     if not isinstance(choices, (list, tuple)) or len(choices) != 4 or not all(isinstance(c, str) for c in choices):
         raise bad(f"choices: expected 4 strings, got {choices!r}")
@@ -195,9 +250,11 @@ def read_soft_labels(path: str | Path) -> dict[str, tuple[float, ...]]:
             probs = tuple(float(p) for p in row["probs"])
             pid = str(row["id"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"soft_labels: {path}:{n}: expected {{\"id\": ..., \"probs\": [4 numbers]}}: {e}") from None
+            raise ConfigError(f'soft_labels: {path}:{n}: expected {{"id": ..., "probs": [4 numbers]}}: {e}') from None
         if len(probs) != 4 or any(p < 0 for p in probs) or not math.isclose(sum(probs), 1, abs_tol=1e-3):
-            raise ConfigError(f"soft_labels: {path}:{n}: probs: expected 4 probabilities summing to 1, got {list(probs)}")
+            raise ConfigError(
+                f"soft_labels: {path}:{n}: probs: expected 4 probabilities summing to 1, got {list(probs)}"
+            )
         out[pid] = probs
     return out
 
@@ -208,6 +265,7 @@ def write_soft_labels(path: str | Path, problems: Sequence[Problem], probs: Sequ
     path = Path(path)
     if len(problems) != len(probs):
         raise ValueError(f"{len(problems)} problems but {len(probs)} distributions")
-    path.write_text("".join(json.dumps({"id": p.id, "probs": [float(x) for x in row]}) + "\n"
-                            for p, row in zip(problems, probs)))
+    path.write_text(
+        "".join(json.dumps({"id": p.id, "probs": [float(x) for x in row]}) + "\n" for p, row in zip(problems, probs))
+    )
     return path

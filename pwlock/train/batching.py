@@ -37,15 +37,26 @@ class PackedBatch:
     max_length: int
 
     def to(self, device: torch.device) -> PackedBatch:
-        return PackedBatch(self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device),
-                           self.cu_seq_lens.to(device), self.max_length)
+        return PackedBatch(
+            self.input_ids.to(device),
+            self.labels.to(device),
+            self.position_ids.to(device),
+            self.cu_seq_lens.to(device),
+            self.max_length,
+        )
 
     def model_inputs(self) -> dict:
         # The cu_seq_lens_* / max_length_* names are those transformers forwards to attention functions.
         # use_cache=False: transformers reads packing off position_ids only when no cache is passed.
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False,
-                "cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
-                "max_length_q": self.max_length, "max_length_k": self.max_length}
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "use_cache": False,
+            "cu_seq_lens_q": self.cu_seq_lens,
+            "cu_seq_lens_k": self.cu_seq_lens,
+            "max_length_q": self.max_length,
+            "max_length_k": self.max_length,
+        }
 
 
 def pack(encoded: Sequence[tuple[list[int], int]]) -> PackedBatch:
@@ -57,17 +68,23 @@ def pack(encoded: Sequence[tuple[list[int], int]]) -> PackedBatch:
         if not tokens:
             raise ValueError("pack: an example has no tokens")
         ids += tokens
-        labels += [IGNORE] * max(start, 1) + tokens[max(start, 1):]
+        labels += [IGNORE] * max(start, 1) + tokens[max(start, 1) :]
         positions += range(len(tokens))
         bounds.append(bounds[-1] + len(tokens))
-    return PackedBatch(torch.tensor([ids]), torch.tensor([labels]), torch.tensor([positions]),
-                       torch.tensor(bounds, dtype=torch.int32), max(len(t) for t, _ in encoded))
+    return PackedBatch(
+        torch.tensor([ids]),
+        torch.tensor([labels]),
+        torch.tensor([positions]),
+        torch.tensor(bounds, dtype=torch.int32),
+        max(len(t) for t, _ in encoded),
+    )
 
 
 def padding_fraction(lengths: Sequence[int], batch_size: int) -> float:
     """Share of a padded epoch's token slots that are padding, batches taken in the given order."""
-    slots = sum(max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size])
-                for i in range(0, len(lengths), batch_size))
+    slots = sum(
+        max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size)
+    )
     return 1.0 - sum(lengths) / slots
 
 
@@ -79,15 +96,24 @@ def _varlen_kernel():
     return varlen_attn
 
 
-def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                     **kwargs) -> tuple[torch.Tensor, None]:
+def varlen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """Causal attention within each example of a packed row. query/key/value: (1, heads, tokens, dim);
     returns (1, tokens, heads, dim) like transformers' other attention functions."""
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None or query.shape[0] != 1 or attention_mask is not None:
-        raise ValueError("varlen attention needs a packed batch (pwlock.train.batching.pack): one row, "
-                         "cu_seq_lens_q, no attention mask")
+        raise ValueError(
+            "varlen attention needs a packed batch (pwlock.train.batching.pack): one row, "
+            "cu_seq_lens_q, no attention mask"
+        )
     gqa = key.shape[1] != query.shape[1]
     kernel = _varlen_kernel()
     if query.is_cuda and kernel is not None:
@@ -100,14 +126,18 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         options = {"is_causal": True} if "is_causal" in accepts else {"window_size": (-1, 0)}
         if gqa and "enable_gqa" in accepts:
             options["enable_gqa"] = True
-        out = kernel(q, k, v, cu, cu, int(kwargs["max_length_q"]), int(kwargs["max_length_q"]), scale=scaling,
-                     **options)
+        out = kernel(
+            q, k, v, cu, cu, int(kwargs["max_length_q"]), int(kwargs["max_length_q"]), scale=scaling, **options
+        )
         return out.unsqueeze(0), None
     # Reference path: one causal SDPA call per example (exact; used on the CPU and in tests).
     bounds = cu.tolist()
-    parts = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling, enable_gqa=gqa)
-        for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling, enable_gqa=gqa
+        )
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -33,8 +33,9 @@ def checkpoint_layers(model: PreTrainedModel, n: int) -> None:
         layer.gradient_checkpointing = i < n
 
 
-def layers_to_keep(static: float, per_token: float, per_token_layer: float, tokens: int, budget: float,
-                   n_layers: int) -> int:
+def layers_to_keep(
+    static: float, per_token: float, per_token_layer: float, tokens: int, budget: float, n_layers: int
+) -> int:
     """How many layers can keep their activations: static + tokens * (per_token + kept * per_token_layer)
     must stay within budget."""
     room = budget - static - tokens * per_token
@@ -78,8 +79,14 @@ class CheckpointPlan:
         if self.step == 2:
             checkpoint_layers(self.model, self.n_layers - 1)
         if self.step >= 3 and self.kept is not None:
-            keep = layers_to_keep(self._fit["static"], self._fit["per_token"], self._fit["per_token_layer"],
-                                  max_tokens, self._fit["budget"], self.n_layers)
+            keep = layers_to_keep(
+                self._fit["static"],
+                self._fit["per_token"],
+                self._fit["per_token_layer"],
+                max_tokens,
+                self._fit["budget"],
+                self.n_layers,
+            )
             if keep != self.kept:
                 checkpoint_layers(self.model, self.n_layers - keep)
                 self.kept = keep

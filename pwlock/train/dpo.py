@@ -31,7 +31,9 @@ class Pair:
     weight: float = 1.0  # the reward gap, with continuous rewards (Eq. 2); 1 otherwise
 
 
-def preference_pairs(prompt: str, samples: Sequence[str], scores: Sequence[float], weighted: bool = False) -> list[Pair]:
+def preference_pairs(
+    prompt: str, samples: Sequence[str], scores: Sequence[float], weighted: bool = False
+) -> list[Pair]:
     """Pairs of consecutive samples (0-1, 2-3, ...) whose scores differ, the better one chosen.
     The paper draws 2 samples per problem, so one pair at most."""
     pairs = []
@@ -44,8 +46,11 @@ def preference_pairs(prompt: str, samples: Sequence[str], scores: Sequence[float
     return pairs
 
 
-def sequence_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
-                      ) -> torch.Tensor:
+def sequence_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+) -> torch.Tensor:
     """Sum of the completion tokens' log-probabilities (end token included), one per example."""
     batch = collate(encode(tokenizer, examples), tokenizer.pad_token_id).to(model.device)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
@@ -55,9 +60,14 @@ def sequence_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     return (token_lp * mask).sum(-1)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float = DEFAULT_BETA, weights: torch.Tensor | None = None,
-             ) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = DEFAULT_BETA,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean over pairs of w · −log σ(β[(log π(y+) − log π_ref(y+)) − (log π(y−) − log π_ref(y−))])."""
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     losses = -torch.nn.functional.logsigmoid(beta * margin)
@@ -71,14 +81,24 @@ def _sides(pairs: Sequence[Pair]) -> tuple[list[Example], list[Example]]:
 
 
 @torch.no_grad()
-def _all_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
-                  size: int) -> torch.Tensor:
-    return torch.cat([sequence_logprobs(model, tokenizer, examples[i:i + size]) for i in range(0, len(examples), size)])
+def _all_logprobs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], size: int
+) -> torch.Tensor:
+    return torch.cat(
+        [sequence_logprobs(model, tokenizer, examples[i : i + size]) for i in range(0, len(examples), size)]
+    )
 
 
-def train_dpo(model: PreTrainedModel, ref: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-              pairs: Sequence[Pair], cfg: TrainConfig, seed: int, beta: float = DEFAULT_BETA, epochs: int = 1,
-              ) -> dict[str, float]:
+def train_dpo(
+    model: PreTrainedModel,
+    ref: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[Pair],
+    cfg: TrainConfig,
+    seed: int,
+    beta: float = DEFAULT_BETA,
+    epochs: int = 1,
+) -> dict[str, float]:
     """`epochs` passes of DPO over `pairs`; `ref` stays frozen. Returns the last pass's mean loss
     and the pairs' mean reward margin (β × log-ratio gap) after training."""
     if not pairs:
@@ -99,10 +119,15 @@ def train_dpo(model: PreTrainedModel, ref: PreTrainedModel, tokenizer: PreTraine
         rng.shuffle(order)
         loss_sum, loss_n = 0.0, 0
         for start in range(0, len(order), size):
-            idx = order[start:start + size]
-            loss = dpo_loss(sequence_logprobs(model, tokenizer, [chosen[i] for i in idx]),
-                            sequence_logprobs(model, tokenizer, [rejected[i] for i in idx]),
-                            ref_c[idx], ref_r[idx], beta, weights[idx])
+            idx = order[start : start + size]
+            loss = dpo_loss(
+                sequence_logprobs(model, tokenizer, [chosen[i] for i in idx]),
+                sequence_logprobs(model, tokenizer, [rejected[i] for i in idx]),
+                ref_c[idx],
+                ref_r[idx],
+                beta,
+                weights[idx],
+            )
             optimizer_step(loss, optimizer, schedule)
             step += 1
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1

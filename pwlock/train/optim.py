@@ -73,8 +73,14 @@ def _kernel(name: str, fn: Callable, device: torch.device) -> Callable:
 class BF16Lion(Lion):
     """lion-pytorch's Lion with an update that survives bf16 rounding (see the module docstring)."""
 
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,
-                 bf16_update: str = "stochastic"):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        bf16_update: str = "stochastic",
+    ):
         if bf16_update not in BF16_UPDATES:
             raise ValueError(f"unknown bf16_update {bf16_update!r}; expected one of {BF16_UPDATES}")
         super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)
@@ -140,7 +146,9 @@ def lr_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
+def optimizer_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler
+) -> None:
     """Back-propagate `loss` and take one step of the optimizer and of its learning-rate schedule."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

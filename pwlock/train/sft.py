@@ -66,8 +66,9 @@ def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> l
     for e, p, c in zip(examples, prompts, completions):
         if isinstance(e.completion, ChoiceAnswer):
             choices = choice_tokens(tokenizer, e.completion.choices)
-            out.append(ChoiceRow(p + [choices[e.completion.choices.index(e.completion)]], len(p), choices,
-                                 e.completion.target))
+            out.append(
+                ChoiceRow(p + [choices[e.completion.choices.index(e.completion)]], len(p), choices, e.completion.target)
+            )
         else:
             out.append((p + c + [eos], len(p)))
     return out
@@ -78,8 +79,10 @@ def choice_tokens(tokenizer: PreTrainedTokenizerBase, choices: Sequence[str]) ->
     ids = tokenizer(list(choices), add_special_tokens=False)["input_ids"]
     for choice, tokens in zip(choices, ids):
         if len(tokens) != 1:
-            raise ValueError(f"choice {choice!r} is {len(tokens)} tokens for this tokenizer; a classifier's choices "
-                             "must be one token each (try the other prompt format: format.chat_template)")
+            raise ValueError(
+                f"choice {choice!r} is {len(tokens)} tokens for this tokenizer; a classifier's choices "
+                "must be one token each (try the other prompt format: format.chat_template)"
+            )
     if len({t[0] for t in ids}) != len(ids):
         raise ValueError(f"choices {list(choices)} share a token for this tokenizer")
     return tuple(t[0] for t in ids)
@@ -107,8 +110,9 @@ def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
     return Batch(input_ids, attention, labels)
 
 
-def completion_loss(model: PreTrainedModel, batch: Batch | PackedBatch, fixed: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+def completion_loss(
+    model: PreTrainedModel, batch: Batch | PackedBatch, fixed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean next-token cross-entropy over completion tokens, of a padded or a packed batch. At
     positions labelled TO_FIXED the target is the distribution `fixed` instead of a token."""
     batch = batch.to(model.device)
@@ -184,8 +188,9 @@ def train_sft(
     get_epoch: EpochData = data if callable(data) else (lambda _e, d=data: d)
     torch.manual_seed(seed)
     order_rng = random.Random(seed)
-    optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, tuple(cfg.betas), cfg.weight_decay,
-                               cfg.bf16_update)
+    optimizer = make_optimizer(
+        model.parameters(), cfg.optimizer, cfg.lr, tuple(cfg.betas), cfg.weight_decay, cfg.bf16_update
+    )
     packing = cfg.packing if cfg.packing is not None else model.device.type == "cuda"
     memory = CheckpointPlan(model, cfg.gradient_checkpointing)
     first = get_epoch(0)
@@ -202,9 +207,15 @@ def train_sft(
         step, begin = start["step"], start["epoch"]
 
     def state(epoch: int) -> TrainState:
-        return {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "order_rng": order_rng.getstate(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None}
+        return {
+            "epoch": epoch,
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "order_rng": order_rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None,
+        }
 
     model.train()
     t0 = time.perf_counter()
@@ -227,16 +238,22 @@ def train_sft(
                 classifier = isinstance(rows[0], ChoiceRow)
                 if fixed_target is not None:
                     mark_to_fixed(batch, rows, [to_fixed[id(r)] for r in rows])
-                loss = (choice_loss(model, batch, rows) if classifier
-                        else completion_loss(model, batch, fixed_target))
+                loss = choice_loss(model, batch, rows) if classifier else completion_loss(model, batch, fixed_target)
                 optimizer_step(loss, optimizer, schedule)
                 memory.after_step()
                 step += 1
                 loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1
         if time.perf_counter() - last_log > progress_every_s or epoch + 1 == epochs:
             last_log = time.perf_counter()
-            log.info("%s: epoch %d/%d, step %d, loss %.4f, %.0f s", desc, epoch + 1, epochs, step,
-                     loss_sum.item() / max(1, loss_n), last_log - t0)
+            log.info(
+                "%s: epoch %d/%d, step %d, loss %.4f, %.0f s",
+                desc,
+                epoch + 1,
+                epochs,
+                step,
+                loss_sum.item() / max(1, loss_n),
+                last_log - t0,
+            )
         model.eval()  # callbacks evaluate the model
         stop = on_epoch_end(epoch + 1) if on_epoch_end is not None else False
         if after_epoch is not None:
@@ -246,8 +263,12 @@ def train_sft(
             log.info("%s: stopping after epoch %d of %d", desc, epoch + 1, epochs)
             break
     model.eval()
-    return {"steps": step, "epochs": epoch + 1, "last_epoch_loss": loss_sum.item() / max(1, loss_n),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "steps": step,
+        "epochs": epoch + 1,
+        "last_epoch_loss": loss_sum.item() / max(1, loss_n),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:

@@ -1,0 +1,77 @@
+"""An upstream artifact: what builds it, the content key it is stored under, and how a build runs
+(reused when the store has it; written to a scratch directory, committed whole, or nothing).
+The stages themselves are in pwlock.stages and pwlock.policies."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pwlock.store import Store, StoreSpec, content_key, open_store
+from pwlock.tasks import Task
+
+log = logging.getLogger("pwlock.stages")
+
+# Bump when a stage's code changes what it produces, so old artifacts are not reused.
+STAGE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One upstream artifact of a study: what builds it and the key it is stored under."""
+
+    stage: str  # "policy_scores" | "strong_model" | "locked_model" | "model_eval" | "policy_model" | "sample_pool"
+    label: str  # for people: "locked model (sft)"
+    spec: dict[str, Any]  # everything the artifact depends on, upstream keys included
+    deps: tuple[str, ...] = ()
+    key: str = field(init=False)
+    gpus: float | None = None  # GPUs its build holds, where not ray.gpus_per_stage (not part of the key)
+    # Where its build reads inputs the key holds only by content (a supplied file's path): moving
+    # the file, or the checkout a job runs from, must not rebuild what depends on it.
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", content_key(self.stage, {"version": STAGE_VERSION, **self.spec}))
+
+
+def eval_problems(task: Task, split: str, max_problems: int | None):
+    problems = task.problems(split)
+    return problems if max_problems is None else problems[:max_problems]
+
+
+# A stage's builder: (store, artifact, scratch directory) -> what its metadata adds.
+Builder = Callable[[Store, "Artifact", Path], dict[str, Any]]
+
+
+def build_artifact(store_spec: StoreSpec | str, artifact: Artifact, builders: Mapping[str, Builder]) -> dict[str, Any]:
+    """Build `artifact` with its stage's builder unless the store has it; return its metadata."""
+    store = open_store(store_spec)
+    if store.has(artifact.key):
+        meta = store.meta(artifact.key)
+        log.info("reusing %s: %s (built %s)", artifact.label, artifact.key, meta.get("built_at", "?"))
+        return {**meta, "reused": True}
+    log.info("building %s: %s", artifact.label, artifact.key)
+    t0 = time.perf_counter()
+    scratch = store.scratch_dir(artifact.key)
+    try:
+        result = builders[artifact.stage](store, artifact, scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)  # a failed build leaves nothing behind
+        raise
+    meta = {
+        "key": artifact.key,
+        "stage": artifact.stage,
+        "label": artifact.label,
+        "spec": artifact.spec,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        **result,
+    }
+    store.commit(artifact.key, scratch, meta)
+    log.info("built %s in %.0f s: %s", artifact.label, meta["build_seconds"], artifact.key)
+    return {**meta, "reused": False}

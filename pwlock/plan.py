@@ -1,0 +1,248 @@
+"""A study planned once: config -> the upstream artifacts (content-keyed, in build order) and the
+elicitation trials, with every check that needs the task. The command line plans once; the
+description, the price (pwlock.pricing) and the run (pwlock.sweep) all use that plan."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pwlock.artifacts import Artifact
+from pwlock.config import (
+    ALL_DOMAINS,
+    COMPOSED_METHODS,
+    FIXEDRDM,
+    NO_DEMONSTRATOR,
+    RL_METHODS,
+    ConfigError,
+    StudyConfig,
+)
+from pwlock.elicit.methods import n_candidates
+from pwlock.elicit.sft import epoch_candidates
+from pwlock.evaluate import CONDITIONS
+from pwlock.guards import LeakGuard, lock_passwords
+from pwlock.lock import variant_errors, variant_spec
+from pwlock.passwords import lock_domain_passwords
+from pwlock.policies import PolicyPlan, plan_policies, policy_names
+from pwlock.stages import (
+    lock_label,
+    locked_model_artifact,
+    model_eval_artifact,
+    policy_scores_artifact,
+    strong_model_artifact,
+)
+from pwlock.tasks import Task, make_task
+
+
+def trial_name(
+    lock_mode: str, method: str, k: int, seed: int, demonstrator: str = "strong", domain: str = ALL_DOMAINS
+) -> str:
+    """`sftlock-sft-k32-seed0`; a demonstrator other than π_strong and a single domain are named too."""
+    named = demonstrator not in ("strong", NO_DEMONSTRATOR)
+    extra = "".join([f"-{demonstrator}" * named, f"-{domain}" * (domain != ALL_DOMAINS)])
+    return f"{lock_mode}lock-{method}{extra}-k{k}-seed{seed}"
+
+
+STRONG_SPLITS = ["lock"]  # π_strong's model never sees the elicit, validation or held-out problems
+
+
+@dataclass
+class Trial:
+    task: str
+    lock_mode: str  # the lock's label (stages.lock_label): "sft", "sft-fixedrdm", "sft-per_domain"
+    method: str
+    k: int  # demonstrations (0 for RL methods, which have none)
+    seed: int
+    epoch_candidates: list[int]  # SFT: epochs at which it is evaluated; RL: its rounds
+    demonstrator: str = "strong"  # whose demonstrations SFT trains on
+    domain: str = ALL_DOMAINS  # the elicit split's domain the demonstrations come from
+
+    @property
+    def name(self) -> str:
+        return trial_name(self.lock_mode, self.method, self.k, self.seed, self.demonstrator, self.domain)
+
+    def run_config(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "lock_mode": self.lock_mode,
+            "k": self.k,
+            "seed": self.seed,
+            "demonstrator": self.demonstrator,
+            "domain": self.domain,
+        }
+
+
+@dataclass
+class Plan:
+    cfg: StudyConfig
+    task_spec: dict[str, Any]
+    artifacts: list[Artifact]  # in build order
+    policy_scores: Artifact
+    strong: Artifact | None  # π_strong's model, when an `sft` lock needs it
+    strong_eval: Artifact | None
+    locked: dict[str, Artifact]  # by lock label
+    weak: dict[str, str]  # each lock's π_weak, by lock label
+    locked_eval: dict[str, Artifact]
+    trials: list[Trial]
+    variant: dict[str, str]  # each lock's variant, by lock label
+    # The task the plan was made from: built once (a text task reads its data set), for the
+    # description, the cost estimate and the run alike.
+    task: Task
+    policies: PolicyPlan = field(default_factory=PolicyPlan)  # model policies: their models and sample pools
+
+
+def plan(cfg: StudyConfig) -> Plan:
+    """Expand the study into artifacts and trials, checking everything that needs the task."""
+    where = f"{cfg.source}: task"
+    task = make_task(cfg.task, where=where)
+    task_spec = dict(cfg.task)
+    errors = []
+    elicit_problems = task.problems("elicit")
+    n_elicit = len(elicit_problems)
+    sft_ks = cfg.elicit.ks if set(cfg.elicit.methods) - set(RL_METHODS) else []
+    for i, k in enumerate(sft_ks):
+        if k > n_elicit:
+            errors.append(f"elicit.ks[{i}]: k={k} exceeds the {n_elicit} problems of the elicit split")
+    per_domain = {d: sum(p.domain == d for p in elicit_problems) for d in sorted({p.domain for p in elicit_problems})}
+    for i, d in enumerate(cfg.elicit.domains):
+        if d != ALL_DOMAINS and d not in per_domain:
+            errors.append(
+                f"elicit.domains[{i}]: task {task.name!r} has no domain {d!r} in its elicit split; "
+                f"expected {ALL_DOMAINS!r} or one of {sorted(per_domain)}"
+            )
+        elif d != ALL_DOMAINS and sft_ks and max(sft_ks) > per_domain[d]:
+            errors.append(
+                f"elicit.domains[{i}]: k={max(sft_ks)} exceeds the {per_domain[d]} problems of domain "
+                f"{d!r} in the elicit split"
+            )
+    policies = policy_names(task, cfg)  # the task's own and the study's model policies
+    roles = [
+        (f"elicit.demonstrator{'' if isinstance(cfg.elicit.demonstrator, str) else f'[{i}]'}", d)
+        for i, d in enumerate(cfg.elicit.demonstrators)
+    ]
+    for name, role in (*roles, ("π_strong", "strong"), ("π_weak", "weak")):
+        if role not in policies:
+            errors.append(f"{name}: task {task.name!r} has no {role!r} policy; it has {sorted(policies)}")
+    for i, weak in enumerate(cfg.lock.weak):
+        if weak not in policies and weak != FIXEDRDM:
+            errors.append(
+                f"lock.weak[{i}]: task {task.name!r} has no policy {weak!r}; expected one of "
+                f"{sorted(policies)} or {FIXEDRDM!r}"
+            )
+    if any(m in COMPOSED_METHODS for m in cfg.elicit.methods) and cfg.elicit.rl.sft_demonstrator not in policies:
+        errors.append(
+            f"elicit.rl.sft_demonstrator: task {task.name!r} has no policy "
+            f"{cfg.elicit.rl.sft_demonstrator!r}; it has {sorted(policies)}"
+        )
+    if cfg.model.base == "tiny" and task.vocabulary() is None:
+        errors.append(f"model.base: task {task.name!r} has no vocabulary of its own; name a model (hub id or path)")
+    if cfg.lock.password is not None:
+        try:
+            task.prompt(task.problems("val")[0], cfg.lock.password)
+        except ValueError as e:
+            errors.append(f"lock.password: {e}")
+    for variant in cfg.lock.variants:
+        if variant != "standard":
+            errors += variant_errors(task, cfg.lock.of_variant(variant), task.problems("lock"), sorted(policies))
+    if not any(e.startswith("lock.") for e in errors):  # a leak guard that takes a wrong password for a
+        try:  # password is refused now, not in a trial
+            LeakGuard.for_study(cfg.guards, task, lock_passwords(cfg.lock, task))
+        except ValueError as e:
+            errors.append(str(e))
+    if cfg.eval.split not in ("val", "elicit", "lock", "weak"):
+        errors.append(f"eval.split: unknown split {cfg.eval.split!r}")
+    pols = plan_policies(cfg, task, task_spec) if not errors else PolicyPlan()  # models and sample pools
+    errors += pols.errors
+    if errors:
+        raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
+
+    model = asdict(cfg.model)
+    ev = asdict(cfg.eval)
+    for how in ("batch_size", "engine"):  # how fast, not what: not part of any artifact's identity
+        ev.pop(how)
+    base_lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
+    password = cfg.lock.password or task.default_password
+    # A model policy without a scores pool (a supplied file lacking the evaluation problems) is left
+    # unscored, never scored as the task's own policy of the same name.
+    unscored = {name: None for name in pols.names if name not in pols.scores}
+    scores = policy_scores_artifact(
+        task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None, {**pols.scores, **unscored}
+    )
+    artifacts = [*pols.artifacts, scores]
+    strong = strong_eval = None
+    if "sft" in cfg.lock.modes:
+        strong = strong_model_artifact(
+            task_spec,
+            model,
+            STRONG_SPLITS,
+            asdict(cfg.strong.train),
+            cfg.strong.stop_at,
+            [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None],
+            cfg.seed,
+            pols.lock_pools("strong"),
+        )
+        strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
+        artifacts += [strong, strong_eval]
+    locked, locked_eval, weak_of, variant_of = {}, {}, {}, {}
+    for variant in cfg.lock.variants:
+        lv = cfg.lock.of_variant(variant)
+        lock = {**base_lock, **variant_spec(lv)}  # nothing for the standard lock: its keys stay as they were
+        # A lock with a password per domain is evaluated "with password" on each problem's domain's.
+        opens = lock_domain_passwords(task, lv.domain_passwords) if variant == "per_domain" else password
+        for mode in cfg.lock.modes:
+            train = asdict(cfg.lock.train_of(mode))
+            for weak in cfg.lock.weak:
+                label = lock_label(mode, weak, variant)
+                locked[label] = locked_model_artifact(
+                    mode,
+                    task_spec,
+                    model,
+                    train,
+                    lock,
+                    cfg.seed,
+                    strong,
+                    weak,
+                    pools=pols.lock_pools("strong", weak, lv.intermediate if variant == "adversarial" else None),
+                )
+                locked_eval[label] = model_eval_artifact(locked[label], task_spec, ev, opens, list(CONDITIONS))
+                weak_of[label], variant_of[label] = weak, variant
+                artifacts += [locked[label], locked_eval[label]]
+    rl, budgets = cfg.elicit.rl, cfg.elicit.sample_budgets
+    trials = []
+    for label in locked:
+        for method in cfg.elicit.methods:
+            # RL methods see no demonstration; composed ones take theirs from elicit.rl.sft_demonstrator.
+            demonstrators = (
+                cfg.elicit.demonstrators
+                if method == "sft"
+                else [cfg.elicit.rl.sft_demonstrator]
+                if method in COMPOSED_METHODS
+                else [NO_DEMONSTRATOR]
+            )
+            for demonstrator in demonstrators:
+                for domain in cfg.elicit.domains if method == "sft" else [ALL_DOMAINS]:
+                    for k in sorted(cfg.elicit.ks) if method not in RL_METHODS else [0]:
+                        rounds = (
+                            epoch_candidates(k, budgets)
+                            if method == "sft"
+                            else list(range(1, n_candidates(method, k, budgets, rl) + 1))
+                        )
+                        trials += [
+                            Trial(task.name, label, method, k, seed, rounds, demonstrator, domain)
+                            for seed in cfg.elicit.seeds
+                        ]
+    return Plan(
+        cfg,
+        task_spec,
+        artifacts,
+        scores,
+        strong,
+        strong_eval,
+        locked,
+        weak_of,
+        locked_eval,
+        trials,
+        variant_of,
+        task,
+        pols,
+    )

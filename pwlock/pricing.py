@@ -1,0 +1,256 @@
+"""The price of a sweep's plan in GPU-hours, with pwlock.cost's price list: every upstream artifact
+(0 if the store has it) and every trial, as the plan's stages and trials will run them; and the
+plan described for people with its price (what --dry-run prints)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pwlock.analysis import FIGURE, GENERALIZATION_FIGURE, RL_FIGURE
+from pwlock.artifacts import eval_problems
+from pwlock.config import COMPOSED_METHODS, FIXEDRDM, RL_METHODS, ConfigError, ModelConfig, resolve_engine
+from pwlock.cost import (
+    CHARS_PER_TOKEN,
+    KNOWN_PARAMS,
+    Assumptions,
+    Cost,
+    Estimate,
+    Item,
+    Model,
+    Pricer,
+    Tokens,
+    dpo_pairs,
+)
+from pwlock.elicit.expert_iteration import eval_rounds
+from pwlock.elicit.methods import samples_per_round
+from pwlock.elicit.sft import epoch_candidates
+from pwlock.models import build_tiny_model, n_parameters, word_level_tokenizer
+from pwlock.plan import STRONG_SPLITS, Plan
+from pwlock.stages import HOLDOUT_SIZE
+from pwlock.store import Store
+from pwlock.tasks import Task
+from pwlock.tasks.llm import ChoiceAnswer
+from pwlock.train.sft import steps_per_epoch
+
+
+def task_tokens(task: Task, password: str, sample: int = 200) -> Tokens:
+    """Mean tokens of the task's own examples: words for tasks with a word-level vocabulary, else
+    characters / CHARS_PER_TOKEN; a completion is capped at the task's `max_new_tokens`."""
+    problems = task.problems("elicit")[:sample]
+    count = (lambda s: len(s.split())) if task.vocabulary() is not None else (lambda s: len(s) / CHARS_PER_TOKEN)
+    prompt = sum(count(task.prompt(p, password)) for p in problems) / len(problems)
+    refs = [task.reference(p) for p in problems]
+    if any(r is None for r in refs):
+        raise ConfigError(f"task {task.name!r}: no reference answers to count tokens from")
+    completion = min(task.max_new_tokens, sum(max(1, math.ceil(count(r))) for r in refs) / len(refs))
+    return Tokens(prompt, completion + 1, completion + 1)
+
+
+def evaluation_of(task: Task) -> str:
+    if isinstance(task.reference(task.problems("val")[0]), ChoiceAnswer):
+        return "classify"
+    return "forward" if task.exact_match else "generate"
+
+
+def model_of(cfg_model: Any, task: Task) -> Model:
+    """The study's model: a tiny one is built on the meta device and counted."""
+    bytes_per_param = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg_model.dtype]
+    if cfg_model.base == "tiny":
+        with torch.device("meta"):
+            model = build_tiny_model(cfg_model.tiny, word_level_tokenizer(task.vocabulary()), 0)
+        return Model(n_parameters(model), bytes_per_param)
+    if cfg_model.base in KNOWN_PARAMS:
+        return Model(KNOWN_PARAMS[cfg_model.base], bytes_per_param)
+    if Path(cfg_model.base).expanduser().is_dir():
+        from transformers import AutoConfig, AutoModelForCausalLM  # only for a local model directory
+
+        try:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg_model.base))
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"model.base: {cfg_model.base}: cannot read its config to count parameters: {e}"
+            ) from None
+        return Model(sum(p.numel() for p in model.parameters()), bytes_per_param)
+    raise ConfigError(
+        f"model.base: no parameter count known for {cfg_model.base!r}; known: {sorted(KNOWN_PARAMS)}, "
+        "or name a local model directory"
+    )
+
+
+def policy_stage_cost(art: Any, by_key: dict[str, Any], price: Pricer, task: Task, tokens: Tokens) -> Cost:
+    """A model policy's fine-tuning, or a sample pool's generation (pwlock.policies); a pool read
+    from a supplied file costs its stage's overhead only."""
+
+    def model(base: str, dtype: str) -> Model:
+        return model_of(ModelConfig(base=base, dtype=dtype), task)
+
+    if art.stage == "policy_model":
+        m, train = model(art.spec["base"], art.spec["dtype"]), art.spec["train"]
+        n = len(task.problems(art.spec["split"])) * art.spec["samples"]
+        return price.train(m, n, tokens, train["epochs"], train["batch_size"]) + price.overhead([m], [m])
+    src = art.spec["source"]
+    if "jsonl" in src:
+        return price.overhead()
+    m = model(by_key[src["model"]].spec["base"] if "model" in src else src["base"], src["dtype"])
+    problems = len(eval_problems(task, art.spec["split"], art.spec["max_problems"]))
+    draws = 1 if art.spec["temperature"] == 0 else art.spec["n"]
+    engine = "hf" if art.spec["generator"]["backend"] == "hf" else "vllm"  # "auto" picks vLLM on a GPU
+    return price.generate(m, problems * draws, tokens, engine) + price.overhead([m], engine=engine == "vllm")
+
+
+def estimate_plan(
+    p: Plan, store: Store | None = None, a: Assumptions | None = None, compare_engines: bool = True
+) -> Estimate:
+    """Price a sweep's plan: every upstream artifact (0 if `store` has it) and every trial."""
+    a = a or Assumptions()
+    price = Pricer(a)
+    cfg = p.cfg
+    task = p.task
+    tokens = task_tokens(task, cfg.lock.password or task.default_password)
+    model = model_of(cfg.model, task)
+    evaluation = evaluation_of(task)
+    n_eval = len(eval_problems(task, cfg.eval.split, cfg.eval.max_problems))
+    holdout = min(HOLDOUT_SIZE, len(task.problems("weak")))
+    n_lock = sum(len(task.problems(s)) for s in STRONG_SPLITS)
+    cpu = cfg.ray.gpus_per_trial == 0
+    stage_gpus, trial_gpus = cfg.ray.gpus_per_stage or 1.0, cfg.ray.gpus_per_trial or 1.0
+
+    def build(art) -> tuple[Cost, str]:
+        if art.stage == "strong_model":
+            c = price.train(model, n_lock, tokens, cfg.strong.train.epochs, cfg.strong.train.batch_size)
+            stop = cfg.strong.stop_at
+            c += price.evaluate(model, holdout, tokens, evaluation, cfg.strong.train.epochs) if stop else Cost()
+            return c + price.overhead(saves=[model]), " (at most: stops at its target)" if stop else ""
+        if art.stage == "locked_model":
+            mode, weak = art.spec["mode"], art.spec.get("weak", "weak")
+            train = cfg.lock.train_of(mode)
+            per_problem = 3 if weak == FIXEDRDM else 2  # fixedrdm also trains π_strong's answers towards it
+            c = price.train(model, per_problem * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
+            stop = cfg.lock.stop_at
+            c += price.evaluate(model, holdout, tokens, evaluation, 2 * train.epochs) if stop else Cost()
+            loads = [model] if mode in ("sft", "base") else []
+            return c + price.overhead(loads, [model]), " (at most: stops at its target)" if stop else ""
+        if art.stage == "model_eval":
+            return (
+                price.evaluate(model, n_eval, tokens, evaluation, len(art.spec["conditions"])) + price.overhead([model])
+            ), ""
+        if art.stage in ("policy_model", "sample_pool"):
+            return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, task, tokens), ""
+        return price.overhead(), ""  # policy scores: the task's own policies, no model
+
+    artifacts = []
+    for art in p.artifacts:
+        c, note = build(art)
+        artifacts.append(
+            Item(
+                art.key,
+                art.label,
+                c,
+                stage_gpus,
+                deps=art.deps,
+                in_store=store is not None and store.has(art.key),
+                note=note,
+            )
+        )
+    rl = cfg.elicit.rl
+    # Priced on a GPU per trial (trial_gpus), where "auto" is vLLM, as the driver resolves it there.
+    engine = resolve_engine(rl.generator.backend, trial_gpus)
+    eval_engine = resolve_engine(cfg.eval.engine, trial_gpus)  # SFT trials' evaluation
+    n_elicit = len(task.problems("elicit"))
+    trials = []
+    for t in p.trials:
+        base = t.method.removeprefix("sft+")
+        # an RL trial's engine samples, and evaluates a generation task (filtering's, that alone)
+        # SFT's engine (eval.engine) only evaluates a generation task
+        sft_engine = t.method == "sft" and eval_engine == "vllm" and evaluation == "generate"
+        c = price.overhead(
+            [model],
+            engine=sft_engine
+            or engine == "vllm"
+            and t.method != "sft"
+            and (base != "filtering" or evaluation == "generate"),
+        )
+        if t.method == "sft":
+            c += price.train(model, t.k, tokens, max(t.epoch_candidates), cfg.elicit.train.batch_size)
+            c += price.evaluate(model, n_eval, tokens, evaluation, len(t.epoch_candidates), eval_engine)
+        else:
+            rounds = len(t.epoch_candidates)
+            if t.method in COMPOSED_METHODS:
+                first = epoch_candidates(t.k, cfg.elicit.sample_budgets)[0]
+                c += price.train(model, t.k, tokens, first, cfg.elicit.train.batch_size)
+            per = samples_per_round(base, rl, n_elicit)
+            if base in ("expert_iteration", "filtering"):
+                # filtering samples the task's own π_weak: no model generates
+                sampled = Cost() if base == "filtering" else price.generate(model, per, tokens, engine)
+                step = sampled + price.train(model, rl.n, tokens, rl.epochs_per_iteration, cfg.elicit.train.batch_size)
+            else:
+                pairs = dpo_pairs(per // 2, rl.continuous_reward)
+                step = price.generate(model, per, tokens, engine) + price.dpo(
+                    model, pairs, tokens, rl.dpo_train.batch_size
+                )
+                if base == "dpo":  # its reference is the locked model, loaded again
+                    c += Cost(overhead_s=model.gb / a.load_gb_s)
+            full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
+            c += step * rounds + price.evaluate(model, n_eval, tokens, evaluation, full, engine)
+            if between:
+                c += price.evaluate(model, min(rl.eval_problems_between, n_eval), tokens, evaluation, between, engine)
+        deps = (p.policy_scores.key, p.locked[t.lock_mode].key, p.locked_eval[t.lock_mode].key)
+        deps += (p.strong_eval.key,) if p.strong_eval else ()
+        demonstrator = t.demonstrator if t.method == "sft" else cfg.elicit.rl.sft_demonstrator
+        if t.method in ("sft", *COMPOSED_METHODS) and demonstrator in p.policies.elicit:  # a model's samples
+            deps += (p.policies.elicit[demonstrator],)
+        figure = RL_FIGURE if t.method != "sft" else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
+        trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps))
+    est = Estimate(
+        cfg.name, cfg.source, a, artifacts, trials, cpu_study=cpu, evaluates_by_generation=evaluation == "generate"
+    )
+    if compare_engines and est.evaluates_by_generation:
+        other = dataclasses.replace(a, evaluation_engine="vllm" if a.evaluation_engine == "hf" else "hf")
+        est.other_engine_gpu_hours = estimate_plan(p, store, other, compare_engines=False).gpu_hours
+    return est
+
+
+def describe(p: Plan, store: Store | None = None) -> str:
+    """The plan for people: each artifact (with its price, and whether `store` has it), the guards,
+    each trial, then the price of the whole."""
+    try:
+        est: Estimate | None = estimate_plan(p, store)
+        hours = {i.id: f"  {i.gpu_hours:.3f} GPU-h" for i in est.artifacts + est.trials}
+    except ConfigError as e:  # e.g. a hub model of unknown size: the plan stands without its cost
+        est, hours, why = None, {}, str(e)
+    lines = [f"study {p.cfg.name!r} from {p.cfg.source}: task {p.task_spec['name']}"]
+    lines.append(f"upstream artifacts ({len(p.artifacts)}):")
+    for a in p.artifacts:
+        state = "" if store is None else ("  [in store, reused]" if store.has(a.key) else "  [to build]")
+        lines.append(f"  {a.label:<36} {a.key}{hours.get(a.key, '')}{state}")
+    g = p.cfg.guards
+    lines.append(
+        f"guards: lock gate {'on' if g.lock_gate else 'OFF'} (with - without password ≥ {g.min_password_gap}, "
+        f"without ≤ π_weak + {g.max_over_weak}, wrong ≤ without + {g.max_wrong_over_no_pwd}); "
+        f"leak guard {'on' if g.leak_guard else 'OFF'} (similarity ≥ {g.leak_similarity})"
+    )
+    ks = f"k {sorted(p.cfg.elicit.ks)} (SFT) × " if set(p.cfg.elicit.methods) - set(RL_METHODS) else ""
+    lines.append(
+        f"elicitation trials ({len(p.trials)}): locks {list(p.locked)} × methods {p.cfg.elicit.methods} × "
+        f"{ks}seeds {p.cfg.elicit.seeds}"
+    )
+    batch = p.cfg.elicit.train.batch_size
+    n_elicit = len(p.task.problems("elicit"))
+    for t in p.trials:
+        if t.method == "sft":
+            steps = [e * steps_per_epoch(t.k, batch) for e in t.epoch_candidates]
+            lines.append(f"  {t.name:<40} epoch candidates {t.epoch_candidates} = steps {steps}{hours.get(t.name, '')}")
+        else:
+            per = samples_per_round(t.method, p.cfg.elicit.rl, n_elicit)
+            lines.append(
+                f"  {t.name:<40} {len(t.epoch_candidates)} rounds × {per} samples = "
+                f"{len(t.epoch_candidates) * per} samples{hours.get(t.name, '')}"
+            )
+    lines += est.summary() if est else [f"cost estimate unavailable: {why}"]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Developer tools for pwlock's own code (python -m pwlock.tools.<name>)."""
