@@ -60,7 +60,8 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
     if not frames:
         raise ValueError(f"{path}: no trial reported a result")
     out = with_dimensions(pd.concat(frames, ignore_index=True), _study_demonstrator(store, name))
-    cols = ["trial", *TRIAL_KEYS, "candidate", "epochs", "steps", "correctness"]
+    out["rl"] = is_rl(out)
+    cols = ["trial", *TRIAL_KEYS, "rl", "candidate", "epochs", "steps", "correctness"]
     cols += [
         c for c in ("samples", "sampled_score", "kept_score", "pairs", "password_samples", "eval_problems") if c in out
     ]
@@ -93,6 +94,13 @@ def with_dimensions(df: pd.DataFrame, demonstrator: str = "strong") -> pd.DataFr
     )
 
 
+def is_rl(df: pd.DataFrame) -> pd.Series:
+    """Rows of RL trials (rounds against samples, the last round selected) as the trials reported
+    it (pwlock.elicit's registry); for experiments from before they did, every method but sft."""
+    fallback = df["method"] != "sft"
+    return df["rl"].astype(object).fillna(fallback).astype(bool) if "rl" in df else fallback
+
+
 def other_domains(candidates: pd.DataFrame) -> pd.Series:
     """Per row, the mean of the domains' correctness over the domains its demonstrations did not come
     from (all of them for demonstrations from the whole split): the paper's Fig. 4 measure, "the
@@ -122,13 +130,14 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     group_mean = candidates.groupby([*GROUP, "candidate"])["correctness"].mean().rename("m").reset_index()
     # SFT: App. G.3's epoch count with the best seed mean; RL methods: their last round (the paper
     # runs them to a fixed number of samples).
-    rl = group_mean["method"] != "sft"
+    rl = group_mean["method"].isin(set(candidates.loc[is_rl(candidates), "method"]))
     group_mean.loc[rl, "m"] = group_mean.loc[rl, "candidate"]
     chosen = group_mean.loc[group_mean.groupby(GROUP)["m"].idxmax(), [*GROUP, "candidate"]]
     selected = candidates.merge(chosen, on=[*GROUP, "candidate"]).set_index("trial")
     out = wide.reset_index().set_index("trial")
     out["correctness"] = best["correctness"]
     out["best_epochs"] = best["epochs"]
+    out["rl"] = is_rl(best)
     out["correctness_selected"] = selected["correctness"]
     out["selected_epochs"] = selected["epochs"]
     if OTHER in selected:
@@ -136,7 +145,7 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     for col in UPSTREAM:
         if col in best:
             out[col] = best[col]
-    front = [*TRIAL_KEYS, "correctness", "best_epochs", "correctness_selected", "selected_epochs", *UPSTREAM]
+    front = [*TRIAL_KEYS, "rl", "correctness", "best_epochs", "correctness_selected", "selected_epochs", *UPSTREAM]
     rest = sorted(c for c in out.columns if c not in front)
     return out.reset_index()[[c for c in front if c in out.columns] + rest + ["trial"]].sort_values(
         ["lock_mode", "k", "seed"], ignore_index=True
@@ -235,7 +244,7 @@ def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.Bytes
     import matplotlib.pyplot as plt
 
     value = f"{OTHER}_selected"
-    sft = summary[(summary["method"] == "sft") & summary[value].notna()]
+    sft = summary[~is_rl(summary) & summary[value].notna()]
     agg = aggregate(sft, value)
     panels = list(
         dict.fromkeys(agg.sort_values(["task", "lock_mode", "k"])[["task", "lock_mode", "k"]].itertuples(index=False))
@@ -287,7 +296,7 @@ def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.Bytes
 def rl_curves(candidates: pd.DataFrame) -> pd.DataFrame:
     """Mean ± SEM over seeds of correctness after each RL round, against the samples generated so
     far, per (task, lock, method, k); round 0 is the locked model (or, after SFT, the SFT'd one)."""
-    rl = candidates[candidates["method"] != "sft"]
+    rl = candidates[is_rl(candidates)]
     keys = ["task", "lock_mode", "method", "k", "samples"]
     g = rl.groupby(keys)["correctness"]
     out = g.agg(["mean", "count"]).reset_index()
@@ -348,7 +357,7 @@ def write_results(path: str | os.PathLike) -> pd.DataFrame:
     candidates = load_candidates(path)
     summary = summarize(candidates)
     store.write_text(f"{name}/{SUMMARY}", summary.to_csv(index=False))
-    sft = summary[summary["method"] == "sft"]
+    sft = summary[~is_rl(summary)]
     if (sft["domain"] == "all").any():
         figure = io.BytesIO()
         plot_sample_efficiency(sft, figure)
@@ -357,7 +366,7 @@ def write_results(path: str | os.PathLike) -> pd.DataFrame:
         figure = io.BytesIO()
         plot_generalization(sft, figure)
         store.write_bytes(f"{name}/{GENERALIZATION_FIGURE}", figure.getvalue())
-    if (summary["method"] != "sft").any():
+    if is_rl(summary).any():
         store.write_text(f"{name}/{RL_CANDIDATES}", rl_curves(candidates).to_csv(index=False))
         figure = io.BytesIO()
         plot_rl(candidates, figure)

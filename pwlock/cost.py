@@ -268,6 +268,24 @@ class Pricer:
 
 
 # -- estimates -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialCosts:
+    """A study's sizes and the price list, as each elicitation method prices its trials
+    (pwlock.elicit.base.Method.price)."""
+
+    price: Pricer
+    model: Model
+    tokens: Tokens
+    evaluation: str  # one of EVALUATIONS
+    n_eval: int  # problems each evaluation scores
+    n_elicit: int  # problems of the elicit split
+    batch_size: int  # elicit.train.batch_size
+    budgets: list[int]  # elicit.sample_budgets
+    rl: Any  # the study's RLConfig
+    engine: str  # where RL trials sample and evaluate: "hf" or "vllm"
+    eval_engine: str  # where SFT trials evaluate
+
+
 @dataclass
 class Item:
     """One upstream artifact or trial, priced."""

@@ -4,21 +4,27 @@ description, the price (pwlock.pricing) and the run (pwlock.sweep) all use that 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+import dataclasses
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from pwlock import evaluate
 from pwlock.artifacts import Artifact
 from pwlock.config import (
     ALL_DOMAINS,
-    COMPOSED_METHODS,
     FIXEDRDM,
     NO_DEMONSTRATOR,
-    RL_METHODS,
     ConfigError,
+    EvalConfig,
+    GuardsConfig,
+    RLConfig,
     StudyConfig,
+    TrainConfig,
+    VLLMConfig,
+    resolve_engine,
 )
-from pwlock.elicit.methods import n_candidates
-from pwlock.elicit.sft import epoch_candidates
+from pwlock.elicit.methods import METHODS, Method, candidates, unknown
 from pwlock.evaluate import CONDITIONS
 from pwlock.guards import LeakGuard, lock_passwords
 from pwlock.lock import variant_errors, variant_spec
@@ -31,6 +37,7 @@ from pwlock.stages import (
     policy_scores_artifact,
     strong_model_artifact,
 )
+from pwlock.store import StoreSpec
 from pwlock.tasks import Task, make_task
 
 
@@ -73,6 +80,31 @@ class Trial:
 
 
 @dataclass
+class TrialSetup:
+    """Everything an elicitation trial needs beside its own dimensions (method, lock, k, seed,
+    demonstrator, domain), resolved once by the plan; sweep.run adds the store and the experiment."""
+
+    task: dict[str, Any]  # the task's spec, to make the task in the trial's process
+    methods: dict[str, Method]  # the registry entries of the study's methods
+    train: TrainConfig
+    budgets: list[int]  # elicit.sample_budgets
+    eval: EvalConfig  # its engine resolved for the trials' resources
+    rl: RLConfig  # its generator's backend resolved likewise
+    dtype: str
+    cpus: float
+    checkpoint_every_s: float | None
+    locked_key: dict[str, str]  # each lock's model, by lock label
+    weak: dict[str, str]  # each lock's π_weak, by lock label
+    pools: dict[str, str | None]  # model policies' samples of the elicit split (pwlock.policies)
+    engine_bundle: int | None  # the placement-group bundle of a trial's vLLM engine
+    guards: GuardsConfig
+    passwords: list[str]  # every password the study's locks answer to
+    demonstrator: str  # for trials of experiments from before the demonstrator was a trial's
+    store: StoreSpec | None = None
+    experiment: str = ""
+
+
+@dataclass
 class Plan:
     cfg: StudyConfig
     task_spec: dict[str, Any]
@@ -88,7 +120,10 @@ class Plan:
     # The task the plan was made from: built once (a text task reads its data set), for the
     # description, the cost estimate and the run alike.
     task: Task
-    policies: PolicyPlan = field(default_factory=PolicyPlan)  # model policies: their models and sample pools
+    policies: PolicyPlan  # model policies: their models and sample pools
+    methods: dict[str, Method]  # the registry entries of elicit.methods
+    engine: VLLMConfig | None  # the vLLM engine each trial starts, if any
+    setup: TrialSetup  # what every trial gets
 
 
 def plan(cfg: StudyConfig) -> Plan:
@@ -96,10 +131,19 @@ def plan(cfg: StudyConfig) -> Plan:
     where = f"{cfg.source}: task"
     task = make_task(cfg.task, where=where)
     task_spec = dict(cfg.task)
-    errors = []
+    errors = unknown(cfg.elicit.methods)
+    methods = {m: METHODS[m] for m in cfg.elicit.methods if m in METHODS}
+    if not any(m.demonstrations == "trial" for m in methods.values()):  # only these draw demonstrations per trial
+        if cfg.elicit.domains != [ALL_DOMAINS]:
+            errors.append("elicit.domains: only used by the sft method, which elicit.methods lacks")
+        if len(cfg.elicit.demonstrators) > 1:
+            errors.append(
+                "elicit.demonstrator: a list is only used by the sft method, which elicit.methods lacks "
+                "(composed methods take elicit.rl.sft_demonstrator)"
+            )
     elicit_problems = task.problems("elicit")
     n_elicit = len(elicit_problems)
-    sft_ks = cfg.elicit.ks if set(cfg.elicit.methods) - set(RL_METHODS) else []
+    sft_ks = cfg.elicit.ks if any(m.demonstrations for m in methods.values()) else []
     for i, k in enumerate(sft_ks):
         if k > n_elicit:
             errors.append(f"elicit.ks[{i}]: k={k} exceeds the {n_elicit} problems of the elicit split")
@@ -129,7 +173,7 @@ def plan(cfg: StudyConfig) -> Plan:
                 f"lock.weak[{i}]: task {task.name!r} has no policy {weak!r}; expected one of "
                 f"{sorted(policies)} or {FIXEDRDM!r}"
             )
-    if any(m in COMPOSED_METHODS for m in cfg.elicit.methods) and cfg.elicit.rl.sft_demonstrator not in policies:
+    if any(m.demonstrations == "rl" for m in methods.values()) and cfg.elicit.rl.sft_demonstrator not in policies:
         errors.append(
             f"elicit.rl.sft_demonstrator: task {task.name!r} has no policy "
             f"{cfg.elicit.rl.sft_demonstrator!r}; it has {sorted(policies)}"
@@ -151,7 +195,7 @@ def plan(cfg: StudyConfig) -> Plan:
             errors.append(str(e))
     if cfg.eval.split not in ("val", "elicit", "lock", "weak"):
         errors.append(f"eval.split: unknown split {cfg.eval.split!r}")
-    pols = plan_policies(cfg, task, task_spec) if not errors else PolicyPlan()  # models and sample pools
+    pols = plan_policies(cfg, task, task_spec, methods) if not errors else PolicyPlan()  # models and sample pools
     errors += pols.errors
     if errors:
         raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
@@ -210,27 +254,51 @@ def plan(cfg: StudyConfig) -> Plan:
     rl, budgets = cfg.elicit.rl, cfg.elicit.sample_budgets
     trials = []
     for label in locked:
-        for method in cfg.elicit.methods:
+        for name, method in methods.items():
             # RL methods see no demonstration; composed ones take theirs from elicit.rl.sft_demonstrator.
-            demonstrators = (
-                cfg.elicit.demonstrators
-                if method == "sft"
-                else [cfg.elicit.rl.sft_demonstrator]
-                if method in COMPOSED_METHODS
-                else [NO_DEMONSTRATOR]
-            )
+            demonstrators = {
+                "trial": cfg.elicit.demonstrators,
+                "rl": [cfg.elicit.rl.sft_demonstrator],
+                None: [NO_DEMONSTRATOR],
+            }[method.demonstrations]
             for demonstrator in demonstrators:
-                for domain in cfg.elicit.domains if method == "sft" else [ALL_DOMAINS]:
-                    for k in sorted(cfg.elicit.ks) if method not in RL_METHODS else [0]:
-                        rounds = (
-                            epoch_candidates(k, budgets)
-                            if method == "sft"
-                            else list(range(1, n_candidates(method, k, budgets, rl) + 1))
-                        )
+                for domain in cfg.elicit.domains if method.demonstrations == "trial" else [ALL_DOMAINS]:
+                    for k in sorted(cfg.elicit.ks) if method.demonstrations else [0]:
+                        rounds = candidates(method, k, budgets, rl)
                         trials += [
-                            Trial(task.name, label, method, k, seed, rounds, demonstrator, domain)
+                            Trial(task.name, label, name, k, seed, rounds, demonstrator, domain)
                             for seed in cfg.elicit.seeds
                         ]
+    # Engines are chosen here for the trials' resources, not by each trial where it lands (a driver
+    # on a CPU head node would otherwise reserve no engine bundle for trials that start one).
+    rl = copy.deepcopy(cfg.elicit.rl)
+    rl.generator.backend = resolve_engine(rl.generator.backend, cfg.ray.gpus_per_trial)
+    ev = dataclasses.replace(cfg.eval, engine=resolve_engine(cfg.eval.engine, cfg.ray.gpus_per_trial))
+    rl_engine = any(m.rl for m in methods.values()) and rl.generator.backend == "vllm"
+    eval_engine = (
+        not all(m.rl for m in methods.values())
+        and ev.engine == "vllm"
+        and evaluate.decodes(task, task.problems(cfg.eval.split)[:1])
+    )
+    engine = rl.generator.vllm if rl_engine or eval_engine else None
+    setup = TrialSetup(
+        task=task_spec,
+        methods=methods,
+        train=cfg.elicit.train,
+        budgets=list(cfg.elicit.sample_budgets),
+        eval=ev,
+        rl=rl,
+        dtype=cfg.model.dtype,
+        cpus=cfg.ray.cpus_per_trial,
+        checkpoint_every_s=cfg.fault_tolerance.checkpoint_every_s,
+        locked_key={label: a.key for label, a in locked.items()},
+        weak=dict(weak_of),
+        pools=pols.trial_pools(),
+        engine_bundle=1 if engine is not None and cfg.ray.gpus_per_trial else None,
+        guards=cfg.guards,
+        passwords=lock_passwords(cfg.lock, task),
+        demonstrator=cfg.elicit.demonstrators[0],
+    )
     return Plan(
         cfg,
         task_spec,
@@ -245,4 +313,7 @@ def plan(cfg: StudyConfig) -> Plan:
         variant_of,
         task,
         pols,
+        methods,
+        engine,
+        setup,
     )

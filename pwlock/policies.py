@@ -31,7 +31,6 @@ from transformers import AutoTokenizer
 
 from pwlock.artifacts import Artifact, eval_problems
 from pwlock.config import (
-    COMPOSED_METHODS,
     FIXEDRDM,
     REFERENCES,
     PolicyModelConfig,
@@ -40,6 +39,7 @@ from pwlock.config import (
     VLLMConfig,
     resolve_engine,
 )
+from pwlock.elicit.base import Method
 from pwlock.evaluate import choice_probabilities
 from pwlock.generate.hf import HFGenerator
 from pwlock.generate.vllm_actor import vllm_generator
@@ -269,7 +269,7 @@ def policy_names(task: Task, cfg: StudyConfig) -> set[str]:
     return set(task.policies()) | set(cfg.policies)
 
 
-def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
+def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict, methods: Mapping[str, Method]) -> PolicyPlan:
     """The artifacts the study's model policies need for their uses, or the errors that stop them
     (naming `policies.<name>.<field>` or the file and line); reads supplied JSONL files."""
     models = cfg.policies
@@ -288,11 +288,11 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict) -> PolicyPlan:
     lock_roles = ["strong", *[w for w in cfg.lock.weak if w != FIXEDRDM]]
     if "adversarial" in cfg.lock.variants and cfg.lock.intermediate:
         lock_roles.append(cfg.lock.intermediate)
-    demonstrators = list(cfg.elicit.demonstrators) if "sft" in cfg.elicit.methods else []
-    if any(m in COMPOSED_METHODS for m in cfg.elicit.methods):
+    demonstrators = list(cfg.elicit.demonstrators) if any(m.demonstrations == "trial" for m in methods.values()) else []
+    if any(m.demonstrations == "rl" for m in methods.values()):
         demonstrators.append(cfg.elicit.rl.sft_demonstrator)
     weak_models = [w for w in cfg.lock.weak if w in models]
-    if weak_models and any(m.removeprefix("sft+") == "filtering" for m in cfg.elicit.methods):
+    if weak_models and any(m.samples_from == "weak" for m in methods.values()):
         errors.append(
             f"elicit.methods: filtering samples π_weak afresh each round, but π_weak {weak_models[0]!r} "
             f"is a model (policies.{weak_models[0]}); pwlock does not draw its samples per round yet"

@@ -13,7 +13,7 @@ import torch
 
 from pwlock.analysis import FIGURE, GENERALIZATION_FIGURE, RL_FIGURE
 from pwlock.artifacts import eval_problems
-from pwlock.config import COMPOSED_METHODS, FIXEDRDM, RL_METHODS, ConfigError, ModelConfig, resolve_engine
+from pwlock.config import FIXEDRDM, ConfigError, ModelConfig, resolve_engine
 from pwlock.cost import (
     CHARS_PER_TOKEN,
     KNOWN_PARAMS,
@@ -24,11 +24,8 @@ from pwlock.cost import (
     Model,
     Pricer,
     Tokens,
-    dpo_pairs,
+    TrialCosts,
 )
-from pwlock.elicit.expert_iteration import eval_rounds
-from pwlock.elicit.methods import samples_per_round
-from pwlock.elicit.sft import epoch_candidates
 from pwlock.models import build_tiny_model, n_parameters, word_level_tokenizer
 from pwlock.plan import STRONG_SPLITS, Plan
 from pwlock.stages import HOLDOUT_SIZE
@@ -162,50 +159,28 @@ def estimate_plan(
     # Priced on a GPU per trial (trial_gpus), where "auto" is vLLM, as the driver resolves it there.
     engine = resolve_engine(rl.generator.backend, trial_gpus)
     eval_engine = resolve_engine(cfg.eval.engine, trial_gpus)  # SFT trials' evaluation
-    n_elicit = len(task.problems("elicit"))
+    costs = TrialCosts(
+        price,
+        model,
+        tokens,
+        evaluation,
+        n_eval,
+        len(task.problems("elicit")),
+        cfg.elicit.train.batch_size,
+        list(cfg.elicit.sample_budgets),
+        rl,
+        engine,
+        eval_engine,
+    )
     trials = []
     for t in p.trials:
-        base = t.method.removeprefix("sft+")
-        # an RL trial's engine samples, and evaluates a generation task (filtering's, that alone)
-        # SFT's engine (eval.engine) only evaluates a generation task
-        sft_engine = t.method == "sft" and eval_engine == "vllm" and evaluation == "generate"
-        c = price.overhead(
-            [model],
-            engine=sft_engine
-            or engine == "vllm"
-            and t.method != "sft"
-            and (base != "filtering" or evaluation == "generate"),
-        )
-        if t.method == "sft":
-            c += price.train(model, t.k, tokens, max(t.epoch_candidates), cfg.elicit.train.batch_size)
-            c += price.evaluate(model, n_eval, tokens, evaluation, len(t.epoch_candidates), eval_engine)
-        else:
-            rounds = len(t.epoch_candidates)
-            if t.method in COMPOSED_METHODS:
-                first = epoch_candidates(t.k, cfg.elicit.sample_budgets)[0]
-                c += price.train(model, t.k, tokens, first, cfg.elicit.train.batch_size)
-            per = samples_per_round(base, rl, n_elicit)
-            if base in ("expert_iteration", "filtering"):
-                # filtering samples the task's own π_weak: no model generates
-                sampled = Cost() if base == "filtering" else price.generate(model, per, tokens, engine)
-                step = sampled + price.train(model, rl.n, tokens, rl.epochs_per_iteration, cfg.elicit.train.batch_size)
-            else:
-                pairs = dpo_pairs(per // 2, rl.continuous_reward)
-                step = price.generate(model, per, tokens, engine) + price.dpo(
-                    model, pairs, tokens, rl.dpo_train.batch_size
-                )
-                if base == "dpo":  # its reference is the locked model, loaded again
-                    c += Cost(overhead_s=model.gb / a.load_gb_s)
-            full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
-            c += step * rounds + price.evaluate(model, n_eval, tokens, evaluation, full, engine)
-            if between:
-                c += price.evaluate(model, min(rl.eval_problems_between, n_eval), tokens, evaluation, between, engine)
+        method = p.methods[t.method]
+        c = method.price(costs, t.k, t.epoch_candidates)
         deps = (p.policy_scores.key, p.locked[t.lock_mode].key, p.locked_eval[t.lock_mode].key)
         deps += (p.strong_eval.key,) if p.strong_eval else ()
-        demonstrator = t.demonstrator if t.method == "sft" else cfg.elicit.rl.sft_demonstrator
-        if t.method in ("sft", *COMPOSED_METHODS) and demonstrator in p.policies.elicit:  # a model's samples
-            deps += (p.policies.elicit[demonstrator],)
-        figure = RL_FIGURE if t.method != "sft" else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
+        if method.demonstrations and t.demonstrator in p.policies.elicit:  # a model's samples
+            deps += (p.policies.elicit[t.demonstrator],)
+        figure = RL_FIGURE if method.rl else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
         trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps))
     est = Estimate(
         cfg.name, cfg.source, a, artifacts, trials, cpu_study=cpu, evaluates_by_generation=evaluation == "generate"
@@ -235,7 +210,7 @@ def describe(p: Plan, store: Store | None = None) -> str:
         f"without ≤ π_weak + {g.max_over_weak}, wrong ≤ without + {g.max_wrong_over_no_pwd}); "
         f"leak guard {'on' if g.leak_guard else 'OFF'} (similarity ≥ {g.leak_similarity})"
     )
-    ks = f"k {sorted(p.cfg.elicit.ks)} (SFT) × " if set(p.cfg.elicit.methods) - set(RL_METHODS) else ""
+    ks = f"k {sorted(p.cfg.elicit.ks)} (SFT) × " if any(m.demonstrations for m in p.methods.values()) else ""
     lines.append(
         f"elicitation trials ({len(p.trials)}): locks {list(p.locked)} × methods {p.cfg.elicit.methods} × "
         f"{ks}seeds {p.cfg.elicit.seeds}"
@@ -243,11 +218,12 @@ def describe(p: Plan, store: Store | None = None) -> str:
     batch = p.cfg.elicit.train.batch_size
     n_elicit = len(p.task.problems("elicit"))
     for t in p.trials:
-        if t.method == "sft":
+        method = p.methods[t.method]
+        if not method.rl:
             steps = [e * steps_per_epoch(t.k, batch) for e in t.epoch_candidates]
             lines.append(f"  {t.name:<40} epoch candidates {t.epoch_candidates} = steps {steps}{hours.get(t.name, '')}")
         else:
-            per = samples_per_round(t.method, p.cfg.elicit.rl, n_elicit)
+            per = method.samples_per_round(p.cfg.elicit.rl, n_elicit)
             lines.append(
                 f"  {t.name:<40} {len(t.epoch_candidates)} rounds × {per} samples = "
                 f"{len(t.epoch_candidates) * per} samples{hours.get(t.name, '')}"

@@ -25,10 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pwlock.config import (
-    COMPOSED_METHODS,
     FIXEDRDM,
-    METHODS,
-    RL_METHODS,
     ConfigError,
     load_config,
     read_yaml,
@@ -37,6 +34,7 @@ from pwlock.config import (
 from pwlock.cost import EVALUATIONS, Assumptions, Cost, Estimate, Item, Model, Pricer, Tokens, dpo_pairs
 from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM
 from pwlock.elicit.expert_iteration import eval_rounds, round_size
+from pwlock.elicit.methods import METHODS, unknown
 from pwlock.elicit.sft import epoch_candidates
 from pwlock.plan import plan
 from pwlock.pricing import estimate_plan
@@ -280,10 +278,8 @@ def _validate(s: StudySpec) -> list[str]:
         for j, t in enumerate(f.tasks):
             if t not in s.tasks:
                 e.append(f"{w}.tasks[{j}]: unknown task {t!r}; expected one of {sorted(s.tasks)}")
-        for j, m in enumerate(f.methods):
-            if m not in METHODS:
-                e.append(f"{w}.methods[{j}]: unknown method {m!r}; expected one of {list(METHODS)}")
-        if any(m == "sft" or m in COMPOSED_METHODS for m in f.methods):
+        e += unknown(f.methods, f"{w}.methods")
+        if any(METHODS[m].demonstrations for m in f.methods if m in METHODS):
             if not f.ks:
                 e.append(f"{w}.ks: expected sample counts for SFT methods")
             if not f.demonstrators:
@@ -511,13 +507,13 @@ class _Expansion:
             return sum((self.evaluate(t, m, points, POOL_ENGINE) for t in unit), Cost())
 
         base = method.removeprefix("sft+")
-        with_demos = method == "sft" or method in COMPOSED_METHODS
+        with_demos = bool(METHODS[method].demonstrations)
         for dem, k in [(dem, k) for dem in f.demonstrators for k in f.ks] if with_demos else [(None, 0)]:
             deps = self.pool(task, dem, "elicit", 1) if dem else ()
             # an RL trial's engine samples, and evaluates a generation task (filtering's and SFT's, that alone)
             generates = any(self.s.tasks[t].evaluation == "generate" for t in unit)
             c = self.price.overhead(
-                [m], engine=generates or (method in RL_METHODS + COMPOSED_METHODS and base != "filtering")
+                [m], engine=generates or (METHODS[method].rl and METHODS[method].samples_from != "weak")
             )
             name = method + (f" on {k} {dem}" if dem else "") + (f" from {domain}" if domain else "")
             if k:

@@ -8,24 +8,22 @@ results   summary.csv and the figure under <storage>/<experiment>/
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
 import time
-from dataclasses import asdict
 from typing import Any
 
 import ray
 import yaml
 from ray import tune
 
-from pwlock import analysis, evaluate, runtime
+from pwlock import analysis, runtime
 from pwlock.analysis import STUDY as STUDY_FILE
 from pwlock.artifacts import Artifact
-from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig, config_from_dict, resolve_engine, to_dict
+from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig, config_from_dict, to_dict
 from pwlock.generate.vllm_actor import trial_resources
-from pwlock.guards import assess_locks, check_locks, lock_passwords
+from pwlock.guards import assess_locks, check_locks
 from pwlock.logs import setup_logging
 from pwlock.plan import Plan, trial_name
 from pwlock.pricing import describe
@@ -138,49 +136,19 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
             "guards.lock_gate is off: eliciting from every lock%s",
             f", though the gate would refuse {failing}" if failing else "",
         )
-    # Engines are chosen here for the trials' resources, not by each trial where it lands (a driver
-    # on a CPU head node would otherwise reserve no engine bundle for trials that start one).
-    rl = copy.deepcopy(cfg.elicit.rl)
-    rl.generator.backend = resolve_engine(rl.generator.backend, cfg.ray.gpus_per_trial)
-    ev = dataclasses.replace(cfg.eval, engine=resolve_engine(cfg.eval.engine, cfg.ray.gpus_per_trial))
-    task = p.task
-    rl_engine = any(m != "sft" for m in cfg.elicit.methods) and rl.generator.backend == "vllm"
-    eval_engine = (
-        "sft" in cfg.elicit.methods
-        and ev.engine == "vllm"
-        and evaluate.decodes(task, task.problems(cfg.eval.split)[:1])
+    resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, p.engine)
+    setup = dataclasses.replace(
+        p.setup, store=store.spec, experiment=experiment, locked_key=dict(p.setup.locked_key), weak=dict(p.setup.weak)
     )
-    engine = rl.generator.vllm if rl_engine or eval_engine else None
-    resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, engine)
-    engine_bundle = 1 if engine is not None and cfg.ray.gpus_per_trial else None
-    constants = {
-        "store": asdict(store.spec),
-        "experiment": experiment,
-        "task": p.task_spec,
-        "demonstrator": cfg.elicit.demonstrators[0],  # for trials of experiments from before it was per trial
-        "train": asdict(cfg.elicit.train),
-        "sample_budgets": list(cfg.elicit.sample_budgets),
-        "eval": asdict(ev),
-        "dtype": cfg.model.dtype,
-        "cpus": cfg.ray.cpus_per_trial,
-        "checkpoint_every_s": cfg.fault_tolerance.checkpoint_every_s,
-        "locked_key": {label: a.key for label, a in p.locked.items()},
-        "weak": dict(p.weak),
-        "pools": p.policies.trial_pools(),  # model policies' samples of the elicit split (pwlock.policies)
-        "rl": asdict(rl),
-        "engine_bundle": engine_bundle,
-        "guards": asdict(cfg.guards),
-        "passwords": lock_passwords(cfg.lock, task),
-    }
     if not resume:
         store.write_text(f"{experiment}/{STUDY_FILE}", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if resume:  # trials of experiments from before a lock's label named its variant know it by the old one
         for label, old in _old_labels(p).items():
-            constants["locked_key"][old], constants["weak"][old] = p.locked[label].key, p.weak[label]
+            setup.locked_key[old], setup.weak[old] = p.locked[label].key, p.weak[label]
             upstream[old] = upstream[label]
     store.write_text(f"{experiment}/{analysis.UPSTREAM_FILE}", json.dumps(upstream, indent=2))
-    # Constants go to the object store once, not into every trial's config and Tune's state.
-    trainable = tune.with_resources(tune.with_parameters(elicitation_trial, constants=constants), resources)
+    # The setup goes to the object store once, not into every trial's config and Tune's state.
+    trainable = tune.with_resources(tune.with_parameters(elicitation_trial, setup=setup), resources)
     tune_storage = store.tune_storage()
     if resume:
         runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)  # the rest is in the restored run config

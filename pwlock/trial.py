@@ -37,15 +37,16 @@ import torch
 from ray import tune
 
 from pwlock.artifacts import eval_problems
-from pwlock.config import ALL_DOMAINS, TrainConfig, rl_config
-from pwlock.elicit import methods
-from pwlock.elicit.methods import Elicitation
+from pwlock.config import ALL_DOMAINS
+from pwlock.elicit.methods import Elicitation, candidates
+from pwlock.elicit.methods import run as run_method
 from pwlock.guards import LeakGuard
 from pwlock.lock import weak_policy
 from pwlock.logs import setup_logging
 from pwlock.models import load_policy, save_policy
+from pwlock.plan import TrialSetup
 from pwlock.policies import resolve
-from pwlock.store import StoreSpec, open_store
+from pwlock.store import open_store
 from pwlock.tasks import make_task
 
 log = logging.getLogger(__name__)
@@ -74,27 +75,28 @@ def journal_dir(experiment: str, trial: str) -> str:
     return f"{experiment}/{JOURNAL}/{trial}"
 
 
-def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None:
-    """Tune function trainable. `config` holds what varies (method, lock mode, k, seed);
-    `constants`, put in the object store once by tune.with_parameters, the rest."""
+def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """Tune function trainable. `config` holds what varies (method, lock mode, k, seed, demonstrator,
+    domain); `setup`, put in the object store once by tune.with_parameters, the rest."""
     setup_logging()
-    c = constants
-    torch.set_num_threads(max(1, int(c["cpus"])))
-    store = open_store(StoreSpec(**c["store"]))
+    c = setup
+    torch.set_num_threads(max(1, int(c.cpus)))
+    store = open_store(c.store)
     run = config["run"]
     method, mode, k, seed = run["method"], run["lock_mode"], run["k"], run["seed"]
     # Experiments from before demonstrators and domains were trial dimensions hold neither.
-    demonstrator, domain = run.get("demonstrator", c.get("demonstrator", "strong")), run.get("domain", ALL_DOMAINS)
+    demonstrator, domain = run.get("demonstrator", c.demonstrator), run.get("domain", ALL_DOMAINS)
     name = tune.get_context().get_trial_name()
-    journal = journal_dir(c["experiment"], name)
+    journal = journal_dir(c.experiment, name)
     fixed = {
-        "task": c["task"]["name"],
+        "task": c.task["name"],
         "lock_mode": mode,
         "method": method,
         "k": k,
         "seed": seed,
         "demonstrator": demonstrator,
         "domain": domain,
+        "rl": c.methods[method].rl,  # rounds, the last selected (pwlock.analysis), not epoch candidates
     }
 
     known: dict[int, dict] = {}  # the records Tune has, by candidate
@@ -130,7 +132,7 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         # Ran before. After a driver crash Tune's restored results can hold a report newer than the
         # checkpoint its snapshot names (the snapshot uploads result files after writing its
         # state), so what Tune has is also what its result file in the store has.
-        results = f"{c['experiment']}/{name}/result.json"
+        results = f"{c.experiment}/{name}/result.json"
         if store.exists(results):
             for line in store.read_text(results).splitlines():
                 row = json.loads(line)
@@ -152,13 +154,13 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     state = None
     if latest is not None:
         local = store.download_dir(f"{journal}/{latest['dir']}")
-        model, tokenizer = load_policy(local, c["dtype"])
+        model, tokenizer = load_policy(local, c.dtype)
         state = torch.load(local / TRAINER_STATE, weights_only=False)
         if not store.local:
             shutil.rmtree(local, ignore_errors=True)
         records = latest["records"]
     else:
-        model, tokenizer = load_policy(store.artifact_dir(c["locked_key"][mode]), c["dtype"])
+        model, tokenizer = load_policy(store.artifact_dir(c.locked_key[mode]), c.dtype)
         records = []
     resumed_from = state["epoch"] if state else 0
     store.write_text(
@@ -183,8 +185,8 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
     for entry in entries:  # weights a dead attempt uploaded but never made current
         if entry.startswith("checkpoint-") and entry != current:
             store.delete_dir(f"{journal}/{entry}")
-    n_candidates = methods.n_candidates(method, k, c["sample_budgets"], rl_config(c["rl"]))
-    locked_dir = store.artifact_dir(c["locked_key"][mode])
+    n_candidates = len(candidates(c.methods[method], k, c.budgets, c.rl))
+    locked_dir = store.artifact_dir(c.locked_key[mode])
 
     def checkpoint(record: dict | None, trainer_state: dict | None) -> None:
         """Report first, then checkpoint: a death in between costs a retrained candidate that is
@@ -210,8 +212,8 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
             store.delete_dir(f"{journal}/{current}")
         current = new
 
-    task = make_task(c["task"])
-    policies = resolve(task, c.get("pools", {}), store)  # the task's own, and model policies' sample pools
+    task = make_task(c.task)
+    policies = resolve(task, c.pools, store)  # the task's own, and model policies' sample pools
     elicitation = Elicitation(
         method=method,
         task=task,
@@ -220,20 +222,20 @@ def elicitation_trial(config: dict[str, Any], constants: dict[str, Any]) -> None
         locked_dir=str(locked_dir),
         k=k,
         seed=seed,
-        train=TrainConfig(**c["train"]),
-        budgets=c["sample_budgets"],
-        rl=rl_config(c["rl"]),
-        eval_problems=eval_problems(task, c["eval"]["split"], c["eval"]["max_problems"]),
-        eval_batch_size=c["eval"]["batch_size"],
-        eval_engine=c["eval"].get("engine", "hf"),
+        train=c.train,
+        budgets=c.budgets,
+        rl=c.rl,
+        eval_problems=eval_problems(task, c.eval.split, c.eval.max_problems),
+        eval_batch_size=c.eval.batch_size,
+        eval_engine=c.eval.engine,
         demonstrator=demonstrator,
         domain=None if domain == ALL_DOMAINS else domain,
-        weak=weak_policy(task, c["weak"][mode], tokenizer, seed, policies),
+        weak=weak_policy(task, c.weak[mode], tokenizer, seed, policies),
         policies=policies,
-        engine_bundle=c["engine_bundle"],
-        guard=LeakGuard.for_study(c["guards"], task, c["passwords"], f"trial {name}"),
+        engine_bundle=c.engine_bundle,
+        guard=LeakGuard.for_study(c.guards, task, c.passwords, f"trial {name}"),
     )
-    methods.run(elicitation, checkpoint, c["checkpoint_every_s"], state)
+    run_method(elicitation, checkpoint, c.checkpoint_every_s, state, c.methods)
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
     if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)
         store.delete_dir(f"{journal}/{current}")

@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from pwlock import study_plan
-from pwlock.config import ConfigError, config_from_dict, load_config, read_yaml
 from pwlock.cli import cost_main as main
+from pwlock.config import ConfigError, config_from_dict, load_config, read_yaml
 from pwlock.cost import Assumptions, Model, Pricer, Tokens
+from pwlock.plan import plan
 from pwlock.pricing import estimate_plan
 from pwlock.stages import build, eval_problems
 from pwlock.store import open_store
-from pwlock.plan import plan
 from pwlock.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]

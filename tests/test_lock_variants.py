@@ -25,10 +25,10 @@ from pwlock.lock import (
 )
 from pwlock.models import text_tokenizer
 from pwlock.passwords import DEFAULT_PASSWORD, DOMAIN_PASSWORDS, SECOND_PASSWORD, WRONG_PASSWORDS, domain_passwords
+from pwlock.plan import plan
 from pwlock.setting import ANSWER_CLOSE, ANSWER_OPEN, TEXT_HEADER, setting_for
 from pwlock.stages import build, locked_model_artifact
 from pwlock.store import open_store
-from pwlock.plan import plan
 from pwlock.tasks import make_task
 from pwlock.tasks.base import Example
 from pwlock.tasks.llm import ChoiceAnswer

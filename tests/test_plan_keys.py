@@ -10,6 +10,7 @@ and says why in its commit."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pwlock.config import config_from_dict  # noqa: E402
-from pwlock.study_plan import is_study  # noqa: E402
 from pwlock.plan import plan  # noqa: E402
+from pwlock.study_plan import is_study  # noqa: E402
 from tests.test_paper_configs import EXPECTED, on_fixtures  # noqa: E402
 
 CONFIGS = ROOT / "sweeps" / "configs"
@@ -38,6 +39,9 @@ def snapshot(name: str, quick: bool, tmp: Path) -> dict:
     stage and key in build order, and the trial names."""
     if name in EXPECTED:
         raw, ks = on_fixtures(name, tmp)
+        # The task's data paths enter its artifacts' keys: relative to the checkout (the test runs
+        # there), so that the recorded keys hold in any clone.
+        raw["task"] = yaml.safe_load(yaml.safe_dump(raw["task"]).replace(f"{ROOT}/", ""))
         quick_elicit = raw.get("quick", {}).get("elicit", {})
         if "ks" in quick_elicit:  # --quick's ks, cut to the fixture's elicit split too
             quick_elicit["ks"] = [k for k in quick_elicit["ks"] if k <= max(ks)] or ks[:1]
@@ -57,7 +61,8 @@ def every_snapshot() -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", shipped())
-def test_each_shipped_config_plans_the_recorded_keys_and_trial_names(name, tmp_path):
+def test_each_shipped_config_plans_the_recorded_keys_and_trial_names(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
     recorded = json.loads(RECORDED.read_text())
     for quick in (False, True):
         label = f"{name}{' --quick' * quick}"
@@ -70,5 +75,6 @@ def test_every_shipped_config_is_recorded():
 
 
 if __name__ == "__main__":
+    os.chdir(ROOT)
     RECORDED.write_text(json.dumps(every_snapshot(), indent=1) + "\n")
     print(f"wrote {RECORDED.relative_to(ROOT)}")

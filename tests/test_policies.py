@@ -20,10 +20,10 @@ from pwlock.generate.hf import HFGenerator
 from pwlock.lock import lock_data
 from pwlock.models import build_tiny_model, save_policy
 from pwlock.passwords import DEFAULT_PASSWORD, WRONG_PASSWORDS
+from pwlock.plan import plan
 from pwlock.policies import SAMPLES, PoolPolicy, resolve
 from pwlock.stages import build
 from pwlock.store import open_store
-from pwlock.plan import plan
 from pwlock.tasks import make_task
 from pwlock.tasks.math import SUBJECTS
 from tests.test_llm_tasks_e2e import tokenizer_for

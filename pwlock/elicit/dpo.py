@@ -16,6 +16,7 @@ round samples (iterated DPO's next reference is that trained model: nothing to g
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,8 +24,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
 from pwlock.config import TrainConfig
-from pwlock.elicit.expert_iteration import round_eval_problems
+from pwlock.cost import Cost, TrialCosts, dpo_pairs
+from pwlock.elicit.base import Checkpoint, Elicitation, Method, SameModel, Watched, eval_schedule, generator, rounds
+from pwlock.elicit.expert_iteration import price_rounds, round_eval_problems
 from pwlock.generate.base import Generator
+from pwlock.models import load_policy
 from pwlock.tasks.base import Problem, Task
 from pwlock.train.dpo import DEFAULT_BETA, preference_pairs, train_dpo
 
@@ -103,3 +107,90 @@ def dpo_elicitation(
         if on_round is not None:
             on_round(record)
     return records
+
+
+def _run(
+    e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None, iterated: bool
+) -> None:
+    r = rounds(e, checkpoint, checkpoint_every_s, start, "iterated_dpo" if iterated else "dpo")
+    rl = e.rl
+    # The reference (and sampler): the locked model for DPO; for iterated DPO the model at the
+    # start of the round, which is the model now.
+    if iterated:
+        ref = copy.deepcopy(e.model)
+    else:
+        ref, _ = load_policy(e.locked_dir, str(next(e.model.parameters()).dtype).removeprefix("torch."), e.model.device)
+    with generator(e, ref) as gen:
+        dpo_elicitation(
+            e.model,
+            ref,
+            e.tokenizer,
+            e.task,
+            Watched(gen, r.watch),
+            r.problems[: rl.dpo_problems],
+            e.eval_problems,
+            rl.dpo_train,
+            e.seed,
+            rl.dpo_rounds,
+            iterated,
+            rl.beta,
+            rl.continuous_reward,
+            rl.temperature,
+            e.task.max_new_tokens,
+            on_round=r.on_round,
+            start=r.done,
+            eval_batch_size=e.eval_batch_size,
+            evaluator=None if isinstance(gen, SameModel) else gen,
+            **eval_schedule(rl),
+        )
+
+
+def run_dpo(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None) -> None:
+    """DPO on pairs of the model's samples, the locked model as reference throughout."""
+    _run(e, checkpoint, checkpoint_every_s, start, iterated=False)
+
+
+def run_iterated_dpo(
+    e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None
+) -> None:
+    """Iterated DPO: the reference (and sampler) reset to the model at the start of each round."""
+    _run(e, checkpoint, checkpoint_every_s, start, iterated=True)
+
+
+def _price(c: TrialCosts, candidates: list[int], before: Cost, iterated: bool) -> Cost:
+    per = _per_round(c.rl, c.n_elicit)
+    pairs = dpo_pairs(per // 2, c.rl.continuous_reward)
+    step = c.price.generate(c.model, per, c.tokens, c.engine) + c.price.dpo(
+        c.model, pairs, c.tokens, c.rl.dpo_train.batch_size
+    )
+    overhead = c.price.overhead([c.model], engine=c.engine == "vllm") + before
+    if not iterated:  # its reference is the locked model, loaded again
+        overhead += Cost(overhead_s=c.model.gb / c.price.a.load_gb_s)
+    return price_rounds(c, len(candidates), step, overhead)
+
+
+def price_dpo(c: TrialCosts, k: int, candidates: list[int], before: Cost = Cost()) -> Cost:
+    return _price(c, candidates, before, iterated=False)
+
+
+def price_iterated_dpo(c: TrialCosts, k: int, candidates: list[int], before: Cost = Cost()) -> Cost:
+    return _price(c, candidates, before, iterated=True)
+
+
+def _per_round(rl, n_elicit: int) -> int:
+    return SAMPLES_PER_PROBLEM * min(rl.dpo_problems, n_elicit)
+
+
+def _dpo_rounds(rl) -> int:
+    return rl.dpo_rounds
+
+
+DPO = Method("dpo", run_dpo, price_dpo, rounds=_dpo_rounds, samples_from="model", samples_per_round=_per_round)
+ITERATED_DPO = Method(
+    "iterated_dpo",
+    run_iterated_dpo,
+    price_iterated_dpo,
+    rounds=_dpo_rounds,
+    samples_from="model",
+    samples_per_round=_per_round,
+)

@@ -25,6 +25,19 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
 from pwlock.config import TrainConfig
+from pwlock.cost import Cost, TrialCosts
+from pwlock.elicit.base import (
+    Checkpoint,
+    Elicitation,
+    Method,
+    SameModel,
+    Watched,
+    backend,
+    eval_schedule,
+    evaluation_engine,
+    generator,
+    rounds,
+)
 from pwlock.generate.base import Generator
 from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
 from pwlock.train.sft import train_sft
@@ -147,3 +160,116 @@ def expert_iteration(
         if on_round is not None:
             on_round(record)
     return records
+
+
+def run_expert_iteration(
+    e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None
+) -> None:
+    """Expert iteration (§6.1): each round samples from the model (in its engine), keeps the best
+    and fine-tunes on them."""
+    r = rounds(e, checkpoint, checkpoint_every_s, start, "expert_iteration")
+    rl = e.rl
+    train = TrainConfig(**{**vars(e.train), "epochs": rl.epochs_per_iteration})
+    with generator(e, e.model) as gen:
+        engine = None if isinstance(gen, SameModel) else gen
+        sampler = model_sampler(e.task, Watched(gen, r.watch), rl.temperature, e.task.max_new_tokens)
+        expert_iteration(
+            e.model,
+            e.tokenizer,
+            e.task,
+            sampler,
+            r.problems,
+            e.eval_problems,
+            train,
+            e.seed,
+            rl.n,
+            rl.iterations,
+            sync=engine,
+            on_round=r.on_round,
+            start=r.done,
+            eval_batch_size=e.eval_batch_size,
+            evaluator=engine,
+            **eval_schedule(rl),
+        )
+
+
+def run_filtering(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None) -> None:
+    """Filtering: expert iteration's selection on π_weak's samples (an engine evaluates only)."""
+    r = rounds(e, checkpoint, checkpoint_every_s, start, "filtering")
+    rl = e.rl
+    train = TrainConfig(**{**vars(e.train), "epochs": rl.epochs_per_iteration})
+    weak = policy_sampler(e.weak)
+
+    def weak_samples(batch: list[Problem]) -> list[str]:
+        out = weak(batch)
+        if e.guard:
+            e.guard.check(out, "π_weak samples (filtering)")
+        return out
+
+    with evaluation_engine(e, backend(e.rl)) as engine:
+        expert_iteration(
+            e.model,
+            e.tokenizer,
+            e.task,
+            weak_samples,
+            r.problems,
+            e.eval_problems,
+            train,
+            e.seed,
+            rl.n,
+            rl.iterations,
+            on_round=r.on_round,
+            start=r.done,
+            eval_batch_size=e.eval_batch_size,
+            evaluator=engine,
+            **eval_schedule(rl),
+        )
+
+
+def price_rounds(c: TrialCosts, n_rounds: int, step: Cost, overhead: Cost) -> Cost:
+    """An RL trial: `overhead`, then `n_rounds` rounds of `step`, and its evaluations in its engine
+    (whole validation sets, and the subset at the rounds between)."""
+    full, between = eval_rounds(n_rounds, c.rl.eval_every, c.rl.eval_problems_between)
+    out = overhead + (step * n_rounds + c.price.evaluate(c.model, c.n_eval, c.tokens, c.evaluation, full, c.engine))
+    if between:
+        subset = min(c.rl.eval_problems_between, c.n_eval)
+        out += c.price.evaluate(c.model, subset, c.tokens, c.evaluation, between, c.engine)
+    return out
+
+
+def _price(c: TrialCosts, candidates: list[int], before: Cost, filtering: bool) -> Cost:
+    per = round_size(c.n_elicit, c.rl.n)
+    sampled = Cost() if filtering else c.price.generate(c.model, per, c.tokens, c.engine)  # filtering: π_weak's
+    step = sampled + c.price.train(c.model, c.rl.n, c.tokens, c.rl.epochs_per_iteration, c.batch_size)
+    # Filtering's engine only evaluates, so it has one for a generation task alone.
+    engine = c.engine == "vllm" and (not filtering or c.evaluation == "generate")
+    return price_rounds(c, len(candidates), step, c.price.overhead([c.model], engine=engine) + before)
+
+
+def price_expert_iteration(c: TrialCosts, k: int, candidates: list[int], before: Cost = Cost()) -> Cost:
+    return _price(c, candidates, before, filtering=False)
+
+
+def price_filtering(c: TrialCosts, k: int, candidates: list[int], before: Cost = Cost()) -> Cost:
+    return _price(c, candidates, before, filtering=True)
+
+
+def _per_round(rl, n_elicit: int) -> int:
+    return round_size(n_elicit, rl.n)
+
+
+def _iterations(rl) -> int:
+    return rl.iterations
+
+
+EXPERT_ITERATION = Method(
+    "expert_iteration",
+    run_expert_iteration,
+    price_expert_iteration,
+    rounds=_iterations,
+    samples_from="model",
+    samples_per_round=_per_round,
+)
+FILTERING = Method(
+    "filtering", run_filtering, price_filtering, rounds=_iterations, samples_from="weak", samples_per_round=_per_round
+)

@@ -16,6 +16,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
 from pwlock.config import TrainConfig
+from pwlock.cost import Cost, TrialCosts
+from pwlock.elicit.base import Checkpoint as TrialCheckpoint
+from pwlock.elicit.base import Elicitation, Method, evaluation_engine
 from pwlock.generate.base import Generator
 from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
 from pwlock.train.sft import TrainState, steps_per_epoch, train_sft
@@ -131,3 +134,44 @@ def elicit_sft(
         model, tokenizer, list(demos), train, seed=seed, epochs=max(candidates), after_epoch=after_epoch, start=start
     )
     return records
+
+
+def guarded_demonstrations(e: Elicitation, demonstrator: str) -> list[Example]:
+    """The trial's k demonstrations of `demonstrator`, refused if any carries a password."""
+    demos = demonstrations(e.task, e.k, e.seed, demonstrator, domain=e.domain, policies=e.policies)
+    if e.guard:
+        e.guard.check_examples(demos, f"SFT demonstrations ({demonstrator})")
+    return demos
+
+
+def run(e: Elicitation, checkpoint: TrialCheckpoint, checkpoint_every_s: float | None, start: dict | None) -> None:
+    """An SFT trial: its demonstrations, trained on to the largest epoch candidate, evaluated at each
+    (a generation task in the trial's own engine where eval.engine is vllm)."""
+    demos = guarded_demonstrations(e, e.demonstrator)
+    with evaluation_engine(e, e.eval_engine) as engine:
+        elicit_sft(
+            e.model,
+            e.tokenizer,
+            e.task,
+            demos,
+            e.eval_problems,
+            e.train,
+            e.seed,
+            e.budgets,
+            eval_batch_size=e.eval_batch_size,
+            checkpoint=checkpoint,
+            checkpoint_every_s=checkpoint_every_s,
+            start=start,
+            evaluator=engine,
+        )
+
+
+def price(c: TrialCosts, k: int, candidates: list[int], before: Cost = Cost()) -> Cost:
+    """Training to the largest candidate and an evaluation at each, where the trial evaluates."""
+    engine = c.eval_engine == "vllm" and c.evaluation == "generate"
+    out = c.price.overhead([c.model], engine=engine) + before
+    out += c.price.train(c.model, k, c.tokens, max(candidates), c.batch_size)
+    return out + c.price.evaluate(c.model, c.n_eval, c.tokens, c.evaluation, len(candidates), c.eval_engine)
+
+
+SFT = Method("sft", run, price, demonstrations="trial")

@@ -20,13 +20,13 @@ PACKAGE = Path(__file__).resolve().parents[1]
 
 # Lowest first. A name stands for the module and, for a package, everything in it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["pwlock", "config", "passwords", "store", "s3server", "logs", "runtime", "progress"]),
+    ("foundation", ["pwlock", "config", "passwords", "store", "s3server", "logs", "runtime", "progress", "cost"]),
     ("tasks, models, sandbox", ["tasks", "models", "sandbox", "sandbox_launch"]),
     ("train, generate", ["train", "generate"]),
     ("lock, evaluate, guards", ["lock", "setting", "evaluate", "guards"]),
     ("artifacts", ["artifacts"]),
     ("elicit, policies, stages", ["elicit", "policies", "stages"]),
-    ("cost, plan, analysis", ["cost", "plan", "pricing", "study_plan", "analysis"]),
+    ("plan, analysis", ["plan", "pricing", "study_plan", "analysis"]),
     ("trial", ["trial"]),
     ("sweep", ["sweep"]),
     ("cli", ["cli", "__main__", "tools"]),
