@@ -61,8 +61,10 @@ def outcome(task, source: str):
 
 def leftovers() -> list[str]:
     """Processes that runs left behind: any with a sandbox uid of this test process (when started
-    as root), or any fork of a sandbox server (the servers themselves are this process's children)."""
-    found = []
+    as root), any fork of a sandbox server (the servers themselves are this process's children) and
+    any program the tests made to outlive them, unless it runs below another pytest process: a test
+    run beside this one, with uids and processes of its own."""
+    procs = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -73,9 +75,23 @@ def leftovers() -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError):
             continue
+        procs[int(entry.name)] = (uid, ppid, cmdline)
+
+    def another_run(pid: int) -> bool:
+        """Below another pytest process than this one (a test run beside this one)."""
+        seen = set()
+        while pid in procs and pid not in seen:
+            seen.add(pid)
+            pid = procs[pid][1]
+            if pid in procs and "pytest" in procs[pid][2]:
+                return True
+        return False
+
+    found = []
+    for pid, (uid, ppid, cmdline) in procs.items():
         fork = "sandbox_launch.py serve" in cmdline and ppid != os.getpid()
-        if uid in SLOT_UIDS or fork or "4242.5" in cmdline:
-            found.append(f"{entry.name}: uid {uid} ppid {ppid} {cmdline[:100]}")
+        if uid in SLOT_UIDS or ((fork or "4242.5" in cmdline) and not another_run(pid)):
+            found.append(f"{pid}: uid {uid} ppid {ppid} {cmdline[:100]}")
     return found
 
 
