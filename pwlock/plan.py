@@ -102,6 +102,7 @@ class TrialSetup:
     demonstrator: str  # for trials of experiments from before the demonstrator was a trial's
     store: StoreSpec | None = None
     experiment: str = ""
+    run: str = ""  # this driver's run of the experiment (a new one after --resume)
 
 
 @dataclass

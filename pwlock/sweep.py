@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import ray
@@ -138,7 +139,12 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
         )
     resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, p.engine)
     setup = dataclasses.replace(
-        p.setup, store=store.spec, experiment=experiment, locked_key=dict(p.setup.locked_key), weak=dict(p.setup.weak)
+        p.setup,
+        store=store.spec,
+        experiment=experiment,
+        run=uuid.uuid4().hex,
+        locked_key=dict(p.setup.locked_key),
+        weak=dict(p.setup.weak),
     )
     if not resume:
         store.write_text(f"{experiment}/{STUDY_FILE}", yaml.safe_dump(to_dict(cfg), sort_keys=False))

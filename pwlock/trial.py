@@ -15,10 +15,11 @@ goes on from `latest.json` exactly where it stopped.
 Why not Tune's own checkpoints for the weights: Tune deletes superseded checkpoints at once but
 snapshots the experiment only now and then, so after a driver crash the snapshot can name a
 checkpoint that no longer exists. Tune still gets a tiny checkpoint with each report, holding only
-the records reported so far. On a restart, what Tune has is the records of that checkpoint and,
-after a driver crash, the rows of the trial's result file in the store; the trial reports only
-what Tune lacks, so each candidate reaches Tune's results once, and a trial that finished after
-the driver's last snapshot reports what Tune lacks from `done.json` and trains nothing.
+the records reported so far. On a restart under the same driver, what Tune has is the records of
+that checkpoint; under a new driver (--resume), the rows of the trial's result file in the store,
+from which Tune restored it; the trial reports only what Tune lacks, so each candidate reaches
+Tune's results once, and a trial that finished after the driver's last snapshot reports what Tune
+lacks from `done.json` and trains nothing.
 """
 
 from __future__ import annotations
@@ -129,15 +130,22 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     entries = store.listdir(journal)
     starts = [n for n in entries if n.startswith("start-")]
     if starts:
-        # Ran before. After a driver crash Tune's restored results can hold a report newer than the
-        # checkpoint its snapshot names (the snapshot uploads result files after writing its
-        # state), so what Tune has is also what its result file in the store has.
+        # Ran before. A new driver (--resume) restored the trial's results from its result file in
+        # the store, so that file is what Tune has: the checkpoint its snapshot names can hold a
+        # record the file lacks (the driver died after writing the snapshot's state, before uploading
+        # the results) or lack one it holds. Under the same driver (a worker restarted), Tune has the
+        # checkpoint's records, and the file in the store may lag behind.
         results = f"{c.experiment}/{name}/result.json"
+        rows = {}
         if store.exists(results):
             for line in store.read_text(results).splitlines():
                 row = json.loads(line)
-                if row.get("candidate") is not None and row["candidate"] not in known:
-                    known[row["candidate"]] = {key: row[key] for key in RECORD_KEYS if key in row}
+                if row.get("candidate") is not None:
+                    rows[row["candidate"]] = {key: row[key] for key in RECORD_KEYS if key in row}
+        last = json.loads(store.read_text(f"{journal}/{max(starts, key=lambda n: int(n.split('-')[1]))}"))
+        if last.get("run") != c.run:
+            known.clear()
+        known.update({candidate: row for candidate, row in rows.items() if candidate not in known})
     if store.exists(f"{journal}/{DONE}"):
         attempt = len(starts)
         records = json.loads(store.read_text(f"{journal}/{DONE}"))["records"]
@@ -169,6 +177,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             {
                 "trial": name,
                 "attempt": attempt,
+                "run": c.run,  # the driver's run: a new one after --resume
                 "resumed_from_epoch": resumed_from,
                 "pid": os.getpid(),
                 "node": socket.gethostname(),

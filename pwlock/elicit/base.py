@@ -23,9 +23,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pwlock import evaluate
 from pwlock.config import RLConfig, TrainConfig
 from pwlock.cost import Cost, TrialCosts
+from pwlock.generate import vllm_actor
 from pwlock.generate.base import Generator
 from pwlock.generate.hf import HFGenerator
-from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.guards import LeakGuard, SampleWatch
 from pwlock.tasks.base import Problem, Task, TaskPolicy
 
@@ -125,7 +125,7 @@ def generator(e: Elicitation, source: PreTrainedModel, engine: str | None = None
     if (engine or backend(e.rl)) == "hf":
         yield SameModel(source, e.tokenizer, e.rl.generator.batch_size)
         return
-    with vllm_generator(e.locked_dir, e.tokenizer, e.rl.generator.vllm, e.engine_bundle) as gen:
+    with vllm_actor.vllm_generator(e.locked_dir, e.tokenizer, e.rl.generator.vllm, e.engine_bundle) as gen:
         gen.load_weights(source.state_dict())  # a resumed run's weights (a no-op change otherwise)
         yield gen
 
