@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pwlock import evaluate
@@ -129,11 +129,40 @@ class Plan:
 
 def plan(cfg: StudyConfig) -> Plan:
     """Expand the study into artifacts and trials, checking everything that needs the task."""
-    where = f"{cfg.source}: task"
-    task = make_task(cfg.task, where=where)
+    task = make_task(cfg.task, where=f"{cfg.source}: task")
     task_spec = dict(cfg.task)
-    errors = unknown(cfg.elicit.methods)
     methods = {m: METHODS[m] for m in cfg.elicit.methods if m in METHODS}
+    errors = unknown(cfg.elicit.methods) + _elicit_errors(cfg, task, methods) + _policy_errors(cfg, task, methods)
+    pols = plan_policies(cfg, task, task_spec, methods) if not errors else PolicyPlan()  # models and sample pools
+    errors += pols.errors
+    if errors:
+        raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
+    up = _upstream(cfg, task, task_spec, pols)
+    trials = _trials(cfg, task.name, list(up.locked), methods)
+    engine, setup = _trial_setup(cfg, task, methods, up, pols)
+    return Plan(
+        cfg,
+        task_spec,
+        up.artifacts,
+        up.scores,
+        up.strong,
+        up.strong_eval,
+        up.locked,
+        up.weak,
+        up.locked_eval,
+        trials,
+        up.variant,
+        task,
+        pols,
+        methods,
+        engine,
+        setup,
+    )
+
+
+def _elicit_errors(cfg: StudyConfig, task: Task, methods: dict[str, Method]) -> list[str]:
+    """The elicitation grid against the task: k, domains, and what the methods use."""
+    errors = []
     if not any(m.demonstrations == "trial" for m in methods.values()):  # only these draw demonstrations per trial
         if cfg.elicit.domains != [ALL_DOMAINS]:
             errors.append("elicit.domains: only used by the sft method, which elicit.methods lacks")
@@ -160,6 +189,14 @@ def plan(cfg: StudyConfig) -> Plan:
                 f"elicit.domains[{i}]: k={max(sft_ks)} exceeds the {per_domain[d]} problems of domain "
                 f"{d!r} in the elicit split"
             )
+    if cfg.eval.split not in ("val", "elicit", "lock", "weak"):
+        errors.append(f"eval.split: unknown split {cfg.eval.split!r}")
+    return errors
+
+
+def _policy_errors(cfg: StudyConfig, task: Task, methods: dict[str, Method]) -> list[str]:
+    """Every policy, password and lock variant the study names, against the task."""
+    errors = []
     policies = policy_names(task, cfg)  # the task's own and the study's model policies
     roles = [
         (f"elicit.demonstrator{'' if isinstance(cfg.elicit.demonstrator, str) else f'[{i}]'}", d)
@@ -194,13 +231,24 @@ def plan(cfg: StudyConfig) -> Plan:
             LeakGuard.for_study(cfg.guards, task, lock_passwords(cfg.lock, task))
         except ValueError as e:
             errors.append(str(e))
-    if cfg.eval.split not in ("val", "elicit", "lock", "weak"):
-        errors.append(f"eval.split: unknown split {cfg.eval.split!r}")
-    pols = plan_policies(cfg, task, task_spec, methods) if not errors else PolicyPlan()  # models and sample pools
-    errors += pols.errors
-    if errors:
-        raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
+    return errors
 
+
+@dataclass
+class _Upstream:
+    artifacts: list[Artifact] = field(default_factory=list)  # in build order
+    scores: Artifact | None = None
+    strong: Artifact | None = None
+    strong_eval: Artifact | None = None
+    locked: dict[str, Artifact] = field(default_factory=dict)
+    locked_eval: dict[str, Artifact] = field(default_factory=dict)
+    weak: dict[str, str] = field(default_factory=dict)
+    variant: dict[str, str] = field(default_factory=dict)
+
+
+def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: PolicyPlan) -> _Upstream:
+    """The policies' scores, π_strong's model, and each lock (variant × mode × π_weak) with its evaluation."""
+    up = _Upstream()
     model = asdict(cfg.model)
     ev = asdict(cfg.eval)
     for how in ("batch_size", "engine"):  # how fast, not what: not part of any artifact's identity
@@ -210,13 +258,12 @@ def plan(cfg: StudyConfig) -> Plan:
     # A model policy without a scores pool (a supplied file lacking the evaluation problems) is left
     # unscored, never scored as the task's own policy of the same name.
     unscored = {name: None for name in pols.names if name not in pols.scores}
-    scores = policy_scores_artifact(
+    up.scores = policy_scores_artifact(
         task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None, {**pols.scores, **unscored}
     )
-    artifacts = [*pols.artifacts, scores]
-    strong = strong_eval = None
+    up.artifacts = [*pols.artifacts, up.scores]
     if "sft" in cfg.lock.modes:
-        strong = strong_model_artifact(
+        up.strong = strong_model_artifact(
             task_spec,
             model,
             STRONG_SPLITS,
@@ -226,9 +273,8 @@ def plan(cfg: StudyConfig) -> Plan:
             cfg.seed,
             pols.lock_pools("strong"),
         )
-        strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
-        artifacts += [strong, strong_eval]
-    locked, locked_eval, weak_of, variant_of = {}, {}, {}, {}
+        up.strong_eval = model_eval_artifact(up.strong, task_spec, ev, password, ["no_pwd"])
+        up.artifacts += [up.strong, up.strong_eval]
     for variant in cfg.lock.variants:
         lv = cfg.lock.of_variant(variant)
         lock = {**base_lock, **variant_spec(lv)}  # nothing for the standard lock: its keys stay as they were
@@ -238,23 +284,28 @@ def plan(cfg: StudyConfig) -> Plan:
             train = asdict(cfg.lock.train_of(mode))
             for weak in cfg.lock.weak:
                 label = lock_label(mode, weak, variant)
-                locked[label] = locked_model_artifact(
+                up.locked[label] = locked_model_artifact(
                     mode,
                     task_spec,
                     model,
                     train,
                     lock,
                     cfg.seed,
-                    strong,
+                    up.strong,
                     weak,
                     pools=pols.lock_pools("strong", weak, lv.intermediate if variant == "adversarial" else None),
                 )
-                locked_eval[label] = model_eval_artifact(locked[label], task_spec, ev, opens, list(CONDITIONS))
-                weak_of[label], variant_of[label] = weak, variant
-                artifacts += [locked[label], locked_eval[label]]
+                up.locked_eval[label] = model_eval_artifact(up.locked[label], task_spec, ev, opens, list(CONDITIONS))
+                up.weak[label], up.variant[label] = weak, variant
+                up.artifacts += [up.locked[label], up.locked_eval[label]]
+    return up
+
+
+def _trials(cfg: StudyConfig, task: str, locks: list[str], methods: dict[str, Method]) -> list[Trial]:
+    """Lock × method × demonstrator × domain × k × seed, as each method's entry says it varies."""
     rl, budgets = cfg.elicit.rl, cfg.elicit.sample_budgets
     trials = []
-    for label in locked:
+    for label in locks:
         for name, method in methods.items():
             # RL methods see no demonstration; composed ones take theirs from elicit.rl.sft_demonstrator.
             demonstrators = {
@@ -267,11 +318,17 @@ def plan(cfg: StudyConfig) -> Plan:
                     for k in sorted(cfg.elicit.ks) if method.demonstrations else [0]:
                         rounds = candidates(method, k, budgets, rl)
                         trials += [
-                            Trial(task.name, label, name, k, seed, rounds, demonstrator, domain)
-                            for seed in cfg.elicit.seeds
+                            Trial(task, label, name, k, seed, rounds, demonstrator, domain) for seed in cfg.elicit.seeds
                         ]
-    # Engines are chosen here for the trials' resources, not by each trial where it lands (a driver
-    # on a CPU head node would otherwise reserve no engine bundle for trials that start one).
+    return trials
+
+
+def _trial_setup(
+    cfg: StudyConfig, task: Task, methods: dict[str, Method], up: _Upstream, pols: PolicyPlan
+) -> tuple[VLLMConfig | None, TrialSetup]:
+    """The engine each trial starts (if any) and what every trial gets. Engines are chosen here for
+    the trials' resources, not by each trial where it lands (a driver on a CPU head node would
+    otherwise reserve no engine bundle for trials that start one)."""
     rl = copy.deepcopy(cfg.elicit.rl)
     rl.generator.backend = resolve_engine(rl.generator.backend, cfg.ray.gpus_per_trial)
     ev = dataclasses.replace(cfg.eval, engine=resolve_engine(cfg.eval.engine, cfg.ray.gpus_per_trial))
@@ -282,8 +339,8 @@ def plan(cfg: StudyConfig) -> Plan:
         and evaluate.decodes(task, task.problems(cfg.eval.split)[:1])
     )
     engine = rl.generator.vllm if rl_engine or eval_engine else None
-    setup = TrialSetup(
-        task=task_spec,
+    return engine, TrialSetup(
+        task=dict(cfg.task),
         methods=methods,
         train=cfg.elicit.train,
         budgets=list(cfg.elicit.sample_budgets),
@@ -292,29 +349,11 @@ def plan(cfg: StudyConfig) -> Plan:
         dtype=cfg.model.dtype,
         cpus=cfg.ray.cpus_per_trial,
         checkpoint_every_s=cfg.fault_tolerance.checkpoint_every_s,
-        locked_key={label: a.key for label, a in locked.items()},
-        weak=dict(weak_of),
+        locked_key={label: a.key for label, a in up.locked.items()},
+        weak=dict(up.weak),
         pools=pols.trial_pools(),
         engine_bundle=1 if engine is not None and cfg.ray.gpus_per_trial else None,
         guards=cfg.guards,
         passwords=lock_passwords(cfg.lock, task),
         demonstrator=cfg.elicit.demonstrators[0],
-    )
-    return Plan(
-        cfg,
-        task_spec,
-        artifacts,
-        scores,
-        strong,
-        strong_eval,
-        locked,
-        weak_of,
-        locked_eval,
-        trials,
-        variant_of,
-        task,
-        pols,
-        methods,
-        engine,
-        setup,
     )
