@@ -375,6 +375,7 @@ def write_results(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def load_summary(path: str | os.PathLike) -> pd.DataFrame:
+    """An experiment's summary.csv, from its directory or s3:// URL."""
     store, name = experiment_store(path)
     return pd.read_csv(io.StringIO(store.read_text(f"{name}/{SUMMARY}")))
 

@@ -55,6 +55,8 @@ STRONG_SPLITS = ["lock"]  # π_strong's model never sees the elicit, validation 
 
 @dataclass
 class Trial:
+    """One elicitation run: its lock, method, k, seed, demonstrator and domain, and its candidates."""
+
     task: str
     lock_mode: str  # the lock's label (stages.lock_label): "sft", "sft-fixedrdm", "sft-per_domain"
     method: str
@@ -107,6 +109,8 @@ class TrialSetup:
 
 @dataclass
 class Plan:
+    """A study planned: its artifacts in build order, its trials, and what every trial gets."""
+
     cfg: StudyConfig
     task_spec: dict[str, Any]
     artifacts: list[Artifact]  # in build order

@@ -49,6 +49,7 @@ def task_tokens(task: Task, password: str, sample: int = 200) -> Tokens:
 
 
 def evaluation_of(task: Task) -> str:
+    """How the task is scored: a classifier's forward pass, a teacher-forced one, or generation."""
     if isinstance(task.reference(task.problems("val")[0]), ChoiceAnswer):
         return "classify"
     return "forward" if task.exact_match else "generate"

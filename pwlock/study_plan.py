@@ -144,10 +144,12 @@ class StudySpec:
 
 # -- loading -------------------------------------------------------------------------------------
 def load(path: str | Path) -> StudySpec:
+    """A study description from its YAML file."""
     return from_dict(read_yaml(path, "study file"), str(path))
 
 
 def from_dict(raw: Any, source: str = "<dict>") -> StudySpec:
+    """A study description from its parsed YAML, checked (errors name `source` and the field)."""
     if isinstance(raw, dict):
         raw = {**raw, "source": source}
     study = _parse(StudySpec, raw, "", source)

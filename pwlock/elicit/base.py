@@ -90,6 +90,7 @@ class Method:
 
 
 def backend(rl: RLConfig) -> str:
+    """Where RL samples: elicit.rl.generator.backend, "auto" being vLLM where a GPU and vLLM are."""
     if rl.generator.backend != "auto":
         return rl.generator.backend
     return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
@@ -157,6 +158,7 @@ class Rounds:
 def rounds(
     e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None, label: str
 ) -> Rounds:
+    """An RL run's `Rounds`, the elicit split's prompts checked by the leak guard first."""
     problems = e.task.problems("elicit")
     if e.guard:
         e.guard.check([e.task.prompt(p, None) for p in problems], "RL prompts (elicit split)")
@@ -176,4 +178,5 @@ def rounds(
 
 
 def eval_schedule(rl: RLConfig) -> dict[str, Any]:
+    """The RL loops' evaluation schedule (elicit.rl.eval_every, eval_problems_between)."""
     return {"eval_every": rl.eval_every, "eval_problems_between": rl.eval_problems_between}
