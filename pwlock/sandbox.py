@@ -561,7 +561,10 @@ class Sandbox:
 
 
 def _shutdown(pool: ThreadPoolExecutor, server: _Server, base: Path, cgroups: _Cgroups) -> None:
-    pool.shutdown(wait=True)
+    # Never waits for the pool's threads: a collected sandbox's finalizer runs in whatever thread
+    # the garbage collector happens to run in, which may hold threading's own locks (a thread
+    # starting, say) that joining a thread needs. The idle workers exit on their own.
+    pool.shutdown(wait=False, cancel_futures=True)
     server.close()
     cgroups.remove()
     _rmtree(base)

@@ -442,3 +442,21 @@ def test_without_namespaces_the_runs_cgroup_still_takes_its_daemons_down(monkeyp
         r = sb.run(Program("python", source))
         assert r.ok and r.stdout == "done\n"
         assert leftovers() == []
+
+
+def test_a_collected_sandbox_never_waits_for_threads_where_the_collector_runs():
+    """A sandbox's finalizer runs where the garbage collector does, which can be inside threading's
+    own bookkeeping (a thread starting, holding threading's lock for its shutdown locks): it must
+    return there rather than join the pool's threads, which needs that lock (a whole test session
+    once hung so). CPython's private lock is taken here as the collector held it."""
+    box = Sandbox(workers=2)
+    assert list(box._pool.map(abs, [-1, -2, -3])) == [1, 2, 3]  # the pool has threads to join
+    done = threading.Event()
+
+    def collect() -> None:
+        with threading._shutdown_locks_lock:
+            box._finalizer()
+        done.set()
+
+    threading.Thread(target=collect, daemon=True).start()
+    assert done.wait(30), "the finalizer waited for the pool's threads"

@@ -30,6 +30,7 @@ from pwlock.elicit.base import (
     Checkpoint,
     Elicitation,
     Method,
+    Rounds,
     SameModel,
     Watched,
     backend,
@@ -162,42 +163,50 @@ def expert_iteration(
     return records
 
 
+def _iterate(e: Elicitation, r: Rounds, sample: Sampler, engine: Generator | None, sync: bool) -> None:
+    """The rounds of expert iteration on `sample`'s samples, evaluated in `engine` where there is one
+    (given the trained weights each round; with `sync`, the engine also samples)."""
+    rl = e.rl
+    expert_iteration(
+        e.model,
+        e.tokenizer,
+        e.task,
+        sample,
+        r.problems,
+        e.eval_problems,
+        TrainConfig(**{**vars(e.train), "epochs": rl.epochs_per_iteration}),
+        e.seed,
+        rl.n,
+        rl.iterations,
+        sync=engine if sync else None,
+        on_round=r.on_round,
+        start=r.done,
+        eval_batch_size=e.eval_batch_size,
+        evaluator=engine,
+        **eval_schedule(rl),
+    )
+
+
 def run_expert_iteration(
     e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None
 ) -> None:
     """Expert iteration (§6.1): each round samples from the model (in its engine), keeps the best
     and fine-tunes on them."""
     r = rounds(e, checkpoint, checkpoint_every_s, start, "expert_iteration")
-    rl = e.rl
-    train = TrainConfig(**{**vars(e.train), "epochs": rl.epochs_per_iteration})
     with generator(e, e.model) as gen:
         engine = None if isinstance(gen, SameModel) else gen
-        sampler = model_sampler(e.task, Watched(gen, r.watch), rl.temperature, e.task.max_new_tokens)
-        expert_iteration(
-            e.model,
-            e.tokenizer,
-            e.task,
-            sampler,
-            r.problems,
-            e.eval_problems,
-            train,
-            e.seed,
-            rl.n,
-            rl.iterations,
-            sync=engine,
-            on_round=r.on_round,
-            start=r.done,
-            eval_batch_size=e.eval_batch_size,
-            evaluator=engine,
-            **eval_schedule(rl),
+        _iterate(
+            e,
+            r,
+            model_sampler(e.task, Watched(gen, r.watch), e.rl.temperature, e.task.max_new_tokens),
+            engine,
+            sync=True,
         )
 
 
 def run_filtering(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None) -> None:
     """Filtering: expert iteration's selection on π_weak's samples (an engine evaluates only)."""
     r = rounds(e, checkpoint, checkpoint_every_s, start, "filtering")
-    rl = e.rl
-    train = TrainConfig(**{**vars(e.train), "epochs": rl.epochs_per_iteration})
     weak = policy_sampler(e.weak)
 
     def weak_samples(batch: list[Problem]) -> list[str]:
@@ -207,23 +216,7 @@ def run_filtering(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: fl
         return out
 
     with evaluation_engine(e, backend(e.rl)) as engine:
-        expert_iteration(
-            e.model,
-            e.tokenizer,
-            e.task,
-            weak_samples,
-            r.problems,
-            e.eval_problems,
-            train,
-            e.seed,
-            rl.n,
-            rl.iterations,
-            on_round=r.on_round,
-            start=r.done,
-            eval_batch_size=e.eval_batch_size,
-            evaluator=engine,
-            **eval_schedule(rl),
-        )
+        _iterate(e, r, weak_samples, engine, sync=False)
 
 
 def price_rounds(c: TrialCosts, n_rounds: int, step: Cost, overhead: Cost) -> Cost:
