@@ -60,7 +60,7 @@ class SeaweedServer:
         self.access_key = access_key or "pwlock" + secrets.token_hex(4)
         self.secret_key = secret_key or secrets.token_hex(16)
         # Each service takes a port and a gRPC port; pick them all free so servers can run side by side.
-        self.ports = {name: (free_port(), free_port()) for name in ("s3", "master", "volume", "filer", "admin")}
+        self.ports = self._free_ports()
         # Prometheus metrics (request counts by type, bytes received), for benchmarks.
         self.metrics_port = free_port() if metrics else None
         self.proc: subprocess.Popen | None = None
@@ -83,7 +83,30 @@ class SeaweedServer:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
+    @staticmethod
+    def _free_ports() -> dict[str, tuple[int, int]]:
+        return {name: (free_port(), free_port()) for name in ("s3", "master", "volume", "filer", "admin")}
+
     def start(self, timeout_s: float = 30.0) -> SeaweedServer:
+        """Start the server and wait until its bucket is ready. A port picked free can be taken by
+        another process before the server binds it: the first start then picks fresh ports and
+        tries again (twice at most); a restart keeps its ports, which clients already hold."""
+        attempts = 3 if self.proc is None else 1
+        for attempt in range(attempts):
+            log = self.dir / "weed.log"
+            before = log.stat().st_size if log.exists() else 0
+            try:
+                return self._start(timeout_s)
+            except RuntimeError:
+                with open(log, "rb") as f:
+                    f.seek(before)
+                    said = f.read()  # weed's words when the port is taken before, and while, it starts
+                    taken = b"is not available" in said or b"address already in use" in said
+                if not taken or attempt == attempts - 1:
+                    raise
+                self.ports = self._free_ports()
+
+    def _start(self, timeout_s: float) -> SeaweedServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         config = self.dir / "s3.json"
         config.write_text(

@@ -107,3 +107,21 @@ def test_credentials_are_not_pickled_with_the_filesystem(s3_env):
     store = open_store(f"s3://{s3_env.bucket}/x")
     blob = pickle.dumps(store.fs) + pickle.dumps(store.spec)
     assert s3_env.secret_key.encode() not in blob and s3_env.access_key.encode() not in blob
+
+
+def test_a_server_whose_port_was_taken_meanwhile_starts_on_fresh_ports(tmp_path):
+    """A port picked free can be bound by another process before the server binds it: the first
+    start then picks fresh ports and starts."""
+    import socket
+
+    from pwlock.s3server import SeaweedServer
+
+    server = SeaweedServer(tmp_path / "weed")
+    taken = server.ports["s3"][0]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with server:
+            assert server.ports["s3"][0] != taken
+            assert server._client().head_bucket(Bucket=server.bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert f"port {taken} for S3".encode() in (tmp_path / "weed" / "weed.log").read_bytes()
