@@ -126,9 +126,13 @@ class Plan:
     # description, the cost estimate and the run alike.
     task: Task
     policies: PolicyPlan  # model policies: their models and sample pools
-    methods: dict[str, Method]  # the registry entries of elicit.methods
     engine: VLLMConfig | None  # the vLLM engine each trial starts, if any
     setup: TrialSetup  # what every trial gets
+
+    @property
+    def methods(self) -> dict[str, Method]:
+        """The registry entries of elicit.methods (the ones every trial gets)."""
+        return self.setup.methods
 
 
 def plan(cfg: StudyConfig) -> Plan:
@@ -158,7 +162,6 @@ def plan(cfg: StudyConfig) -> Plan:
         up.variant,
         task,
         pols,
-        methods,
         engine,
         setup,
     )
