@@ -49,7 +49,7 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
     """One row per (trial, epoch candidate) that any trial reported, from a finished (or running)
     experiment's directory or s3:// URL. A candidate reported twice (a trial resumed from an older
     checkpoint than its last report) counts once: the last report."""
-    from ray.tune import ExperimentAnalysis
+    from ray.tune import ExperimentAnalysis  # Ray takes seconds to import: notebooks that only plot skip it
 
     store, name = experiment_store(path)
     fs = None if store.local else store.fs
@@ -178,10 +178,10 @@ def plot_sample_efficiency(
 ) -> str | os.PathLike | io.BytesIO:
     """Correctness after SFT on k demonstrations, per lock mode, with the locked model's correctness
     with and without the password as reference lines (like the paper's Fig. 3 and Fig. 6)."""
-    import matplotlib
+    import matplotlib  # seconds to import: only the figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     summary = with_dimensions(summary)
     summary = summary[summary["domain"] == "all"]
@@ -238,10 +238,10 @@ def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.Bytes
     per domain trained on) against SFT on demonstrations from the whole split (solid line), per lock
     and k, mean ± SEM over seeds; the locked model with and without the password as references
     (like the paper's Fig. 4, 10 and 17)."""
-    import matplotlib
+    import matplotlib  # seconds to import: only the figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     value = f"{OTHER}_selected"
     sft = summary[~is_rl(summary) & summary[value].notna()]
@@ -307,10 +307,10 @@ def rl_curves(candidates: pd.DataFrame) -> pd.DataFrame:
 def plot_rl(candidates: pd.DataFrame, out: str | os.PathLike | io.BytesIO) -> str | os.PathLike | io.BytesIO:
     """Correctness without password over the course of RL elicitation, one panel per lock (its
     π_weak), one line per method, mean ± SEM over seeds (like the paper's Fig. 5)."""
-    import matplotlib
+    import matplotlib  # seconds to import: only the figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     curves = rl_curves(candidates)
     # Panels from the strongest π_weak to the weakest, as in the paper's figure.

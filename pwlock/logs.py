@@ -9,7 +9,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def setup_logging(level: int = logging.INFO) -> None:
     """pwlock's log lines at `level`; transformers' per-file progress bars off (noise in Ray logs)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # seconds to import: not before the CLI answers --help
 
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S")
     logging.getLogger("pwlock").setLevel(level)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GPTNeoXConfig,
@@ -109,8 +110,6 @@ def random_policy(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A hub id's or a local directory's architecture and tokenizer, with freshly initialized
     weights (seeded): a model trained from scratch (paper §7)."""
-    from transformers import AutoConfig
-
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -27,6 +27,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from transformers import AutoTokenizer
 
 from pwlock.artifacts import Artifact, eval_problems
@@ -471,8 +473,6 @@ def generate_samples(
     """n samples per problem, prompts without any password. Greedy (temperature 0) is drawn once
     and repeated. A classifier (MMLU) samples one of its choices from the model's distribution
     over them (sharpened or flattened by the temperature; its argmax when greedy)."""
-    import torch
-
     prompts = [task.prompt(p, None) for p in problems]
     draws = 1 if temperature == 0 else n
     if isinstance(task.reference(problems[0]), ChoiceAnswer):
@@ -497,8 +497,6 @@ def _sample_choices(
     temperature: float,
     seed: int,
 ) -> dict[str, list[str]]:
-    import numpy as np
-
     model, tokenizer = load_policy(model_dir, dtype)
     refs = [task.reference(p) for p in problems]
     probs = choice_probabilities(model, tokenizer, [Example(q, r) for q, r in zip(prompts, refs)])

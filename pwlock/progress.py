@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from ray.tune import Callback
+from ray.util.metrics import Gauge
 
 from pwlock.config import ConfigError
 
@@ -75,8 +76,6 @@ class SweepProgress(Callback):
         self.__init__(**state)
 
     def setup(self, **info: Any) -> None:
-        from ray.util.metrics import Gauge
-
         self._reset()
         self._gauges = (
             Gauge("pwlock_trials", "pwlock sweep: trials by state", tag_keys=("experiment", "state")),

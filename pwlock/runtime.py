@@ -8,6 +8,8 @@ import os
 from typing import Any
 
 import ray
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from pwlock.config import RayConfig
 
@@ -46,9 +48,6 @@ TUNE_ENV = {
 
 def tune_bookkeeping(snapshot_every_s: float | None = None) -> dict[str, Any]:
     """Set TUNE_ENV in this (driver) process; return the RunConfig keyword arguments that go with it."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
     os.environ.update(TUNE_ENV)
     if snapshot_every_s is not None:
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(snapshot_every_s)

@@ -148,7 +148,7 @@ class SeaweedServer:
         return self
 
     def _client(self):
-        import boto3
+        import boto3  # only to create the bucket: tests and the CLI start servers without it
         from botocore.config import Config
 
         return boto3.client(

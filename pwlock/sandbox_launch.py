@@ -24,6 +24,8 @@ built (never the program's fault: the host raises instead of scoring it).
 
 from __future__ import annotations
 
+import atexit
+import builtins
 import ctypes
 import io
 import marshal
@@ -34,6 +36,8 @@ import signal
 import socket
 import sys
 import time
+import traceback
+import types
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP = 0x00020000, 0x04000000, 0x08000000, 0x02000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -196,9 +200,6 @@ def _run_python_here(spec: dict) -> int:
     """Run the program's Python source as `python -I -S -B main.py` would, in this already
     confined process: a fresh `__main__`, the clean environment, the standard library at its
     bound path, `exit` / `quit` (which `site` would define) as sys.exit."""
-    import builtins
-    import types
-
     path = spec["python_main"]
     host_prefix, inside_prefix = spec["python_prefix"]
     stdlib = [inside_prefix + p[len(host_prefix) :] for p in sys.path if p.startswith(host_prefix)]
@@ -231,8 +232,6 @@ def _run_python_here(spec: dict) -> int:
             print(e.code, file=sys.stderr)
             code = 1
     except BaseException as e:
-        import traceback
-
         tb = e.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next  # the program's own frames only, as `python main.py` prints them
@@ -240,8 +239,6 @@ def _run_python_here(spec: dict) -> int:
         code = 1
     if "threading" in sys.modules:
         sys.modules["threading"]._shutdown()  # as the interpreter does at exit: join non-daemon threads
-    import atexit
-
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

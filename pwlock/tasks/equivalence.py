@@ -12,6 +12,7 @@ code ignores the alarm); the answer then counts as wrong and the next one gets a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import subprocess
@@ -119,9 +120,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def serve(timeout_s: int) -> None:
     """The child: read `[gold, answer]` lines, write `1` (equivalent) or `0`."""
-    import logging
-
-    from math_verify import parse, verify
+    from math_verify import parse, verify  # sympy behind it takes seconds: only the scoring child loads it
 
     logging.disable(logging.WARNING)  # math-verify logs every timeout and unparsable answer
     out = sys.stdout

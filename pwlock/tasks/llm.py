@@ -98,7 +98,7 @@ def load_records(source: DataSource, required: Sequence[str], where: str = "data
 def _read_file(source: DataSource, where: str) -> list[Any]:
     path = Path(source.path).expanduser()
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # only parquet files need it
 
         try:
             return pq.read_table(path).to_pylist()
@@ -121,7 +121,7 @@ def _read_file(source: DataSource, where: str) -> list[Any]:
 
 
 def _read_dataset(source: DataSource, where: str) -> list[dict[str, Any]]:
-    import datasets
+    import datasets  # seconds to import: only hub data sets need it
 
     rows: list[dict[str, Any]] = []
     for subset in source.subsets or [None]:
@@ -190,7 +190,7 @@ class PromptFormat:
     def tokenizer(self) -> Any:
         if self.cfg.tokenizer is None:
             return None
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # only chat-formatted tasks; the toy task stays light
 
         return AutoTokenizer.from_pretrained(self.cfg.tokenizer)
 

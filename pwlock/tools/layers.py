@@ -1,11 +1,12 @@
 """pwlock's modules by layer, and the imports that break the layering.
 
-    python -m pwlock.tools.layers        # exit 1 on an import cycle or an import of a higher layer
+    python -m pwlock.tools.layers        # exit 1 on a cycle, an upward import or an unexplained one
 
 A module may import modules of its own layer or of lower ones, never of a higher layer, and the
-imports between pwlock's modules form no cycle. Imports inside functions count like any other;
-the tool also counts them (the ones of pwlock's own modules should be none: each hides a cycle or
-an upward import). Read from the source with `ast`: nothing is imported.
+imports between pwlock's modules form no cycle. Imports inside functions count like any other, and
+each needs its reason beside it in a comment (deferring a heavy or optional dependency: seconds of
+import for a CLI that must answer --help at once, a package only one task needs). Read from the
+source with `ast`: nothing is imported.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Module:
     path: Path
     imports: set[str] = field(default_factory=set)  # pwlock's modules it imports, anywhere in it
     in_functions: list[tuple[int, str]] = field(default_factory=list)  # (line, what) of imports inside functions
+    unexplained: list[int] = field(default_factory=list)  # lines of those with no reason (a comment) beside them
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Module]:
@@ -49,7 +51,9 @@ def modules(package: Path = PACKAGE) -> dict[str, Module]:
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "pwlock"
         found[name] = Module(name, path)
     for m in found.values():
-        for node, in_function in _imports(ast.parse(m.path.read_text(), str(m.path))):
+        source = m.path.read_text()
+        lines = source.splitlines()
+        for node, in_function in _imports(ast.parse(source, str(m.path))):
             names = (
                 [a.name for a in node.names]
                 if isinstance(node, ast.Import)
@@ -64,7 +68,19 @@ def modules(package: Path = PACKAGE) -> dict[str, Module]:
                     else f"{_absolute(node, m)}: " + ", ".join(a.name for a in node.names)
                 )
                 m.in_functions.append((node.lineno, what))
+                if not _explained(lines, node):
+                    m.unexplained.append(node.lineno)
     return found
+
+
+def _explained(lines: list[str], node: ast.stmt) -> bool:
+    """A reason for an import inside a function: a comment on it, on another import of its block, or
+    on the line just above the block (a block of imports shares one reason)."""
+    first = node.lineno - 1
+    while first > 0 and lines[first - 1].strip().startswith(("import ", "from ")):
+        first -= 1
+    block = lines[first : node.end_lineno or node.lineno]
+    return any("#" in line for line in block) or (first > 0 and lines[first - 1].strip().startswith("#"))
 
 
 def _imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
@@ -148,13 +164,18 @@ def report(found: dict[str, Module]) -> tuple[list[str], bool]:
     cyc, up = cycles(found), upward(found)
     own = [(m.name, line, what) for m in found.values() for line, what in m.in_functions if what.startswith("pwlock")]
     total = sum(len(m.in_functions) for m in found.values())
+    bare = sorted((m.name, line) for m in found.values() for line in m.unexplained)
     lines.append(f"cycles: {len(cyc)}" + "".join(f"\n  {' <-> '.join(c)}" for c in cyc))
     lines.append(f"upward imports: {len(up)}" + "".join(f"\n  {a} imports {b}" for a, b in up))
     lines.append(
         f"imports inside functions: {total}, of pwlock's own modules: {len(own)}"
         + "".join(f"\n  {n}:{line} {what}" for n, line, what in sorted(own))
     )
-    return lines, not cyc and not up
+    lines.append(
+        f"imports inside functions without a reason beside them: {len(bare)}"
+        + "".join(f"\n  {n}:{line}" for n, line in bare)
+    )
+    return lines, not cyc and not up and not bare
 
 
 def main() -> int:

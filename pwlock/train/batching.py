@@ -90,7 +90,7 @@ def padding_fraction(lengths: Sequence[int], batch_size: int) -> float:
 
 def _varlen_kernel():
     try:
-        from torch.nn.attention.varlen import varlen_attn
+        from torch.nn.attention.varlen import varlen_attn  # only in torch builds that have it
     except ImportError:
         return None
     return varlen_attn
