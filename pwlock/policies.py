@@ -274,26 +274,49 @@ def policy_names(task: Task, cfg: StudyConfig) -> set[str]:
 def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict, methods: Mapping[str, Method]) -> PolicyPlan:
     """The artifacts the study's model policies need for their uses, or the errors that stop them
     (naming `policies.<name>.<field>` or the file and line); reads supplied JSONL files."""
-    models = cfg.policies
-    plan = PolicyPlan(names=tuple(models))
-    if not models:
+    plan = PolicyPlan(names=tuple(cfg.policies))
+    if not cfg.policies:
         return plan
-    errors = plan.errors
-    known = policy_names(task, cfg)
-    for name, p in models.items():
-        if p.train_on not in (None, REFERENCES) and p.train_on not in known:
-            errors.append(
-                f"policies.{name}.train_on: no policy {p.train_on!r}; expected {REFERENCES!r} or one of {sorted(known)}"
-            )
-        if p.train_on == REFERENCES and any(task.reference(q) is None for q in task.problems(p.train_split)[:1]):
-            errors.append(f"policies.{name}.train_on: task {task.name!r} has no reference answers")
     lock_roles = ["strong", *[w for w in cfg.lock.weak if w != FIXEDRDM]]
     if "adversarial" in cfg.lock.variants and cfg.lock.intermediate:
         lock_roles.append(cfg.lock.intermediate)
     demonstrators = list(cfg.elicit.demonstrators) if any(m.demonstrations == "trial" for m in methods.values()) else []
     if any(m.demonstrations == "rl" for m in methods.values()):
         demonstrators.append(cfg.elicit.rl.sft_demonstrator)
-    weak_models = [w for w in cfg.lock.weak if w in models]
+    plan.errors.extend(_use_errors(cfg, task, methods))
+    if plan.errors:
+        return plan
+    planner = _PolicyPlanner(cfg, task, task_spec, plan)
+    epochs = max(cfg.lock.train_of(m).epochs for m in cfg.lock.modes)
+    try:
+        for name in [n for n in dict.fromkeys(lock_roles + demonstrators) if n in cfg.policies]:
+            p = cfg.policies[name]
+            if name in lock_roles and (
+                a := planner.pool(name, "lock", p.samples_per_problem or epochs, p.temperature, "lock data")
+            ):
+                plan.lock[name] = a.key
+            if name in demonstrators and (a := planner.pool(name, "elicit", 1, p.temperature, "demonstrations")):
+                plan.elicit[name] = a.key
+            if a := planner.pool(name, cfg.eval.split, 1, 0.0, "scores", cfg.eval.max_problems):
+                plan.scores[name] = a.key
+    except ValueError as e:  # a supplied file that cannot be read
+        plan.errors.append(str(e))
+    return plan
+
+
+def _use_errors(cfg: StudyConfig, task: Task, methods: Mapping[str, Method]) -> list[str]:
+    """What stops the model policies before any artifact is planned: unknown training sources, and
+    uses pwlock cannot serve with a model π_weak."""
+    errors = []
+    known = policy_names(task, cfg)
+    for name, p in cfg.policies.items():
+        if p.train_on not in (None, REFERENCES) and p.train_on not in known:
+            errors.append(
+                f"policies.{name}.train_on: no policy {p.train_on!r}; expected {REFERENCES!r} or one of {sorted(known)}"
+            )
+        if p.train_on == REFERENCES and any(task.reference(q) is None for q in task.problems(p.train_split)[:1]):
+            errors.append(f"policies.{name}.train_on: task {task.name!r} has no reference answers")
+    weak_models = [w for w in cfg.lock.weak if w in cfg.policies]
     if weak_models and any(m.samples_from == "weak" for m in methods.values()):
         errors.append(
             f"elicit.methods: filtering samples π_weak afresh each round, but π_weak {weak_models[0]!r} "
@@ -304,112 +327,119 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict, methods: Mappin
             f"lock.stop_at: measures π_weak on the weak split, which π_weak {weak_models[0]!r} "
             f"(policies.{weak_models[0]}) may train on; set lock epochs instead"
         )
-    if errors:
-        return plan
+    return errors
 
-    epochs = max(cfg.lock.train_of(m).epochs for m in cfg.lock.modes)
 
-    sample = task.problems("elicit")[:1]
-    classifier = bool(sample) and isinstance(task.reference(sample[0]), ChoiceAnswer)
-    supplied: dict[str, tuple[dict, dict]] = {}  # name -> (samples by id, source spec)
-    built: dict[str, Artifact] = {}
+class _PolicyPlanner:
+    """Plans each model policy's artifacts once: its trained model (if it is trained) and its
+    sample pools, shared by every use; supplied JSONL files are read once."""
 
-    def add(a: Artifact) -> Artifact:
-        if a.key not in built:
-            built[a.key] = a
-            plan.artifacts.append(a)
-        return built[a.key]
+    def __init__(self, cfg: StudyConfig, task: Task, task_spec: dict, plan: PolicyPlan):
+        self.cfg, self.task, self.task_spec, self.plan = cfg, task, task_spec, plan
+        self.models = cfg.policies
+        sample = task.problems("elicit")[:1]
+        self.classifier = bool(sample) and isinstance(task.reference(sample[0]), ChoiceAnswer)
+        self.supplied: dict[str, tuple[dict, dict]] = {}  # name -> (samples by id, source spec)
+        self.built: dict[str, Artifact] = {}
+        self.trained: dict[str, Artifact | None] = {}
 
-    def jsonl_of(name: str) -> tuple[dict, dict]:
-        if name not in supplied:
-            path = models[name].jsonl
+    def add(self, a: Artifact) -> Artifact:
+        if a.key not in self.built:
+            self.built[a.key] = a
+            self.plan.artifacts.append(a)
+        return self.built[a.key]
+
+    def jsonl(self, name: str) -> tuple[dict, dict]:
+        if name not in self.supplied:
+            path = self.models[name].jsonl
             samples = read_jsonl(path, f"policies.{name}.jsonl")
-            errors.extend(unknown_ids(samples, path, task, f"policies.{name}.jsonl"))
-            supplied[name] = samples, {"jsonl": file_digest(path)}  # by content: its path is an input
-        return supplied[name]
+            self.plan.errors.extend(unknown_ids(samples, path, self.task, f"policies.{name}.jsonl"))
+            self.supplied[name] = samples, {"jsonl": file_digest(path)}  # by content: its path is an input
+        return self.supplied[name]
 
-    def source_of(name: str) -> tuple[dict, tuple[str, ...]]:
-        p = models[name]
+    def source(self, name: str) -> tuple[dict, tuple[str, ...]]:
+        p = self.models[name]
         if p.jsonl is not None:
-            return jsonl_of(name)[1], ()
-        model = model_of(name)
+            return self.jsonl(name)[1], ()
+        model = self.model(name)
         if model is None:
             return {"base": p.base, "dtype": p.dtype}, ()
         return {"model": model.key, "dtype": p.dtype}, (model.key,)
 
-    def pool_of(
-        name: str, split: str, n: int, temperature: float, why: str, max_problems: int | None = None
+    def pool(
+        self, name: str, split: str, n: int, temperature: float, why: str, max_problems: int | None = None
     ) -> Artifact | None:
-        p = models[name]
-        source, deps = source_of(name)
+        p = self.models[name]
+        source, deps = self.source(name)
         if p.jsonl is not None:
-            problems = eval_problems(task, split, max_problems)
-            missing = coverage_errors(jsonl_of(name)[0], p.jsonl, problems, split, f"policies.{name}.jsonl ({why})")
+            problems = eval_problems(self.task, split, max_problems)
+            missing = coverage_errors(self.jsonl(name)[0], p.jsonl, problems, split, f"policies.{name}.jsonl ({why})")
             if missing:
                 if why == "scores":  # a file without the evaluation problems leaves its policy unscored
                     log.info("policy %s: %s; it is not scored", name, missing[0])
                     return None
-                errors.extend(missing)
+                self.plan.errors.extend(missing)
                 return None
             temperature, generator = None, None  # what the file holds
         else:
-            generator = asdict(p.generator)
-            if classifier:  # one forward pass over the letters, in the stage's own process: no engine
-                if generator["backend"] == "vllm":
-                    errors.append(
-                        f"policies.{name}.generator.backend: task {task.name!r} samples a letter from "
-                        "the model's distribution over the choices in one forward pass; set hf or auto"
-                    )
-                generator["backend"] = "hf"
-            else:  # "auto" becomes vLLM where stages have GPUs (the cluster's image has it)
-                generator["backend"] = resolve_engine(generator["backend"], cfg.ray.gpus_per_stage)
+            generator = self.generator(name)
         inputs = {"jsonl": str(Path(p.jsonl).expanduser())} if p.jsonl is not None else None
-        return add(
+        return self.add(
             sample_pool_artifact(
-                name, task_spec, source, split, n, temperature, max_problems, cfg.seed, generator, deps, inputs
+                name,
+                self.task_spec,
+                source,
+                split,
+                n,
+                temperature,
+                max_problems,
+                self.cfg.seed,
+                generator,
+                deps,
+                inputs,
             )
         )
 
-    trained: dict[str, Artifact | None] = {}
+    def generator(self, name: str) -> dict[str, Any]:
+        generator = asdict(self.models[name].generator)
+        if self.classifier:  # one forward pass over the letters, in the stage's own process: no engine
+            if generator["backend"] == "vllm":
+                self.plan.errors.append(
+                    f"policies.{name}.generator.backend: task {self.task.name!r} samples a letter from "
+                    "the model's distribution over the choices in one forward pass; set hf or auto"
+                )
+            generator["backend"] = "hf"
+        else:  # "auto" becomes vLLM where stages have GPUs (the cluster's image has it)
+            generator["backend"] = resolve_engine(generator["backend"], self.cfg.ray.gpus_per_stage)
+        return generator
 
-    def model_of(name: str) -> Artifact | None:
-        if name not in trained:
-            trained[name] = train(name)
-        return trained[name]
+    def model(self, name: str) -> Artifact | None:
+        """`name`'s fine-tuned model, or None where it is its base as is."""
+        if name not in self.trained:
+            self.trained[name] = self._train(name)
+        return self.trained[name]
 
-    def train(name: str) -> Artifact | None:
-        p = models[name]
+    def _train(self, name: str) -> Artifact | None:
+        p = self.models[name]
         if p.train_on is None:
             return None
         deps: tuple[str, ...] = ()
         if p.train_on == REFERENCES:
             train_on: dict[str, Any] = {"references": True}
-        elif p.train_on in models:
-            src = pool_of(
-                p.train_on, p.train_split, p.train_samples, models[p.train_on].temperature, f"training data of {name}"
+        elif p.train_on in self.models:
+            src = self.pool(
+                p.train_on,
+                p.train_split,
+                p.train_samples,
+                self.models[p.train_on].temperature,
+                f"training data of {name}",
             )
             if src is None:
                 return None
             train_on, deps = {"pool": src.key}, (src.key,)
         else:
             train_on = {"task_policy": p.train_on}
-        return add(policy_model_artifact(name, task_spec, p, train_on, cfg.seed, deps))
-
-    used = [n for n in dict.fromkeys(lock_roles + demonstrators) if n in models]
-    try:
-        for name in used:
-            p = models[name]
-            if name in lock_roles and (
-                a := pool_of(name, "lock", p.samples_per_problem or epochs, p.temperature, "lock data")
-            ):
-                plan.lock[name] = a.key
-            if name in demonstrators and (a := pool_of(name, "elicit", 1, p.temperature, "demonstrations")):
-                plan.elicit[name] = a.key
-            if a := pool_of(name, cfg.eval.split, 1, 0.0, "scores", cfg.eval.max_problems):
-                plan.scores[name] = a.key
-    except ValueError as e:  # a supplied file that cannot be read
-        errors.append(str(e))
-    return plan
+        return self.add(policy_model_artifact(name, self.task_spec, p, train_on, self.cfg.seed, deps))
 
 
 # -- builders -------------------------------------------------------------------------------------
