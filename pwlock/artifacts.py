@@ -1,5 +1,6 @@
 """An upstream artifact: what builds it, the content key it is stored under, and how a build runs
-(reused when the store has it; written to a scratch directory, committed whole, or nothing).
+(reused when the store has it whole, checked file by file; written to a scratch directory,
+committed whole, or nothing).
 The stages themselves are in pwlock.stages and pwlock.policies."""
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ Builder = Callable[[Store, "Artifact", Path], dict[str, Any]]
 def build_artifact(store_spec: StoreSpec | str, artifact: Artifact, builders: Mapping[str, Builder]) -> dict[str, Any]:
     """Build `artifact` with its stage's builder unless the store has it; return its metadata."""
     store = open_store(store_spec)
-    if store.has(artifact.key):
-        meta = store.meta(artifact.key)
-        log.info("reusing %s: %s (built %s)", artifact.label, artifact.key, meta.get("built_at", "?"))
-        return {**meta, "reused": True}
+    state = store.check_artifact(artifact.key)  # every file hashed: a damaged artifact is never reused
+    if state.built:
+        log.info("reusing %s: %s (built %s)", artifact.label, artifact.key, state.meta.get("built_at", "?"))
+        return {**state.meta, "reused": True}
+    if state.meta is not None:
+        log.warning("%s %s is damaged (%s): building it again", artifact.label, artifact.key, state.why())
     log.info("building %s: %s", artifact.label, artifact.key)
     t0 = time.perf_counter()
     scratch = store.scratch_dir(artifact.key)
@@ -72,6 +75,6 @@ def build_artifact(store_spec: StoreSpec | str, artifact: Artifact, builders: Ma
         "build_seconds": round(time.perf_counter() - t0, 2),
         **result,
     }
-    store.commit(artifact.key, scratch, meta)
+    store.commit(artifact.key, scratch, meta, replace=state.meta is not None)
     log.info("built %s in %.0f s: %s", artifact.label, meta["build_seconds"], artifact.key)
     return {**meta, "reused": False}

@@ -25,6 +25,7 @@ from pwlock.artifacts import Artifact
 from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig, config_from_dict, to_dict
 from pwlock.generate.vllm_actor import trial_resources
 from pwlock.guards import assess_locks, check_locks
+from pwlock.integrity import FILES
 from pwlock.logs import setup_logging
 from pwlock.plan import Plan, trial_name
 from pwlock.pricing import describe
@@ -44,16 +45,21 @@ def build_upstream(p: Plan, store: Store) -> dict[str, dict[str, Any]]:
     refs: dict[str, Any] = {}
     metas: dict[str, dict[str, Any]] = {}
     for a in p.artifacts:
-        if store.has(a.key):
-            metas[a.key] = {**store.meta(a.key), "reused": True}
-            log.info("reusing %s %s (built %s)", a.label, a.key, metas[a.key].get("built_at"))
+        # Locally every file is hashed here (once per process); on S3 a Ray task checks an artifact
+        # with files where it downloads it, into the cache of the node whose trials will read it.
+        state = store.inspect(a.key, deep=store.local)
+        if state.built and (store.local or not state.meta.get(FILES)):
+            metas[a.key] = {**state.meta, "reused": True}
+            log.info("reusing %s %s (built %s)", a.label, a.key, state.meta.get("built_at"))
             continue
+        if state.meta is not None and not state.built:
+            log.warning("%s %s is damaged (%s): building it again", a.label, a.key, state.why())
         upstream = [refs[d] for d in a.deps if d in refs]
         builder = remote_build if a.gpus is None else remote_build.options(num_gpus=a.gpus)
         refs[a.key] = builder.remote(store.spec, a, *upstream)
     if refs:
         log.info(
-            "building %d upstream artifacts as Ray tasks: %s",
+            "building (or, on S3, checking where downloaded) %d upstream artifacts as Ray tasks: %s",
             len(refs),
             ", ".join(a.label for a in p.artifacts if a.key in refs),
         )

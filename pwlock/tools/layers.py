@@ -21,7 +21,10 @@ PACKAGE = Path(__file__).resolve().parents[1]
 
 # Lowest first. A name stands for the module and, for a package, everything in it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["pwlock", "config", "passwords", "store", "s3server", "logs", "runtime", "progress", "cost"]),
+    (
+        "foundation",
+        ["pwlock", "config", "passwords", "store", "integrity", "s3server", "logs", "runtime", "progress", "cost"],
+    ),
     ("tasks, models, sandbox", ["tasks", "models", "sandbox", "sandbox_launch"]),
     ("train, generate", ["train", "generate"]),
     ("lock, evaluate, guards", ["lock", "setting", "evaluate", "guards"]),
