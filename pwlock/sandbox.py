@@ -67,6 +67,10 @@ class SandboxError(RuntimeError):
     """The sandbox could not be built or is weaker than required: never the program's fault."""
 
 
+class SandboxUnavailable(SandboxError):
+    """This machine cannot run the sandbox as required: the message says why and how to fix it."""
+
+
 @dataclass(frozen=True)
 class Limits:
     wall_s: float = 5.0
@@ -332,10 +336,7 @@ class Sandbox:
         if missing:
             self._cgroups.remove()
             _rmtree(self._base)
-            raise SandboxError(
-                f"the sandbox cannot enforce {missing} on this machine ({self.machine}); user namespaces "
-                "(`unshare -rn true`) and Landlock (Linux >= 5.13) provide them"
-            )
+            raise unavailable(self.machine, missing)
         weak = [k for k, v in self.enforced.items() if not v]
         if weak:
             log.warning("sandbox: not enforced on this machine: %s", ", ".join(weak))
@@ -615,4 +616,201 @@ def _read_run(
     return bytes(out), bytes(err), exceeded, parsed
 
 
-__all__ = ["Limits", "Program", "RunResult", "Sandbox", "SandboxError", "enforced", "machine"]
+# -- preflight: refuse a study before its first trial where the sandbox cannot run --------------
+
+# What a container started as root needs: creating namespaces and mounting a fresh /proc need
+# CAP_SYS_ADMIN, and without it Docker's and containerd's default seccomp profiles deny unshare and
+# AppArmor's default container profile denies mount. cluster/ grants exactly these to the nodes
+# that score code (tests/test_cluster_configs.py checks).
+DOCKER_RUN_OPTIONS = ("--cap-add=SYS_ADMIN", "--security-opt=seccomp=unconfined", "--security-opt=apparmor=unconfined")
+K8S_SECURITY_CONTEXT = {
+    "capabilities": {"add": ["SYS_ADMIN"]},
+    "seccompProfile": {"type": "Unconfined"},
+    "appArmorProfile": {"type": "Unconfined"},
+}
+CAP_SYS_ADMIN = 21
+FIX = (
+    "fix (any one):\n"
+    f"  - Docker (`ray up`: docker.worker_run_options in cluster/aws.yaml): {' '.join(DOCKER_RUN_OPTIONS)}\n"
+    "  - Kubernetes (cluster/kuberay/): the worker container's securityContext: capabilities.add [SYS_ADMIN], "
+    "seccompProfile Unconfined, appArmorProfile Unconfined (Kubernetes >= 1.30; before, the annotation "
+    "container.apparmor.security.beta.kubernetes.io/ray-worker: unconfined)\n"
+    "  - without added capabilities: run the container as a non-root user where unprivileged user namespaces "
+    "are allowed (seccomp and AppArmor unconfined, kernel.unprivileged_userns_clone=1, "
+    "kernel.apparmor_restrict_unprivileged_userns=0); the sandbox then needs no capability\n"
+    "  - or run studies of other tasks on these nodes: only the code task starts the sandbox\n"
+    "(docs/sandbox.md, 'Preflight')"
+)
+
+
+def _status() -> dict[str, str]:
+    """This process's /proc/self/status fields (capabilities, seccomp mode)."""
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def reasons(m: _Machine, missing: Sequence[str]) -> list[str]:
+    """Why this machine cannot enforce `missing`, in the terms of the setting to change."""
+    status, out = _status(), []
+    seccomp = status.get("Seccomp") == "2"
+    if not m.namespaces:
+        if m.root:
+            if not int(status.get("CapEff", "0"), 16) >> CAP_SYS_ADMIN & 1:
+                out.append("this process runs as root without CAP_SYS_ADMIN, which creating namespaces needs")
+            else:
+                out.append("root cannot create namespaces here (unshare failed)")
+        else:
+            out.append("unprivileged user namespaces are denied (unshare of a user namespace failed)")
+            for path, bad in (
+                ("/proc/sys/user/max_user_namespaces", "0"),
+                ("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+                ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1"),
+            ):
+                if _read(path) == bad:
+                    out.append(f"{path} is {bad}")
+        if seccomp:
+            out.append(
+                "a seccomp filter is on (Seccomp: 2 in /proc/self/status): Docker's and containerd's default "
+                "profiles deny unshare without CAP_SYS_ADMIN"
+            )
+    if m.landlock_abi < 1:
+        release = os.uname().release
+        lsm = _read("/sys/kernel/security/lsm")
+        why = f"Landlock is unavailable (kernel {release}; it needs Linux >= 5.13 with landlock among its LSMs"
+        why += f", which are {lsm})" if lsm else ")"
+        if seccomp:
+            why += "; a seccomp filter is on and may deny landlock_create_ruleset"
+        out.append(why)
+    if not out:
+        out.append(f"missing {list(missing)} on {m}")
+    return out
+
+
+def unavailable(m: _Machine, missing: Sequence[str]) -> SandboxUnavailable:
+    why = "\n".join(f"  - {r}" for r in reasons(m, missing))
+    return SandboxUnavailable(
+        f"the code sandbox cannot run on this node ({socket.gethostname()}): it cannot enforce {', '.join(missing)}\n"
+        f"why:\n{why}\n{FIX}"
+    )
+
+
+_CHECKS = {
+    "python": ("import sys\nprint(sum(map(int, sys.stdin.read().split())))", "19 23", "42\n"),
+    "cpp": (
+        "#include <iostream>\nint main() { long a, b; std::cin >> a >> b; std::cout << a + b << std::endl; }",
+        "19 23",
+        "42\n",
+    ),
+}
+
+
+def preflight(languages: Sequence[str] = LANGUAGES, require: Sequence[str] = REQUIRED) -> dict[str, bool]:
+    """Check that the sandbox runs on this node before a study relies on it: the kernel probe, then
+    a real run per language (C++ compiled in the sandbox, without the compile cache). Returns what
+    is enforced; raises SandboxUnavailable naming the reason and the fix."""
+    unknown = set(languages) - set(LANGUAGES)
+    if unknown:
+        raise ValueError(f"languages: expected some of {LANGUAGES}, got {sorted(unknown)}")
+    try:
+        m = machine()
+    except (SandboxError, OSError, subprocess.SubprocessError) as e:
+        raise SandboxUnavailable(f"the code sandbox cannot run on this node ({socket.gethostname()}): {e}\n{FIX}")
+    if "cpp" in languages and not os.access(CXX, os.X_OK):
+        raise SandboxUnavailable(
+            f"the code sandbox cannot compile C++ on this node ({socket.gethostname()}): {CXX} is missing "
+            "(apt-get install g++; pwlock's image has it)"
+        )
+    log.debug("sandbox preflight: %s", m)
+    # A fresh compile cache: the compiler itself must run in the sandbox, not a binary cached earlier.
+    with tempfile.TemporaryDirectory(prefix="pwlock-preflight-") as cache, Sandbox(1, require, cache) as box:
+        for language in languages:
+            source, stdin, expected = _CHECKS[language]
+            try:
+                r = box.run(Program(language, source), stdin, Limits(wall_s=60, cpu_s=30))
+            except SandboxError as e:
+                raise SandboxUnavailable(
+                    f"the code sandbox cannot run a {language} program on this node ({socket.gethostname()}): {e}\n"
+                    f"{FIX}"
+                ) from e
+            if not r.ok or r.stdout != expected:
+                raise SandboxUnavailable(
+                    f"the code sandbox ran a correct {language} program on this node ({socket.gethostname()}) but "
+                    f"it failed: exit {r.exit_code}, compile error {r.compile_error!r}, stderr {r.stderr[-2000:]!r}"
+                )
+        return dict(box.enforced)
+
+
+def toolchain() -> str:
+    """The code task's C++ compiler, checked outside any sandbox (for image builds, where namespaces
+    are denied): compiles a C++17 program with the task's flags and runs it. Returns its version."""
+    with tempfile.TemporaryDirectory(prefix="pwlock-toolchain-") as tmp:
+        source, binary = Path(tmp) / "main.cpp", Path(tmp) / "prog"
+        source.write_text(_CHECKS["cpp"][0])
+        subprocess.run([CXX, *CXX_FLAGS, "-o", str(binary), str(source)], check=True, capture_output=True)
+        out = subprocess.run([str(binary)], input="19 23", capture_output=True, text=True, check=True).stdout
+        if out != "42\n":
+            raise SandboxError(f"{CXX}: a compiled C++ program printed {out!r}, expected '42\\n'")
+    return _cxx_version()
+
+
+def _preflight_here(languages: Sequence[str]) -> tuple[str, str, dict[str, bool] | None]:
+    """(node address, error message or "", what is enforced) for Ray: exceptions carry no state across."""
+    import ray  # deferred: only a sweep's driver fans the preflight out over nodes
+
+    node = ray.util.get_node_ip_address()
+    try:
+        return node, "", preflight(languages)
+    except SandboxError as e:
+        return node, str(e), None
+
+
+def preflight_cluster(
+    languages: Sequence[str] = LANGUAGES, resources: dict[str, float] | None = None
+) -> dict[str, dict[str, bool]]:
+    """Run `preflight` on every alive node of the connected Ray cluster that has CPUs (those that
+    run trials and stages); with none (a cluster scaled to zero), on one node the autoscaler starts
+    for a task of `resources` (a trial's), since a worker group's nodes share one image and one pod
+    spec. Returns what each node enforces, by address; raises SandboxUnavailable naming every node
+    that refused, with its reason and the fix."""
+    import ray  # deferred: only a sweep's driver fans the preflight out over nodes
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    check = ray.remote(num_cpus=0, max_retries=0)(_preflight_here)
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    if nodes:
+        refs = [
+            check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                list(languages)
+            )
+            for n in nodes
+        ]
+    else:
+        shape = dict(resources or {"CPU": 1})
+        cpus, gpus = shape.pop("CPU", 1), shape.pop("GPU", 0)
+        refs = [check.options(num_cpus=cpus, num_gpus=gpus, resources=shape or None).remote(list(languages))]
+    results = ray.get(refs)
+    refused = [f"node {node}: {error}" for node, error, _ in results if error]
+    if refused:
+        raise SandboxUnavailable("\n\n".join(refused))
+    return {node: enforced_ for node, _, enforced_ in results}
+
+
+__all__ = [
+    "Limits",
+    "Program",
+    "RunResult",
+    "Sandbox",
+    "SandboxError",
+    "SandboxUnavailable",
+    "enforced",
+    "machine",
+    "preflight",
+    "preflight_cluster",
+]
