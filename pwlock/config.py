@@ -402,6 +402,15 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append(f"name: expected letters, digits, '-', '_' or '.', got {cfg.name!r}")
     if "name" not in cfg.task:
         errors.append("task.name: missing")
+    errors += _lock_errors(cfg) + _elicit_errors(cfg) + _model_and_eval_errors(cfg) + _run_errors(cfg)
+    errors += [f"guards.{e}" for e in _guards_errors(cfg.guards)]
+    errors += _policies_errors(cfg.policies)
+    return errors
+
+
+def _lock_errors(cfg: StudyConfig) -> list[str]:
+    """`lock:` and `strong.stop_at`: modes, variants, probabilities, weak policies."""
+    errors: list[str] = []
     for i, mode in enumerate(cfg.lock.modes):
         if mode not in LOCK_MODES:
             errors.append(f"lock.modes[{i}]: unknown lock mode {mode!r}; expected one of {list(LOCK_MODES)}")
@@ -428,6 +437,14 @@ def validate(cfg: StudyConfig) -> list[str]:
             errors.append(f"{where}: unknown lock variant {v!r}; expected one of {list(LOCK_VARIANTS)}")
     if all(v in LOCK_VARIANTS for v in variants):
         errors += [f"lock.{e}" for e in _variant_errors(cfg.lock)]
+    if not cfg.lock.weak or len(set(cfg.lock.weak)) != len(cfg.lock.weak):
+        errors.append("lock.weak: expected at least one weak policy, each once")
+    return errors
+
+
+def _elicit_errors(cfg: StudyConfig) -> list[str]:
+    """`elicit:`: demonstrators, domains, methods (names are the plan's), RL, ks, seeds, budgets."""
+    errors: list[str] = []
     demonstrators = cfg.elicit.demonstrators
     if not demonstrators or len(set(demonstrators)) != len(demonstrators):
         errors.append("elicit.demonstrator: expected a policy or a list of policies, each once")
@@ -436,8 +453,6 @@ def validate(cfg: StudyConfig) -> list[str]:
     # Method names, and what each method uses, are checked by the plan against pwlock.elicit's registry.
     if not cfg.elicit.methods or len(set(cfg.elicit.methods)) != len(cfg.elicit.methods):
         errors.append("elicit.methods: expected at least one method, each once")
-    if not cfg.lock.weak or len(set(cfg.lock.weak)) != len(cfg.lock.weak):
-        errors.append("lock.weak: expected at least one weak policy, each once")
     rl = cfg.elicit.rl
     for name in ("n", "iterations", "epochs_per_iteration", "dpo_rounds", "dpo_problems"):
         if getattr(rl, name) < 1:
@@ -465,10 +480,20 @@ def validate(cfg: StudyConfig) -> list[str]:
             errors.append(f"elicit.ks[{i}]: expected a positive number of demonstrations, got {k}")
     if len(set(cfg.elicit.ks)) != len(cfg.elicit.ks):
         errors.append("elicit.ks: duplicate sample counts")
-    if not cfg.elicit.seeds:
+    seeds, budgets = cfg.elicit.seeds, cfg.elicit.sample_budgets
+    if not seeds:
         errors.append("elicit.seeds: expected at least one seed")
-    if not cfg.elicit.sample_budgets or any(b < 1 for b in cfg.elicit.sample_budgets):
-        errors.append("elicit.sample_budgets: expected positive numbers of samples")
+    if len(set(seeds)) != len(seeds):
+        twice = sorted({x for x in seeds if seeds.count(x) > 1})
+        errors.append(f"elicit.seeds: expected each seed once (a seed twice plans one trial twice), got {twice} twice")
+    if not budgets or any(b < 1 for b in budgets) or budgets != sorted(set(budgets)):
+        errors.append(f"elicit.sample_budgets: expected positive numbers of samples, increasing, got {budgets}")
+    return errors
+
+
+def _model_and_eval_errors(cfg: StudyConfig) -> list[str]:
+    """Every training block's hyper-parameters, `model:` and `eval:`."""
+    errors: list[str] = []
     for where, t in (
         ("strong.train", cfg.strong.train),
         ("lock.sft", cfg.lock.sft),
@@ -489,6 +514,12 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append(f"eval.engine: expected one of {list(GENERATORS)}, got {cfg.eval.engine!r}")
     if cfg.eval.batch_size < 1:
         errors.append(f"eval.batch_size: expected >= 1, got {cfg.eval.batch_size}")
+    return errors
+
+
+def _run_errors(cfg: StudyConfig) -> list[str]:
+    """`store:` and `fault_tolerance:`."""
+    errors: list[str] = []
     if cfg.store.url is not None and "://" in cfg.store.url and not cfg.store.url.startswith(("s3://", "file://")):
         errors.append(f"store.url: expected a directory or s3://bucket/prefix, got {cfg.store.url!r}")
     if cfg.store.endpoint_url is not None and not cfg.store.endpoint_url.startswith(("http://", "https://")):
@@ -508,8 +539,6 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append(
             f"fault_tolerance.checkpoint_every_s: expected >= 0 seconds, got {cfg.fault_tolerance.checkpoint_every_s}"
         )
-    errors += [f"guards.{e}" for e in _guards_errors(cfg.guards)]
-    errors += _policies_errors(cfg.policies)
     return errors
 
 

@@ -69,6 +69,12 @@ def test_plan_keys_are_stable_and_cascade():
         ),
         (lambda c: c["lock"].update(password="open sesame"), r"lock\.password: .*not a token"),
         (lambda c: c["elicit"].update(demonstrator="gpt4"), r"elicit\.demonstrator: .*no 'gpt4' policy"),
+        (lambda c: c["elicit"].update(seeds=[0, 0, 1]), r"elicit\.seeds: expected each seed once .*got \[0\] twice"),
+        (
+            lambda c: c["elicit"].update(sample_budgets=[512, 256]),
+            r"elicit\.sample_budgets: .*increasing, got \[512, 256\]",
+        ),
+        (lambda c: c["elicit"].update(sample_budgets=[256, 256]), r"elicit\.sample_budgets: .*increasing"),
     ],
 )
 def test_bad_config_names_file_and_field(tmp_path, edit, message):
@@ -92,9 +98,17 @@ def test_missing_or_malformed_file(tmp_path):
         load_config(bad)
 
 
-def test_cli_rejects_bad_config_before_any_work(tmp_path):
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda e: e.update(ks=[4, 999999]), "elicit.ks[1]: k=999999 exceeds"),
+        (lambda e: e.update(seeds=[0, 0, 1]), "elicit.seeds: expected each seed once"),
+        (lambda e: e.update(sample_budgets=[512, 256]), "elicit.sample_budgets: expected positive numbers"),
+    ],
+)
+def test_cli_rejects_bad_config_before_any_work(tmp_path, edit, message):
     raw = _base()
-    raw["elicit"]["ks"] = [4, 999999]
+    edit(raw["elicit"])
     storage = tmp_path / "store"
     proc = subprocess.run(
         [
@@ -110,7 +124,7 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "elicit.ks[1]: k=999999 exceeds" in proc.stderr
+    assert message in proc.stderr
     assert not storage.exists()  # nothing trained, nothing written
 
 
