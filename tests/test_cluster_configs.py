@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -21,7 +24,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from pwlock import cli
+from pwlock import cli, sandbox
 from pwlock.config import RayConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +71,10 @@ def credentials_path() -> str:
     return load("cluster/runtime-env.yaml")["env_vars"]["AWS_SHARED_CREDENTIALS_FILE"]
 
 
+def hf_token_path() -> str:
+    return load("cluster/runtime-env.yaml")["env_vars"]["HF_TOKEN_PATH"]
+
+
 # --- the `ray up` config ------------------------------------------------------------------------
 
 
@@ -94,9 +101,27 @@ def test_launcher_config_runs_the_image_with_autoscaling_h100_nodes():
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
-        assert "--metrics-export-port=8080" in commands[-1]
-    # The credentials file reaches every node at the path the jobs' runtime env names.
-    assert list(config["file_mounts"]) == [credentials_path()]
+        (start,) = [c for c in commands if "ray start" in c]
+        assert "--metrics-export-port=8080" in start
+    # The credentials file and the Hugging Face token reach every node at the paths the jobs' runtime env names.
+    assert list(config["file_mounts"]) == [credentials_path(), hf_token_path()]
+
+
+def test_launcher_config_runs_no_set_up_command_and_lets_gpu_nodes_sandbox_code():
+    """Ray's defaults would pip-install a nightly Ray where `which ray` fails and boto3 on the head,
+    past the image's lock: every set-up list is empty as `ray up` sees the config. Only the workers
+    (which score code) get what the sandbox needs, exactly what its preflight names."""
+    from ray.autoscaler._private.util import prepare_config
+
+    config = load("cluster/aws.yaml")
+    merged = prepare_config(config)
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
+        assert config[key] == [] and merged[key] == [], key
+    assert merged["initialization_commands"] == []
+    docker = config["docker"]
+    assert docker["worker_run_options"] == list(sandbox.DOCKER_RUN_OPTIONS)
+    assert not {"SYS_ADMIN", "unconfined"} & set(" ".join(docker["run_options"]).replace("=", " ").split())
+    assert all(option in sandbox.FIX for option in sandbox.DOCKER_RUN_OPTIONS)
 
 
 def trials_per_node(resources: dict[str, float], cpus: float, gpus: float) -> int:
@@ -162,14 +187,29 @@ def test_kuberay_manifests_structure():
     worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"] == worker["resources"]["requests"]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == str(GPUS_PER_NODE)
-    mount_dir, file_name = str(PurePosixPath(credentials_path()).parent), PurePosixPath(credentials_path()).name
+    mount_dir = str(PurePosixPath(credentials_path()).parent)
+    assert str(PurePosixPath(hf_token_path()).parent) == mount_dir
     for pod in pods(spec):
         (container,) = pod["containers"]
         assert container["image"] == IMAGE
         volumes = {v["name"]: v for v in pod["volumes"]}
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == mount_dir]
-        secret = volumes[mount["name"]]["secret"]
-        assert secret["secretName"] == "pwlock-s3" and secret["items"] == [{"key": "credentials", "path": file_name}]
+        # The store's credentials (required) and the Hugging Face token (optional), one directory.
+        sources = [src["secret"] for src in volumes[mount["name"]]["projected"]["sources"]]
+        assert sources == [
+            {"name": "pwlock-s3", "items": [{"key": "credentials", "path": PurePosixPath(credentials_path()).name}]},
+            {
+                "name": "pwlock-hf",
+                "optional": True,
+                "items": [{"key": "token", "path": PurePosixPath(hf_token_path()).name}],
+            },
+        ]
+        # Ray's object store lives in /dev/shm, 64 MiB in a container unless a memory volume is mounted.
+        (shm,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        assert volumes[shm["name"]]["emptyDir"] == {"medium": "Memory"}
+    # The workers score code: their containers get exactly what the sandbox's preflight names; the head none.
+    assert spec["headGroupSpec"]["template"]["spec"]["containers"][0].get("securityContext") is None
+    assert worker["securityContext"] == sandbox.K8S_SECURITY_CONTEXT
     # The job names the credentials file, as `ray job submit --runtime-env cluster/runtime-env.yaml` does.
     assert yaml.safe_load(job["spec"]["runtimeEnvYAML"]) == load("cluster/runtime-env.yaml")
     assert job["spec"]["shutdownAfterJobFinishes"] is True
@@ -180,6 +220,32 @@ def test_no_secret_in_any_cluster_file():
         text = path.read_text()
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", "AWS_SESSION_TOKEN"):
             assert name not in text, (path, name)
+        assert not re.search(r"\bHF_TOKEN\b(?!_PATH)|\bhf_[A-Za-z0-9]{20,}", text), (
+            path
+        )  # a token's path, never a token
+
+
+def test_hugging_face_reads_the_token_from_the_file_the_runtime_env_names(tmp_path):
+    """HF_TOKEN_PATH is huggingface_hub's own setting: a job's processes read the token from the
+    mounted file (an empty or absent file: no token, for models that need none)."""
+    token = tmp_path / "hf-token"
+    probe = "import huggingface_hub; print(huggingface_hub.get_token())"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HOME")}
+
+    def read() -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**env, "HF_TOKEN_PATH": str(token)},
+            text=True,
+            capture_output=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    assert read() == "None"
+    token.write_text("hf_pwlockTestToken0123456789\n")
+    assert read() == "hf_pwlockTestToken0123456789"
+    assert hf_token_path().startswith("/pwlock/secrets/")
 
 
 def test_rayjob_entrypoint_is_a_sweep_the_image_has_and_its_plan_is_valid(tmp_path, capsys):
@@ -335,3 +401,20 @@ def test_dockerfile_installs_the_lock_then_pwlock_and_copies_what_exists():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for path in (".git", ".venv", "results"):
         assert path in ignored
+
+
+def test_image_has_the_code_tasks_compiler_and_checks_it_as_the_build_does():
+    """g++ is installed (the code task compiles generated C++ with pwlock.sandbox.CXX), and the
+    build's own toolchain check, run here as the Dockerfile writes it, compiles and runs C++17 with
+    the task's flags."""
+    _, steps = dockerfile()
+    (install,) = [rest for op, rest in steps if op == "RUN" and "apt-get install" in rest]
+    packages = set(shlex.split(install))
+    assert {"g++", "gcc", "libc6-dev"} <= packages and PurePosixPath(sandbox.CXX).name == "g++"
+    (check,) = [rest for op, rest in steps if op == "RUN" and "toolchain" in rest]
+    python, flag, code = shlex.split(check)
+    assert (python, flag) == ("python", "-c")
+    runs = [i for i, (op, rest) in enumerate(steps) if op == "RUN"]
+    assert steps.index(("RUN", check)) > max(i for i in runs if "--no-build-isolation ." in steps[i][1])  # after pwlock
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("pwlock image: g++"), out
