@@ -514,11 +514,11 @@ def _atomic_local(write: Callable[[str], Any], path: str, keep: bool = True) -> 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/prefix` -> ("bucket", "prefix")."""
-    rest = url.removeprefix("s3://").strip("/")
-    bucket, _, prefix = rest.partition("/")
+    rest = url.removeprefix("s3://")
+    bucket, _, prefix = rest.rstrip("/").partition("/")
     if not bucket:
         raise StoreURLError(f"storage {url!r}: no bucket; expected s3://bucket/prefix")
-    return bucket, prefix
+    return bucket, prefix.strip("/")
 
 
 # allow_delayed_open: a small object is one PUT, not a three-request multipart upload (16 -> 10
