@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -53,6 +54,7 @@ from pwlock.tasks import make_task
 log = logging.getLogger(__name__)
 
 JOURNAL = "journal"
+_ATTEMPT = re.compile(r"start-\d+-\d+\.json")
 DONE, LATEST, RECORDS = "done.json", "latest.json", "records.json"
 TRAINER_STATE = "trainer.pt"
 # What a record holds (RL methods add the samples generated so far and their scores).
@@ -128,7 +130,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             )
 
     entries = store.listdir(journal)
-    starts = [n for n in entries if n.startswith("start-")]
+    starts = attempt_records(entries)
     if starts:
         # Ran before. A new driver (--resume) restored the trial's results from its result file in
         # the store, so that file is what Tune has: the checkpoint its snapshot names can hold a
@@ -248,3 +250,8 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
     if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)
         store.delete_dir(f"{journal}/{current}")
+
+
+def attempt_records(entries: list[str]) -> list[str]:
+    """The journal's complete attempt records; a temporary file that a failed write left is none."""
+    return [n for n in entries if _ATTEMPT.fullmatch(n)]
