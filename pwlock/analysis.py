@@ -13,11 +13,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+from pyarrow import fs as pafs
 
 from pwlock.store import Store, open_store
 
@@ -374,6 +376,46 @@ def write_results(path: str | os.PathLike) -> pd.DataFrame:
     return summary
 
 
+TRIAL_DIR = re.compile(r"(.*[_-])?[0-9a-f]{5}_\d{5}(_.*)?")  # a trial directory: <name>_<trial id>[_...]
+STATE_FILE = re.compile(r"experiment_state-(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.json")
+
+
+def list_experiments(store: str | os.PathLike) -> pd.DataFrame:
+    """The experiments in a store (a directory or s3:// URL, as `--storage` takes), newest first:
+    `experiment` (the name `--resume --name` takes), `path` (what `load_candidates` and
+    `load_summary` take), `trials` (trial directories Tune made), `finished` (its summary.csv is
+    written) and `started` (Tune's first state file). An experiment is a directory holding Tune's
+    state or pwlock's study.yaml."""
+    s = open_store(store)
+    root = s.call("looking up the store", lambda: s.fs.get_file_info(s.path()))
+    if root.type != pafs.FileType.Directory:
+        raise FileNotFoundError(
+            f"{store}: no store there (expected a directory or s3://bucket/prefix holding experiments)"
+        )
+    names = sorted(
+        i.base_name
+        for i in s.call("listing experiments", lambda: s.fs.get_file_info(pafs.FileSelector(s.path())))
+        if i.type == pafs.FileType.Directory
+    )
+    rows = []
+    for name in names:
+        inside = s.listdir(name)
+        started = sorted(m[1] for m in map(STATE_FILE.fullmatch, inside) if m)
+        if not started and STUDY not in inside:
+            continue  # the store's artifacts, scratch space, or something else
+        rows.append(
+            {
+                "experiment": name,
+                "path": s.uri(name),
+                "trials": sum(bool(TRIAL_DIR.fullmatch(n)) for n in inside),
+                "finished": SUMMARY in inside,
+                "started": pd.to_datetime(started[0], format="%Y-%m-%d_%H-%M-%S") if started else pd.NaT,
+            }
+        )
+    out = pd.DataFrame(rows, columns=["experiment", "path", "trials", "finished", "started"])
+    return out.sort_values(["started", "experiment"], ascending=[False, True], ignore_index=True)
+
+
 def load_summary(path: str | os.PathLike) -> pd.DataFrame:
     """An experiment's summary.csv, from its directory or s3:// URL."""
     store, name = experiment_store(path)
@@ -382,6 +424,7 @@ def load_summary(path: str | os.PathLike) -> pd.DataFrame:
 
 __all__ = [
     "aggregate",
+    "list_experiments",
     "load_candidates",
     "load_summary",
     "other_domains",
