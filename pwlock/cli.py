@@ -44,6 +44,12 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
         help="finish the interrupted experiment --name in the store, with the config it was "
         "started with: finished trials stay, the rest go on from their last checkpoint",
     )
+    parser.add_argument(
+        "--take-over",
+        action="store_true",
+        help="run even though the store shows another driver on this experiment, if that driver's "
+        "heartbeat stopped long ago (it died); a live driver is never displaced",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     # Heavy (torch, transformers, Ray): imported once the arguments are parsed, so that --help and
@@ -87,7 +93,7 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
             "so its numbers say nothing about elicitation"
         )
     try:
-        where = sweeps.run(planned, store, args.name, resume=args.resume)
+        where = sweeps.run(planned, store, args.name, resume=args.resume, take_over=args.take_over)
     except (ConfigError, StoreError) as e:  # checked by run before Ray starts: the store, the experiment name
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -187,7 +187,7 @@ class Store:
 
     def check(self, timeout_s: float = 5.0) -> None:
         """Fail fast with a clear message if the store cannot be written: run before any work."""
-        endpoint = _endpoint(self.spec)
+        endpoint = s3_endpoint(self.spec)
         if self.local:
             self._check_directory()
             return
@@ -527,12 +527,12 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 S3_WRITES = {"allow_delayed_open": True, "background_writes": False}
 
 
-def _endpoint(spec: StoreSpec) -> str | None:
+def s3_endpoint(spec: StoreSpec) -> str | None:
     return spec.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
 def _s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 10) -> pafs.S3FileSystem:
-    endpoint = _endpoint(spec)
+    endpoint = s3_endpoint(spec)
     region = spec.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     kwargs: dict[str, Any] = {}
     if endpoint:

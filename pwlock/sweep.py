@@ -26,6 +26,7 @@ from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig, config_from_dic
 from pwlock.generate.vllm_actor import trial_resources
 from pwlock.guards import assess_locks, check_locks
 from pwlock.integrity import FILES
+from pwlock.lease import Lease
 from pwlock.logs import setup_logging
 from pwlock.plan import Plan, trial_name
 from pwlock.pricing import describe
@@ -87,9 +88,10 @@ def load_experiment_config(store: Store, experiment: str) -> StudyConfig:
     return config_from_dict(raw, source=store.uri(rel))
 
 
-def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = False) -> str:
+def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = False, take_over: bool = False) -> str:
     """Run a planned study, or with `resume` finish an interrupted one; returns where its results
-    are (a directory or s3:// URL)."""
+    are (a directory or s3:// URL). The driver holds the experiment's lease (pwlock.lease) from
+    before any work to its end; `take_over` takes a dead driver's."""
     t0 = time.perf_counter()
     cfg = p.cfg
     store.check()
@@ -103,6 +105,12 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
                 else "an experiment of this name exists; pass --resume to finish it, or choose another --name"
             )
         )
+    with Lease(store, experiment, uuid.uuid4().hex).acquire(take_over) as lease:
+        return _run(p, store, experiment, resume, lease, t0)
+
+
+def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0: float) -> str:
+    cfg = p.cfg
     progress = SweepProgress(experiment)  # trial counts and GPU-hours as Ray metrics; checks its setting now
     log.info("%s", describe(p, store))
     timings: dict[str, float] = {}
@@ -148,7 +156,7 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
         p.setup,
         store=store.spec,
         experiment=experiment,
-        run=uuid.uuid4().hex,
+        run=lease.run,
         locked_key=dict(p.setup.locked_key),
         weak=dict(p.setup.weak),
     )
@@ -206,6 +214,8 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
         log.error("%d of %d trials failed; first error: %s", len(errors), len(p.trials), errors[0])
         if len(errors) == len(p.trials):
             raise RuntimeError(f"all {len(errors)} elicitation trials failed; see {exp_uri}") from errors[0]
+    if lease.lost:  # another driver runs this experiment now: its results are its to write
+        raise StoreError(f"{exp_uri}: this driver's lease was taken over by {lease.lost}; it writes no results")
     t_results = time.perf_counter()
     summary = analysis.write_results(exp_uri)
     # Tune only logs a failed final upload; results are read back from the store, so check them.

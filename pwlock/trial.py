@@ -247,7 +247,10 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         guard=LeakGuard.for_study(c.guards, task, c.passwords, f"trial {name}"),
     )
     run_method(elicitation, checkpoint, c.checkpoint_every_s, state, c.methods)
-    store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
+    if store.exists(f"{journal}/{DONE}"):  # another attempt finished meanwhile: its record stands
+        log.warning("%s: finished by another attempt meanwhile; its done.json is kept", name)
+    else:
+        store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
     if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)
         store.delete_dir(f"{journal}/{current}")
 

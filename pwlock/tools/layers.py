@@ -23,7 +23,19 @@ PACKAGE = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, list[str]]] = [
     (
         "foundation",
-        ["pwlock", "config", "passwords", "store", "integrity", "s3server", "logs", "runtime", "progress", "cost"],
+        [
+            "pwlock",
+            "config",
+            "passwords",
+            "store",
+            "integrity",
+            "lease",
+            "s3server",
+            "logs",
+            "runtime",
+            "progress",
+            "cost",
+        ],
     ),
     ("tasks, models, sandbox", ["tasks", "models", "sandbox", "sandbox_launch"]),
     ("train, generate", ["train", "generate"]),

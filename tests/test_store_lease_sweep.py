@@ -1,0 +1,70 @@
+"""A second driver on a running experiment (`--resume --name X` while X's driver trains) is refused
+before any work, naming the driver that holds it; the first finishes with every result exactly once.
+Real local Ray, the real CLI in subprocesses, a local store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pwlock import analysis
+from pwlock.lease import LEASE
+from pwlock.trial import DONE, JOURNAL, attempt_records
+from tests.test_fault_tolerance import CANDIDATES, STUDY, TRIALS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), *args]
+
+
+@pytest.mark.slow
+def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
+    config = tmp_path / "faults.yaml"
+    config.write_text(yaml.safe_dump(STUDY))
+    storage, name = tmp_path / "store", "one-driver"
+    exp = storage / name
+    first = subprocess.Popen(
+        _cmd("--config", str(config), "--storage", str(storage), "--name", name),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not list(exp.glob(f"{JOURNAL}/*/start-*.json")):  # trials at work
+            assert first.poll() is None, first.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.2)
+        holder = json.loads((exp / LEASE).read_text())
+        second = subprocess.run(
+            _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=300
+        )
+        print(second.stderr[-2000:])
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        error = next(line for line in second.stderr.splitlines() if line.startswith("error:"))
+        assert f"experiment {exp} is being run by driver {holder['run'][:12]}" in error
+        assert f"pid {first.pid} on" in error and f"since {holder['since']}" in error
+        out, _ = first.communicate(timeout=900)
+    finally:
+        first.kill()
+    assert first.returncode == 0, out[-5000:]
+    assert not (exp / LEASE).exists()
+    journals = [p for p in (exp / JOURNAL).iterdir()]
+    assert len(journals) == TRIALS
+    for j in journals:  # each trial trained once, by the first driver, and finished
+        assert len(attempt_records([p.name for p in j.iterdir()])) == 1 and (j / DONE).is_file()
+    results = list(exp.glob("*/result.json"))
+    assert len(results) == TRIALS
+    for r in results:
+        rows = [json.loads(line) for line in r.read_text().splitlines()]
+        assert Counter(row["candidate"] for row in rows) == {c: 1 for c in range(1, CANDIDATES + 1)}
+    assert len(analysis.load_summary(str(exp))) == TRIALS
