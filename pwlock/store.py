@@ -194,7 +194,7 @@ class Store:
         probe = self.path(".pwlock-probe", uuid.uuid4().hex)
         quick = Store(
             StoreSpec(self.spec.url, self.spec.endpoint_url, self.spec.region, timeout_s),
-            _s3_filesystem(self.spec, connect_timeout=2, attempts=1),
+            s3_filesystem(self.spec, connect_timeout=2, attempts=1),
             self.root,
         )
         bucket = self.root.split("/", 1)[0]
@@ -531,7 +531,19 @@ def s3_endpoint(spec: StoreSpec) -> str | None:
     return spec.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-def _s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 10) -> pafs.S3FileSystem:
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem, pickled as what made it: pyarrow's own pickling drops the retry
+    strategy, so Tune's trial workers, which get the store's filesystem pickled, failed a request
+    in ~2 s of an outage instead of riding it out like the driver. Never holds credentials."""
+
+    made_from: tuple[StoreSpec, float, int]
+
+    def __reduce__(self):
+        return (s3_filesystem, self.made_from)
+
+
+def s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 10) -> RetryingS3FileSystem:
+    """The filesystem of an S3 store; the endpoint and region resolved here travel with it."""
     endpoint = s3_endpoint(spec)
     region = spec.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     kwargs: dict[str, Any] = {}
@@ -540,7 +552,7 @@ def _s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 
         kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
     # Each request retries on its own too (Tune's checkpoint uploads go through this filesystem):
     # AWS standard backoff, capped at 20 s, over `attempts` tries rides out a store restart.
-    return pafs.S3FileSystem(
+    fs = RetryingS3FileSystem(
         region=region,
         connect_timeout=connect_timeout,
         request_timeout=60,
@@ -548,6 +560,8 @@ def _s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
         **kwargs,
     )
+    fs.made_from = (StoreSpec(spec.url, endpoint, region, spec.retry_s), connect_timeout, attempts)
+    return fs
 
 
 def open_store(
@@ -564,7 +578,7 @@ def open_store(
         bucket, prefix = parse_s3_url(raw)
         return Store(
             StoreSpec(f"s3://{bucket}/{prefix}".rstrip("/"), spec.endpoint_url, spec.region, spec.retry_s),
-            _s3_filesystem(spec),
+            s3_filesystem(spec),
             f"{bucket}/{prefix}".rstrip("/"),
         )
     root = str(Path(raw.removeprefix("file://")).expanduser().resolve())

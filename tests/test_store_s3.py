@@ -109,6 +109,58 @@ def test_credentials_are_not_pickled_with_the_filesystem(s3_env):
     assert s3_env.secret_key.encode() not in blob and s3_env.access_key.encode() not in blob
 
 
+def _write_during_outage(s3_env, fs, path: str) -> dict:
+    """Write `path` through `fs` while the server is down for 4 s; what the write did."""
+    result: dict = {}
+
+    def write() -> None:
+        try:
+            with fs.open_output_stream(path) as f:
+                f.write(b"late")
+            result["ok"] = True
+        except OSError as e:
+            result["error"] = e
+
+    s3_env.stop()
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        time.sleep(4)
+        result["alive_during_outage"] = writer.is_alive()
+    finally:
+        s3_env.start()
+    writer.join(120)
+    return result
+
+
+def test_the_filesystem_trial_workers_get_rides_out_an_outage(s3_env):
+    """Tune pickles the store's filesystem to its trial workers: unpickled, it keeps its retries (a
+    bare pyarrow S3FileSystem, unpickled, has lost them and fails while the server is down)."""
+    import pickle
+
+    import pyarrow.fs as pafs
+
+    prefix = f"{s3_env.bucket}/t-{uuid.uuid4().hex[:8]}"
+    store = open_store(f"s3://{prefix}")
+    in_worker = pickle.loads(pickle.dumps(store.fs))
+    assert type(in_worker) is type(store.fs) and in_worker.made_from == store.fs.made_from
+    result = _write_during_outage(s3_env, in_worker, f"{prefix}/from-worker.txt")
+    assert result.get("ok") and result["alive_during_outage"], result
+    assert f"{prefix.split('/', 1)[1]}/from-worker.txt" in bucket_objects(s3_env, prefix.split("/", 1)[1])
+
+    spec = store.fs.made_from[0]
+    bare = pafs.S3FileSystem(
+        region=spec.region,
+        endpoint_override=spec.endpoint_url.split("://")[1],
+        scheme="http",
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10),
+    )
+    bare = pickle.loads(pickle.dumps(bare))  # pyarrow's own pickling: the retry strategy is gone
+    lost = _write_during_outage(s3_env, bare, f"{prefix}/bare.txt")
+    print(lost)
+    assert "error" in lost and not lost["alive_during_outage"]
+
+
 def test_a_server_whose_port_was_taken_meanwhile_starts_on_fresh_ports(tmp_path):
     """A port picked free can be bound by another process before the server binds it: the first
     start then picks fresh ports and starts."""
