@@ -20,7 +20,19 @@ def run_analysis_notebook(experiment: str, timeout: int = 300) -> nbformat.Noteb
         ).execute()
     finally:
         del os.environ["PWLOCK_EXPERIMENT"]
+    assert not stderr(nb), f"the notebook wrote to stderr (red blocks in Jupyter): {stderr(nb)}"
     return nb
+
+
+def stderr(nb: nbformat.NotebookNode) -> list[str]:
+    """What the notebook's cells wrote to stderr."""
+    return [out["text"] for cell in nb.cells for out in cell.get("outputs", []) if out.get("name") == "stderr"]
+
+
+def displayed(nb: nbformat.NotebookNode, last_line: str) -> str:
+    """The plain-text display of the cell whose code ends with `last_line` (a table as Jupyter shows it)."""
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and c.source.strip().splitlines()[-1] == last_line]
+    return "\n".join(out.get("data", {}).get("text/plain", "") for out in cell.outputs)
 
 
 def outputs(nb: nbformat.NotebookNode) -> tuple[str, list[bytes]]:
