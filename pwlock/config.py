@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dacite
 import yaml
 
 
@@ -352,6 +351,86 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
+def parse(tp: Any, raw: Any, source: str, where: str = "") -> Any:
+    """`raw` (parsed YAML) as `tp`, a dataclass or a field's type, checked field by field: unknown
+    and missing keys and wrong types are ConfigErrors naming `source` and the dotted field.
+    Hand-written because dacite names a field inside a list or a dict's value without its index or
+    key, and shows a list it could not read as a generator's repr."""
+
+    head = f"{source}: " if source else ""
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{head}{where or 'top level'}: expected {expected}, got {raw!r}")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.init and f.name != "source"}
+        if not isinstance(raw, dict):
+            raise fail(f"a mapping ({', '.join(list(fields)[:3])}, ...)")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
+        for key in raw:
+            if key not in fields:
+                raise ConfigError(
+                    f"{head}{_at(where, key)}: unknown key; expected one of {sorted(set(fields) - {'source'})}"
+                )
+        for name, f in fields.items():
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in raw:
+                raise ConfigError(f"{head}{_at(where, name)}: missing")
+        return tp(**{k: parse(hints[k], v, source, _at(where, k)) for k, v in raw.items()})
+    if origin in (typing.Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options[:-1]:  # the first alternative that reads it; the last one's error if none
+            try:
+                return parse(option, raw, source, where)
+            except ConfigError:
+                pass
+        return parse(options[-1], raw, source, where)
+    if origin in (list, tuple):
+        if not isinstance(raw, (list, tuple)):
+            raise fail("a list")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(raw) != len(args):
+                raise fail(f"{len(args)} values")
+            return tuple(parse(a, v, source, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, raw)))
+        items = [parse(args[0] if args else Any, v, source, f"{where}[{i}]") for i, v in enumerate(raw)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(raw, dict):
+            raise fail("a mapping")
+        return {str(k): parse(args[1] if args else Any, v, source, _at(where, k)) for k, v in raw.items()}
+    if tp is Any:
+        return raw
+    if tp is bool:
+        if not isinstance(raw, bool):
+            raise fail("true or false")
+        return raw
+    if tp is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise fail("an integer")
+        return raw
+    if tp is float:
+        if isinstance(raw, str):  # YAML 1.1 reads 6.7e9 or 1e-6 (no dot or no sign) as a string
+            try:
+                return float(raw)
+            except ValueError:
+                raise fail("a number") from None
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise fail("a number")
+        return float(raw)
+    if tp is str:
+        if not isinstance(raw, str):
+            raise fail("a string")
+        return raw
+    raise TypeError(f"{where}: unsupported field type {tp!r}")
+
+
+def _at(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
 def load_config(path: str | os.PathLike, quick: bool = False) -> StudyConfig:
     return config_from_dict(read_yaml(path), source=str(path), quick=quick)
 
@@ -369,24 +448,10 @@ def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> S
         overrides = raw.get("quick") or {}
         if not isinstance(overrides, dict):
             raise ConfigError(f"{source}: quick: expected a mapping of overrides")
-        _check_keys(StudyConfig, overrides, "quick", source)
+        _check_keys(StudyConfig, overrides, "quick", source)  # a partial config: its keys only
         raw = _merge(raw, overrides)
     raw.setdefault("source", source)
-    _check_keys(StudyConfig, raw, "", source)
-    # Each policy on its own first: dacite names a field of a dict's value without the dict's key.
-    for name, entry in (raw.get("policies") or {}).items() if isinstance(raw.get("policies"), dict) else ():
-        if not isinstance(entry, dict):
-            raise ConfigError(
-                f"{source}: policies.{name}: expected a mapping (base, train_on, jsonl, ...), got {entry!r}"
-            )
-        try:
-            dacite.from_dict(PolicyModelConfig, entry, config=dacite.Config(strict=True, cast=[tuple]))
-        except dacite.DaciteError as e:
-            raise ConfigError(f"{source}: policies.{name}: {e}") from None
-    try:
-        cfg = dacite.from_dict(StudyConfig, raw, config=dacite.Config(strict=True, cast=[tuple]))
-    except dacite.DaciteError as e:
-        raise ConfigError(f"{source}: {e}") from None
+    cfg = parse(StudyConfig, raw, source)
     if isinstance(cfg.elicit.domains, str):
         cfg.elicit.domains = [cfg.elicit.domains]
     errors = validate(cfg)
@@ -723,7 +788,7 @@ def rl_eval_errors(every: int, between: int | None, where: str) -> list[str]:
 
 def rl_config(raw: dict[str, Any]) -> RLConfig:
     """An RLConfig back from `to_dict` (as trials receive it)."""
-    return dacite.from_dict(RLConfig, raw, config=dacite.Config(strict=True, cast=[tuple]))
+    return parse(RLConfig, raw, "elicit.rl")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

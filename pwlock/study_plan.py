@@ -18,8 +18,6 @@ study's total.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from pwlock.config import (
     FIXEDRDM,
     ConfigError,
     load_config,
+    parse,
     read_yaml,
     rl_eval_errors,
 )
@@ -152,75 +151,11 @@ def from_dict(raw: Any, source: str = "<dict>") -> StudySpec:
     """A study description from its parsed YAML, checked (errors name `source` and the field)."""
     if isinstance(raw, dict):
         raw = {**raw, "source": source}
-    study = _parse(StudySpec, raw, "", source)
+    study = parse(StudySpec, raw, source)
     errors = _validate(study)
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
     return study
-
-
-def _parse(tp: Any, raw: Any, where: str, source: str) -> Any:
-    """`raw` as `tp`, checked field by field; errors name the dotted field."""
-
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: {where or 'top level'}: expected {expected}, got {raw!r}")
-
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(raw, dict):
-            raise fail("a mapping")
-        hints = typing.get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp)}
-        for key in raw:
-            if key not in fields:
-                raise ConfigError(
-                    f"{source}: {_at(where, key)}: unknown key; expected one of {sorted(set(fields) - {'source'})}"
-                )
-        for name, f in fields.items():
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required and name not in raw:
-                raise ConfigError(f"{source}: {_at(where, name)}: missing")
-        return tp(**{k: _parse(hints[k], v, _at(where, k), source) for k, v in raw.items()})
-    if origin in (typing.Union, types.UnionType):
-        if raw is None and type(None) in args:
-            return None
-        return _parse(next(a for a in args if a is not type(None)), raw, where, source)
-    if origin is list:
-        if not isinstance(raw, list):
-            raise fail("a list")
-        return [_parse(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(raw)]
-    if origin is dict:
-        if not isinstance(raw, dict):
-            raise fail("a mapping")
-        return {str(k): _parse(args[1], v, _at(where, k), source) for k, v in raw.items()}
-    if tp is Any:
-        return raw
-    if tp is bool:
-        if not isinstance(raw, bool):
-            raise fail("true or false")
-        return raw
-    if tp is int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise fail("an integer")
-        return raw
-    if tp is float:
-        if isinstance(raw, str):  # YAML 1.1 reads 6.7e9 (no sign in the exponent) as a string
-            try:
-                return float(raw)
-            except ValueError:
-                raise fail("a number") from None
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise fail("a number")
-        return float(raw)
-    if tp is str:
-        if not isinstance(raw, str):
-            raise fail("a string")
-        return raw
-    raise TypeError(f"unsupported field type {tp!r}")
-
-
-def _at(where: str, key: Any) -> str:
-    return f"{where}.{key}" if where else str(key)
 
 
 def _validate(s: StudySpec) -> list[str]:

@@ -125,5 +125,5 @@ def test_bad_records_name_the_file_record_and_field(tmp_path, records, message):
 
 
 def test_data_is_required():
-    with pytest.raises(ConfigError, match=r"task: missing value for field \"data\""):
+    with pytest.raises(ConfigError, match=r"task\.data: missing"):
         make_task({"name": "critique"})

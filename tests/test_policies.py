@@ -440,8 +440,8 @@ def test_scratch_with_a_hub_model_is_keyed_apart_from_its_pretrained_weights(hub
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ({"base": "x", "temperature": "hot"}, r"s\.yaml: policies\.weak: wrong value type for field \"temperature\""),
-        (None, r"s\.yaml: policies\.weak: expected a mapping \(base, train_on, jsonl, \.\.\.\), got None"),
+        ({"base": "x", "temperature": "hot"}, r"s\.yaml: policies\.weak\.temperature: expected a number, got 'hot'"),
+        (None, r"s\.yaml: policies\.weak: expected a mapping \(base, train_on, train_split, \.\.\.\), got None"),
     ],
 )
 def test_a_policy_entry_of_the_wrong_shape_is_named(entry, message):

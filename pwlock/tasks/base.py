@@ -10,9 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import dacite
-
-from pwlock.config import ConfigError
+from pwlock.config import ConfigError, parse
 from pwlock.tasks.splits import SPLITS
 
 
@@ -108,10 +106,8 @@ def make_task(spec: Mapping[str, Any], where: str = "task") -> Task:
     if name not in _REGISTRY:
         raise ConfigError(f"{where}.name: unknown task {name!r}; expected one of {task_names()}")
     cls = _REGISTRY[name]
-    try:
-        cfg = dacite.from_dict(cls.config_class, spec, config=dacite.Config(strict=True))
-    except dacite.DaciteError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    source, _, field_ = where.rpartition(": ")  # `where` is "task" or "<file>: task"
+    cfg = parse(cls.config_class, spec, source, field_)
     if hasattr(cfg, "validate"):
         for problem in cfg.validate():
             raise ConfigError(f"{where}.{problem}")
