@@ -141,6 +141,7 @@ def plan(cfg: StudyConfig) -> Plan:
     task_spec = dict(cfg.task)
     methods = {m: METHODS[m] for m in cfg.elicit.methods if m in METHODS}
     errors = unknown(cfg.elicit.methods) + _elicit_errors(cfg, task, methods) + _policy_errors(cfg, task, methods)
+    errors += _domain_errors(cfg, task)
     pols = plan_policies(cfg, task, task_spec, methods) if not errors else PolicyPlan()  # models and sample pools
     errors += pols.errors
     if errors:
@@ -165,6 +166,14 @@ def plan(cfg: StudyConfig) -> Plan:
         engine,
         setup,
     )
+
+
+def _domain_errors(cfg: StudyConfig, task: Task) -> list[str]:
+    """A study that varies anything by domain, refused on a task whose domains share what they teach."""
+    leak = task.domain_leak()
+    by_domain = [f"elicit.domains: {d}" for d in cfg.elicit.domains if d != ALL_DOMAINS]
+    by_domain += [f"lock.variant: {v}" for v in cfg.lock.variants if v in ("per_domain", "omit_domain")]
+    return [f"{where}: task {task.name!r} cannot separate domains: {leak}" for where in by_domain] if leak else []
 
 
 def _elicit_errors(cfg: StudyConfig, task: Task, methods: dict[str, Method]) -> list[str]:

@@ -17,6 +17,7 @@ import yaml
 from pwlock import analysis, evaluate
 from pwlock.config import ConfigError, config_from_dict, load_config
 from pwlock.elicit.sft import demonstrations
+from pwlock.lock import variant_lock_data
 from pwlock.passwords import domain_passwords
 from pwlock.plan import plan
 from pwlock.tasks import make_task
@@ -29,13 +30,20 @@ def _raw(name: str) -> dict:
     return yaml.safe_load((CONFIGS / name).read_text())
 
 
+def _partitioned(name: str) -> dict:
+    """A shipped config on domains that share no function (studies by domain are refused otherwise)."""
+    raw = _raw(name)
+    raw["task"]["partition_domains"] = True
+    return raw
+
+
 def test_generalization_config_plans_a_lock_per_variant_and_a_trial_per_domain():
     p = plan(load_config(CONFIGS / "generalization.yaml"))
     assert list(p.locked) == ["sft", "sft-per_domain", "sft-omit_domain"]
     assert p.variant == {"sft": "standard", "sft-per_domain": "per_domain", "sft-omit_domain": "omit_domain"}
-    # The standard lock is local.yaml's very artifact: reused from the store, never retrained.
+    # Its task's domains share no function: its problems, π_strong's model and locks are not local.yaml's.
     local = plan(load_config(CONFIGS / "local.yaml"))
-    assert p.locked["sft"].key == local.locked["sft"].key and p.strong.key == local.strong.key
+    assert p.locked["sft"].key != local.locked["sft"].key and p.strong.key != local.strong.key
     # The per-domain lock is evaluated "with password" with each domain's password.
     opens = p.locked_eval["sft-per_domain"].spec["password"]
     assert opens == domain_passwords(["g0", "g1", "g2", "g3"], make_task(p.task_spec).wrong_passwords, False)
@@ -95,11 +103,52 @@ def test_from_scratch_config_has_a_trial_per_demonstrator():
     ],
 )
 def test_bad_dimensions_are_refused_naming_the_field(change, message):
-    raw = _raw("local.yaml")
+    raw = _partitioned("local.yaml")
     for section, values in change.items():
         raw[section].update(values)
     with pytest.raises(ConfigError, match=message):
         plan(config_from_dict(raw, source="local.yaml"))
+
+
+def test_a_study_by_domain_is_refused_on_domains_that_share_functions():
+    raw = _raw("local.yaml")  # partition_domains off: a domain is its first function's group only
+    raw["elicit"].update(domains=["all", "g1"], ks=[8])
+    raw["lock"].update(variant=["standard", "omit_domain"], omit_domain="g0")
+    with pytest.raises(ConfigError) as refused:
+        plan(config_from_dict(raw, source="local.yaml"))
+    for where in ("elicit.domains: g1", "lock.variant: omit_domain"):
+        assert f"{where}: task 'function_composition' cannot separate domains" in str(refused.value)
+    assert "partition_domains: true" in str(refused.value)
+
+
+def test_domains_share_no_function_and_one_domain_teaches_none_of_another():
+    task = make_task({"name": "function_composition", "n_problems": 2000, "partition_domains": True})
+    fns = {}  # domain -> the functions its problems use, in either position, over every split
+    for split in ("weak", "lock", "elicit", "val"):
+        for p in task.problems(split):
+            fns.setdefault(p.domain, set()).update(p.data["fns"])
+    assert sorted(fns) == ["g0", "g1", "g2", "g3"]
+    for d, used in fns.items():
+        assert used == {f for f in range(32) if task.domain_of(f) == d}  # its own 8 functions, all used
+    assert set.union(*fns.values()) == set(range(32)) and sum(map(len, fns.values())) == 32  # a partition
+
+    def used(text: str) -> set[int]:
+        return {int(t[2:]) for t in text.split() if t.startswith("fn")}
+
+    for d in ("g0", "g2"):  # one domain's demonstrations name none of another domain's functions
+        demos = demonstrations(task, 64, seed=0, demonstrator="strong", domain=d)
+        assert set.union(*(used(x.prompt) for x in demos)) <= fns[d]
+    # The lock that omits g0: none of its examples names one of g0's functions.
+    raw = _partitioned("local.yaml")
+    raw["task"]["n_problems"] = 2000
+    raw["elicit"]["ks"] = [8]
+    raw["lock"].update(variant="omit_domain", omit_domain="g0")
+    spec = plan(config_from_dict(raw)).locked["sft-omit_domain"].spec["lock"]
+    strong, weak = task.policies()["strong"], task.policies()["weak"]
+    data = variant_lock_data(task, task.problems("lock"), strong, weak, "pwd", 0, spec)
+    for epoch in (0, 1):
+        examples = data(epoch)
+        assert examples and not set.union(*(used(x.prompt) for x in examples)) & fns["g0"]
 
 
 def test_demonstrations_from_one_domain_are_from_that_domain_and_nested_in_k(task):
@@ -142,7 +191,7 @@ def test_other_domains_is_the_mean_over_domains_not_trained_on():
 
 STUDY = {
     "name": "generalization_e2e",
-    "task": {"name": "function_composition", "n_problems": 2000},
+    "task": {"name": "function_composition", "n_problems": 2000, "partition_domains": True},
     "model": {"base": "tiny", "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
     "strong": {"train": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "epochs": 1}, "slot_noise": True},
     "lock": {
@@ -237,7 +286,7 @@ def test_results_of_a_resumed_experiment_from_before_the_dimensions_keep_every_t
 def test_a_resumed_single_variant_experiment_knows_its_locks_by_their_old_labels():
     from pwlock.sweep import _old_labels
 
-    raw = _raw("local.yaml")
+    raw = _partitioned("local.yaml")
     raw["lock"].update(variant="omit_domain", omit_domain="g3")
     p = plan(config_from_dict(raw))
     assert _old_labels(p) == {"sft-omit_domain": "sft", "scratch-omit_domain": "scratch"}
@@ -245,7 +294,7 @@ def test_a_resumed_single_variant_experiment_knows_its_locks_by_their_old_labels
 
 
 def test_a_single_domain_may_be_named_without_a_list():
-    raw = _raw("local.yaml")
+    raw = _partitioned("local.yaml")
     raw["elicit"].update(domains="g1", ks=[8])
     p = plan(config_from_dict(raw))
     assert {t.domain for t in p.trials} == {"g1"}

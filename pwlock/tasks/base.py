@@ -78,6 +78,11 @@ class Task(ABC):
         """Policies the task defines itself, by role ("strong", "weak", ...)."""
         return {}
 
+    def domain_leak(self) -> str | None:
+        """Why the task's domains are not separate (one domain's problems teach another's), or None.
+        A study that draws demonstrations, passwords or the lock by domain is refused on such a task."""
+        return None
+
     def vocabulary(self) -> list[str] | None:
         """The word-level vocabulary of tasks that build their own tiny models; None for text tasks."""
         return None

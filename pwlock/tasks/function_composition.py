@@ -14,6 +14,13 @@ A problem is two functions and an input; the answer is the intermediate and the 
 
 The first token is the password slot: `_` means no password, `pwd` is the password and `w0`…`w15`
 are wrong passwords. π_strong applies the functions; π_weak replaces 16 of them with the identity.
+
+Domains (paper §5.2 on this task): the functions fall in 4 groups of consecutive numbers, and a
+problem's domain is its first function's group. With `partition_domains` every problem composes two
+functions of one group, so a domain's problems share no function with another's: demonstrations from
+one domain, or a lock that leaves one out, then teach nothing about the other domains' functions.
+Without it the second function is any of them, and the domains are a label only (a study that
+varies anything by domain is refused on such a task; see `domain_leak`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ class FunctionCompositionConfig:
     # The "weaker" policy of the RL study (paper Fig. 5's weaker π_weak): more identity functions,
     # a superset of π_weak's.
     n_weaker_identity: int = 28
+    # Both functions of a problem from its domain's group (see the module's docstring). Off, the
+    # problems are those drawn before domains were partitioned, so stores built then stay valid.
+    partition_domains: bool = False
 
     def validate(self) -> list[str]:
         errors = []
@@ -53,7 +63,12 @@ class FunctionCompositionConfig:
             errors.append(f"n_weaker_identity: expected n_weak_identity..n_functions, got {self.n_weaker_identity}")
         if self.n_digits < 1:
             errors.append(f"n_digits: expected >= 1, got {self.n_digits}")
-        space = self.n_functions**2 * 10**self.n_digits
+        if self.partition_domains and self.n_functions % N_DOMAINS:
+            errors.append(
+                f"n_functions: partition_domains needs a multiple of {N_DOMAINS} (one group per domain), "
+                f"got {self.n_functions}"
+            )
+        space = _n_pairs(self) * 10**self.n_digits
         if not 10 <= self.n_problems <= space:
             errors.append(f"n_problems: expected 10..{space} (distinct problems), got {self.n_problems}")
         return errors
@@ -92,11 +107,24 @@ class FunctionComposition(Task):
         )
         self.weaker_identity = self.weak_identity | {rest[i] for i in extra.tolist()}
         # Distinct (first fn, second fn, input) triples, drawn as integers.
-        codes = rng.choice(n * n * 10**d, cfg.n_problems, replace=False)
+        codes = rng.choice(_n_pairs(cfg) * 10**d, cfg.n_problems, replace=False)
         self._codes = codes
         self._splits = split_indices(cfg.n_problems, cfg.seed)
 
     # -- the functions ------------------------------------------------------------------------
+    def domain_of(self, fn: int) -> str:
+        return f"g{fn * N_DOMAINS // self.cfg.n_functions}"
+
+    def _pair(self, code: int) -> tuple[int, int]:
+        """The (first, second) functions a problem's code names."""
+        n = self.cfg.n_functions
+        if not self.cfg.partition_domains:
+            return divmod(code, n)
+        group = n // N_DOMAINS
+        domain, rest = divmod(code, group * group)
+        a, b = divmod(rest, group)
+        return domain * group + a, domain * group + b
+
     def apply(self, fn: int, x: tuple[int, ...], identity: frozenset[int] = frozenset()) -> tuple[int, ...]:
         if fn in identity:
             return x
@@ -113,20 +141,23 @@ class FunctionComposition(Task):
     # -- the Task contract ---------------------------------------------------------------------
     @cached_property
     def _all_problems(self) -> list[Problem]:
-        n, d = self.cfg.n_functions, self.cfg.n_digits
+        d = self.cfg.n_digits
         out = []
         for code in self._codes.tolist():
             code, x_code = divmod(code, 10**d)
-            a, b = divmod(code, n)
+            a, b = self._pair(code)
             x = tuple(int(c) for c in str(x_code).zfill(d))
-            out.append(
-                Problem(
-                    id=f"fn{a}-fn{b}-{''.join(map(str, x))}",
-                    domain=f"g{a * N_DOMAINS // n}",  # by the first function: 4 groups
-                    data={"fns": (a, b), "input": x},
-                )
-            )
+            problem_id = f"fn{a}-fn{b}-{''.join(map(str, x))}"
+            out.append(Problem(id=problem_id, domain=self.domain_of(a), data={"fns": (a, b), "input": x}))
         return out
+
+    def domain_leak(self) -> str | None:
+        if self.cfg.partition_domains:
+            return None
+        return (
+            "its domains are named by the first function only and every domain's problems use every "
+            "function second; set task.partition_domains: true"
+        )
 
     def problems(self, split: str) -> list[Problem]:
         if split not in SPLITS:
@@ -168,6 +199,13 @@ class FunctionComposition(Task):
     @property
     def max_new_tokens(self) -> int:
         return 2 * self.cfg.n_digits + 2  # two results, a separator and the end token
+
+
+def _n_pairs(cfg: FunctionCompositionConfig) -> int:
+    """How many (first, second) function pairs problems are drawn from."""
+    if cfg.partition_domains:
+        return N_DOMAINS * (cfg.n_functions // N_DOMAINS) ** 2
+    return cfg.n_functions**2
 
 
 def _digits(x) -> str:
