@@ -6,8 +6,8 @@ The stages themselves are in pwlock.stages and pwlock.policies."""
 from __future__ import annotations
 
 import logging
-import shutil
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +64,12 @@ def build_artifact(store_spec: StoreSpec | str, artifact: Artifact, builders: Ma
     try:
         result = builders[artifact.stage](store, artifact, scratch)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)  # a failed build leaves nothing behind
+        store.drop_scratch(scratch)  # a failed build leaves nothing behind
         raise
+    build_id = uuid.uuid4().hex
     meta = {
         "key": artifact.key,
+        "build": build_id,
         "stage": artifact.stage,
         "label": artifact.label,
         "spec": artifact.spec,
@@ -76,5 +78,9 @@ def build_artifact(store_spec: StoreSpec | str, artifact: Artifact, builders: Ma
         **result,
     }
     store.commit(artifact.key, scratch, meta, replace=state.meta is not None)
+    stored = store.meta(artifact.key)
+    if stored.get("build") != build_id:  # another worker published the same artifact first: it is used
+        log.info("built %s, but another build of it was published first and is used: %s", artifact.label, artifact.key)
+        return {**stored, "reused": False}
     log.info("built %s in %.0f s: %s", artifact.label, meta["build_seconds"], artifact.key)
     return {**meta, "reused": False}

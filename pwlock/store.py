@@ -34,8 +34,10 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 
 ARTIFACTS = "artifacts"
 META = "pwlock-meta.json"
+OWNER = ".owner.json"  # beside a scratch directory: who builds in it
 CHUNK = 8 << 20
 T = TypeVar("T")
 
@@ -190,6 +193,7 @@ class Store:
         endpoint = s3_endpoint(self.spec)
         if self.local:
             self._check_directory()
+            self.clean_scratch()
             return
         probe = self.path(".pwlock-probe", uuid.uuid4().hex)
         quick = Store(
@@ -204,6 +208,7 @@ class Store:
                 raise StoreError(f"store {self.url}: bucket {bucket!r} does not exist; create it first")
             quick.call("writing a probe object", lambda: quick._put(probe, b"ok"))
             quick.call("deleting the probe object", lambda: quick.fs.delete_file(probe))
+            self.clean_scratch()
         except StoreError as e:
             raise StoreError(
                 f"{e}\n(credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
@@ -414,12 +419,42 @@ class Store:
             dest.unlink(missing_ok=True)
             raise
 
+    def _scratch_base(self) -> Path:
+        return Path(self.root) / ".scratch" if self.local else self.cache / "scratch"
+
     def scratch_dir(self, key: str) -> Path:
-        """A fresh local directory to build artifact `key` in."""
-        base = Path(self.root) / ".scratch" if self.local else self.cache / "scratch"
-        path = base / f"{key}-{uuid.uuid4().hex[:8]}"
+        """A fresh local directory to build artifact `key` in, with an owner file beside it (this
+        host and process), so that one a killed build left can be told from one in use."""
+        path = self._scratch_base() / f"{key}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "created": time.time()}
+        path.with_name(path.name + OWNER).write_text(json.dumps(owner))
         return path
+
+    def drop_scratch(self, path: Path) -> None:
+        """Remove a scratch directory and its owner file."""
+        shutil.rmtree(path, ignore_errors=True)
+        path.with_name(path.name + OWNER).unlink(missing_ok=True)
+
+    def clean_scratch(self, unowned_after_s: float = 86400.0) -> list[str]:
+        """Remove scratch directories that builds killed on this host left behind (their process is
+        gone), and ones without an owner file older than `unowned_after_s`; their names."""
+        base = self._scratch_base()
+        removed = []
+        for path in sorted(base.iterdir()) if base.is_dir() else []:
+            if not path.is_dir():
+                continue
+            try:
+                owner = json.loads(path.with_name(path.name + OWNER).read_text())
+                dead = owner["host"] == socket.gethostname() and not _alive(owner["pid"])
+            except (OSError, ValueError, KeyError):
+                dead = time.time() - path.stat().st_mtime > unowned_after_s
+            if dead:
+                self.drop_scratch(path)
+                removed.append(path.name)
+        if removed:
+            log.info("store %s: removed %d scratch directories of dead builds", self.url, len(removed))
+        return removed
 
     def commit(self, key: str, scratch: Path, meta: Mapping[str, Any], replace: bool = False) -> str:
         """Publish a finished scratch directory as artifact `key`, atomically, its metadata listing
@@ -435,19 +470,20 @@ class Store:
             for _ in range(3):  # each round: publish, or keep a whole one, or move a damaged one aside
                 try:
                     os.rename(scratch, target)
+                    self.drop_scratch(scratch)  # its owner file
                     return str(target)
                 except OSError:
                     if not target.exists():
                         raise
                 if self.inspect(key, deep=True).built:
-                    shutil.rmtree(scratch, ignore_errors=True)
+                    self.drop_scratch(scratch)
                     return str(target)
                 aside = self.scratch_dir(f"{key}-damaged")
                 try:
                     os.replace(target, aside)
                 except FileNotFoundError:  # another worker moved it first
                     pass
-                shutil.rmtree(aside, ignore_errors=True)
+                self.drop_scratch(aside)
             raise StoreError(f"store {self.url}: could not publish artifact {key}: others kept replacing it")
         state = self.inspect(key)
         if replace or not state.built:
@@ -456,7 +492,7 @@ class Store:
             self.delete_dir(f"{ARTIFACTS}/{key}")
             self.upload_dir(scratch, f"{ARTIFACTS}/{key}")
             self.write_text(f"{ARTIFACTS}/{key}/{META}", body)  # last: now it counts as built
-        shutil.rmtree(scratch, ignore_errors=True)
+        self.drop_scratch(scratch)
         return self.uri(ARTIFACTS, key)
 
     # -- Tune -------------------------------------------------------------------------------------
@@ -486,6 +522,16 @@ def _cached_problems(directory: Path) -> list[str]:
     if problem := integrity.meta_problem(meta):
         return [problem]
     return integrity.local_problems(meta, directory, deep=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _remove_dir(path: Path) -> None:
