@@ -313,6 +313,10 @@ class GuardsConfig:
     min_password_gap: float = 0.2  # correctness with the password at least this above without it
     max_over_weak: float = 0.1  # without the password, at most this above π_weak
     max_wrong_over_no_pwd: float = 0.1  # with wrong passwords, at most this above no password
+    # The lock audit (pwlock/audit.py): unseen wrong passwords and near misses of the password more
+    # than audit_margin above no password are always reported; with audit_gate the gate refuses them.
+    audit_gate: bool = False
+    audit_margin: float = 0.1
     # Refuse elicitation inputs carrying the password or a variant this similar (normalised edit distance).
     leak_guard: bool = True
     leak_similarity: float = 0.8
@@ -662,7 +666,7 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
 def _guards_errors(g: GuardsConfig) -> list[str]:
     errors = [
         f"{name}: expected a correctness difference in [0, 1], got {getattr(g, name)}"
-        for name in ("min_password_gap", "max_over_weak", "max_wrong_over_no_pwd")
+        for name in ("min_password_gap", "max_over_weak", "max_wrong_over_no_pwd", "audit_margin")
         if not 0.0 <= getattr(g, name) <= 1.0
     ]
     if not 0.5 <= g.leak_similarity <= 1.0:  # below 0.5, half the password may differ: no longer "close"
