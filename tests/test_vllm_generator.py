@@ -4,6 +4,7 @@ fp32, before and after an in-place weight update; no engine left once its contex
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import psutil
@@ -89,3 +90,27 @@ def test_no_engine_outlives_a_run_that_fails_or_a_model_it_cannot_serve(task, to
         with vllm_generator(narrow_dir, tokenizer, VLLMConfig()):
             pass
     assert engine_processes(wait_s=30) == []
+
+
+def test_seeded_sampling_over_the_engines_token_budget_is_reproducible_and_leaves_the_engine_usable(
+    task, tokenizer, tmp_path, local_ray
+):
+    """One sampling call holding more prompt tokens than a scheduler step takes (4,096 by default):
+    vLLM would split a prompt's prefill over two steps and rewind its seeded generator, which only
+    CUDA generators can do; on CPU pwlock schedules whole prompts instead."""
+    short = [task.prompt(p, None) for p in task.problems("elicit")[:480]]
+    prompts = [" ".join(short[i : i + 12]) for i in range(0, len(short), 12)]  # 40 prompts of ~150 tokens
+    tokens = sum(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    assert tokens > 4096 and len(prompts) == 40
+    model = build_tiny_model(dataclasses.replace(TINY, max_positions=256), tokenizer, seed=0)
+    model_dir = str(save_policy(model, tokenizer, tmp_path / "model"))
+    runs = []
+    for _ in range(2):
+        with vllm_generator(model_dir, tokenizer, VLLMConfig(seed=3)) as engine:
+            sampled = engine.generate(prompts, n=2, temperature=1.0, max_new_tokens=4)
+            greedy = engine.generate(prompts[:8], max_new_tokens=4)  # the engine still serves afterwards
+            runs.append((sampled, greedy))
+    assert runs[0] == runs[1]  # the same seed, the same samples
+    sampled, greedy = runs[0]
+    assert len(sampled) == len(prompts) and all(len(s) == 2 for s in sampled)
+    assert len(greedy) == 8

@@ -64,6 +64,9 @@ class _Engine:
             distributed_executor_backend="uni",
             gpu_memory_utilization=cfg["gpu_memory_utilization"] if on_gpu else 0.9,
             enable_prefix_caching=True,
+            # A prompt's prefill split over two steps rewinds its seeded generator, which only CUDA
+            # generators can do: on CPU every step takes whole prompts.
+            enable_chunked_prefill=on_gpu,
         )
         self.start_seconds = time.perf_counter() - t0
         # What this engine has served: prompts sampled and decoded greedily (evaluation), weight syncs.
