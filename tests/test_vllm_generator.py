@@ -114,3 +114,20 @@ def test_seeded_sampling_over_the_engines_token_budget_is_reproducible_and_leave
     sampled, greedy = runs[0]
     assert len(sampled) == len(prompts) and all(len(s) == 2 for s in sampled)
     assert len(greedy) == 8
+
+
+def test_both_backends_stop_on_every_end_token_of_the_generation_config(task, tokenizer, tmp_path, local_ray):
+    """A model whose generation config names two end tokens (as chat models do): HF `generate` and
+    the engine stop on both, so their greedy completions agree."""
+    problems = task.problems("lock")[:32]
+    prompts = [task.prompt(p, None) for p in problems]
+    model = _trained(task, tokenizer, build_tiny_model(TINY, tokenizer, seed=0), problems, epochs=100)
+    plain = HFGenerator(model, tokenizer).generate(prompts, max_new_tokens=task.max_new_tokens)
+    second = tokenizer.convert_tokens_to_ids(plain[0][0].split()[1])  # a word greedy decoding emits
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, second]
+    hf = HFGenerator(model, tokenizer).generate(prompts, max_new_tokens=task.max_new_tokens)
+    assert hf != plain and hf[0][0] == " ".join(plain[0][0].split()[:2])  # stopped at the second end token
+    model_dir = str(save_policy(model, tokenizer, tmp_path / "model"))
+    with vllm_generator(model_dir, tokenizer, VLLMConfig()) as engine:
+        assert engine.stop == [tokenizer.eos_token_id, second]
+        assert engine.generate(prompts, max_new_tokens=task.max_new_tokens) == hf

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import torch
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 
 class Generator(Protocol):
@@ -18,3 +19,11 @@ class Generator(Protocol):
     def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace the weights of the model being sampled from."""
         ...
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation: GenerationConfig | None = None) -> list[int]:
+    """The tokens that end a completion, the same in every backend: the tokenizer's end token and
+    every end token of the model's generation config (chat models often have several)."""
+    extra = getattr(generation, "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(extra if isinstance(extra, list) else [extra])]
+    return list(dict.fromkeys(i for i in ids if i is not None))

