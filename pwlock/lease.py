@@ -1,4 +1,4 @@
-"""One driver per experiment: a lease object in the store, `<experiment>/driver-lease.json`.
+"""One driver per experiment: a lease object in the store, `.leases/<experiment>.json`.
 
 A driver takes the lease before any work (a new run or `--resume`), renews a heartbeat in it every
 `heartbeat_s` while it runs, and removes it when it ends. A second driver is refused, told which
@@ -29,7 +29,9 @@ from pwlock.store import Store, StoreError, s3_endpoint
 
 log = logging.getLogger(__name__)
 
-LEASE = "driver-lease.json"
+# Beside the experiments, not in one: Tune copies an experiment's directory to its staging area on
+# --resume and uploads it back, which would put back a stale copy of the lease.
+LEASES = ".leases"
 HEARTBEAT_S = 30.0
 STALE_S = 600.0
 
@@ -176,7 +178,7 @@ class Lease:
     ):
         self.store, self.experiment, self.run = store, experiment, run
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
-        rel = f"{experiment}/{LEASE}"
+        rel = lease_path(experiment)
         self.object = _LocalObject(Path(store.path(rel))) if store.local else _S3Object(store, rel)
         self.since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.lost: str | None = None  # who took it over, once this driver noticed
@@ -236,7 +238,11 @@ class Lease:
             try:
                 token = self.object.replace(self._body(), self._token)
                 if token is None:
-                    holder = self.holder()
+                    read = self.object.read()
+                    holder = None if read is None else _holder(read.body)
+                    if holder is not None and holder.run == self.run:  # rewritten, but still ours
+                        self._token = read.token
+                        continue
                     self.lost = holder.describe() if holder else "nobody (the lease was removed)"
                     log.error("experiment %s: this driver's lease is now held by %s", self.experiment, self.lost)
                     return
@@ -256,6 +262,11 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def lease_path(experiment: str) -> str:
+    """Where an experiment's lease lives, relative to the store's root."""
+    return f"{LEASES}/{experiment}.json"
 
 
 def _holder(body: bytes) -> Holder | None:

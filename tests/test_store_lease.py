@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pwlock.lease import LEASE, Holder, Lease, LeaseHeld
+from pwlock.lease import Holder, Lease, LeaseHeld, lease_path
 from pwlock.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_a_second_driver_is_refused_naming_the_holder_and_since_when(store):
         with pytest.raises(LeaseHeld, match="takes only a lease whose heartbeat stopped"):
             Lease(store, "exp", "run-b").acquire(take_over=True)  # a live driver is never displaced
         Lease(store, "other", "run-b").acquire().release()  # another experiment is free
-    assert not store.exists(f"exp/{LEASE}")  # let go when the driver ends
+    assert not store.exists(lease_path("exp"))  # let go when the driver ends
     Lease(store, "exp", "run-b").acquire().release()
 
 
@@ -65,7 +65,7 @@ def test_the_heartbeat_renews_the_lease(store):
 def _held_elsewhere(store: Store, heartbeat: float) -> None:
     """A lease as a driver on another node writes it."""
     holder = Holder("other-run", "other-node", 4242, "2026-12-06T08:00:00Z", heartbeat)
-    store.write_text(f"exp/{LEASE}", json.dumps(asdict(holder)))
+    store.write_text(lease_path("exp"), json.dumps(asdict(holder)))
 
 
 def test_a_stale_lease_is_taken_over_with_the_flag_only(store):
