@@ -22,6 +22,7 @@ from ray import tune
 from pwlock import analysis, runtime
 from pwlock.analysis import STUDY as STUDY_FILE
 from pwlock.artifacts import Artifact
+from pwlock.audit import table as audit_table
 from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig, config_from_dict, to_dict
 from pwlock.generate.vllm_actor import trial_resources
 from pwlock.guards import assess_locks, check_locks
@@ -139,14 +140,19 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
         }
         if "report_by_domain" in metas[p.locked_eval[label].key]:
             upstream[label]["locked_by_domain"] = metas[p.locked_eval[label].key]["report_by_domain"]
+        if label in p.audits:
+            upstream[label]["audit"] = metas[p.audits[label].key]["audit"]
     log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
     locks = {label: (metas[p.locked_eval[label].key]["report"], policy.get(p.weak[label])) for label in p.locked}
+    audits = {label: metas[a.key]["audit"] for label, a in p.audits.items()}
+    if audits:
+        table = audit_table(audits, cfg.guards.audit_margin)
+        log.info("lock audit (greedy correctness, by lock):\n%s", "\n".join(table))
     if cfg.guards.lock_gate:  # refuses before the experiment writes anything; artifacts stay for the next run
-        log.info(
-            "lock gate: every locked model holds\n%s", "\n".join(check_locks(locks, cfg.guards, cfg.source, p.variant))
-        )
+        lines = check_locks(locks, cfg.guards, cfg.source, p.variant, audits)
+        log.info("lock gate: every locked model holds\n%s", "\n".join(lines))
     else:
-        failing = assess_locks(locks, cfg.guards, p.variant)[1]
+        failing = assess_locks(locks, cfg.guards, p.variant, audits)[1]
         log.warning(
             "guards.lock_gate is off: eliciting from every lock%s",
             f", though the gate would refuse {failing}" if failing else "",
@@ -227,28 +233,31 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
         )
     timings["results"] = time.perf_counter() - t_results
     timings["total"] = time.perf_counter() - t0
-    store.write_text(
-        f"{experiment}/{analysis.TIMINGS}",
-        json.dumps(
-            {
-                "phases_s": timings,
-                "artifacts": {
-                    a.label: {
-                        "key": a.key,
-                        "reused": metas[a.key]["reused"],
-                        "build_s": metas[a.key].get("build_seconds"),
-                    }
-                    for a in p.artifacts
-                },
-            },
-            indent=2,
-        ),
-    )
+    run_timings = {
+        "run": lease.run,
+        "resume": resume,
+        "phases_s": timings,
+        "artifacts": {
+            a.label: {"key": a.key, "reused": metas[a.key]["reused"], "build_s": metas[a.key].get("build_seconds")}
+            for a in p.artifacts
+        },
+    }
+    every_run = _with_earlier_runs(store, experiment, run_timings)
+    store.write_text(f"{experiment}/{analysis.TIMINGS}", json.dumps(every_run, indent=2))
     log.info("results:\n%s", analysis.table(summary))
     log.info("wrote %s/%s and its figures in %.0f s", exp_uri, analysis.SUMMARY, time.perf_counter() - t0)
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_uri}")
     return exp_uri
+
+
+def _with_earlier_runs(store: Store, experiment: str, run: dict[str, Any]) -> dict[str, Any]:
+    """timings.json: this run's timings at the top (as before), and under `runs` every run of the
+    experiment in order, so that a --resume adds to the first run's timings instead of replacing them."""
+    rel = f"{experiment}/{analysis.TIMINGS}"
+    earlier = json.loads(store.read_text(rel)) if store.exists(rel) else None
+    runs = [] if earlier is None else earlier.get("runs", [earlier])
+    return {**run, "runs": [*runs, run]}
 
 
 def _old_labels(p: Plan) -> dict[str, str]:

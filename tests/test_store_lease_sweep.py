@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pwlock import analysis
-from pwlock.lease import LEASE
+from pwlock.lease import lease_path
 from pwlock.trial import DONE, JOURNAL, attempt_records
 from tests.test_fault_tolerance import CANDIDATES, STUDY, TRIALS
 
@@ -44,7 +44,7 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
             assert first.poll() is None, first.stdout.read()[-5000:]
             assert time.monotonic() < deadline, "no trial started"
             time.sleep(0.2)
-        holder = json.loads((exp / LEASE).read_text())
+        holder = json.loads((storage / lease_path(name)).read_text())
         second = subprocess.run(
             _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=300
         )
@@ -57,7 +57,7 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
     finally:
         first.kill()
     assert first.returncode == 0, out[-5000:]
-    assert not (exp / LEASE).exists()
+    assert not (storage / lease_path(name)).exists()
     journals = [p for p in (exp / JOURNAL).iterdir()]
     assert len(journals) == TRIALS
     for j in journals:  # each trial trained once, by the first driver, and finished
@@ -68,3 +68,15 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
         rows = [json.loads(line) for line in r.read_text().splitlines()]
         assert Counter(row["candidate"] for row in rows) == {c: 1 for c in range(1, CANDIDATES + 1)}
     assert len(analysis.load_summary(str(exp))) == TRIALS
+    first_run = json.loads((exp / analysis.TIMINGS).read_text())
+
+    # --resume of the finished experiment: nothing trained again, its timings added to the first run's
+    again = subprocess.run(
+        _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-5000:]
+    timings = json.loads((exp / analysis.TIMINGS).read_text())
+    assert [r["run"] for r in timings["runs"]] == [first_run["run"], timings["run"]] and timings["resume"]
+    assert timings["runs"][0]["phases_s"] == first_run["phases_s"]
+    for j in (exp / JOURNAL).iterdir():
+        assert len(attempt_records([p.name for p in j.iterdir()])) == 1
