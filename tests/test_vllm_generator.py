@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import pickle
 import time
 
 import psutil
@@ -13,7 +14,7 @@ import torch
 
 from pwlock.config import TinyModelConfig, TrainConfig, VLLMConfig
 from pwlock.generate.hf import HFGenerator
-from pwlock.generate.vllm_actor import vllm_generator
+from pwlock.generate.vllm_actor import numpy_state, vllm_generator
 from pwlock.models import build_tiny_model, save_policy
 from pwlock.tasks.base import Example
 from pwlock.train.sft import train_sft
@@ -131,3 +132,40 @@ def test_both_backends_stop_on_every_end_token_of_the_generation_config(task, to
     with vllm_generator(model_dir, tokenizer, VLLMConfig()) as engine:
         assert engine.stop == [tokenizer.eos_token_id, second]
         assert engine.generate(prompts, max_new_tokens=task.max_new_tokens) == hf
+
+
+def test_a_tied_output_layer_is_sent_once_and_the_engine_serves_the_new_weights(task, tokenizer, tmp_path, local_ray):
+    """A Llama-shaped model with tied embeddings (as SmolLM2): its `lm_head` is the embedding, sent once."""
+    from transformers import LlamaConfig, LlamaForCausalLM  # a real architecture built tiny, for this test only
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    problems = task.problems("lock")[:32]
+    prompts = [task.prompt(p, None) for p in problems]
+    state = model.state_dict()
+    sent = numpy_state(state)
+    unique = sum(t.numel() * t.element_size() for n, t in state.items() if n != "lm_head.weight")
+    assert [n for n, _, _ in sent] == list(state)
+    assert unique < len(pickle.dumps(sent, protocol=5)) < unique * 1.05  # the tied matrix once, not twice
+    model_dir = str(save_policy(model, tokenizer, tmp_path / "model"))
+    with vllm_generator(model_dir, tokenizer, VLLMConfig()) as engine:
+        before = engine.generate(prompts, max_new_tokens=task.max_new_tokens)
+        assert before == HFGenerator(model, tokenizer).generate(prompts, max_new_tokens=task.max_new_tokens)
+        _trained(task, tokenizer, model, problems, epochs=60)
+        engine.load_weights(model.state_dict())
+        assert engine.generate(prompts, max_new_tokens=task.max_new_tokens) == HFGenerator(model, tokenizer).generate(
+            prompts, max_new_tokens=task.max_new_tokens
+        )

@@ -181,11 +181,17 @@ class VLLMGenerator:
 # putting them is one memcpy and the engine reads them in place (a pickled torch tensor is copied
 # on both sides). bf16 has no numpy dtype and travels as its bits.
 def numpy_state(state: Mapping[str, torch.Tensor]) -> list[tuple[str, str, Any]]:
+    """(name, dtype, array) of each tensor to send. Tied tensors (a tied `lm_head`) share one array,
+    which pickling, hence the object store, holds once; the engine still gets every name it loads."""
     out = []
+    arrays: dict[tuple[int, tuple[int, ...]], Any] = {}
     for name, t in state.items():
         t = t.detach().cpu()
         dtype = str(t.dtype).removeprefix("torch.")
-        out.append((name, dtype, (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()))
+        key = (t.data_ptr(), tuple(t.shape))
+        if key not in arrays:
+            arrays[key] = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+        out.append((name, dtype, arrays[key]))
     return out
 
 
