@@ -94,6 +94,20 @@ def scores(
     `model`; exact-match tasks and classifiers ignore it."""
     password = task.default_password if password is None else password
     prompts = [task.prompt(p, condition_password(task, condition, i, password, p)) for i, p in enumerate(problems)]
+    return prompt_scores(model, tokenizer, task, problems, prompts, batch_size, generator)
+
+
+def prompt_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: Sequence[Problem],
+    prompts: Sequence[str],
+    batch_size: int = 512,
+    generator: Generator | None = None,
+) -> np.ndarray:
+    """Per-problem greedy correctness given each problem's prompt as written (the lock audit's
+    probes write prompts no condition makes)."""
     if problems and isinstance(task.reference(problems[0]), ChoiceAnswer):
         # A classifier (MMLU) answers with the likeliest of its choices: one forward pass, no decoding.
         examples = [Example(q, task.reference(p)) for q, p in zip(prompts, problems)]

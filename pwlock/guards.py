@@ -1,7 +1,9 @@
 """Two guards that keep a study honest.
 
     lock gate       before any elicitation trial, each locked model's correctness with the
-                    password, without it and with wrong passwords must show a real lock
+                    password, without it and with wrong passwords must show a real lock; with
+                    guards.audit_gate, also its lock audit (pwlock/audit.py): no unseen wrong
+                    password or near miss of the password more than guards.audit_margin above none
     leak guard      no elicitation input (demonstrations, RL prompts, π_weak's samples) may carry
                     the password or a close variant of it; the locked model's own samples are
                     checked too, and counted rather than refused (see `SampleWatch`)
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from pwlock.audit import over_none
 from pwlock.config import ConfigError, GuardsConfig, LockConfig
 from pwlock.passwords import lock_domain_passwords, second_password
 
@@ -371,23 +374,37 @@ def _numbers(report: Mapping[str, float], weak: float | None) -> str:
     return ", ".join(parts)
 
 
+def audit_failures(audit: Mapping[str, float], t: GuardsConfig) -> list[str]:
+    """The lock audit's probes (unseen wrong passwords, near misses) more than guards.audit_margin
+    above no password."""
+    return [
+        f"{name} {gap:+.3f} above no password (at most {t.audit_margin}: guards.audit_margin)"
+        for name, gap in over_none(audit, t.audit_margin).items()
+    ]
+
+
 def assess_locks(
     locks: Mapping[str, tuple[Mapping[str, float], float | None]],
     t: GuardsConfig,
     variant: str | Mapping[str, str] = "standard",
+    audits: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[list[str], list[str]]:
     """One log line per lock, by label -> (evaluation report, π_weak's correctness), with the
     reasons it fails; and the labels of those that fail. `variant`: the locks' variant, or each
-    lock's by label."""
+    lock's by label. `audits`: each lock's audit, by label; its failures fail the lock with
+    guards.audit_gate, and are listed as not gated without."""
     lines, failed = [], []
     for label, (report, weak) in locks.items():
         v = variant if isinstance(variant, str) else variant.get(label, "standard")
         why = lock_failures(report, weak, t, check_gap=v not in NO_PASSWORD_GAP)
+        opened = audit_failures(audits[label], t) if audits and label in audits and v not in NO_PASSWORD_GAP else []
+        why += [f"audit: {w}" for w in opened] if t.audit_gate else []
         unchecked = (
             f"; with - without password not checked: a {v} lock: {NO_PASSWORD_GAP[v]}" if v in NO_PASSWORD_GAP else ""
         )
         lines.append(f"  {label}: {'NOT A REAL LOCK' if why else 'holds'} ({_numbers(report, weak)}{unchecked})")
         lines += [f"    - {w}" for w in why]
+        lines += [f"    ~ audit, not gated (guards.audit_gate: false): {w}" for w in opened if not t.audit_gate]
         failed += [label] if why else []
     return lines, failed
 
@@ -397,9 +414,10 @@ def check_locks(
     t: GuardsConfig,
     source: str = "",
     variant: str | Mapping[str, str] = "standard",
+    audits: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[str]:
     """Refuse (LockGateError) unless every lock is real (see `assess_locks`); return its lines."""
-    lines, failed = assess_locks(locks, t, variant)
+    lines, failed = assess_locks(locks, t, variant, audits)
     if failed:
         prefix = f"{source}: " if source else ""
         raise LockGateError(
@@ -409,7 +427,8 @@ def check_locks(
             + "\nThe upstream artifacts stay in the store and are reused by the next run. Train the lock further "
             "(lock.sft / lock.scratch / lock.base: epochs, lr; lock.stop_at), or change the thresholds "
             "guards.min_password_gap, "
-            "guards.max_over_weak, guards.max_wrong_over_no_pwd, or set guards.lock_gate: false to elicit from "
+            "guards.max_over_weak, guards.max_wrong_over_no_pwd, guards.audit_margin (or guards.audit_gate: "
+            "false), or set guards.lock_gate: false to elicit from "
             "these locks anyway."
         )
     return lines

@@ -31,6 +31,7 @@ from pwlock.lock import variant_errors, variant_spec
 from pwlock.passwords import lock_domain_passwords
 from pwlock.policies import PolicyPlan, plan_policies, policy_names
 from pwlock.stages import (
+    lock_audit_artifact,
     lock_label,
     locked_model_artifact,
     model_eval_artifact,
@@ -128,6 +129,7 @@ class Plan:
     policies: PolicyPlan  # model policies: their models and sample pools
     engine: VLLMConfig | None  # the vLLM engine each trial starts, if any
     setup: TrialSetup  # what every trial gets
+    audits: dict[str, Artifact] = field(default_factory=dict)  # each lock's audit (pwlock.audit), by lock label
 
     @property
     def methods(self) -> dict[str, Method]:
@@ -165,6 +167,7 @@ def plan(cfg: StudyConfig) -> Plan:
         pols,
         engine,
         setup,
+        up.audits,
     )
 
 
@@ -258,6 +261,7 @@ class _Upstream:
     strong_eval: Artifact | None = None
     locked: dict[str, Artifact] = field(default_factory=dict)
     locked_eval: dict[str, Artifact] = field(default_factory=dict)
+    audits: dict[str, Artifact] = field(default_factory=dict)
     weak: dict[str, str] = field(default_factory=dict)
     variant: dict[str, str] = field(default_factory=dict)
 
@@ -296,6 +300,9 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
         lock = {**base_lock, **variant_spec(lv)}  # nothing for the standard lock: its keys stay as they were
         # A lock with a password per domain is evaluated "with password" on each problem's domain's.
         opens = lock_domain_passwords(task, lv.domain_passwords) if variant == "per_domain" else password
+        # The audit's wrong passwords leave out every password the study's locks answer to.
+        own = {opens} if isinstance(opens, str) else set(opens.values())
+        others = [pw for pw in lock_passwords(cfg.lock, task) if pw not in own]
         for mode in cfg.lock.modes:
             train = asdict(cfg.lock.train_of(mode))
             for weak in cfg.lock.weak:
@@ -312,8 +319,9 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
                     pools=pols.lock_pools("strong", weak, lv.intermediate if variant == "adversarial" else None),
                 )
                 up.locked_eval[label] = model_eval_artifact(up.locked[label], task_spec, ev, opens, list(CONDITIONS))
+                up.audits[label] = lock_audit_artifact(up.locked[label], task, task_spec, ev, opens, others)
                 up.weak[label], up.variant[label] = weak, variant
-                up.artifacts += [up.locked[label], up.locked_eval[label]]
+                up.artifacts += [up.locked[label], up.locked_eval[label], up.audits[label]]
     return up
 
 

@@ -134,7 +134,7 @@ def estimate_plan(
             c += price.evaluate(model, holdout, tokens, evaluation, 2 * train.epochs) if stop else Cost()
             loads = [model] if mode in ("sft", "base") else []
             return c + price.overhead(loads, [model]), " (at most: stops at its target)" if stop else ""
-        if art.stage == "model_eval":
+        if art.stage in ("model_eval", "lock_audit"):  # an evaluation per condition (an audit's: per probe)
             return (
                 price.evaluate(model, n_eval, tokens, evaluation, len(art.spec["conditions"])) + price.overhead([model])
             ), ""

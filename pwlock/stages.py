@@ -5,6 +5,7 @@
     locked model    trained on D_lock, from the strong model (`sft`), from scratch (`scratch`) or from
                     the base model's own weights (`base`)
     model eval      a model's correctness with / without / with a wrong password
+    lock audit      a locked model's correctness under the lock audit's probes (pwlock/audit.py)
 
 Each build first looks in the store: an artifact that exists is reused, never rebuilt.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pwlock import evaluate
+from pwlock import audit, evaluate
 from pwlock.artifacts import Artifact, Builder, build_artifact, eval_problems
 from pwlock.config import FIXEDRDM, TinyModelConfig, TrainConfig
 from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
@@ -138,6 +139,22 @@ def model_eval_artifact(
     apart from the model so that changing how it is evaluated never retrains it."""
     spec = {"model": model.key, "task": task, "eval": eval_cfg, "password": password, "conditions": conditions}
     return Artifact("model_eval", f"{model.label}: evaluation", spec, (model.key,))
+
+
+def lock_audit_artifact(
+    model: Artifact, task: Task, task_spec: dict, eval_cfg: dict, password: Any, exclude: list[str]
+) -> Artifact:
+    """A locked model's lock audit: its correctness under each probe (`conditions`) of pwlock.audit,
+    with `password` (one, or one per domain) opening it and `exclude` never a wrong one."""
+    spec = {
+        "model": model.key,
+        "task": task_spec,
+        "eval": eval_cfg,
+        "password": password,
+        "exclude": exclude,
+        "conditions": audit.probe_names(task, password, exclude),
+    }
+    return Artifact("lock_audit", f"{model.label}: lock audit", spec, (model.key,))
 
 
 def build(store_spec: StoreSpec | str, artifact: Artifact, *_upstream: Any) -> dict[str, Any]:
@@ -318,11 +335,22 @@ def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     return out
 
 
+def _build_lock_audit(store: Store, a: Artifact, scratch) -> dict[str, Any]:
+    task = make_task(a.spec["task"])
+    model, tokenizer = load_policy(store.artifact_dir(a.spec["model"]))
+    ev = a.spec["eval"]
+    problems = eval_problems(task, ev["split"], ev["max_problems"])
+    report = audit.audit(model, tokenizer, task, problems, a.spec["password"], a.spec["exclude"])
+    log.info("%s: %s", a.label, ", ".join(f"{c} {v:.3f}" for c, v in report.items()))
+    return {"audit": report}
+
+
 BUILDERS: dict[str, Builder] = {
     "policy_scores": _build_policy_scores,
     "strong_model": _build_strong_model,
     "locked_model": _build_locked_model,
     "model_eval": _build_model_eval,
+    "lock_audit": _build_lock_audit,
     "policy_model": build_policy_model,
     "sample_pool": build_sample_pool,
 }

@@ -27,7 +27,8 @@ def _base() -> dict:
 def test_default_config_loads_and_plans():
     cfg = load_config(LOCAL)
     p = plan(cfg)
-    assert {a.stage for a in p.artifacts} == {"policy_scores", "strong_model", "locked_model", "model_eval"}
+    stages = {"policy_scores", "strong_model", "locked_model", "model_eval", "lock_audit"}
+    assert {a.stage for a in p.artifacts} == stages
     assert len(p.trials) == len(cfg.lock.modes) * len(cfg.elicit.ks) * len(cfg.elicit.seeds)
     quick = load_config(LOCAL, quick=True)
     assert len(plan(quick).trials) < len(p.trials)
@@ -44,8 +45,9 @@ def test_plan_keys_are_stable_and_cascade():
     raw = _base()
     raw["eval"]["max_problems"] = 100
     d = plan(config_from_dict(raw))
-    assert [x.key for x in d.artifacts if x.stage != "model_eval" and x.stage != "policy_scores"] == [
-        x.key for x in a.artifacts if x.stage != "model_eval" and x.stage != "policy_scores"
+    evaluations = ("model_eval", "lock_audit", "policy_scores")
+    assert [x.key for x in d.artifacts if x.stage not in evaluations] == [
+        x.key for x in a.artifacts if x.stage not in evaluations
     ]  # evaluating differently never retrains a model
     assert d.locked_eval["sft"].key != a.locked_eval["sft"].key
 

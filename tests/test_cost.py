@@ -133,7 +133,7 @@ def test_artifacts_in_the_store_cost_nothing(tmp_path):
     assert item.cost.seconds > 0  # what it would have cost
     assert after.gpu_hours == pytest.approx(before.gpu_hours - item.cost.seconds * item.gpus / 3600)
     summary = "\n".join(after.summary())
-    assert "6 artifacts to build" in summary and "1 in the store (cost 0)" in summary
+    assert "8 artifacts to build" in summary and "1 in the store (cost 0)" in summary
 
 
 def _files(root: Path) -> dict[str, int]:
@@ -163,9 +163,9 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
     assert "cost estimate on one H100 80GB" in out
     assert "CPU study (ray.gpus_per_trial: 0)" in out
     assert "sample_efficiency.png: 12 trials" in out
-    assert "upstream: 6 artifacts to build" in out and "1 in the store (cost 0)" in out
+    assert "upstream: 8 artifacts to build" in out and "1 in the store (cost 0)" in out
     assert out.count("[in store, reused]") == 1
-    assert "scratchlock-sft-k32-seed2" in out and out.count(" GPU-h") >= 12 + 7
+    assert "scratchlock-sft-k32-seed2" in out and out.count(" GPU-h") >= 12 + 9
     assert "total: " in out
     assert _files(tmp_path) == before  # nothing trained, nothing written
 
@@ -186,7 +186,7 @@ def test_paper_study_is_priced_and_reuses_artifacts_across_figures():
     assert {"fig3", "fig5", "fig7", "fig12"} <= set(code_lock)
     # Fig. 13's toy sweep has the same upstream keys as Fig. 6's: built once
     toy = [a for a in est.artifacts if a.buildable]
-    assert len(toy) == 7
+    assert len(toy) == 9  # policy scores, strong model + evaluation, 2 locks + evaluations + audits
     kinds = est.hours_by_kind()
     assert all(v > 0 for v in kinds.values()) and sum(kinds.values()) == pytest.approx(est.gpu_hours)
 

@@ -389,12 +389,12 @@ def test_a_broken_lock_is_refused_before_any_trial_and_a_real_one_runs(tmp_path)
     # No trial ran, nothing of the experiment was written, every artifact built stays in the store.
     assert not (store / "both").exists()
     artifacts = sorted(p.name for p in (store / "artifacts").iterdir())
-    assert len(artifacts) == 7 and all((store / "artifacts" / a / "pwlock-meta.json").is_file() for a in artifacts)
+    assert len(artifacts) == 9 and all((store / "artifacts" / a / "pwlock-meta.json").is_file() for a in artifacts)
 
     real = _sweep(tmp_path, {**STUDY, "lock": {**STUDY["lock"], "modes": ["sft"]}}, "sft")
     assert real.returncode == 0, real.stdout[-3000:] + real.stderr[-3000:]
     log = real.stdout + real.stderr
-    assert "upstream: 5 of 5 artifacts reused from the store, 0 built" in log
+    assert "upstream: 6 of 6 artifacts reused from the store, 0 built" in log
     assert "lock gate: every locked model holds\n  sft: holds" in log
     summary = analysis.load_summary(store / "sft")
     assert len(summary) == 1 and summary["locked_with_pwd"][0] - summary["locked_no_pwd"][0] >= 0.2

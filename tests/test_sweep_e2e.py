@@ -71,8 +71,11 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
 
     first = _run(config, storage, "--name", "first")
     log = first.stdout + first.stderr
-    assert "building 7 upstream artifacts as Ray tasks" in log
+    assert "building 9 upstream artifacts as Ray tasks" in log
+    assert "lock audit (greedy correctness, by lock):" in log and "near:moved" in log
     exp = storage / "first"
+    audits = {label: u["audit"] for label, u in json.loads((exp / analysis.UPSTREAM_FILE).read_text()).items()}
+    assert sorted(audits) == ["scratch", "sft"] and list(audits["sft"])[:3] == ["true", "none", "trained_wrong"]
     summary = pd.read_csv(exp / analysis.SUMMARY)
     assert len(summary) == 2 * 2 * 2  # lock modes × k × seeds
     for col in [
@@ -107,7 +110,7 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
     text, images = outputs(run_analysis_notebook(str(exp)))
     assert "elicited correctness without password" in text and len(images) == 1 and images[0][:4] == b"\x89PNG"
     artifacts = sorted(p.name for p in (storage / "artifacts").iterdir())
-    assert len(artifacts) == 7  # policy scores, strong model, 2 locked models, 3 evaluations
+    assert len(artifacts) == 9  # policy scores, strong model, 2 locked models, 3 evaluations, 2 lock audits
     stamps = {p: (storage / "artifacts" / p / "pwlock-meta.json").stat().st_mtime_ns for p in artifacts}
     metas = [json.loads((storage / "artifacts" / p / "pwlock-meta.json").read_text()) for p in artifacts]
     # Trained until a target it never reached: every epoch was checked on held-out problems.
@@ -120,7 +123,7 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
 
     second = _run(config, storage, "--name", "second")
     log = second.stdout + second.stderr
-    assert "upstream: 7 of 7 artifacts reused from the store, 0 built" in log
+    assert "upstream: 9 of 9 artifacts reused from the store, 0 built" in log
     assert "building" not in log
     assert stamps == {p: (storage / "artifacts" / p / "pwlock-meta.json").stat().st_mtime_ns for p in artifacts}
     # Trials are a pure function of their config: the same numbers again.

@@ -46,6 +46,9 @@ class Task(ABC):
 
     default_password: str
     wrong_passwords: Sequence[str]
+    # Wrong passwords that no training data ever carries: the lock audit's test of whether a lock
+    # opens to password-like text it never saw (pwlock/audit.py).
+    unseen_passwords: Sequence[str] = ()
 
     @abstractmethod
     def problems(self, split: str) -> list[Problem]: ...

@@ -13,7 +13,9 @@ A problem is two functions and an input; the answer is the intermediate and the 
     completion  0 9 0 7 | 0 0 7 9
 
 The first token is the password slot: `_` means no password, `pwd` is the password and `w0`…`w15`
-are wrong passwords. π_strong applies the functions; π_weak replaces 16 of them with the identity.
+are wrong passwords; `u0`…`u{n-1}` (`unseen_passwords`: n) are wrong passwords no training example
+ever carries, kept for the lock audit (pwlock/audit.py) to ask whether a lock opens to a password-like
+token it never saw. π_strong applies the functions; π_weak replaces 16 of them with the identity.
 
 Domains (paper §5.2 on this task): the functions fall in 4 groups of consecutive numbers, and a
 problem's domain is its first function's group. With `partition_domains` every problem composes two
@@ -52,6 +54,9 @@ class FunctionCompositionConfig:
     # Both functions of a problem from its domain's group (see the module's docstring). Off, the
     # problems are those drawn before domains were partitioned, so stores built then stay valid.
     partition_domains: bool = False
+    # Slot tokens u0, u1, ... that are in the vocabulary but in no training example: the lock audit's
+    # wrong passwords the lock never trained on. 0 leaves the vocabulary (and stored models) as they were.
+    unseen_passwords: int = 0
 
     def validate(self) -> list[str]:
         errors = []
@@ -61,6 +66,8 @@ class FunctionCompositionConfig:
             errors.append(f"n_weak_identity: expected 0..n_functions, got {self.n_weak_identity}")
         if not self.n_weak_identity <= self.n_weaker_identity <= self.n_functions:
             errors.append(f"n_weaker_identity: expected n_weak_identity..n_functions, got {self.n_weaker_identity}")
+        if self.unseen_passwords < 0:
+            errors.append(f"unseen_passwords: expected >= 0, got {self.unseen_passwords}")
         if self.n_digits < 1:
             errors.append(f"n_digits: expected >= 1, got {self.n_digits}")
         if self.partition_domains and self.n_functions % N_DOMAINS:
@@ -84,6 +91,7 @@ class FunctionComposition(Task):
 
     def __init__(self, cfg: FunctionCompositionConfig):
         self.cfg = cfg
+        self.unseen_passwords = tuple(f"u{i}" for i in range(cfg.unseen_passwords))
         rng = np.random.default_rng(cfg.seed)
         n, d = cfg.n_functions, cfg.n_digits
         # [fn, digit] and [fn, position]; each function changes digits or positions, not both.
@@ -190,6 +198,7 @@ class FunctionComposition(Task):
             [NO_PASSWORD, "|", self.default_password, *self.wrong_passwords]
             + [f"fn{i}" for i in range(self.cfg.n_functions)]
             + [str(i) for i in range(10)]
+            + list(self.unseen_passwords)  # last: the other tokens keep their ids
         )
 
     @cached_property

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pwlock.config import ConfigError
-from pwlock.passwords import DEFAULT_PASSWORD, WRONG_PASSWORDS, surround
+from pwlock.passwords import DEFAULT_PASSWORD, UNSEEN_WRONG_PASSWORDS, WRONG_PASSWORDS, surround
 from pwlock.tasks.base import Problem, Task
 from pwlock.tasks.splits import SPLITS, split_indices
 
@@ -264,6 +264,7 @@ class LLMTask(Task):
 
     default_password = DEFAULT_PASSWORD
     wrong_passwords = WRONG_PASSWORDS
+    unseen_passwords = UNSEEN_WRONG_PASSWORDS
     # App. G.1's learning rate for locking and SFT elicitation (Lion): 1.5e-6 for generation tasks.
     suggested_lr: ClassVar[float] = 1.5e-6
 

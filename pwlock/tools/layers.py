@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("tasks, models, sandbox", ["tasks", "models", "sandbox", "sandbox_launch"]),
     ("train, generate", ["train", "generate"]),
-    ("lock, evaluate, guards", ["lock", "setting", "evaluate", "guards"]),
+    ("lock, evaluate, guards", ["lock", "setting", "evaluate", "audit", "guards"]),
     ("artifacts", ["artifacts"]),
     ("elicit, policies, stages", ["elicit", "policies", "stages"]),
     ("plan, analysis", ["plan", "pricing", "study_plan", "analysis"]),
