@@ -16,14 +16,13 @@ import uuid
 from typing import Any
 
 import ray
-import yaml
 from ray import tune
 
 from pwlock import analysis, runtime
 from pwlock.analysis import STUDY as STUDY_FILE
 from pwlock.artifacts import Artifact
 from pwlock.audit import table as audit_table
-from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig, config_from_dict, to_dict
+from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig
 from pwlock.generate.vllm_actor import trial_resources
 from pwlock.guards import assess_locks, check_locks
 from pwlock.integrity import FILES
@@ -34,6 +33,7 @@ from pwlock.pricing import describe
 from pwlock.progress import SweepProgress
 from pwlock.stages import build, lock_label
 from pwlock.store import Store, StoreError, StoreSpec
+from pwlock.study_record import read_study, write_study
 from pwlock.trial import elicitation_trial
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,9 @@ def experiment_exists(store: Store, experiment: str) -> bool:
 
 
 def load_experiment_config(store: Store, experiment: str) -> StudyConfig:
-    """The resolved config an experiment was started with (what `--resume` runs)."""
-    rel = f"{experiment}/{STUDY_FILE}"
-    if not store.exists(rel):
-        raise ConfigError(f"{store.uri(experiment)}: no experiment {experiment!r} in the store (no {STUDY_FILE})")
-    raw = yaml.safe_load(store.read_text(rel))
-    raw.pop("source", None)
-    return config_from_dict(raw, source=store.uri(rel))
+    """The resolved config an experiment was started with (what `--resume` runs); refused if its
+    study.yaml was edited since (pwlock.study_record)."""
+    return read_study(store, experiment)
 
 
 def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = False, take_over: bool = False) -> str:
@@ -101,7 +97,8 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
         raise ConfigError(
             f"{store.uri(experiment)}: "
             + (
-                "nothing to resume: no such experiment"
+                "nothing to resume: no such experiment (a driver stopped before its trials began leaves "
+                "none); run the same command again without --resume"
                 if resume
                 else "an experiment of this name exists; pass --resume to finish it, or choose another --name"
             )
@@ -167,7 +164,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
         weak=dict(p.setup.weak),
     )
     if not resume:
-        store.write_text(f"{experiment}/{STUDY_FILE}", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_study(store, experiment, cfg)
     if resume:  # trials of experiments from before a lock's label named its variant know it by the old one
         for label, old in _old_labels(p).items():
             setup.locked_key[old], setup.weak[old] = p.locked[label].key, p.weak[label]

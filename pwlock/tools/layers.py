@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("lock, evaluate, guards", ["lock", "setting", "evaluate", "audit", "guards"]),
     ("artifacts", ["artifacts"]),
     ("elicit, policies, stages", ["elicit", "policies", "stages"]),
-    ("plan, analysis", ["plan", "pricing", "study_plan", "analysis"]),
+    ("plan, analysis", ["plan", "pricing", "study_plan", "analysis", "study_record"]),
     ("trial", ["trial"]),
     ("sweep", ["sweep"]),
     ("cli", ["cli", "__main__", "tools"]),
