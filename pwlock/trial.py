@@ -62,6 +62,8 @@ RECORD_KEYS = (
     "candidate",
     "epochs",
     "steps",
+    "configured",  # SFT: one of elicit.sample_budgets' candidates (pwlock.elicit.sft)
+    "paper_candidate",  # SFT: App. G.3's own candidate number, where the run reaches them
     "correctness",
     "correctness_by_domain",
     "samples",
