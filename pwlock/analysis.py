@@ -65,7 +65,18 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
     out["rl"] = is_rl(out)
     cols = ["trial", *TRIAL_KEYS, "rl", "candidate", "epochs", "steps", "correctness"]
     cols += [
-        c for c in ("samples", "sampled_score", "kept_score", "pairs", "password_samples", "eval_problems") if c in out
+        c
+        for c in (
+            "configured",
+            "paper_candidate",
+            "samples",
+            "sampled_score",
+            "kept_score",
+            "pairs",
+            "password_samples",
+            "eval_problems",
+        )
+        if c in out
     ]
     cols += sorted(c for c in out if c.startswith(BY_DOMAIN))
     out = out[out["candidate"].notna()][cols]  # rows without a candidate are checkpoints between candidates
@@ -116,10 +127,34 @@ def other_domains(candidates: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(count > 0, total / np.maximum(count, 1), np.nan), index=candidates.index)
 
 
+def configured(candidates: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the configured candidates (elicit.sample_budgets'), without the paper's own
+    candidates that SFT trials also evaluate (pwlock.elicit.sft); every row where nothing says."""
+    if "configured" not in candidates:
+        return candidates
+    return candidates[candidates["configured"].astype(object).fillna(True).astype(bool)]
+
+
+def paper_selection(candidates: pd.DataFrame) -> pd.DataFrame | None:
+    """Per SFT trial, App. G.3's selection among its own budgets' candidates ({256, 512, 1024}/k
+    epochs, or {1, 2, 4}): the epoch count with the best mean over seeds, its correctness and epochs;
+    None where no trial evaluated them."""
+    if "paper_candidate" not in candidates or candidates["paper_candidate"].isna().all():
+        return None
+    paper = candidates[candidates["paper_candidate"].notna()]
+    means = paper.groupby([*GROUP, "paper_candidate"])["correctness"].mean().rename("m").reset_index()
+    chosen = means.loc[means.groupby(GROUP)["m"].idxmax(), [*GROUP, "paper_candidate"]]
+    return paper.merge(chosen, on=[*GROUP, "paper_candidate"]).set_index("trial")[["correctness", "epochs"]]
+
+
 def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     """One row per trial. `correctness` is the trial's best candidate; `correctness_selected` is the
     candidate App. G.3 selects: for each (task, lock mode, method, k), the epoch count with the best
-    mean over seeds; for RL methods, the last round."""
+    mean over seeds; for RL methods, the last round. Both over the configured budgets' candidates;
+    `correctness_paper` / `paper_epochs` make the same selection among the paper's own budgets'
+    candidates, where the trials evaluated them."""
+    paper = paper_selection(candidates)
+    candidates = configured(candidates)
     keys = ["trial", *TRIAL_KEYS]
     wide = candidates.pivot_table(index=keys, columns="candidate", values=["correctness", "epochs"], aggfunc="first")
     wide.columns = [f"{v}_c{c}" for v, c in wide.columns]
@@ -144,10 +179,13 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     out["selected_epochs"] = selected["epochs"]
     if OTHER in selected:
         out[f"{OTHER}_selected"] = selected[OTHER]
+    if paper is not None:
+        out["correctness_paper"], out["paper_epochs"] = paper["correctness"], paper["epochs"]
     for col in UPSTREAM:
         if col in best:
             out[col] = best[col]
-    front = [*TRIAL_KEYS, "rl", "correctness", "best_epochs", "correctness_selected", "selected_epochs", *UPSTREAM]
+    front = [*TRIAL_KEYS, "rl", "correctness", "best_epochs", "correctness_selected", "selected_epochs"]
+    front += ["correctness_paper", "paper_epochs", *UPSTREAM]
     rest = sorted(c for c in out.columns if c not in front)
     return out.reset_index()[[c for c in front if c in out.columns] + rest + ["trial"]].sort_values(
         ["lock_mode", "k", "seed"], ignore_index=True
@@ -162,17 +200,23 @@ def aggregate(summary: pd.DataFrame, value: str = "correctness_selected") -> pd.
     return out
 
 
-def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
-    """Mean ± SEM of elicited correctness, lock modes as rows and k as columns."""
+def _grid(summary: pd.DataFrame, value: str) -> str:
     agg = aggregate(summary, value)
     agg["cell"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(agg["mean"], agg["sem"])]
     rows = ["task", "lock_mode", "method"] + [c for c in ("demonstrator", "domain") if agg[c].nunique() > 1]
-    grid = agg.pivot_table(index=rows, columns="k", values="cell", aggfunc="first")
+    return agg.pivot_table(index=rows, columns="k", values="cell", aggfunc="first").to_string()
+
+
+def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
+    """Mean ± SEM of elicited correctness, lock modes as rows and k as columns; for the configured
+    budgets' selection, also the paper's own budgets' where the trials evaluated them."""
+    out = f"elicited correctness without password (mean ± SEM over seeds):\n{_grid(summary, value)}"
+    paper = summary[summary["correctness_paper"].notna()] if "correctness_paper" in summary else summary.iloc[:0]
+    if value == "correctness_selected" and len(paper):
+        head = "the same, epochs selected among App. G.3's own budgets (256, 512, 1024)"
+        out += f"\n\n{head}:\n{_grid(paper, 'correctness_paper')}"
     up = summary.groupby(["task", "lock_mode"])[[c for c in UPSTREAM if c in summary]].first().round(3)
-    return (
-        f"elicited correctness without password (mean ± SEM over seeds):\n{grid.to_string()}"
-        f"\n\nupstream:\n{up.to_string()}"
-    )
+    return f"{out}\n\nupstream:\n{up.to_string()}"
 
 
 def plot_sample_efficiency(

@@ -4,6 +4,12 @@ App. G.3: the number of epochs is a hyper-parameter chosen among {256/k, 512/k, 
 or {1, 2, 4}. The learning rate is constant after warm-up, so the model after e epochs is the same
 in a run of e epochs as in a longer one: one run trains to the largest candidate and evaluates at
 each, which costs a third of running the three candidates apart.
+
+A study may set other budgets (`elicit.sample_budgets`). Its trials then also evaluate App. G.3's
+own candidates, where the run reaches them, as further records of the same run: `paper_candidate`
+numbers them (1..3), and `candidate` goes on past the configured ones. `configured` tells the two
+apart (a record can be both). A trial whose run stops before the paper's largest candidate reports
+none of them, so that no selection is made over a part of them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ def epoch_candidates(k: int, budgets: Sequence[int] = DEFAULT_BUDGETS) -> list[i
     base = min(budgets)
     raw = [b / k for b in budgets] if k < base else [b / base for b in budgets]
     return sorted({max(1, round(e)) for e in raw})
+
+
+def paper_candidates(k: int, budgets: Sequence[int]) -> list[int]:
+    """App. G.3's epoch candidates for k demonstrations, if a run to the configured budgets' largest
+    candidate reaches them all; else none."""
+    paper = epoch_candidates(k, DEFAULT_BUDGETS)
+    return paper if max(paper) <= max(epoch_candidates(k, budgets)) else []
 
 
 def demonstrations(
@@ -108,6 +121,10 @@ def elicit_sft(
     instead of `report`, with the trainer's state; the caller saves it with the model's weights and
     reports the record. `start` (such a state, weights loaded in `model`) resumes after its epoch."""
     candidates = epoch_candidates(len(demos), budgets)
+    paper = paper_candidates(len(demos), budgets)
+    # Record numbers: the configured candidates 1..n, then the paper's that are not among them.
+    numbers = {e: i + 1 for i, e in enumerate(candidates)}
+    numbers.update({e: len(candidates) + i + 1 for i, e in enumerate(e for e in paper if e not in candidates)})
     records: list[dict] = []
     per_epoch = steps_per_epoch(len(demos), train.batch_size)
     last_checkpoint = time.monotonic()
@@ -115,11 +132,13 @@ def elicit_sft(
     def after_epoch(epoch: int, state: Callable[[], TrainState]) -> None:
         nonlocal last_checkpoint
         record = None
-        if epoch in candidates:
+        if epoch in numbers:
             record = {
-                "candidate": candidates.index(epoch) + 1,
+                "candidate": numbers[epoch],
                 "epochs": epoch,
                 "steps": epoch * per_epoch,
+                "configured": epoch in candidates,
+                "paper_candidate": paper.index(epoch) + 1 if epoch in paper else None,
                 **_evaluation(model, tokenizer, task, eval_problems, eval_batch_size, evaluator),
             }
             records.append(record)
@@ -167,11 +186,13 @@ def run(e: Elicitation, checkpoint: TrialCheckpoint, checkpoint_every_s: float |
 
 
 def price(c: TrialCosts, k: int, candidates: list[int], before: Cost = Cost()) -> Cost:
-    """Training to the largest candidate and an evaluation at each, where the trial evaluates."""
+    """Training to the largest candidate and an evaluation at each (and at App. G.3's own candidates
+    that the run reaches), where the trial evaluates."""
     engine = c.eval_engine == "vllm" and c.evaluation == "generate"
     out = c.price.overhead([c.model], engine=engine) + before
     out += c.price.train(c.model, k, c.tokens, max(candidates), c.batch_size)
-    return out + c.price.evaluate(c.model, c.n_eval, c.tokens, c.evaluation, len(candidates), c.eval_engine)
+    points = len(set(candidates) | set(paper_candidates(k, c.budgets)))
+    return out + c.price.evaluate(c.model, c.n_eval, c.tokens, c.evaluation, points, c.eval_engine)
 
 
 SFT = Method("sft", run, price, demonstrations="trial")
