@@ -127,6 +127,9 @@ class LockConfig:
     sft: TrainConfig = field(default_factory=TrainConfig)  # fine-tune π_strong's model on D_lock
     scratch: TrainConfig = field(default_factory=TrainConfig)  # train from random init on D_lock
     base: TrainConfig = field(default_factory=TrainConfig)  # fine-tune model.base's own weights on D_lock
+    # A never-locked control per mode (pwlock/control.py): trained as its lock, on π_weak's answers
+    # only, and elicited by the same SFT trials, so that unlocking is told apart from learning.
+    controls: bool = False
 
     def train_of(self, mode: str) -> TrainConfig:
         """The training config of lock mode `mode`."""
