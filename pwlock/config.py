@@ -258,6 +258,7 @@ class ElicitConfig:
 
 
 ALL_DOMAINS = "all"  # elicit.domains: demonstrations from the whole elicit split
+CONTROL_SUFFIX = "-control"  # a never-locked control's label: its lock mode, then this (pwlock/control.py)
 NO_DEMONSTRATOR = "none"  # the demonstrator of a trial that sees none (RL methods)
 
 
