@@ -48,6 +48,7 @@ import pyarrow.fs as pafs
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from pwlock import integrity
+from pwlock.localfs import whole_files_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -499,8 +500,8 @@ class Store:
 
     def tune_storage(self) -> dict[str, Any]:
         """`storage_path` / `storage_filesystem` for tune.RunConfig."""
-        if self.local:
-            return {"storage_path": self.root}
+        if self.local:  # Tune's files written whole or not at all (a full disk cuts none off)
+            return {"storage_path": self.root, "storage_filesystem": whole_files_filesystem()}
         return {"storage_path": self.root, "storage_filesystem": self.fs}
 
 

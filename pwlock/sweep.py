@@ -220,7 +220,13 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     if lease.lost:  # another driver runs this experiment now: its results are its to write
         raise StoreError(f"{exp_uri}: this driver's lease was taken over by {lease.lost}; it writes no results")
     t_results = time.perf_counter()
-    summary = analysis.write_results(exp_uri)
+    try:
+        summary = analysis.write_results(exp_uri)
+    except ValueError as e:  # no trial's result reached the store: nothing to summarize
+        raise StoreError(
+            f"{e}: see the trials' errors above (a full disk, a store out of reach); once that is fixed, "
+            f"run the same command with --resume --name {experiment} --storage {store.url}"
+        ) from None
     # Tune only logs a failed final upload; results are read back from the store, so check them.
     missing = len(p.trials) - len(errors) - summary["trial"].nunique()
     if missing > 0:

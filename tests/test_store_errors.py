@@ -59,3 +59,23 @@ def test_a_read_only_store_fails_at_once(tmp_path, caplog):
         print(e.value)
         assert f"store {store.url}" in str(e.value) and "Read-only file system" in str(e.value)
         _no_retry(caplog)
+
+
+def test_tunes_files_are_written_whole_or_not_at_all(tmp_path):
+    """What Tune copies into a local store (its experiment state, results, error files) goes through
+    the store's filesystem: on a full disk the previous version stays, never a cut-off one."""
+    import pyarrow.fs as pafs
+
+    store = open_store(tmp_path / "mnt" / "store")
+    fs = store.tune_storage()["storage_filesystem"]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with tmpfs(tmp_path / "mnt", "256k") as mnt:
+        store.check()
+        (staging / "experiment_state.json").write_text('{"trials": 4}')
+        pafs.copy_files(str(staging), store.path("exp"), destination_filesystem=fs)
+        (staging / "experiment_state.json").write_bytes(b'{"trials": 4, "pad": "' + MIB + b'"}')
+        with pytest.raises(OSError, match="No space left on device"):
+            pafs.copy_files(str(staging), store.path("exp"), destination_filesystem=fs)
+        assert (mnt / "store" / "exp" / "experiment_state.json").read_text() == '{"trials": 4}'
+        assert _files(mnt / "store") == ["exp/experiment_state.json"]

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "store",
             "integrity",
             "lease",
+            "localfs",
             "s3server",
             "logs",
             "runtime",

@@ -1,0 +1,80 @@
+"""A store whose disk fills up mid-sweep: the sweep fails with the store and the cause, and once
+space is freed, --resume finishes every trial exactly once. A real tmpfs (needs root), real local
+Ray, the real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pwlock import analysis
+from pwlock.trial import DONE, JOURNAL, attempt_records
+from tests.test_fault_tolerance import CANDIDATES, STUDY, TRIALS
+from tests.tmpfs import tmpfs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), *args]
+
+
+def _fill(path: Path) -> None:
+    """Write zeros until the file system is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_full_store_fails_the_sweep_and_resume_finishes_it_once_space_is_freed(tmp_path):
+    config = tmp_path / "faults.yaml"
+    config.write_text(yaml.safe_dump(STUDY))
+    with tmpfs(tmp_path / "mnt", "64m") as mnt:
+        storage, name = mnt / "store", "full-disk"
+        exp = storage / name
+        driver = subprocess.Popen(
+            _cmd("--config", str(config), "--storage", str(storage), "--name", name),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 600
+        while not list(exp.glob(f"{JOURNAL}/*/start-*.json")):  # trials at work
+            assert driver.poll() is None, driver.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.2)
+        filler = mnt / "filler"
+        _fill(filler)
+        out, _ = driver.communicate(timeout=900)
+        print(out[-6000:])
+        assert driver.returncode == 2 and "No space left on device" in out  # the trials' errors
+        error = [line for line in out.splitlines() if line.startswith("error:")][-1]
+        assert f"{exp}: no trial reported a result" in error
+        assert f"--resume --name {name} --storage {storage}" in error
+        assert not list(storage.rglob("*.tmp-*"))  # no partial file of pwlock's
+        filler.unlink()
+        again = subprocess.run(
+            _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=900
+        )
+        print(again.stdout[-3000:], again.stderr[-6000:])
+        assert again.returncode == 0
+        for j in (exp / JOURNAL).iterdir():
+            assert (j / DONE).is_file() and attempt_records([p.name for p in j.iterdir()])
+        results = list(exp.glob("*/result.json"))
+        assert len(results) == TRIALS
+        for r in results:
+            rows = [json.loads(line) for line in r.read_text().splitlines()]
+            assert Counter(row["candidate"] for row in rows) == {c: 1 for c in range(1, CANDIDATES + 1)}
+        assert len(analysis.load_summary(str(exp))) == TRIALS
