@@ -27,6 +27,7 @@ from sympy.parsing.sympy_parser import (
 
 from pwlock import evaluate
 from pwlock.config import ConfigError
+from pwlock.elicit.base import problem_subset
 from pwlock.models import TINY_CHAT_TEMPLATE, text_tokenizer
 from pwlock.passwords import DEFAULT_PASSWORD, WRONG_PASSWORDS
 from pwlock.tasks import make_task
@@ -446,3 +447,20 @@ def test_champ_answers_are_equivalent_to_another_form_of_themselves_and_not_to_a
     print(f"CHAMP: {270 - len(no_other_form)}/270 equivalent in another form; first form accepted: {dict(accepted)}")
     assert wrong_accepted == []
     assert no_other_form == []
+
+
+def test_rl_problem_subsets_are_drawn_from_the_whole_split(math_task):
+    """DPO's `dpo_problems` of the elicit split: a seeded draw over every subject, not the split's first
+    problems (MATH's index runs subject by subject)."""
+    problems = math_task.problems("elicit")
+    subjects = [p.data["type"] for p in problems]
+    n = len(problems) // 2
+    draws = [problem_subset(problems, n, seed) for seed in range(20)]
+    assert all(len({p.id for p in d}) == n for d in draws)
+    assert draws[0] == problem_subset(problems, n, 0)  # seeded
+    assert {p.id for d in draws for p in d} == {p.id for p in problems}  # any problem can be drawn
+    prefix = set(subjects[:n])
+    assert len(prefix) < len(set(subjects))  # the first half misses subjects...
+    covered = [len({subjects[problems.index(p)] for p in d}) for d in draws]
+    assert max(covered) > len(prefix)  # ...which draws reach
+    assert problem_subset(problems, len(problems) + 5, 0) == list(problems)

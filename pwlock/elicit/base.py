@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +176,14 @@ def rounds(
             last = time.monotonic()
 
     return Rounds(problems, watch, on_round, start["epoch"] if start else 0)
+
+
+def problem_subset(problems: Sequence[Problem], n: int, seed: int) -> list[Problem]:
+    """`n` problems drawn at random (seeded) from the whole split, not its first `n`: a split is
+    ordered by index, and MATH's index runs subject by subject."""
+    if n >= len(problems):
+        return list(problems)
+    return random.Random(f"{seed}/problem-subset").sample(list(problems), n)
 
 
 def eval_schedule(rl: RLConfig) -> dict[str, Any]:

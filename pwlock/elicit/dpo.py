@@ -25,7 +25,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pwlock import evaluate
 from pwlock.config import TrainConfig
 from pwlock.cost import Cost, TrialCosts, dpo_pairs
-from pwlock.elicit.base import Checkpoint, Elicitation, Method, SameModel, Watched, eval_schedule, generator, rounds
+from pwlock.elicit.base import (
+    Checkpoint,
+    Elicitation,
+    Method,
+    SameModel,
+    Watched,
+    eval_schedule,
+    generator,
+    problem_subset,
+    rounds,
+)
 from pwlock.elicit.expert_iteration import price_rounds, round_eval_problems
 from pwlock.generate.base import Generator
 from pwlock.models import load_policy
@@ -127,7 +137,7 @@ def _run(
             e.tokenizer,
             e.task,
             Watched(gen, r.watch),
-            r.problems[: rl.dpo_problems],
+            problem_subset(r.problems, rl.dpo_problems, e.seed),
             e.eval_problems,
             rl.dpo_train,
             e.seed,
