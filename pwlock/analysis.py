@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 from pyarrow import fs as pafs
 
+from pwlock.config import CONTROL_SUFFIX
 from pwlock.store import Store, open_store
 
 SUMMARY = "summary.csv"
@@ -63,12 +64,14 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: no trial reported a result")
     out = with_dimensions(pd.concat(frames, ignore_index=True), _study_demonstrator(store, name))
     out["rl"] = is_rl(out)
-    cols = ["trial", *TRIAL_KEYS, "rl", "candidate", "epochs", "steps", "correctness"]
+    out["control"] = is_control(out)
+    cols = ["trial", *TRIAL_KEYS, "rl", "control", "candidate", "epochs", "steps", "correctness"]
     cols += [
         c
         for c in (
             "configured",
             "paper_candidate",
+            "demonstrations",
             "samples",
             "sampled_score",
             "kept_score",
@@ -105,6 +108,11 @@ def with_dimensions(df: pd.DataFrame, demonstrator: str = "strong") -> pd.DataFr
     return df.assign(
         **{c: df[c].fillna(d) if c in df else d for c, d in (("demonstrator", demonstrator), ("domain", "all"))}
     )
+
+
+def is_control(df: pd.DataFrame) -> pd.Series:
+    """Rows of a never-locked control's trials (lock.controls), not a lock's."""
+    return df["lock_mode"].astype(str).str.endswith(CONTROL_SUFFIX)
 
 
 def is_rl(df: pd.DataFrame) -> pd.Series:
@@ -175,6 +183,9 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     out["correctness"] = best["correctness"]
     out["best_epochs"] = best["epochs"]
     out["rl"] = is_rl(best)
+    out["control"] = is_control(best)
+    if "demonstrations" in best:
+        out["demonstrations"] = best["demonstrations"]
     out["correctness_selected"] = selected["correctness"]
     out["selected_epochs"] = selected["epochs"]
     if OTHER in selected:
@@ -184,7 +195,7 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     for col in UPSTREAM:
         if col in best:
             out[col] = best[col]
-    front = [*TRIAL_KEYS, "rl", "correctness", "best_epochs", "correctness_selected", "selected_epochs"]
+    front = [*TRIAL_KEYS, "rl", "control", "correctness", "best_epochs", "correctness_selected", "selected_epochs"]
     front += ["correctness_paper", "paper_epochs", *UPSTREAM]
     rest = sorted(c for c in out.columns if c not in front)
     return out.reset_index()[[c for c in front if c in out.columns] + rest + ["trial"]].sort_values(
@@ -240,8 +251,25 @@ def plot_sample_efficiency(
     for ax, task in zip(axes[0], tasks):
         sub = agg[agg["task"] == task]
         demonstrators = sorted(sub["demonstrator"].unique())
-        for i, (mode, by_mode) in enumerate(sub.groupby("lock_mode")):
+        modes = sorted(m for m in sub["lock_mode"].unique() if not m.endswith(CONTROL_SUFFIX))
+        for i, mode in enumerate(modes):
+            by_mode = sub[sub["lock_mode"] == mode]
             color = colors[i % len(colors)]
+            # Its never-locked control, elicited by the same trials: in the lock's colour, dash-dotted.
+            for demonstrator, rows in sub[sub["lock_mode"] == f"{mode}{CONTROL_SUFFIX}"].groupby("demonstrator"):
+                rows = rows.sort_values("k")
+                who = f" on {demonstrator}'s demonstrations" if len(demonstrators) > 1 else ""
+                ax.errorbar(
+                    rows["k"],
+                    rows["mean"],
+                    yerr=rows["sem"],
+                    marker="x",
+                    capsize=3,
+                    color=color,
+                    ls=(0, (5, 2, 1, 2)),
+                    lw=1.4,
+                    label=f"{mode}: never-locked control, elicited{who}",
+                )
             for demonstrator, rows in by_mode.groupby("demonstrator"):
                 rows = rows.sort_values("k")
                 who = f" on {demonstrator}'s demonstrations" if len(demonstrators) > 1 else ""

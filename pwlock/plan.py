@@ -24,6 +24,7 @@ from pwlock.config import (
     VLLMConfig,
     resolve_engine,
 )
+from pwlock.control import control_label, control_model_artifact
 from pwlock.elicit.methods import METHODS, Method, candidates, unknown
 from pwlock.evaluate import CONDITIONS
 from pwlock.guards import LeakGuard, lock_passwords
@@ -130,6 +131,9 @@ class Plan:
     engine: VLLMConfig | None  # the vLLM engine each trial starts, if any
     setup: TrialSetup  # what every trial gets
     audits: dict[str, Artifact] = field(default_factory=dict)  # each lock's audit (pwlock.audit), by lock label
+    # lock.controls: each lock mode's never-locked control (pwlock.control) and its evaluation, by label
+    controls: dict[str, Artifact] = field(default_factory=dict)
+    control_eval: dict[str, Artifact] = field(default_factory=dict)
 
     @property
     def methods(self) -> dict[str, Method]:
@@ -150,6 +154,9 @@ def plan(cfg: StudyConfig) -> Plan:
         raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
     up = _upstream(cfg, task, task_spec, pols)
     trials = _trials(cfg, task.name, list(up.locked), methods)
+    # Each control is elicited by its lock's SFT trials: the same demonstrations, k, epochs and seeds.
+    sft_methods = {name: m for name, m in methods.items() if m.demonstrations == "trial"}
+    trials += _trials(cfg, task.name, list(up.controls), sft_methods)
     engine, setup = _trial_setup(cfg, task, methods, up, pols)
     return Plan(
         cfg,
@@ -168,6 +175,8 @@ def plan(cfg: StudyConfig) -> Plan:
         engine,
         setup,
         up.audits,
+        up.controls,
+        up.control_eval,
     )
 
 
@@ -185,6 +194,8 @@ def _elicit_errors(cfg: StudyConfig, task: Task, methods: dict[str, Method]) -> 
     if not any(m.demonstrations == "trial" for m in methods.values()):  # only these draw demonstrations per trial
         if cfg.elicit.domains != [ALL_DOMAINS]:
             errors.append("elicit.domains: only used by the sft method, which elicit.methods lacks")
+        if cfg.lock.controls:  # a control is elicited by its lock's SFT trials only
+            errors.append("lock.controls: only used by the sft method, which elicit.methods lacks")
         if len(cfg.elicit.demonstrators) > 1:
             errors.append(
                 "elicit.demonstrator: a list is only used by the sft method, which elicit.methods lacks "
@@ -262,6 +273,8 @@ class _Upstream:
     locked: dict[str, Artifact] = field(default_factory=dict)
     locked_eval: dict[str, Artifact] = field(default_factory=dict)
     audits: dict[str, Artifact] = field(default_factory=dict)
+    controls: dict[str, Artifact] = field(default_factory=dict)
+    control_eval: dict[str, Artifact] = field(default_factory=dict)
     weak: dict[str, str] = field(default_factory=dict)
     variant: dict[str, str] = field(default_factory=dict)
 
@@ -322,7 +335,38 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
                 up.audits[label] = lock_audit_artifact(up.locked[label], task, task_spec, ev, opens, others)
                 up.weak[label], up.variant[label] = weak, variant
                 up.artifacts += [up.locked[label], up.locked_eval[label], up.audits[label]]
+    if cfg.lock.controls:
+        _controls(cfg, task, task_spec, pols, up, model, ev)
     return up
+
+
+def _controls(
+    cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: PolicyPlan, up: _Upstream, model: dict, ev: dict
+) -> None:
+    """A never-locked control per lock mode, trained as that mode's first lock (its first π_weak and
+    variant) with π_weak's answers only, and its evaluation."""
+    weak, password = cfg.lock.weak[0], cfg.lock.password or task.default_password
+    lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password}
+    slots = [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None]
+    for mode in cfg.lock.modes:
+        label = control_label(mode)
+        up.controls[label] = control_model_artifact(
+            mode,
+            task_spec,
+            model,
+            asdict(cfg.lock.train_of(mode)),
+            lock,
+            cfg.seed,
+            up.locked[lock_label(mode, weak, cfg.lock.variants[0])],
+            up.strong,
+            asdict(cfg.strong.train) if mode == "sft" else None,
+            slots,
+            weak,
+            pols.lock_pools(weak),
+        )
+        up.control_eval[label] = model_eval_artifact(up.controls[label], task_spec, ev, password, list(CONDITIONS))
+        up.weak[label] = weak
+        up.artifacts += [up.controls[label], up.control_eval[label]]
 
 
 def _trials(cfg: StudyConfig, task: str, locks: list[str], methods: dict[str, Method]) -> list[Trial]:
@@ -373,7 +417,7 @@ def _trial_setup(
         dtype=cfg.model.dtype,
         cpus=cfg.ray.cpus_per_trial,
         checkpoint_every_s=cfg.fault_tolerance.checkpoint_every_s,
-        locked_key={label: a.key for label, a in up.locked.items()},
+        locked_key={label: a.key for label, a in {**up.locked, **up.controls}.items()},
         weak=dict(up.weak),
         pools=pols.trial_pools(),
         engine_bundle=1 if engine is not None and cfg.ray.gpus_per_trial else None,

@@ -134,6 +134,12 @@ def estimate_plan(
             c += price.evaluate(model, holdout, tokens, evaluation, 2 * train.epochs) if stop else Cost()
             loads = [model] if mode in ("sft", "base") else []
             return c + price.overhead(loads, [model]), " (at most: stops at its target)" if stop else ""
+        if art.stage == "control_model":  # at most its lock's epochs (and π_strong's model's, for sft)
+            train = cfg.lock.train_of(art.spec["mode"])
+            c = price.train(model, 2 * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
+            if "strong_train" in art.spec:
+                c += price.train(model, n_lock, tokens, cfg.strong.train.epochs, cfg.strong.train.batch_size)
+            return c + price.overhead(saves=[model]), " (at most: its lock's epochs)"
         if art.stage in ("model_eval", "lock_audit"):  # an evaluation per condition (an audit's: per probe)
             return (
                 price.evaluate(model, n_eval, tokens, evaluation, len(art.spec["conditions"])) + price.overhead([model])
@@ -177,7 +183,8 @@ def estimate_plan(
     for t in p.trials:
         method = p.methods[t.method]
         c = method.price(costs, t.k, t.epoch_candidates)
-        deps = (p.policy_scores.key, p.locked[t.lock_mode].key, p.locked_eval[t.lock_mode].key)
+        starts, evals = (p.locked, p.locked_eval) if t.lock_mode in p.locked else (p.controls, p.control_eval)
+        deps = (p.policy_scores.key, starts[t.lock_mode].key, evals[t.lock_mode].key)
         deps += (p.strong_eval.key,) if p.strong_eval else ()
         if method.demonstrations and t.demonstrator in p.policies.elicit:  # a model's samples
             deps += (p.policies.elicit[t.demonstrator],)

@@ -6,6 +6,7 @@
                     the base model's own weights (`base`)
     model eval      a model's correctness with / without / with a wrong password
     lock audit      a locked model's correctness under the lock audit's probes (pwlock/audit.py)
+    control model   a never-locked control of a lock mode (pwlock/control.py)
 
 Each build first looks in the store: an artifact that exists is reused, never rebuilt.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from pwlock import audit, evaluate
 from pwlock.artifacts import Artifact, Builder, build_artifact, eval_problems
 from pwlock.config import FIXEDRDM, TinyModelConfig, TrainConfig
+from pwlock.control import build_control_model
 from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
 from pwlock.models import (
     build_tiny_model,
@@ -351,6 +353,7 @@ BUILDERS: dict[str, Builder] = {
     "locked_model": _build_locked_model,
     "model_eval": _build_model_eval,
     "lock_audit": _build_lock_audit,
+    "control_model": build_control_model,
     "policy_model": build_policy_model,
     "sample_pool": build_sample_pool,
 }

@@ -139,6 +139,20 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
             upstream[label]["locked_by_domain"] = metas[p.locked_eval[label].key]["report_by_domain"]
         if label in p.audits:
             upstream[label]["audit"] = metas[p.audits[label].key]["audit"]
+    for label, a in p.controls.items():  # never locked: evaluated as the locks are, and not gated
+        report = metas[p.control_eval[label].key]["report"]
+        log.info("never-locked control (%s): %s", label, _fmt(report))
+        upstream[label] = {
+            "locked_with_pwd": report["with_pwd"],
+            "locked_no_pwd": report["no_pwd"],
+            "locked_wrong_pwd": report["wrong_pwd"],
+            "weak": policy.get(p.weak[label]),
+            "strong": policy.get("strong"),
+            "strong_model": strong_model,
+            "locked_key": a.key,
+            "weak_policy": p.weak[label],
+            "control_of": a.spec["mode"],
+        }
     log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
     locks = {label: (metas[p.locked_eval[label].key]["report"], policy.get(p.weak[label])) for label in p.locked}
     audits = {label: metas[a.key]["audit"] for label, a in p.audits.items()}

@@ -64,6 +64,7 @@ RECORD_KEYS = (
     "steps",
     "configured",  # SFT: one of elicit.sample_budgets' candidates (pwlock.elicit.sft)
     "paper_candidate",  # SFT: App. G.3's own candidate number, where the run reaches them
+    "demonstrations",  # SFT: a hash of the trial's demonstrations (pwlock.elicit.sft.digest)
     "correctness",
     "correctness_by_domain",
     "samples",

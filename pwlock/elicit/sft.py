@@ -14,9 +14,12 @@ none of them, so that no selection is made over a part of them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -111,6 +114,7 @@ def elicit_sft(
     checkpoint_every_s: float | None = None,
     start: TrainState | None = None,
     evaluator: Generator | None = None,
+    tags: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """Fine-tune on `demos`; at each epoch candidate, measure greedy correctness without password
     on `eval_problems` and pass it to `report`. Returns one record per candidate. A generation task
@@ -119,7 +123,8 @@ def elicit_sft(
     With `checkpoint`, the run can be resumed: at each candidate, and after any epoch ending
     `checkpoint_every_s` after the last checkpoint, `checkpoint(record or None, state)` is called
     instead of `report`, with the trainer's state; the caller saves it with the model's weights and
-    reports the record. `start` (such a state, weights loaded in `model`) resumes after its epoch."""
+    reports the record. `start` (such a state, weights loaded in `model`) resumes after its epoch.
+    `tags` go into every record."""
     candidates = epoch_candidates(len(demos), budgets)
     paper = paper_candidates(len(demos), budgets)
     # Record numbers: the configured candidates 1..n, then the paper's that are not among them.
@@ -139,6 +144,7 @@ def elicit_sft(
                 "steps": epoch * per_epoch,
                 "configured": epoch in candidates,
                 "paper_candidate": paper.index(epoch) + 1 if epoch in paper else None,
+                **(tags or {}),
                 **_evaluation(model, tokenizer, task, eval_problems, eval_batch_size, evaluator),
             }
             records.append(record)
@@ -153,6 +159,12 @@ def elicit_sft(
         model, tokenizer, list(demos), train, seed=seed, epochs=max(candidates), after_epoch=after_epoch, start=start
     )
     return records
+
+
+def digest(demos: Sequence[Example]) -> str:
+    """A short content hash of demonstrations: trials that trained on the same ones report the same."""
+    text = json.dumps([[d.prompt, d.completion] for d in demos], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def guarded_demonstrations(e: Elicitation, demonstrator: str) -> list[Example]:
@@ -182,6 +194,7 @@ def run(e: Elicitation, checkpoint: TrialCheckpoint, checkpoint_every_s: float |
             checkpoint_every_s=checkpoint_every_s,
             start=start,
             evaluator=engine,
+            tags={"demonstrations": digest(demos)},
         )
 
 

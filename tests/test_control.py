@@ -1,0 +1,106 @@
+"""The never-locked control (lock.controls, pwlock/control.py): planned per lock mode, built with
+its lock's training budget on π_weak's answers only, elicited by the very trials of its lock (the
+same demonstrations, k, epochs and seeds), and marked as the control in summary.csv and the figure."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pwlock import analysis
+from pwlock.config import config_from_dict
+from pwlock.plan import plan
+from pwlock.stages import build
+from pwlock.store import open_store
+from tests.test_sweep_e2e import STUDY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _local(controls: bool) -> dict:
+    raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
+    raw["lock"]["controls"] = controls
+    return raw
+
+
+def test_a_control_per_lock_mode_elicited_by_its_locks_trials():
+    without, p = plan(config_from_dict(_local(False))), plan(config_from_dict(_local(True)))
+    assert list(p.controls) == ["sft-control", "scratch-control"] and list(p.locked) == ["sft", "scratch"]
+    # Controls add artifacts and trials; every lock's artifact and trial stays as it was.
+    assert [a.key for a in without.artifacts] == [a.key for a in p.artifacts if a.stage != "control_model"][
+        : len(without.artifacts)
+    ]
+    assert [t.name for t in without.trials] == [t.name for t in p.trials][: len(without.trials)]
+    sft = p.controls["sft-control"]
+    assert sft.spec["budget_of"] == {"lock": p.locked["sft"].key, "strong": p.strong.key}
+    assert set(sft.deps) == {p.locked["sft"].key, p.strong.key}
+    assert p.controls["scratch-control"].spec["budget_of"] == {"lock": p.locked["scratch"].key}
+    assert "strong_train" not in p.controls["scratch-control"].spec
+    # The same trial dimensions as its lock: demonstrations are a function of them alone.
+    for mode in ("sft", "scratch"):
+
+        def dims(label: str) -> list[tuple]:
+            return sorted(
+                (t.k, t.seed, t.demonstrator, t.domain, tuple(t.epoch_candidates))
+                for t in p.trials
+                if t.lock_mode == label
+            )
+
+        assert dims(f"{mode}-control") == dims(mode) and len(dims(mode)) == 15
+    assert "sft-controllock-sft-k8-seed0" in {t.name for t in p.trials}
+    assert p.setup.locked_key["sft-control"] == sft.key and p.setup.weak["sft-control"] == "weak"
+
+
+def test_a_control_trains_as_long_as_its_lock_on_weak_answers_only(tmp_path):
+    raw = copy.deepcopy(STUDY)
+    raw["lock"]["controls"] = True
+    raw["elicit"]["ks"] = [2]
+    p = plan(config_from_dict(raw))
+    store = open_store(tmp_path)
+    for a in p.artifacts:
+        build(store.spec, a)
+    for mode, control in p.controls.items():
+        meta = store.meta(control.key)
+        lock = store.meta(p.locked[mode.removesuffix("-control")].key)
+        assert meta["train"]["epochs"] == lock["train"]["epochs"]
+        if "strong" in control.spec["budget_of"]:
+            assert meta["pretrain"]["epochs"] == store.meta(p.strong.key)["train"]["epochs"]
+        # Never trained on π_strong's answers: with the password it does no better than without.
+        report = store.meta(p.control_eval[mode].key)["report"]
+        assert report["with_pwd"] - report["no_pwd"] < 0.1, report
+
+
+@pytest.mark.slow
+def test_control_rows_have_the_locked_trials_demonstrations(tmp_path):
+    raw = copy.deepcopy(STUDY)
+    raw["lock"]["controls"] = True
+    raw["lock"]["modes"] = ["scratch"]
+    raw["elicit"].update(ks=[2, 32], seeds=[0, 1])
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), "--config", str(config)]
+        + ["--storage", str(tmp_path / "store"), "--name", "c"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "store" / "c"
+    summary = pd.read_csv(exp / analysis.SUMMARY)
+    assert set(summary["lock_mode"]) == {"scratch", "scratch-control"} and len(summary) == 2 * 2 * 2
+    assert (summary["control"] == (summary["lock_mode"] == "scratch-control")).all()
+    locked = summary[~summary["control"]].set_index(["k", "seed"])["demonstrations"]
+    control = summary[summary["control"]].set_index(["k", "seed"])["demonstrations"]
+    pd.testing.assert_series_equal(locked.sort_index(), control.sort_index())
+    assert locked.nunique() == 4  # each (k, seed) its own demonstrations
+    upstream = json.loads((exp / analysis.UPSTREAM_FILE).read_text())
+    assert upstream["scratch-control"]["control_of"] == "scratch" and "audit" in upstream["scratch"]
+    assert (exp / analysis.FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
