@@ -43,7 +43,8 @@ def _model_artifact() -> Artifact:
 
 
 def _scores_artifact() -> Artifact:
-    return Artifact("policy_scores", "policy scores", {"task": SMALL_TASK, "eval": {"split": "val", "max_problems": 20}})
+    spec = {"task": SMALL_TASK, "eval": {"split": "val", "max_problems": 20}}
+    return Artifact("policy_scores", "policy scores", spec)
 
 
 def _truncate(path: Path) -> None:
