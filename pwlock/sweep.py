@@ -236,7 +236,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     t_results = time.perf_counter()
     try:
         summary = analysis.write_results(exp_uri)
-    except ValueError as e:  # no trial's result reached the store: nothing to summarize
+    except (ValueError, OSError) as e:  # no trial's result reached the store, or the store is out of reach
         raise StoreError(
             f"{e}: see the trials' errors above (a full disk, a store out of reach); once that is fixed, "
             f"run the same command with --resume --name {experiment} --storage {store.url}"
