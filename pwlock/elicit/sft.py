@@ -164,7 +164,7 @@ def elicit_sft(
 def digest(demos: Sequence[Example]) -> str:
     """A short content hash of demonstrations: trials that trained on the same ones report the same."""
     text = json.dumps([[d.prompt, d.completion] for d in demos], ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]  # never read back as a number
 
 
 def guarded_demonstrations(e: Elicitation, demonstrator: str) -> list[Example]:
