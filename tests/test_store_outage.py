@@ -1,0 +1,32 @@
+"""A 30 s S3 outage while trials run costs no trial a failure: pwlock's store calls retry for
+store.retry_s, and the filesystem Tune hands its trial workers keeps its own retries. Real SeaweedFS,
+real local Ray, the real CLI."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import yaml
+
+from tests.test_fault_tolerance import STUDY, TRIALS, _check_results, _finish, _journal, _launch, _wait
+
+
+@pytest.mark.slow
+def test_a_30_s_outage_costs_no_trial_a_failure(s3_env, tmp_path):
+    config = tmp_path / "faults.yaml"
+    config.write_text(yaml.safe_dump(STUDY))
+    server, experiment = s3_env, "outage"
+    prefix = f"outage-{uuid.uuid4().hex[:6]}"
+    storage, exp, proc = _launch(server, prefix, config, experiment)
+    _wait("trials to start", lambda: any(e["starts"] for e in _journal(server, exp).values()), proc=proc)
+    server.stop()
+    time.sleep(30)
+    server.start()
+    out = _finish(proc, timeout=900)
+    journal = _check_results(server, prefix, experiment)
+    assert len(journal) == TRIALS
+    attempts = {t: len(e["starts"]) for t, e in journal.items()}
+    print(attempts)
+    assert attempts == {t: 1 for t in journal}, out[-5000:]  # no trial restarted
