@@ -669,7 +669,8 @@ def verify(store: Store) -> tuple[list[str], bool]:
         elif state.problems:
             status, note = "damaged", state.why()
         elif state.legacy:
-            status, note = "legacy", "built before pwlock recorded hashes: checked what can be (safetensors sizes)"
+            checked = "safetensors sizes checked" if store.local else "nothing recorded to check against"
+            status, note = "legacy", f"built before pwlock recorded hashes: {checked}"
         else:
             files = state.meta[integrity.FILES]
             size = sum(f["size"] for f in files.values())

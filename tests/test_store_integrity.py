@@ -260,3 +260,19 @@ def test_verify_reports_a_healthy_and_a_damaged_bucket(s3_env, model_builders):
 def test_verify_refuses_a_store_that_is_not_there(tmp_path):
     out = _verify(str(tmp_path / "nothing"))
     assert out.returncode == 2 and "no such directory" in out.stderr
+
+
+def test_verify_reports_an_artifact_built_before_hashes_as_legacy(tmp_path, model_builders):
+    store = open_store(tmp_path)
+    a = _model_artifact()
+    build_artifact(store.spec, a, model_builders[0])
+    meta_path = Path(store.path("artifacts", a.key, META))
+    meta = json.loads(meta_path.read_text())
+    del meta[integrity.FILES], meta[integrity.DIGEST]
+    meta_path.write_text(json.dumps(meta))
+    out = _verify(store.url)
+    assert out.returncode == 0
+    assert f"legacy     {a.key}  strong model: built before pwlock recorded hashes" in out.stdout
+    _truncate(Path(store.path("artifacts", a.key, WEIGHTS)))
+    out = _verify(store.url)
+    assert out.returncode == 1 and "model.safetensors has" in out.stdout and "0 legacy, 1 damaged" in out.stdout
