@@ -122,42 +122,61 @@ class _LocalObject:
 
 
 class _S3Object:
-    """The lease as an S3 object, through boto3: pyarrow has no conditional writes."""
+    """The lease as an S3 object, through boto3: pyarrow has no conditional writes. A server without
+    them (501 NotImplemented) gets a look before each write instead, with a warning: two drivers
+    starting within the same second could then both run."""
 
     def __init__(self, store: Store, rel: str):
         import boto3  # a second S3 client, only for drivers on S3 stores
 
+        self.url = store.url
         self.bucket, _, prefix = store.path(rel).partition("/")
         self.key = prefix
         region = store.spec.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         self.client = boto3.client("s3", endpoint_url=s3_endpoint(store.spec), region_name=region or "us-east-1")
+        self.conditional = True
 
-    def _refused(self, e: Exception) -> bool:
-        code = getattr(e, "response", {}).get("Error", {}).get("Code")
-        return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+    @staticmethod
+    def _code(e: Exception) -> str | None:
+        return getattr(e, "response", {}).get("Error", {}).get("Code")
+
+    def _put(self, body: bytes, **condition: str) -> Any:
+        """The new ETag, or None when the condition does not hold."""
+        if not self.conditional:  # look, then write
+            current = self.read()
+            if "IfNoneMatch" in condition:
+                holds = current is None
+            else:
+                holds = current is not None and current.token == condition["IfMatch"]
+            if not holds:
+                return None
+            condition = {}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **condition)["ETag"]
+        except Exception as e:
+            code = self._code(e)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return None
+            if code in ("NotImplemented", "501") and self.conditional:
+                log.warning("store %s has no conditional writes: the lease is checked before it is written", self.url)
+                self.conditional = False
+                return self._put(body, **condition)
+            raise StoreError(f"store {self.url}: writing the lease {self.key} failed: {e}") from e
 
     def create(self, body: bytes) -> Any:
-        try:
-            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*")["ETag"]
-        except Exception as e:
-            if self._refused(e):
-                return None
-            raise
+        return self._put(body, IfNoneMatch="*")
 
     def read(self) -> _Read | None:
         try:
             r = self.client.get_object(Bucket=self.bucket, Key=self.key)
-        except self.client.exceptions.NoSuchKey:
-            return None
+        except Exception as e:
+            if self._code(e) in ("NoSuchKey", "404"):
+                return None
+            raise StoreError(f"store {self.url}: reading the lease {self.key} failed: {e}") from e
         return _Read(r["Body"].read(), r["ETag"])
 
     def replace(self, body: bytes, token: Any) -> Any:
-        try:
-            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, IfMatch=token)["ETag"]
-        except Exception as e:
-            if self._refused(e):
-                return None
-            raise
+        return self._put(body, IfMatch=token)
 
     def delete(self, token: Any) -> None:
         current = self.read()

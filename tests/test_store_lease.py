@@ -121,3 +121,19 @@ def test_a_driver_whose_lease_was_taken_over_notices(store):
     finally:
         driver.kill()
         driver.wait()
+
+
+def test_a_bucket_without_conditional_writes_still_refuses_a_second_driver(s3_env):
+    """Where the server has no conditional writes, the lease is looked at before each write."""
+    store = open_store(f"s3://{s3_env.bucket}/lease-{uuid.uuid4().hex[:8]}")
+    first = Lease(store, "exp", "run-a", heartbeat_s=0.1)
+    first.object.conditional = False
+    with first.acquire():
+        beat = first.holder().heartbeat
+        _wait("a heartbeat", lambda: first.holder().heartbeat > beat)
+        second = Lease(store, "exp", "run-b")
+        second.object.conditional = False
+        with pytest.raises(LeaseHeld, match="run-a"):
+            second.acquire()
+        assert first.lost is None
+    assert not store.exists(lease_path("exp"))
