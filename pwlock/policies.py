@@ -42,6 +42,7 @@ from pwlock.config import (
     resolve_engine,
 )
 from pwlock.elicit.base import Method
+from pwlock.elicit.expert_iteration import filtering_draws
 from pwlock.evaluate import choice_probabilities
 from pwlock.generate.hf import HFGenerator
 from pwlock.generate.vllm_actor import vllm_generator
@@ -283,19 +284,23 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict, methods: Mappin
     demonstrators = list(cfg.elicit.demonstrators) if any(m.demonstrations == "trial" for m in methods.values()) else []
     if any(m.demonstrations == "rl" for m in methods.values()):
         demonstrators.append(cfg.elicit.rl.sft_demonstrator)
+    # Filtering's π_weak: a model's elicit-split pool holds a fresh sample per problem for each round it is drawn in.
+    filtered = [w for w in cfg.lock.weak if any(m.samples_from == "weak" for m in methods.values())]
     plan.errors.extend(_use_errors(cfg, task, methods))
     if plan.errors:
         return plan
     planner = _PolicyPlanner(cfg, task, task_spec, plan)
     epochs = max(cfg.lock.train_of(m).epochs for m in cfg.lock.modes)
     try:
-        for name in [n for n in dict.fromkeys(lock_roles + demonstrators) if n in cfg.policies]:
+        for name in [n for n in dict.fromkeys(lock_roles + demonstrators + filtered) if n in cfg.policies]:
             p = cfg.policies[name]
             if name in lock_roles and (
                 a := planner.pool(name, "lock", p.samples_per_problem or epochs, p.temperature, "lock data")
             ):
                 plan.lock[name] = a.key
-            if name in demonstrators and (a := planner.pool(name, "elicit", 1, p.temperature, "demonstrations")):
+            draws = filtering_draws(cfg.elicit.rl, len(task.problems("elicit"))) if name in filtered else 1
+            why = "samples for filtering" if name in filtered else "demonstrations"
+            if name in demonstrators + filtered and (a := planner.pool(name, "elicit", draws, p.temperature, why)):
                 plan.elicit[name] = a.key
             if a := planner.pool(name, cfg.eval.split, 1, 0.0, "scores", cfg.eval.max_problems):
                 plan.scores[name] = a.key
@@ -317,11 +322,6 @@ def _use_errors(cfg: StudyConfig, task: Task, methods: Mapping[str, Method]) -> 
         if p.train_on == REFERENCES and any(task.reference(q) is None for q in task.problems(p.train_split)[:1]):
             errors.append(f"policies.{name}.train_on: task {task.name!r} has no reference answers")
     weak_models = [w for w in cfg.lock.weak if w in cfg.policies]
-    if weak_models and any(m.samples_from == "weak" for m in methods.values()):
-        errors.append(
-            f"elicit.methods: filtering samples π_weak afresh each round, but π_weak {weak_models[0]!r} "
-            f"is a model (policies.{weak_models[0]}); pwlock does not draw its samples per round yet"
-        )
     if weak_models and cfg.lock.stop_at is not None:
         errors.append(
             f"lock.stop_at: measures π_weak on the weak split, which π_weak {weak_models[0]!r} "

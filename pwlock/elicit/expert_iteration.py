@@ -17,6 +17,7 @@ the round's weights first), else with HF `generate` in process.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -24,7 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
-from pwlock.config import TrainConfig
+from pwlock.config import RLConfig, TrainConfig
 from pwlock.cost import Cost, TrialCosts
 from pwlock.elicit.base import (
     Checkpoint,
@@ -53,6 +54,12 @@ OnRound = Callable[[dict], None]
 def round_size(n_problems: int, n: int) -> int:
     """Samples drawn per iteration: one for each of 10·n problems (all of them, if fewer)."""
     return min(n_problems, SAMPLES_PER_KEPT * n)
+
+
+def filtering_draws(rl: RLConfig, n_problems: int) -> int:
+    """Samples per problem of a model π_weak's pool for filtering: as many as rounds draw each
+    problem on average (rounds past that reuse a problem's samples in turn)."""
+    return max(1, math.ceil(rl.iterations * round_size(n_problems, rl.n) / n_problems))
 
 
 def round_eval_problems(
@@ -207,10 +214,15 @@ def run_expert_iteration(
 def run_filtering(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None) -> None:
     """Filtering: expert iteration's selection on π_weak's samples (an engine evaluates only)."""
     r = rounds(e, checkpoint, checkpoint_every_s, start, "filtering")
-    weak = policy_sampler(e.weak)
+    done = r.done
 
     def weak_samples(batch: list[Problem]) -> list[str]:
-        out = weak(batch)
+        nonlocal done
+        # A model π_weak answers from its sample pool: round i takes each problem's sample i (mod
+        # the pool's draws), so rounds see fresh samples, and a resumed run the same ones.
+        view = getattr(e.weak, "for_epoch", None)
+        out = policy_sampler(view(done) if view else e.weak)(batch)
+        done += 1
         if e.guard:
             e.guard.check(out, "π_weak samples (filtering)")
         return out
