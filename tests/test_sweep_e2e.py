@@ -71,7 +71,7 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
 
     first = _run(config, storage, "--name", "first")
     log = first.stdout + first.stderr
-    assert "building 9 upstream artifacts as Ray tasks" in log
+    assert "9 upstream artifacts as Ray tasks" in log
     assert "lock audit (greedy correctness, by lock):" in log and "near:moved" in log
     exp = storage / "first"
     audits = {label: u["audit"] for label, u in json.loads((exp / analysis.UPSTREAM_FILE).read_text()).items()}
