@@ -43,6 +43,7 @@ from pwlock.train.sft import train_sft
 
 log = logging.getLogger(__name__)
 
+
 def control_label(mode: str) -> str:
     return f"{mode}{CONTROL_SUFFIX}"
 
