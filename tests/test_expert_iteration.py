@@ -70,7 +70,9 @@ def test_expert_iteration_resumed_after_a_round_ends_as_if_never_stopped(task, t
     from pwlock.models import build_tiny_model
     from tests.conftest import TINY
 
-    def run(model, iterations, start=0):
+    trainers = []
+
+    def run(model, iterations, start=0, trainer=None):
         gen = HFGenerator(model, tokenizer)
         return expert_iteration(
             model,
@@ -84,6 +86,8 @@ def test_expert_iteration_resumed_after_a_round_ends_as_if_never_stopped(task, t
             n=4,
             iterations=iterations,
             start=start,
+            on_round=lambda _record, state: trainers.append(state),
+            trainer=trainer,
         )
 
     whole = build_tiny_model(TINY, tokenizer, seed=0)
@@ -92,7 +96,8 @@ def test_expert_iteration_resumed_after_a_round_ends_as_if_never_stopped(task, t
     split.load_state_dict(whole.state_dict())
     full = run(whole, 3)
     first = run(split, 1)
-    rest = run(split, 3, start=1)  # a new process would load the weights after round 1: the same
+    # A new process loads the weights and the trainer state (optimizer moments, schedule) of round 1.
+    rest = run(split, 3, start=1, trainer=trainers[-1])
     assert [r["candidate"] for r in first + rest] == [1, 2, 3]
     assert first + rest == full
     for k, v in whole.state_dict().items():
@@ -125,3 +130,29 @@ def test_filtering_keeps_the_best_of_weak_samples(task, tokenizer, tiny_model):
     assert [r["samples"] for r in records] == [80, 80 * 2]
     assert all(r["kept_score"] == pytest.approx(1.0) for r in records)  # enough right answers among 80
     assert all(s >= 8 for s in seen)
+
+
+def test_one_warm_up_and_one_optimizer_for_the_whole_run(task, tokenizer, tiny_model):
+    """A round here is one optimizer step, shorter than the 10-step warm-up: the learning rate keeps
+    rising across rounds (one warm-up for the run, App. G), instead of restarting every round."""
+    moments = []
+
+    def on_round(record, trainer):
+        moments.append(len(trainer["optimizer"]["state"]))
+
+    records = expert_iteration(
+        tiny_model,
+        tokenizer,
+        task,
+        policy_sampler(task.policies()["weak"]),
+        task.problems("elicit")[:40],
+        task.problems("val")[:10],
+        TrainConfig(optimizer="adamw", lr=1e-3, batch_size=4, epochs=1, warmup_steps=10),
+        seed=0,
+        n=4,
+        iterations=3,
+        on_round=on_round,
+    )
+    assert [r["steps"] for r in records] == [1, 2, 3]  # steps of the run so far
+    assert [r["lr"] for r in records] == pytest.approx([2e-4, 3e-4, 4e-4])  # warm-up factor (step + 1) / 10
+    assert all(m > 0 for m in moments)  # the optimizer's moments, carried into the next round

@@ -152,8 +152,9 @@ class Rounds:
 
     problems: list[Problem]
     watch: SampleWatch
-    on_round: Callable[[dict], None]
+    on_round: Callable[..., None]  # (record, trainer=None): a trainer state goes into the checkpoint
     done: int  # rounds finished before this run (a resumed run's)
+    trainer: dict | None = None  # the trainer state a resumed run goes on from (expert iteration's)
 
 
 def rounds(
@@ -166,16 +167,17 @@ def rounds(
     watch = SampleWatch(e.guard, f"samples of the model being elicited ({label})", log.warning)
     last = time.monotonic()
 
-    def on_round(record: dict) -> None:
+    def on_round(record: dict, trainer: dict | None = None) -> None:
         nonlocal last
         if e.guard:
             record["password_samples"] = watch.take()
         due = checkpoint_every_s is not None and time.monotonic() - last >= checkpoint_every_s
-        checkpoint(record, {"epoch": record["candidate"], "step": record["candidate"]} if due else None)
+        state = {"epoch": record["candidate"], "step": record["candidate"], **({"trainer": trainer} if trainer else {})}
+        checkpoint(record, state if due else None)
         if due:
             last = time.monotonic()
 
-    return Rounds(problems, watch, on_round, start["epoch"] if start else 0)
+    return Rounds(problems, watch, on_round, start["epoch"] if start else 0, start.get("trainer") if start else None)
 
 
 def problem_subset(problems: Sequence[Problem], n: int, seed: int) -> list[Problem]:

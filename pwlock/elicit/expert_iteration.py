@@ -42,13 +42,13 @@ from pwlock.elicit.base import (
 )
 from pwlock.generate.base import Generator
 from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
-from pwlock.train.sft import train_sft
+from pwlock.train.sft import TrainState, train_sft
 
 SAMPLES_PER_KEPT = 10  # 10·n samples scored for n kept
 EVAL_SUBSET_SEED = "pwlock/rl-eval-subset"  # one subset for every trial: curves stay comparable
 # problems -> one completion each (a model's sample, or π_weak's)
 Sampler = Callable[[Sequence[Problem]], list[str]]
-OnRound = Callable[[dict], None]
+OnRound = Callable[..., None]  # (record, trainer): the trainer state after the round, for a checkpoint
 
 
 def round_size(n_problems: int, n: int) -> int:
@@ -118,14 +118,21 @@ def expert_iteration(
     eval_every: int = 1,
     eval_problems_between: int | None = None,
     evaluator: Generator | None = None,
+    trainer: TrainState | None = None,
 ) -> list[dict]:
     """Iterations `start`+1 .. `iterations` of: draw 10·n problems, one sample each from `sample`,
     keep the n best, SFT on them for `train.epochs`, give the new weights to `sync` (the generator
     behind `sample`, for expert iteration; None for filtering). After each, greedy correctness
     without password on `eval_problems` (or its subset, see `round_eval_problems`) against the
     samples generated so far goes to `on_round`; a generation task decodes it in `evaluator` (given
-    the new weights too, unless it is `sync`), or with HF in process (None)."""
+    the new weights too, unless it is `sync`), or with HF in process (None).
+
+    One optimizer and one learning-rate schedule for the whole run, as locking and SFT have (App. G):
+    its warm-up once, at the start, and the optimizer's moments carried from round to round.
+    `on_round(record, trainer)` gets that state after the round (what a resumed run passes back as
+    `trainer`, with the weights of that round)."""
     records = []
+    total_epochs = iterations * train.epochs  # the run's schedule (a linear decay ends at its last round)
     per_round = round_size(len(problems), n)
     decoder = evaluator if evaluator is not None and evaluate.decodes(task, eval_problems) else None
     for it in range(start + 1, iterations + 1):
@@ -138,15 +145,21 @@ def expert_iteration(
             for p, c, s in zip(batch, completions, task.score_many(batch, completions))
         ]
         kept = select_best(scored, n, rng)
+        states: list[TrainState] = []
         stats = train_sft(
             model,
             tokenizer,
             [e for e, _ in kept],
             train,
-            seed=seed * 1000 + it,
+            seed=seed,
+            epochs=total_epochs,
+            on_epoch_end=lambda epoch, end=it * train.epochs: epoch >= end,  # this round's epochs, then stop
             desc=f"iteration {it}",
             progress_every_s=float("inf"),
+            start=trainer,
+            after_epoch=lambda _epoch, state: states.append(state()),
         )
+        trainer = states[-1]
         if sync is not None:
             sync.load_weights(model.state_dict())
         if decoder is not None and decoder is not sync:
@@ -163,10 +176,11 @@ def expert_iteration(
             "eval_problems": len(evaluated),
             "sampled_score": sum(s for _, s in scored) / len(scored),
             "kept_score": sum(s for _, s in kept) / len(kept),
+            "lr": trainer["schedule"]["_last_lr"][0],
         }
         records.append(record)
         if on_round is not None:
-            on_round(record)
+            on_round(record, trainer)
     return records
 
 
@@ -190,6 +204,7 @@ def _iterate(e: Elicitation, r: Rounds, sample: Sampler, engine: Generator | Non
         start=r.done,
         eval_batch_size=e.eval_batch_size,
         evaluator=engine,
+        trainer=r.trainer,
         **eval_schedule(rl),
     )
 

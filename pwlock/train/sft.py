@@ -259,8 +259,14 @@ def train_sft(
         if after_epoch is not None:
             after_epoch(epoch + 1, lambda e=epoch + 1: state(e))
         model.train()
-        if stop:
-            log.info("%s: stopping after epoch %d of %d", desc, epoch + 1, epochs)
+        if stop:  # quiet runs (no progress lines) are stopped by design: expert iteration's rounds
+            log.log(
+                logging.INFO if progress_every_s < math.inf else logging.DEBUG,
+                "%s: stopping after epoch %d of %d",
+                desc,
+                epoch + 1,
+                epochs,
+            )
             break
     model.eval()
     return {
