@@ -274,7 +274,14 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
         if self.lost is None and self._token is not None:
-            self.object.delete(self._token)
+            try:
+                self.object.delete(self._token)
+            except (StoreError, OSError) as e:  # a store out of reach: the error that ends the run matters more
+                log.warning(
+                    "experiment %s: could not remove this driver's lease (%s); the next driver here takes it over",
+                    self.experiment,
+                    e,
+                )
 
     def __enter__(self) -> Lease:
         return self

@@ -33,6 +33,7 @@ from pwlock.pricing import describe
 from pwlock.progress import SweepProgress
 from pwlock.stages import build, lock_label
 from pwlock.store import Store, StoreError, StoreSpec
+from pwlock.store_watch import StoreDown, StoreWatch
 from pwlock.study_record import read_study, write_study
 from pwlock.trial import elicitation_trial
 
@@ -202,7 +203,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
         )
     else:
         bookkeeping = runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)
-        bookkeeping["callbacks"].append(progress)  # a restored run config has it already
+        bookkeeping["callbacks"] += [progress, StoreWatch(store.spec, experiment)]  # a restored run config has them
         tuner = tune.Tuner(
             trainable,
             param_space={"run": tune.grid_search([t.run_config() for t in p.trials])},
@@ -223,7 +224,13 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
         )
         log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
     t_trials = time.perf_counter()
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as e:  # a StoreWatch stopped it: its message, whatever Tune wrapped it in
+        down = next((c for c in _causes(e) if isinstance(c, StoreDown)), None)
+        if down is None:
+            raise
+        raise down from None
     timings["trials"] = time.perf_counter() - t_trials
     errors = [r.error for r in grid if r.error]
     exp_uri = store.uri(experiment)
@@ -275,6 +282,12 @@ def _with_earlier_runs(store: Store, experiment: str, run: dict[str, Any]) -> di
     earlier = json.loads(store.read_text(rel)) if store.exists(rel) else None
     runs = [] if earlier is None else earlier.get("runs", [earlier])
     return {**run, "runs": [*runs, run]}
+
+
+def _causes(e: BaseException):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def _old_labels(p: Plan) -> dict[str, str]:

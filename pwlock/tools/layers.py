@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "integrity",
             "lease",
             "localfs",
+            "store_watch",
             "s3server",
             "logs",
             "runtime",
