@@ -31,35 +31,40 @@ class _WholeFile:
         try:
             return self.f.write(data)
         except BaseException:
-            self.failed = True
+            self._abandon()
             raise
 
     def flush(self) -> None:
         try:
             self.f.flush()
         except BaseException:
-            self.failed = True
+            self._abandon()
             raise
 
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
         try:
             self.f.close()  # a full disk can surface only here, flushing the last bytes
         except BaseException:
-            self.failed = True
+            self._abandon()
             raise
-        finally:
-            if self.failed:
-                os.unlink(self.tmp)
-        if not self.failed:
-            os.replace(self.tmp, self.path)
+        self.closed = True
+        os.replace(self.tmp, self.path)
+
+    def _abandon(self) -> None:
+        """A failed write: the temporary file goes at once (its writer may never close it)."""
+        self.failed = self.closed = True
+        try:
+            self.f.close()
+        except OSError:
+            pass
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
     def __del__(self) -> None:  # never closed: an abandoned write
-        if not self.closed and os.path.exists(self.tmp):
-            self.f.close()
-            os.unlink(self.tmp)
+        if not self.closed:
+            self._abandon()
 
 
 class WholeFilesHandler(pafs.FileSystemHandler):

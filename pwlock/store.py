@@ -231,7 +231,10 @@ class Store:
             root.mkdir(exist_ok=True)
             self._put(self.path(f".pwlock-probe-{uuid.uuid4().hex[:8]}"), b"ok", keep=False)
         except OSError as e:
-            raise StoreError(f"store {self.url}: cannot write there: {e.strerror or e}; {expected}") from None
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)  # the right place, no room
+            raise StoreError(
+                f"store {self.url}: cannot write there: {e.strerror or e}" + ("" if full else f"; {expected}")
+            ) from None
 
     # -- small objects ----------------------------------------------------------------------------
 

@@ -36,8 +36,9 @@ class StoreWatch(Callback):
         except StoreError as e:
             log.error("trial %s failed and the store does not answer: stopping the sweep", trial)
             raise StoreDown(
-                f"{e}\nThe sweep stopped: its store is out of reach. Once it is back, finish the experiment with "
-                f"the same command and --resume --name {self.experiment} --storage {store.url}"
+                f"{e}\nThe sweep stopped: its store cannot be used. Once it can (the server back, space freed), "
+                f"finish the experiment with the same command and --resume --name {self.experiment} "
+                f"--storage {store.url}"
             ) from None
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

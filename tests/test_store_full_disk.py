@@ -59,9 +59,10 @@ def test_a_full_store_fails_the_sweep_and_resume_finishes_it_once_space_is_freed
         _fill(filler)
         out, _ = driver.communicate(timeout=900)
         print(out[-6000:])
-        assert driver.returncode == 2 and "No space left on device" in out  # the trials' errors
-        error = [line for line in out.splitlines() if line.startswith("error:")][-1]
-        assert f"{exp}: no trial reported a result" in error
+        assert driver.returncode == 2
+        error = out[out.rindex("error: ") :]  # stopped at the first trial failure: the store cannot be written
+        assert f"store {storage}: cannot write there: No space left on device" in error
+        assert "The sweep stopped: its store cannot be used" in error
         assert f"--resume --name {name} --storage {storage}" in error
         assert not list(storage.rglob("*.tmp-*"))  # no partial file of pwlock's
         filler.unlink()

@@ -54,7 +54,7 @@ def test_a_store_that_stays_down_stops_the_sweep_with_pwlocks_message(s3_env, tm
     print(out[-3000:])
     assert proc.returncode == 2
     error = out[out.rindex("error: store ") :]
-    assert f"store {storage}" in error and "The sweep stopped: its store is out of reach" in error
+    assert f"store {storage}" in error and "The sweep stopped: its store cannot be used" in error
     assert f"--resume --name {experiment} --storage {storage}" in error
     assert "Traceback" not in error
     _finish(_start_resume(storage, experiment), timeout=900)
