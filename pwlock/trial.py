@@ -48,7 +48,7 @@ from pwlock.logs import setup_logging
 from pwlock.models import load_policy, save_policy
 from pwlock.plan import TrialSetup
 from pwlock.policies import resolve
-from pwlock.store import open_store
+from pwlock.store import Store, open_store
 from pwlock.tasks import make_task
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     store = open_store(c.store)
     run = config["run"]
     method, mode, k, seed = run["method"], run["lock_mode"], run["k"], run["seed"]
-    # Experiments from before demonstrators and domains were trial dimensions hold neither.
-    demonstrator, domain = run.get("demonstrator", c.demonstrator), run.get("domain", ALL_DOMAINS)
+    demonstrator, domain = _demonstrator_and_domain(c, run)
     name = tune.get_context().get_trial_name()
     journal = journal_dir(c.experiment, name)
     fixed = {
@@ -105,10 +104,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         "rl": c.methods[method].rl,  # rounds, the last selected (pwlock.analysis), not epoch candidates
     }
 
-    known: dict[int, dict] = {}  # the records Tune has, by candidate
-    if (tune_checkpoint := tune.get_checkpoint()) is not None:
-        with tune_checkpoint.as_directory() as d:
-            known = {r["candidate"]: r for r in json.loads((Path(d) / RECORDS).read_text())}
+    known = _records_tune_has()
 
     def report(record: dict) -> None:
         """Report a candidate unless Tune has it, with a tiny checkpoint listing all Tune has."""
@@ -135,22 +131,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     entries = store.listdir(journal)
     starts = attempt_records(entries)
     if starts:
-        # Ran before. A new driver (--resume) restored the trial's results from its result file in
-        # the store, so that file is what Tune has: the checkpoint its snapshot names can hold a
-        # record the file lacks (the driver died after writing the snapshot's state, before uploading
-        # the results) or lack one it holds. Under the same driver (a worker restarted), Tune has the
-        # checkpoint's records, and the file in the store may lag behind.
-        results = f"{c.experiment}/{name}/result.json"
-        rows = {}
-        if store.exists(results):
-            for line in store.read_text(results).splitlines():
-                row = json.loads(line)
-                if row.get("candidate") is not None:
-                    rows[row["candidate"]] = {key: row[key] for key in RECORD_KEYS if key in row}
-        last = json.loads(store.read_text(f"{journal}/{max(starts, key=lambda n: int(n.split('-')[1]))}"))
-        if last.get("run") != c.run:
-            known.clear()
-        known.update({candidate: row for candidate, row in rows.items() if candidate not in known})
+        _records_of_earlier_runs(store, journal, f"{c.experiment}/{name}/result.json", starts, c.run, known)
     if store.exists(f"{journal}/{DONE}"):
         attempt = len(starts)
         records = json.loads(store.read_text(f"{journal}/{DONE}"))["records"]
@@ -176,20 +157,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         model, tokenizer = load_policy(store.artifact_dir(c.locked_key[mode]), c.dtype)
         records = []
     resumed_from = state["epoch"] if state else 0
-    store.write_text(
-        f"{journal}/start-{attempt:03d}-{time.time_ns()}.json",
-        json.dumps(
-            {
-                "trial": name,
-                "attempt": attempt,
-                "run": c.run,  # the driver's run: a new one after --resume
-                "resumed_from_epoch": resumed_from,
-                "pid": os.getpid(),
-                "node": socket.gethostname(),
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-        ),
-    )
+    _record_start(store, journal, name, attempt, c.run, resumed_from)
     if attempt > 1:
         log.info("%s: attempt %d, resuming from epoch %d", name, attempt, resumed_from)
     for r in records:  # what the checkpoint has and Tune lacks (the driver died before its snapshot)
@@ -226,29 +194,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             store.delete_dir(f"{journal}/{current}")
         current = new
 
-    task = make_task(c.task)
-    policies = resolve(task, c.pools, store)  # the task's own, and model policies' sample pools
-    elicitation = Elicitation(
-        method=method,
-        task=task,
-        model=model,
-        tokenizer=tokenizer,
-        locked_dir=str(locked_dir),
-        k=k,
-        seed=seed,
-        train=c.train,
-        budgets=c.budgets,
-        rl=c.rl,
-        eval_problems=eval_problems(task, c.eval.split, c.eval.max_problems),
-        eval_batch_size=c.eval.batch_size,
-        eval_engine=c.eval.engine,
-        demonstrator=demonstrator,
-        domain=None if domain == ALL_DOMAINS else domain,
-        weak=weak_policy(task, c.weak[mode], tokenizer, seed, policies),
-        policies=policies,
-        engine_bundle=c.engine_bundle,
-        guard=LeakGuard.for_study(c.guards, task, c.passwords, f"trial {name}"),
-    )
+    elicitation = _elicitation(c, store, name, run, model, tokenizer, str(locked_dir))
     run_method(elicitation, checkpoint, c.checkpoint_every_s, state, c.methods)
     if store.exists(f"{journal}/{DONE}"):  # another attempt finished meanwhile: its record stands
         log.warning("%s: finished by another attempt meanwhile; its done.json is kept", name)
@@ -261,3 +207,84 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 def attempt_records(entries: list[str]) -> list[str]:
     """The journal's complete attempt records; a temporary file that a failed write left is none."""
     return [n for n in entries if _ATTEMPT.fullmatch(n)]
+
+
+def _demonstrator_and_domain(c: TrialSetup, run: dict[str, Any]) -> tuple[str, str]:
+    # Experiments from before demonstrators and domains were trial dimensions hold neither.
+    return run.get("demonstrator", c.demonstrator), run.get("domain", ALL_DOMAINS)
+
+
+def _records_tune_has() -> dict[int, dict]:
+    """The records of this trial's Tune checkpoint, by candidate (none in a first run)."""
+    tune_checkpoint = tune.get_checkpoint()
+    if tune_checkpoint is None:
+        return {}
+    with tune_checkpoint.as_directory() as d:
+        return {r["candidate"]: r for r in json.loads((Path(d) / RECORDS).read_text())}
+
+
+def _records_of_earlier_runs(
+    store: Store, journal: str, results: str, starts: list[str], run: str, known: dict[int, dict]
+) -> None:
+    """What Tune has of a trial that ran before, into `known`. A new driver (--resume) restored the
+    trial's results from its result file in the store, so that file is what Tune has: the checkpoint
+    its snapshot names can hold a record the file lacks (the driver died after writing the
+    snapshot's state, before uploading the results) or lack one it holds. Under the same driver (a
+    worker restarted), Tune has the checkpoint's records, and the file in the store may lag behind."""
+    rows = {}
+    if store.exists(results):
+        for line in store.read_text(results).splitlines():
+            row = json.loads(line)
+            if row.get("candidate") is not None:
+                rows[row["candidate"]] = {key: row[key] for key in RECORD_KEYS if key in row}
+    last = json.loads(store.read_text(f"{journal}/{max(starts, key=lambda n: int(n.split('-')[1]))}"))
+    if last.get("run") != run:
+        known.clear()
+    known.update({candidate: row for candidate, row in rows.items() if candidate not in known})
+
+
+def _record_start(store: Store, journal: str, name: str, attempt: int, run: str, resumed_from: int) -> None:
+    store.write_text(
+        f"{journal}/start-{attempt:03d}-{time.time_ns()}.json",
+        json.dumps(
+            {
+                "trial": name,
+                "attempt": attempt,
+                "run": run,  # the driver's run: a new one after --resume
+                "resumed_from_epoch": resumed_from,
+                "pid": os.getpid(),
+                "node": socket.gethostname(),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        ),
+    )
+
+
+def _elicitation(
+    c: TrialSetup, store: Store, name: str, run: dict[str, Any], model: Any, tokenizer: Any, locked_dir: str
+) -> Elicitation:
+    """What the trial's method runs on: its task, model, demonstrator and π_weak, evaluation, guard."""
+    task = make_task(c.task)
+    policies = resolve(task, c.pools, store)  # the task's own, and model policies' sample pools
+    demonstrator, domain = _demonstrator_and_domain(c, run)
+    return Elicitation(
+        method=run["method"],
+        task=task,
+        model=model,
+        tokenizer=tokenizer,
+        locked_dir=locked_dir,
+        k=run["k"],
+        seed=run["seed"],
+        train=c.train,
+        budgets=c.budgets,
+        rl=c.rl,
+        eval_problems=eval_problems(task, c.eval.split, c.eval.max_problems),
+        eval_batch_size=c.eval.batch_size,
+        eval_engine=c.eval.engine,
+        demonstrator=demonstrator,
+        domain=None if domain == ALL_DOMAINS else domain,
+        weak=weak_policy(task, c.weak[run["lock_mode"]], tokenizer, run["seed"], policies),
+        policies=policies,
+        engine_bundle=c.engine_bundle,
+        guard=LeakGuard.for_study(c.guards, task, c.passwords, f"trial {name}"),
+    )
