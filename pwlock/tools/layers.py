@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("train, generate", ["train", "generate"]),
     ("lock, evaluate, guards", ["lock", "setting", "evaluate", "audit", "guards"]),
     ("artifacts", ["artifacts"]),
-    ("elicit, policies, stages", ["elicit", "policies", "stages"]),
+    ("elicit, policies, stages", ["elicit", "policies", "control", "stages"]),
     ("plan, analysis", ["plan", "pricing", "study_plan", "analysis", "study_record"]),
     ("trial", ["trial"]),
     ("sweep", ["sweep"]),
