@@ -5,6 +5,7 @@ Real local Ray, the real CLI in subprocesses, a local store."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -45,9 +46,15 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
             assert time.monotonic() < deadline, "no trial started"
             time.sleep(0.2)
         holder = json.loads((storage / lease_path(name)).read_text())
-        second = subprocess.run(
-            _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=300
-        )
+        # Held still (SIGSTOP) while the second tries, so that a fast first driver cannot finish before
+        # the second has started: alive, it holds the experiment all the same.
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run(
+                _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=300
+            )
+        finally:
+            first.send_signal(signal.SIGCONT)
         print(second.stderr[-2000:])
         assert second.returncode == 2 and "Traceback" not in second.stderr
         error = next(line for line in second.stderr.splitlines() if line.startswith("error:"))
