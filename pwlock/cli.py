@@ -58,6 +58,7 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
     from pwlock import sweep as sweeps  # `sweep` is the entry point's name
     from pwlock.plan import plan
     from pwlock.pricing import describe
+    from pwlock.sandbox import SandboxError
     from pwlock.store import StoreError, open_store
 
     def store_of(cfg: StudyConfig):  # --storage, else the config's store, else ./results
@@ -94,7 +95,7 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
         )
     try:
         where = sweeps.run(planned, store, args.name, resume=args.resume, take_over=args.take_over)
-    except (ConfigError, StoreError) as e:  # checked by run before Ray starts: the store, the experiment name
+    except (ConfigError, StoreError, SandboxError) as e:  # checked before any work: store, name, code sandbox
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\nresults: {where}")

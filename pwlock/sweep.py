@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from pwlock import analysis, runtime
+from pwlock import analysis, runtime, sandbox
 from pwlock.analysis import STUDY as STUDY_FILE
 from pwlock.artifacts import Artifact
 from pwlock.audit import table as audit_table
@@ -35,6 +35,7 @@ from pwlock.stages import build, lock_label
 from pwlock.store import Store, StoreError, StoreSpec
 from pwlock.store_watch import StoreDown, StoreWatch
 from pwlock.study_record import read_study, write_study
+from pwlock.tasks.code import CodeTask
 from pwlock.trial import elicitation_trial
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,16 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
         return _run(p, store, experiment, resume, lease, t0)
 
 
+def preflight_sandbox(p: Plan) -> dict[str, dict[str, bool]] | None:
+    """A study that scores programs (the code task) checks, before any work, that the sandbox starts
+    on every node that will run it (pwlock.sandbox.preflight_cluster); raises SandboxUnavailable with
+    the reason and the fix. Returns what each node enforces; None for tasks that run no code."""
+    if not isinstance(p.task, CodeTask):
+        return None
+    resources = {"CPU": p.cfg.ray.cpus_per_trial, "GPU": p.cfg.ray.gpus_per_trial}
+    return sandbox.preflight_cluster(sorted({"python", p.task.cfg.language}), resources)
+
+
 def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0: float) -> str:
     cfg = p.cfg
     progress = SweepProgress(experiment)  # trial counts and GPU-hours as Ray metrics; checks its setting now
@@ -115,6 +126,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     timings: dict[str, float] = {}
     log.info("ray: %s", runtime.init_ray(cfg.ray))
     timings["ray_start"] = time.perf_counter() - t0
+    preflight_sandbox(p)
     metas = build_upstream(p, store)
     timings["upstream"] = time.perf_counter() - t0 - timings["ray_start"]
     reused = sum(m.get("reused", False) for m in metas.values())

@@ -113,3 +113,21 @@ def test_preflight_runs_on_every_node_of_a_ray_cluster(local_ray):
     assert len(results) == 1
     ((node, enforced),) = results.items()
     assert all(enforced[k] for k in sandbox.REQUIRED)
+
+
+def test_a_code_study_checks_the_sandbox_on_every_node_before_any_work(local_ray):
+    """sweep.preflight_sandbox, which a sweep runs right after Ray starts: the code task's languages
+    checked on this (one-node) cluster; a task that runs no code checks nothing."""
+    from types import SimpleNamespace
+
+    from pwlock.config import config_from_dict
+    from pwlock.sweep import preflight_sandbox
+    from pwlock.tasks import make_task
+    from tests.conftest import SMALL_TASK
+
+    fixtures = Path(__file__).parent / "fixtures" / "code"
+    code = make_task({"name": "code", "data": [{"path": str(fixtures / "stdio.jsonl")}], "language": "cpp"})
+    cfg = config_from_dict({"name": "code", "task": SMALL_TASK})
+    enforced = preflight_sandbox(SimpleNamespace(task=code, cfg=cfg))
+    assert enforced and all(e for e in enforced.values())  # one entry per node, what it enforces
+    assert preflight_sandbox(SimpleNamespace(task=make_task(SMALL_TASK), cfg=cfg)) is None
