@@ -134,10 +134,10 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     policy = metas[p.policy_scores.key]["scores"]
     strong_model = metas[p.strong_eval.key]["report"]["no_pwd"] if p.strong_eval else None
     upstream = {}
-    for label, a in p.locked.items():
-        report = metas[p.locked_eval[label].key]["report"]
-        log.info("locked model (%s): %s", label, _fmt(report))
-        upstream[label] = {
+
+    def entry(label: str, a: Artifact, report: dict[str, Any]) -> dict[str, Any]:
+        """A lock's (or a control's) line of upstream.json: its correctness beside the policies'."""
+        return {
             "locked_with_pwd": report["with_pwd"],
             "locked_no_pwd": report["no_pwd"],
             "locked_wrong_pwd": report["wrong_pwd"],
@@ -146,8 +146,12 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
             "strong_model": strong_model,
             "locked_key": a.key,
             "weak_policy": p.weak[label],
-            "variant": p.variant[label],
         }
+
+    for label, a in p.locked.items():
+        report = metas[p.locked_eval[label].key]["report"]
+        log.info("locked model (%s): %s", label, _fmt(report))
+        upstream[label] = {**entry(label, a, report), "variant": p.variant[label]}
         if "report_by_domain" in metas[p.locked_eval[label].key]:
             upstream[label]["locked_by_domain"] = metas[p.locked_eval[label].key]["report_by_domain"]
         if label in p.audits:
@@ -155,17 +159,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     for label, a in p.controls.items():  # never locked: evaluated as the locks are, and not gated
         report = metas[p.control_eval[label].key]["report"]
         log.info("never-locked control (%s): %s", label, _fmt(report))
-        upstream[label] = {
-            "locked_with_pwd": report["with_pwd"],
-            "locked_no_pwd": report["no_pwd"],
-            "locked_wrong_pwd": report["wrong_pwd"],
-            "weak": policy.get(p.weak[label]),
-            "strong": policy.get("strong"),
-            "strong_model": strong_model,
-            "locked_key": a.key,
-            "weak_policy": p.weak[label],
-            "control_of": a.spec["mode"],
-        }
+        upstream[label] = {**entry(label, a, report), "control_of": a.spec["mode"]}
     log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
     locks = {label: (metas[p.locked_eval[label].key]["report"], policy.get(p.weak[label])) for label in p.locked}
     audits = {label: metas[a.key]["audit"] for label, a in p.audits.items()}
