@@ -64,9 +64,13 @@ def config(tmp_path) -> Path:
     return path
 
 
+def sweep_command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), *args]
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), *args],
+        sweep_command(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -115,6 +119,16 @@ def _wait(what: str, check, timeout: float = 300, proc: subprocess.Popen | None 
             pytest.fail(f"sweep ended before {what}:\n{proc.stdout.read()[-5000:]}")
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def check_local_results(exp: Path) -> None:
+    """Every trial's results exactly once in a local store, as pwlock.analysis reads them back."""
+    results = list(exp.glob("*/result.json"))
+    assert len(results) == TRIALS
+    for r in results:
+        rows = [json.loads(line) for line in r.read_text().splitlines()]
+        assert Counter(row["candidate"] for row in rows) == {c: 1 for c in range(1, CANDIDATES + 1)}
+    assert len(analysis.load_summary(str(exp))) == TRIALS
 
 
 def _check_results(server, prefix: str, experiment: str) -> dict:

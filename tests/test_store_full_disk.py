@@ -4,26 +4,17 @@ Ray, the real CLI in subprocesses."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pwlock import analysis
 from pwlock.trial import DONE, JOURNAL, attempt_records
-from tests.test_fault_tolerance import CANDIDATES, STUDY, TRIALS
+from tests.test_fault_tolerance import STUDY, _start, _wait, check_local_results, sweep_command
 from tests.tmpfs import tmpfs
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), *args]
 
 
 def _fill(path: Path) -> None:
@@ -44,17 +35,8 @@ def test_a_full_store_fails_the_sweep_and_resume_finishes_it_once_space_is_freed
     with tmpfs(tmp_path / "mnt", "64m") as mnt:
         storage, name = mnt / "store", "full-disk"
         exp = storage / name
-        driver = subprocess.Popen(
-            _cmd("--config", str(config), "--storage", str(storage), "--name", name),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 600
-        while not list(exp.glob(f"{JOURNAL}/*/start-*.json")):  # trials at work
-            assert driver.poll() is None, driver.stdout.read()[-5000:]
-            assert time.monotonic() < deadline, "no trial started"
-            time.sleep(0.2)
+        driver = _start("--config", str(config), "--storage", str(storage), "--name", name)
+        _wait("trials to start", lambda: list(exp.glob(f"{JOURNAL}/*/start-*.json")), timeout=600, proc=driver)
         filler = mnt / "filler"
         _fill(filler)
         out, _ = driver.communicate(timeout=900)
@@ -67,15 +49,13 @@ def test_a_full_store_fails_the_sweep_and_resume_finishes_it_once_space_is_freed
         assert not list(storage.rglob("*.tmp-*"))  # no partial file of pwlock's
         filler.unlink()
         again = subprocess.run(
-            _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=900
+            sweep_command("--resume", "--name", name, "--storage", str(storage)),
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         print(again.stdout[-3000:], again.stderr[-6000:])
         assert again.returncode == 0
         for j in (exp / JOURNAL).iterdir():
             assert (j / DONE).is_file() and attempt_records([p.name for p in j.iterdir()])
-        results = list(exp.glob("*/result.json"))
-        assert len(results) == TRIALS
-        for r in results:
-            rows = [json.loads(line) for line in r.read_text().splitlines()]
-            assert Counter(row["candidate"] for row in rows) == {c: 1 for c in range(1, CANDIDATES + 1)}
-        assert len(analysis.load_summary(str(exp))) == TRIALS
+        check_local_results(exp)

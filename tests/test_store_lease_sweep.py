@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,13 +15,9 @@ import yaml
 from pwlock import analysis
 from pwlock.lease import lease_path
 from pwlock.trial import DONE, JOURNAL, attempt_records
-from tests.test_fault_tolerance import CANDIDATES, STUDY, TRIALS
+from tests.test_fault_tolerance import STUDY, TRIALS, _start, _wait, check_local_results, sweep_command
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "sweeps" / "sample_efficiency.py"), *args]
 
 
 @pytest.mark.slow
@@ -33,25 +26,19 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
     config.write_text(yaml.safe_dump(STUDY))
     storage, name = tmp_path / "store", "one-driver"
     exp = storage / name
-    first = subprocess.Popen(
-        _cmd("--config", str(config), "--storage", str(storage), "--name", name),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = _start("--config", str(config), "--storage", str(storage), "--name", name)
     try:
-        deadline = time.monotonic() + 600
-        while not list(exp.glob(f"{JOURNAL}/*/start-*.json")):  # trials at work
-            assert first.poll() is None, first.stdout.read()[-5000:]
-            assert time.monotonic() < deadline, "no trial started"
-            time.sleep(0.2)
+        _wait("trials to start", lambda: list(exp.glob(f"{JOURNAL}/*/start-*.json")), timeout=600, proc=first)
         holder = json.loads((storage / lease_path(name)).read_text())
         # Held still (SIGSTOP) while the second tries, so that a fast first driver cannot finish before
         # the second has started: alive, it holds the experiment all the same.
         first.send_signal(signal.SIGSTOP)
         try:
             second = subprocess.run(
-                _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=300
+                sweep_command("--resume", "--name", name, "--storage", str(storage)),
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
         finally:
             first.send_signal(signal.SIGCONT)
@@ -69,17 +56,15 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
     assert len(journals) == TRIALS
     for j in journals:  # each trial trained once, by the first driver, and finished
         assert len(attempt_records([p.name for p in j.iterdir()])) == 1 and (j / DONE).is_file()
-    results = list(exp.glob("*/result.json"))
-    assert len(results) == TRIALS
-    for r in results:
-        rows = [json.loads(line) for line in r.read_text().splitlines()]
-        assert Counter(row["candidate"] for row in rows) == {c: 1 for c in range(1, CANDIDATES + 1)}
-    assert len(analysis.load_summary(str(exp))) == TRIALS
+    check_local_results(exp)
     first_run = json.loads((exp / analysis.TIMINGS).read_text())
 
     # --resume of the finished experiment: nothing trained again, its timings added to the first run's
     again = subprocess.run(
-        _cmd("--resume", "--name", name, "--storage", str(storage)), capture_output=True, text=True, timeout=600
+        sweep_command("--resume", "--name", name, "--storage", str(storage)),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert again.returncode == 0, again.stderr[-5000:]
     timings = json.loads((exp / analysis.TIMINGS).read_text())
