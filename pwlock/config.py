@@ -372,16 +372,14 @@ def parse(tp: Any, raw: Any, source: str, where: str = "") -> Any:
 
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        fields = {f.name: f for f in dataclasses.fields(tp) if f.init and f.name != "source"}
-        if not isinstance(raw, dict):
-            raise fail(f"a mapping ({', '.join(list(fields)[:3])}, ...)")
-        hints = typing.get_type_hints(tp)
         fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
+        shown = [name for name in fields if name != "source"]  # `source` is set by the loader, not written
+        if not isinstance(raw, dict):
+            raise fail(f"a mapping ({', '.join(shown[:3])}, ...)")
+        hints = typing.get_type_hints(tp)
         for key in raw:
             if key not in fields:
-                raise ConfigError(
-                    f"{head}{_at(where, key)}: unknown key; expected one of {sorted(set(fields) - {'source'})}"
-                )
+                raise ConfigError(f"{head}{_at(where, key)}: unknown key; expected one of {sorted(shown)}")
         for name, f in fields.items():
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in raw:
                 raise ConfigError(f"{head}{_at(where, name)}: missing")
