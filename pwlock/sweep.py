@@ -131,51 +131,8 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     timings["upstream"] = time.perf_counter() - t0 - timings["ray_start"]
     reused = sum(m.get("reused", False) for m in metas.values())
     log.info("upstream: %d of %d artifacts reused from the store, %d built", reused, len(metas), len(metas) - reused)
-    policy = metas[p.policy_scores.key]["scores"]
-    strong_model = metas[p.strong_eval.key]["report"]["no_pwd"] if p.strong_eval else None
-    upstream = {}
-
-    def entry(label: str, a: Artifact, report: dict[str, Any]) -> dict[str, Any]:
-        """A lock's (or a control's) line of upstream.json: its correctness beside the policies'."""
-        return {
-            "locked_with_pwd": report["with_pwd"],
-            "locked_no_pwd": report["no_pwd"],
-            "locked_wrong_pwd": report["wrong_pwd"],
-            "weak": policy.get(p.weak[label]),
-            "strong": policy.get("strong"),
-            "strong_model": strong_model,
-            "locked_key": a.key,
-            "weak_policy": p.weak[label],
-        }
-
-    for label, a in p.locked.items():
-        report = metas[p.locked_eval[label].key]["report"]
-        log.info("locked model (%s): %s", label, _fmt(report))
-        upstream[label] = {**entry(label, a, report), "variant": p.variant[label]}
-        if "report_by_domain" in metas[p.locked_eval[label].key]:
-            upstream[label]["locked_by_domain"] = metas[p.locked_eval[label].key]["report_by_domain"]
-        if label in p.audits:
-            upstream[label]["audit"] = metas[p.audits[label].key]["audit"]
-    for label, a in p.controls.items():  # never locked: evaluated as the locks are, and not gated
-        report = metas[p.control_eval[label].key]["report"]
-        log.info("never-locked control (%s): %s", label, _fmt(report))
-        upstream[label] = {**entry(label, a, report), "control_of": a.spec["mode"]}
-    log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
-    locks = {label: (metas[p.locked_eval[label].key]["report"], policy.get(p.weak[label])) for label in p.locked}
-    audits = {label: metas[a.key]["audit"] for label, a in p.audits.items()}
-    if audits:
-        table = audit_table(audits, cfg.guards.audit_margin)
-        log.info("lock audit (greedy correctness, by lock):\n%s", "\n".join(table))
-    if cfg.guards.lock_gate:  # refuses before the experiment writes anything; artifacts stay for the next run
-        lines = check_locks(locks, cfg.guards, cfg.source, p.variant, audits)
-        log.info("lock gate: every locked model holds\n%s", "\n".join(lines))
-    else:
-        failing = assess_locks(locks, cfg.guards, p.variant, audits)[1]
-        log.warning(
-            "guards.lock_gate is off: eliciting from every lock%s",
-            f", though the gate would refuse {failing}" if failing else "",
-        )
-    resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, p.engine)
+    upstream = _upstream_report(p, metas)
+    _gate(p, metas)
     setup = dataclasses.replace(
         p.setup,
         store=store.spec,
@@ -191,52 +148,9 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
             setup.locked_key[old], setup.weak[old] = p.locked[label].key, p.weak[label]
             upstream[old] = upstream[label]
     store.write_text(f"{experiment}/{analysis.UPSTREAM_FILE}", json.dumps(upstream, indent=2))
-    # The setup goes to the object store once, not into every trial's config and Tune's state.
-    trainable = tune.with_resources(tune.with_parameters(elicitation_trial, setup=setup), resources)
-    tune_storage = store.tune_storage()
-    if resume:
-        runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)  # the rest is in the restored run config
-        tuner = tune.Tuner.restore(
-            store.path(experiment),
-            trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-            storage_filesystem=tune_storage.get("storage_filesystem"),
-        )
-        log.info(
-            "resuming %s: finished trials stay as they are; the rest go on from their last checkpoint",
-            store.uri(experiment),
-        )
-    else:
-        bookkeeping = runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)
-        bookkeeping["callbacks"] += [progress, StoreWatch(store.spec, experiment)]  # a restored run config has them
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"run": tune.grid_search([t.run_config() for t in p.trials])},
-            tune_config=tune.TuneConfig(
-                reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name
-            ),
-            run_config=tune.RunConfig(
-                name=experiment,
-                verbose=1,
-                **tune_storage,
-                **bookkeeping,
-                failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
-                # Tune's checkpoints only list the records reported (the weights go to the trial's
-                # journal, see pwlock.trial): tiny, and all kept so a stale snapshot never names a
-                # deleted one.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            ),
-        )
-        log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
+    tuner = _tuner(p, store, experiment, setup, resume, progress)
     t_trials = time.perf_counter()
-    try:
-        grid = tuner.fit()
-    except Exception as e:  # a StoreWatch stopped it: its message, whatever Tune wrapped it in
-        down = next((c for c in _causes(e) if isinstance(c, StoreDown)), None)
-        if down is None:
-            raise
-        raise down from None
+    grid = _fit(tuner)
     timings["trials"] = time.perf_counter() - t_trials
     errors = [r.error for r in grid if r.error]
     exp_uri = store.uri(experiment)
@@ -247,20 +161,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     if lease.lost:  # another driver runs this experiment now: its results are its to write
         raise StoreError(f"{exp_uri}: this driver's lease was taken over by {lease.lost}; it writes no results")
     t_results = time.perf_counter()
-    try:
-        summary = analysis.write_results(exp_uri)
-    except (ValueError, OSError) as e:  # no trial's result reached the store, or the store is out of reach
-        raise StoreError(
-            f"{e}: see the trials' errors above (a full disk, a store out of reach); once that is fixed, "
-            f"run the same command with --resume --name {experiment} --storage {store.url}"
-        ) from None
-    # Tune only logs a failed final upload; results are read back from the store, so check them.
-    missing = len(p.trials) - len(errors) - summary["trial"].nunique()
-    if missing > 0:
-        raise StoreError(
-            f"{exp_uri}: the results of {missing} finished trials did not reach the store; "
-            f"run the same command with --resume --name {experiment} to report them again"
-        )
+    summary = _results(p, store, experiment, len(errors))
     timings["results"] = time.perf_counter() - t_results
     timings["total"] = time.perf_counter() - t0
     run_timings = {
@@ -279,6 +180,134 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_uri}")
     return exp_uri
+
+
+def _upstream_report(p: Plan, metas: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """upstream.json: each lock's (and never-locked control's) correctness beside the policies', logged."""
+    policy = metas[p.policy_scores.key]["scores"]
+    strong_model = metas[p.strong_eval.key]["report"]["no_pwd"] if p.strong_eval else None
+
+    def entry(label: str, a: Artifact, report: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "locked_with_pwd": report["with_pwd"],
+            "locked_no_pwd": report["no_pwd"],
+            "locked_wrong_pwd": report["wrong_pwd"],
+            "weak": policy.get(p.weak[label]),
+            "strong": policy.get("strong"),
+            "strong_model": strong_model,
+            "locked_key": a.key,
+            "weak_policy": p.weak[label],
+        }
+
+    upstream = {}
+    for label, a in p.locked.items():
+        report = metas[p.locked_eval[label].key]["report"]
+        log.info("locked model (%s): %s", label, _fmt(report))
+        upstream[label] = {**entry(label, a, report), "variant": p.variant[label]}
+        if "report_by_domain" in metas[p.locked_eval[label].key]:
+            upstream[label]["locked_by_domain"] = metas[p.locked_eval[label].key]["report_by_domain"]
+        if label in p.audits:
+            upstream[label]["audit"] = metas[p.audits[label].key]["audit"]
+    for label, a in p.controls.items():  # never locked: evaluated as the locks are, and not gated
+        report = metas[p.control_eval[label].key]["report"]
+        log.info("never-locked control (%s): %s", label, _fmt(report))
+        upstream[label] = {**entry(label, a, report), "control_of": a.spec["mode"]}
+    log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
+    return upstream
+
+
+def _gate(p: Plan, metas: dict[str, dict[str, Any]]) -> None:
+    """The lock audit's table, then the lock gate: refuses before the experiment writes anything
+    (artifacts stay for the next run), or with the gate off says what it would refuse."""
+    cfg = p.cfg
+    policy = metas[p.policy_scores.key]["scores"]
+    locks = {label: (metas[p.locked_eval[label].key]["report"], policy.get(p.weak[label])) for label in p.locked}
+    audits = {label: metas[a.key]["audit"] for label, a in p.audits.items()}
+    if audits:
+        table = audit_table(audits, cfg.guards.audit_margin)
+        log.info("lock audit (greedy correctness, by lock):\n%s", "\n".join(table))
+    if cfg.guards.lock_gate:
+        lines = check_locks(locks, cfg.guards, cfg.source, p.variant, audits)
+        log.info("lock gate: every locked model holds\n%s", "\n".join(lines))
+    else:
+        failing = assess_locks(locks, cfg.guards, p.variant, audits)[1]
+        log.warning(
+            "guards.lock_gate is off: eliciting from every lock%s",
+            f", though the gate would refuse {failing}" if failing else "",
+        )
+
+
+def _tuner(p: Plan, store: Store, experiment: str, setup: Any, resume: bool, progress: SweepProgress) -> tune.Tuner:
+    """A new Tuner over the plan's trials, or with `resume` the experiment's Tuner restored from the store."""
+    cfg = p.cfg
+    resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, p.engine)
+    # The setup goes to the object store once, not into every trial's config and Tune's state.
+    trainable = tune.with_resources(tune.with_parameters(elicitation_trial, setup=setup), resources)
+    tune_storage = store.tune_storage()
+    if resume:
+        runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)  # the rest is in the restored run config
+        log.info(
+            "resuming %s: finished trials stay as they are; the rest go on from their last checkpoint",
+            store.uri(experiment),
+        )
+        return tune.Tuner.restore(
+            store.path(experiment),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=tune_storage.get("storage_filesystem"),
+        )
+    bookkeeping = runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)
+    bookkeeping["callbacks"] += [progress, StoreWatch(store.spec, experiment)]  # a restored run config has them
+    log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
+    return tune.Tuner(
+        trainable,
+        param_space={"run": tune.grid_search([t.run_config() for t in p.trials])},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            verbose=1,
+            **tune_storage,
+            **bookkeeping,
+            failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
+            # Tune's checkpoints only list the records reported (the weights go to the trial's
+            # journal, see pwlock.trial): tiny, and all kept so a stale snapshot never names a
+            # deleted one.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        ),
+    )
+
+
+def _fit(tuner: tune.Tuner) -> Any:
+    try:
+        return tuner.fit()
+    except Exception as e:  # a StoreWatch stopped it: its message, whatever Tune wrapped it in
+        down = next((c for c in _causes(e) if isinstance(c, StoreDown)), None)
+        if down is None:
+            raise
+        raise down from None
+
+
+def _results(p: Plan, store: Store, experiment: str, failed: int) -> Any:
+    """summary.csv and the figures, read back from the store: the results of every finished trial."""
+    exp_uri = store.uri(experiment)
+    try:
+        summary = analysis.write_results(exp_uri)
+    except (ValueError, OSError) as e:  # no trial's result reached the store, or the store is out of reach
+        raise StoreError(
+            f"{e}: see the trials' errors above (a full disk, a store out of reach); once that is fixed, "
+            f"run the same command with --resume --name {experiment} --storage {store.url}"
+        ) from None
+    # Tune only logs a failed final upload; results are read back from the store, so check them.
+    missing = len(p.trials) - failed - summary["trial"].nunique()
+    if missing > 0:
+        raise StoreError(
+            f"{exp_uri}: the results of {missing} finished trials did not reach the store; "
+            f"run the same command with --resume --name {experiment} to report them again"
+        )
+    return summary
 
 
 def _with_earlier_runs(store: Store, experiment: str, run: dict[str, Any]) -> dict[str, Any]:
