@@ -1,5 +1,6 @@
 """One small real study, end to end: the CLI, local Ray, upstream stages as Ray tasks, Tune
-trials, the store, summary.csv and the figure; then the same command again reuses every artifact."""
+trials, the store, summary.csv and the figure, notebooks/analysis.ipynb on what it wrote; then the
+same command again reuses every artifact."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from pwlock import analysis
-from tests.notebook import outputs, run_analysis_notebook
+from tests.notebook import displayed, outputs, run_analysis_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,8 +107,16 @@ def test_small_study_end_to_end_then_reuse(tmp_path):
     # The experiment is a Tune experiment that pwlock.analysis reads back without Ray running.
     again = analysis.summarize(analysis.load_candidates(exp))
     pd.testing.assert_frame_equal(again.reset_index(drop=True), summary, check_dtype=False)
-    # The analysis notebook runs on it as a user's Jupyter would, and shows the table and the figure.
-    text, images = outputs(run_analysis_notebook(str(exp)))
+    # The analysis notebook runs on it as a user's Jupyter would (nothing on stderr): it lists the
+    # store's experiments, shows every column of the table, and the figure.
+    nb = run_analysis_notebook(str(exp))
+    listing = displayed(nb, "analysis.list_experiments(STORE)")
+    assert "first" in listing.split() and str(exp) in listing and "True" in listing
+    shown = displayed(nb, "summary")
+    for column in ("lock_mode", "k", "seed", "correctness", "correctness_selected", "locked_no_pwd", "weak"):
+        assert column in shown.split(), column
+    assert "..." not in shown  # no column or row elided
+    text, images = outputs(nb)
     assert "elicited correctness without password" in text and len(images) == 1 and images[0][:4] == b"\x89PNG"
     artifacts = sorted(p.name for p in (storage / "artifacts").iterdir())
     assert len(artifacts) == 9  # policy scores, strong model, 2 locked models, 3 evaluations, 2 lock audits
