@@ -293,6 +293,9 @@ class StoreConfig:
     endpoint_url: str | None = None  # S3-compatible servers (MinIO, SeaweedFS, R2); else AWS_ENDPOINT_URL
     region: str | None = None  # else AWS_REGION, else us-east-1
     retry_s: float = 120.0  # how long transient store errors are retried before the sweep fails
+    # A directory that every node of a multi-node cluster mounts (NFS, EFS): else a directory store
+    # is refused there, since each node would write its own disk (pwlock.runtime.check_store).
+    shared: bool = False
 
 
 @dataclass
@@ -595,6 +598,8 @@ def _run_errors(cfg: StudyConfig) -> list[str]:
         errors.append(f"store.url: expected a directory or s3://bucket/prefix, got {cfg.store.url!r}")
     if cfg.store.endpoint_url is not None and not cfg.store.endpoint_url.startswith(("http://", "https://")):
         errors.append(f"store.endpoint_url: expected http://host:port or https://host, got {cfg.store.endpoint_url!r}")
+    if cfg.store.shared and (cfg.store.url or "").startswith("s3://"):
+        errors.append("store.shared: only for a directory every node mounts; an s3:// store is shared already")
     if cfg.store.retry_s < 0:
         errors.append(f"store.retry_s: expected >= 0 seconds, got {cfg.store.retry_s}")
     if cfg.fault_tolerance.max_failures < -1:

@@ -8,8 +8,11 @@ which reach Prometheus (and the dashboard's Metrics tab, with Grafana) like Ray'
     ray_pwlock_trial_hours{experiment}     sum over trials of wall time
 
 and logs a trial's name when it finishes, and a one-line summary every `every_s` seconds
-(PWLOCK_PROGRESS_EVERY_S, default 60). Wall time is what this driver saw: after `--resume`, the
-hours of trials finished by an earlier driver are not counted again.
+(PWLOCK_PROGRESS_EVERY_S, default 60). Its last figure, the trials waiting for resources, is the
+pending ones: pwlock sets no concurrency limit, so Tune starts a trial as soon as its placement
+group fits; on an autoscaling cluster these are the trials that make it add GPU nodes. Wall time
+is what this driver saw: after `--resume`, the hours of trials finished by an earlier driver are
+not counted again.
 """
 
 from __future__ import annotations
@@ -175,5 +178,6 @@ class SweepProgress(Callback):
         return (
             f"progress {self.experiment}: {c['done']} of {sum(c.values())} trials done, {c['running']} running, "
             f"{c['pending']} pending, {c['failed']} failed; {self.gpu_hours:.2f} GPU-hours, "
-            f"{self.trial_hours:.2f} trial-hours, {time.monotonic() - self._t0:.0f} s"
+            f"{self.trial_hours:.2f} trial-hours, {time.monotonic() - self._t0:.0f} s; "
+            f"{c['pending']} waiting for resources"
         )

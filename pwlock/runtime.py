@@ -11,7 +11,7 @@ import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from pwlock.config import RayConfig
+from pwlock.config import ConfigError, RayConfig
 
 
 def init_ray(cfg: RayConfig) -> str:
@@ -33,6 +33,24 @@ def init_ray(cfg: RayConfig) -> str:
         runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},
     )
     return f"local ray on 127.0.0.1 ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+def check_store(local: bool, shared: bool, where: str) -> None:
+    """Refuse a directory store (`local`) on a Ray cluster of more than one node unless the config
+    declares it `shared` (mounted on every node): each node would write its own disk, and trials
+    would miss the artifacts and checkpoints that other nodes wrote. Called right after Ray starts,
+    before any work. A cluster that has only its head when the sweep starts (an autoscaler's zero
+    workers) shows one node here: use an s3:// store there."""
+    if not local or shared:
+        return
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) > 1:
+        raise ConfigError(
+            f"store {where}: a directory on a Ray cluster of {len(nodes)} nodes: each node would read and "
+            "write its own disk, so trials would not find what other nodes built; use an s3:// store "
+            "(--storage s3://bucket/prefix), or, if every node mounts this directory (NFS, EFS), set "
+            "store.shared: true"
+        )
 
 
 # Driver-side Tune settings for big sweeps (Tune reads them when a sweep starts). Measured with

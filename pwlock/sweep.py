@@ -125,6 +125,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     log.info("%s", describe(p, store))
     timings: dict[str, float] = {}
     log.info("ray: %s", runtime.init_ray(cfg.ray))
+    runtime.check_store(store.local, cfg.store.shared, store.url)
     timings["ray_start"] = time.perf_counter() - t0
     preflight_sandbox(p)
     metas = build_upstream(p, store)

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -42,6 +43,7 @@ from pwlock.artifacts import eval_problems
 from pwlock.config import ALL_DOMAINS
 from pwlock.elicit.methods import Elicitation, candidates
 from pwlock.elicit.methods import run as run_method
+from pwlock.generate.vllm_actor import take_placements
 from pwlock.guards import LeakGuard
 from pwlock.lock import weak_policy
 from pwlock.logs import setup_logging
@@ -144,6 +146,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         return
 
     attempt = len(starts) + 1
+    take_placements()  # engines of an earlier trial in this (reused) actor are not this one's
     latest = json.loads(store.read_text(f"{journal}/{LATEST}")) if store.exists(f"{journal}/{LATEST}") else None
     state = None
     if latest is not None:
@@ -199,7 +202,10 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     if store.exists(f"{journal}/{DONE}"):  # another attempt finished meanwhile: its record stands
         log.warning("%s: finished by another attempt meanwhile; its done.json is kept", name)
     else:
-        store.write_text(f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records}))
+        where = {"node_id": _node_id(), "finished_ns": time.time_ns(), "engines": take_placements()}
+        store.write_text(
+            f"{journal}/{DONE}", json.dumps({"trial": name, "attempt": attempt, "records": records, **where})
+        )
     if current:  # the weights of a finished trial are not kept (a 7B model per trial adds up)
         store.delete_dir(f"{journal}/{current}")
 
@@ -254,10 +260,18 @@ def _record_start(store: Store, journal: str, name: str, attempt: int, run: str,
                 "resumed_from_epoch": resumed_from,
                 "pid": os.getpid(),
                 "node": socket.gethostname(),
+                # Where it ran: the Ray node, and the GPUs Ray gave it (advertised ones count too).
+                "node_id": _node_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "started_ns": time.time_ns(),
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
         ),
     )
+
+
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
 
 
 def _elicitation(

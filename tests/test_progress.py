@@ -85,7 +85,7 @@ def test_progress_on_real_tune_trials(tmp_path, monkeypatch, caplog):
         assert hourly_lines[-1].startswith("progress hourly: 3 of 4 trials done, 0 running, 0 pending, 1 failed; ")
         assert "GPU-hours" in hourly_lines[-1] and "trial-hours" in hourly_lines[-1]
         assert len(lines) - len(hourly_lines) > 2  # every step logs its line with every_s=0
-        assert lines[0].endswith(" s") and "0 of 4 trials done" in lines[0]
+        assert lines[0].endswith(" waiting for resources") and "0 of 4 trials done" in lines[0]
 
         # The gauges, scraped as Prometheus would from the node's metrics export port, reach the
         # callbacks' final state within a few report intervals.

@@ -74,7 +74,7 @@ class _Engine:
         self.served = {"sampled_prompts": 0, "greedy_prompts": 0, "weight_loads": 0}
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "start_seconds": self.start_seconds}
+        return {"pid": os.getpid(), "start_seconds": self.start_seconds, "node_id": _node_id()}
 
     def stats(self) -> dict[str, int]:
         return dict(self.served)
@@ -228,10 +228,30 @@ def vllm_generator(
         )
     actor = ray.remote(_Engine).options(**options).remote(model_dir, asdict(cfg))
     try:
-        ray.get(actor.ready.remote())
+        info = ray.get(actor.ready.remote())
+        placed = {"node_id": info["node_id"], "trainer_node_id": _node_id(), "pid": info["pid"], "bundle": bundle_index}
+        _placements.append(placed)
+        if pg is not None and placed["node_id"] != placed["trainer_node_id"]:  # STRICT_PACK promises one node
+            raise RuntimeError(f"vLLM engine on node {placed['node_id']}, its trainer on {placed['trainer_node_id']}")
         yield VLLMGenerator(actor, tokenizer, cfg.seed, stop_token_ids(tokenizer, _generation_config(model_dir)))
     finally:
         ray.kill(actor, no_restart=True)
+
+
+# Where each engine this process started ran, and its trainer: a trial records them
+# (pwlock.trial), which shows each engine on its trainer's node on a cluster.
+_placements: list[dict[str, Any]] = []
+
+
+def take_placements() -> list[dict[str, Any]]:
+    """The engines started in this process since the last call (a reused trial actor runs many trials)."""
+    out = list(_placements)
+    _placements.clear()
+    return out
+
+
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
 
 
 def trial_resources(cpus: float, gpus: float, engine: VLLMConfig | None) -> Any:

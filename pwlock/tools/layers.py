@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "s3server",
             "logs",
             "runtime",
+            "localcluster",
             "progress",
             "cost",
         ],
