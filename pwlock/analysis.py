@@ -37,6 +37,8 @@ GROUP = TRIAL_KEYS[:-1]  # what seeds repeat
 BY_DOMAIN = "correctness_by_domain/"  # a candidate's correctness on each domain's problems (Tune's flattening)
 OTHER = "other_domains"  # mean of the per-domain correctness of the domains not trained on (Fig. 4)
 UPSTREAM = ["locked_with_pwd", "locked_no_pwd", "locked_wrong_pwd", "weak", "strong", "strong_model"]
+# lock.seeds: the label a lock's replicates share (`lock_mode` is the replicate's own) and its seed
+REPLICATE = ["lock", "lock_seed"]
 
 
 def experiment_store(path: str | os.PathLike) -> tuple[Store, str]:
@@ -88,7 +90,7 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
     out = out.astype({"candidate": int}).drop_duplicates(["trial", "candidate"], keep="last")
     if store.exists(f"{name}/{UPSTREAM_FILE}"):
         upstream = pd.DataFrame.from_dict(json.loads(store.read_text(f"{name}/{UPSTREAM_FILE}")), orient="index")
-        upstream = upstream[[c for c in UPSTREAM if c in upstream]]
+        upstream = upstream[[c for c in (*REPLICATE, *UPSTREAM) if c in upstream]]
         out = out.merge(upstream, left_on="lock_mode", right_index=True, how="left")
     return out.sort_values(["lock_mode", "k", "seed", "candidate"], ignore_index=True)
 
@@ -192,10 +194,11 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
         out[f"{OTHER}_selected"] = selected[OTHER]
     if paper is not None:
         out["correctness_paper"], out["paper_epochs"] = paper["correctness"], paper["epochs"]
-    for col in UPSTREAM:
+    for col in (*REPLICATE, *UPSTREAM):
         if col in best:
             out[col] = best[col]
-    front = [*TRIAL_KEYS, "rl", "control", "correctness", "best_epochs", "correctness_selected", "selected_epochs"]
+    front = [*TRIAL_KEYS, *REPLICATE, "rl", "control", "correctness", "best_epochs", "correctness_selected"]
+    front += ["selected_epochs"]
     front += ["correctness_paper", "paper_epochs", *UPSTREAM]
     rest = sorted(c for c in out.columns if c not in front)
     return out.reset_index()[[c for c in front if c in out.columns] + rest + ["trial"]].sort_values(
@@ -203,29 +206,53 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def with_replicates(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with `lock` (the label a lock's replicates share) and `lock_seed` for rows of experiments
+    from before lock replicates: each lock its own, of an unrecorded seed."""
+    lock = df["lock"].fillna(df["lock_mode"]) if "lock" in df else df["lock_mode"]
+    return df.assign(lock=lock, lock_seed=df["lock_seed"] if "lock_seed" in df else np.nan)
+
+
 def aggregate(summary: pd.DataFrame, value: str = "correctness_selected") -> pd.DataFrame:
-    """Mean and standard error over seeds per (task, lock mode, method, demonstrator, domain, k)."""
-    g = with_dimensions(summary).groupby(GROUP)[value]
-    out = g.agg(["mean", "count"]).reset_index()
-    out["sem"] = g.sem(ddof=1).fillna(0.0).to_numpy()
-    return out
+    """Mean and standard error per (task, lock, method, demonstrator, domain, k), `lock_mode` being
+    the label a lock's replicates share. One lock: over elicitation seeds. Lock replicates
+    (lock.seeds): the mean and SEM of the replicates' means, each over its seeds, so that the error
+    covers lock-to-lock as well as seed-to-seed variance; `error_over` says which."""
+    df = with_replicates(with_dimensions(summary)).drop(columns="lock_mode").rename(columns={"lock": "lock_mode"})
+    by_seed = df.groupby(GROUP)[value]
+    per_lock = df.groupby([*GROUP, "lock_seed"], dropna=False)[value].mean().groupby(GROUP)
+    out = by_seed.agg(["count"]).reset_index()
+    out["locks"] = per_lock.count().to_numpy()
+    out["mean"] = per_lock.mean().to_numpy()
+    replicated = out["locks"] > 1
+    out["sem"] = np.where(replicated, per_lock.sem(ddof=1).to_numpy(), by_seed.sem(ddof=1).fillna(0.0).to_numpy())
+    out["error_over"] = np.where(replicated, "lock replicates", "seeds")
+    return out[[*GROUP, "mean", "count", "sem", "locks", "error_over"]]
 
 
-def _grid(summary: pd.DataFrame, value: str) -> str:
+def error_over(agg: pd.DataFrame) -> str:
+    """What an aggregate's error bars are over, in words for a title."""
+    if (agg["error_over"] == "lock replicates").all():
+        return f"SEM over {'/'.join(map(str, sorted(agg['locks'].unique())))} lock replicates (each a mean over seeds)"
+    return "SEM over seeds" if (agg["error_over"] == "seeds").all() else "SEM over lock replicates, or seeds"
+
+
+def _grid(summary: pd.DataFrame, value: str) -> tuple[str, str]:
     agg = aggregate(summary, value)
     agg["cell"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(agg["mean"], agg["sem"])]
     rows = ["task", "lock_mode", "method"] + [c for c in ("demonstrator", "domain") if agg[c].nunique() > 1]
-    return agg.pivot_table(index=rows, columns="k", values="cell", aggfunc="first").to_string()
+    return agg.pivot_table(index=rows, columns="k", values="cell", aggfunc="first").to_string(), error_over(agg)
 
 
 def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
-    """Mean ± SEM of elicited correctness, lock modes as rows and k as columns; for the configured
+    """Mean ± SEM of elicited correctness, locks as rows and k as columns; for the configured
     budgets' selection, also the paper's own budgets' where the trials evaluated them."""
-    out = f"elicited correctness without password (mean ± SEM over seeds):\n{_grid(summary, value)}"
+    grid, over = _grid(summary, value)
+    out = f"elicited correctness without password (mean ± {over}):\n{grid}"
     paper = summary[summary["correctness_paper"].notna()] if "correctness_paper" in summary else summary.iloc[:0]
     if value == "correctness_selected" and len(paper):
         head = "the same, epochs selected among App. G.3's own budgets (256, 512, 1024)"
-        out += f"\n\n{head}:\n{_grid(paper, 'correctness_paper')}"
+        out += f"\n\n{head}:\n{_grid(paper, 'correctness_paper')[0]}"
     up = summary.groupby(["task", "lock_mode"])[[c for c in UPSTREAM if c in summary]].first().round(3)
     return f"{out}\n\nupstream:\n{up.to_string()}"
 
@@ -240,10 +267,11 @@ def plot_sample_efficiency(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after the backend is chosen
 
-    summary = with_dimensions(summary)
+    summary = with_replicates(with_dimensions(summary))
     summary = summary[summary["domain"] == "all"]
     agg = aggregate(summary, value)
     tasks = sorted(agg["task"].unique())
+    replicates = len(set(summary["lock_mode"])) > len(set(summary["lock"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     # Demonstrators differ by marker and dash pattern, apart from the thin reference lines' dashes.
@@ -285,9 +313,15 @@ def plot_sample_efficiency(
                     lw=1.8,
                     label=f"{mode}-locked, elicited ({rows['method'].iloc[0]}{who})",
                 )
-            up = summary[(summary["task"] == task) & (summary["lock_mode"] == mode)].iloc[0]
-            ax.axhline(up["locked_with_pwd"], color=color, ls="--", lw=1, label=f"{mode}-locked, with password")
-            ax.axhline(up["locked_no_pwd"], color=color, ls=":", lw=1, label=f"{mode}-locked, no password")
+            # Its locked model with and without the password: the mean over its replicates.
+            locks = summary[(summary["task"] == task) & (summary["lock"] == mode)].groupby("lock_mode").first()
+            mean = " (mean of its replicates)" if replicates else ""
+            ax.axhline(
+                locks["locked_with_pwd"].mean(), color=color, ls="--", lw=1, label=f"{mode}-locked, with password{mean}"
+            )
+            ax.axhline(
+                locks["locked_no_pwd"].mean(), color=color, ls=":", lw=1, label=f"{mode}-locked, no password{mean}"
+            )
         first = summary[summary["task"] == task].iloc[0]
         if pd.notna(first.get("weak")):
             ax.axhline(first["weak"], color="grey", ls="-.", lw=1, label="π_weak")
@@ -298,7 +332,7 @@ def plot_sample_efficiency(
         ax.set_xlabel("number of demonstrations k")
         ax.set_ylabel("correctness without password")
         methods = ", ".join(sorted(sub["method"].unique()))
-        ax.set_title(f"{task}: elicitation by {methods}, mean ± SEM over seeds", fontsize=10)
+        ax.set_title(f"{task}: elicitation by {methods}, mean ± {error_over(sub)}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
@@ -310,15 +344,15 @@ def plot_sample_efficiency(
 def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.BytesIO) -> str | os.PathLike | io.BytesIO:
     """Correctness on the other domains after SFT on demonstrations from one domain (markers, one
     per domain trained on) against SFT on demonstrations from the whole split (solid line), per lock
-    and k, mean ± SEM over seeds; the locked model with and without the password as references
-    (like the paper's Fig. 4, 10 and 17)."""
+    and k, mean ± SEM (`aggregate`); the locked model with and without the password as references,
+    the mean of its replicates (like the paper's Fig. 4, 10 and 17)."""
     import matplotlib  # seconds to import: only the figures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after the backend is chosen
 
     value = f"{OTHER}_selected"
-    sft = summary[~is_rl(summary) & summary[value].notna()]
+    sft = with_replicates(summary[~is_rl(summary) & summary[value].notna()])
     agg = aggregate(sft, value)
     panels = list(
         dict.fromkeys(agg.sort_values(["task", "lock_mode", "k"])[["task", "lock_mode", "k"]].itertuples(index=False))
@@ -345,7 +379,7 @@ def plot_generalization(summary: pd.DataFrame, out: str | os.PathLike | io.Bytes
             m, e = everywhere["mean"].iloc[0], everywhere["sem"].iloc[0]
             ax.axhline(m, color="C0", lw=1.5, label="demonstrations from all domains")
             ax.axhspan(m - e, m + e, color="C0", alpha=0.15)
-        up = sft[(sft["task"] == task) & (sft["lock_mode"] == lock)].iloc[0]
+        up = sft[(sft["task"] == task) & (sft["lock"] == lock)].groupby("lock_mode").first().mean(numeric_only=True)
         if pd.notna(up.get("locked_with_pwd")):
             ax.axhline(up["locked_with_pwd"], color="black", ls="--", lw=1, label="locked, with password")
             ax.axhline(up["locked_no_pwd"], color="black", ls=":", lw=1, label="locked, without password")

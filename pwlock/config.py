@@ -130,6 +130,10 @@ class LockConfig:
     # A never-locked control per mode (pwlock/control.py): trained as its lock, on π_weak's answers
     # only, and elicited by the same SFT trials, so that unlocking is told apart from learning.
     controls: bool = False
+    # Lock replicates: π_strong's model and every lock (and control) built once per seed, elicited
+    # alike, so that error bars cover lock-to-lock variance, not only elicitation seeds. Empty: one
+    # replicate, the study's `seed` (labels and keys as without replicates).
+    seeds: list[int] = field(default_factory=list)
 
     def train_of(self, mode: str) -> TrainConfig:
         """The training config of lock mode `mode`."""
@@ -513,6 +517,9 @@ def _lock_errors(cfg: StudyConfig) -> list[str]:
         errors += [f"lock.{e}" for e in _variant_errors(cfg.lock)]
     if not cfg.lock.weak or len(set(cfg.lock.weak)) != len(cfg.lock.weak):
         errors.append("lock.weak: expected at least one weak policy, each once")
+    if len(set(cfg.lock.seeds)) != len(cfg.lock.seeds):
+        twice = sorted({x for x in cfg.lock.seeds if cfg.lock.seeds.count(x) > 1})
+        errors.append(f"lock.seeds: expected each seed once (a seed twice builds one lock twice), got {twice} twice")
     return errors
 
 

@@ -134,6 +134,8 @@ class Plan:
     # lock.controls: each lock mode's never-locked control (pwlock.control) and its evaluation, by label
     controls: dict[str, Artifact] = field(default_factory=dict)
     control_eval: dict[str, Artifact] = field(default_factory=dict)
+    # lock.seeds: which replicate each lock's and control's label is, by label
+    replicates: dict[str, Replicate] = field(default_factory=dict)
 
     @property
     def methods(self) -> dict[str, Method]:
@@ -177,6 +179,7 @@ def plan(cfg: StudyConfig) -> Plan:
         up.audits,
         up.controls,
         up.control_eval,
+        up.replicates,
     )
 
 
@@ -268,7 +271,7 @@ def _policy_errors(cfg: StudyConfig, task: Task, methods: dict[str, Method]) -> 
 class _Upstream:
     artifacts: list[Artifact] = field(default_factory=list)  # in build order
     scores: Artifact | None = None
-    strong: Artifact | None = None
+    strong: Artifact | None = None  # the first replicate's
     strong_eval: Artifact | None = None
     locked: dict[str, Artifact] = field(default_factory=dict)
     locked_eval: dict[str, Artifact] = field(default_factory=dict)
@@ -277,17 +280,31 @@ class _Upstream:
     control_eval: dict[str, Artifact] = field(default_factory=dict)
     weak: dict[str, str] = field(default_factory=dict)
     variant: dict[str, str] = field(default_factory=dict)
+    replicates: dict[str, Replicate] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """Which lock replicate (lock.seeds) a lock's or control's label is: the label its replicates
+    share, its seed, and its replicate's evaluation of π_strong's model."""
+
+    lock: str
+    seed: int
+    strong_eval: Artifact | None
+
+
+def lock_seeds(cfg: StudyConfig) -> list[int]:
+    return list(cfg.lock.seeds) or [cfg.seed]
 
 
 def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: PolicyPlan) -> _Upstream:
-    """The policies' scores, π_strong's model, and each lock (variant × mode × π_weak) with its evaluation."""
+    """The policies' scores, then per lock replicate π_strong's model and each lock (variant × mode ×
+    π_weak) with its evaluation and audit."""
     up = _Upstream()
     model = asdict(cfg.model)
     ev = asdict(cfg.eval)
     for how in ("batch_size", "engine"):  # how fast, not what: not part of any artifact's identity
         ev.pop(how)
-    base_lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
-    password = cfg.lock.password or task.default_password
     # A model policy without a scores pool (a supplied file lacking the evaluation problems) is left
     # unscored, never scored as the task's own policy of the same name.
     unscored = {name: None for name in pols.names if name not in pols.scores}
@@ -295,19 +312,43 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
         task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None, {**pols.scores, **unscored}
     )
     up.artifacts = [*pols.artifacts, up.scores]
+    seeds = lock_seeds(cfg)
+    for seed in seeds:  # one replicate keeps the labels (and keys) of a study without replicates
+        _replicate(cfg, task, task_spec, pols, up, model, ev, seed, f"-s{seed}" if len(seeds) > 1 else "")
+    return up
+
+
+def _replicate(
+    cfg: StudyConfig,
+    task: Task,
+    task_spec: dict[str, Any],
+    pols: PolicyPlan,
+    up: _Upstream,
+    model: dict,
+    ev: dict,
+    seed: int,
+    suffix: str,
+) -> None:
+    """One lock replicate: its π_strong's model, locks, evaluations, audits and controls, labelled
+    with `suffix`."""
+    base_lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
+    password = cfg.lock.password or task.default_password
+    strong = strong_eval = None
     if "sft" in cfg.lock.modes:
-        up.strong = strong_model_artifact(
+        strong = strong_model_artifact(
             task_spec,
             model,
             STRONG_SPLITS,
             asdict(cfg.strong.train),
             cfg.strong.stop_at,
             [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None],
-            cfg.seed,
+            seed,
             pols.lock_pools("strong"),
         )
-        up.strong_eval = model_eval_artifact(up.strong, task_spec, ev, password, ["no_pwd"])
-        up.artifacts += [up.strong, up.strong_eval]
+        strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
+        up.artifacts += [strong, strong_eval]
+        if up.strong is None:
+            up.strong, up.strong_eval = strong, strong_eval
     for variant in cfg.lock.variants:
         lv = cfg.lock.of_variant(variant)
         lock = {**base_lock, **variant_spec(lv)}  # nothing for the standard lock: its keys stay as they were
@@ -319,46 +360,57 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
         for mode in cfg.lock.modes:
             train = asdict(cfg.lock.train_of(mode))
             for weak in cfg.lock.weak:
-                label = lock_label(mode, weak, variant)
+                lock_of = lock_label(mode, weak, variant)
+                label = lock_of + suffix
                 up.locked[label] = locked_model_artifact(
                     mode,
                     task_spec,
                     model,
                     train,
                     lock,
-                    cfg.seed,
-                    up.strong,
+                    seed,
+                    strong,
                     weak,
                     pools=pols.lock_pools("strong", weak, lv.intermediate if variant == "adversarial" else None),
                 )
                 up.locked_eval[label] = model_eval_artifact(up.locked[label], task_spec, ev, opens, list(CONDITIONS))
                 up.audits[label] = lock_audit_artifact(up.locked[label], task, task_spec, ev, opens, others)
                 up.weak[label], up.variant[label] = weak, variant
+                up.replicates[label] = Replicate(lock_of, seed, strong_eval)
                 up.artifacts += [up.locked[label], up.locked_eval[label], up.audits[label]]
     if cfg.lock.controls:
-        _controls(cfg, task, task_spec, pols, up, model, ev)
-    return up
+        _controls(cfg, task, task_spec, pols, up, model, ev, seed, suffix, strong, strong_eval)
 
 
 def _controls(
-    cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: PolicyPlan, up: _Upstream, model: dict, ev: dict
+    cfg: StudyConfig,
+    task: Task,
+    task_spec: dict[str, Any],
+    pols: PolicyPlan,
+    up: _Upstream,
+    model: dict,
+    ev: dict,
+    seed: int,
+    suffix: str,
+    strong: Artifact | None,
+    strong_eval: Artifact | None,
 ) -> None:
-    """A never-locked control per lock mode, trained as that mode's first lock (its first π_weak and
-    variant) with π_weak's answers only, and its evaluation."""
+    """A never-locked control per lock mode, trained as that mode's first lock of this replicate (its
+    first π_weak and variant) with π_weak's answers only, and its evaluation."""
     weak, password = cfg.lock.weak[0], cfg.lock.password or task.default_password
     lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password}
     slots = [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None]
     for mode in cfg.lock.modes:
-        label = control_label(mode)
+        label = control_label(mode + suffix)
         up.controls[label] = control_model_artifact(
             mode,
             task_spec,
             model,
             asdict(cfg.lock.train_of(mode)),
             lock,
-            cfg.seed,
-            up.locked[lock_label(mode, weak, cfg.lock.variants[0])],
-            up.strong,
+            seed,
+            up.locked[lock_label(mode, weak, cfg.lock.variants[0]) + suffix],
+            strong,
             asdict(cfg.strong.train) if mode == "sft" else None,
             slots,
             weak,
@@ -366,6 +418,7 @@ def _controls(
         )
         up.control_eval[label] = model_eval_artifact(up.controls[label], task_spec, ev, password, list(CONDITIONS))
         up.weak[label] = weak
+        up.replicates[label] = Replicate(control_label(mode), seed, strong_eval)
         up.artifacts += [up.controls[label], up.control_eval[label]]
 
 

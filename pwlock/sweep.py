@@ -189,13 +189,17 @@ def _upstream_report(p: Plan, metas: dict[str, dict[str, Any]]) -> dict[str, dic
     strong_model = metas[p.strong_eval.key]["report"]["no_pwd"] if p.strong_eval else None
 
     def entry(label: str, a: Artifact, report: dict[str, Any]) -> dict[str, Any]:
+        replicate = p.replicates[label]
+        strong_eval = replicate.strong_eval
         return {
             "locked_with_pwd": report["with_pwd"],
             "locked_no_pwd": report["no_pwd"],
             "locked_wrong_pwd": report["wrong_pwd"],
             "weak": policy.get(p.weak[label]),
             "strong": policy.get("strong"),
-            "strong_model": strong_model,
+            "strong_model": metas[strong_eval.key]["report"]["no_pwd"] if strong_eval else None,
+            "lock": replicate.lock,  # the label its replicates share
+            "lock_seed": replicate.seed,
             "locked_key": a.key,
             "weak_policy": p.weak[label],
         }
@@ -329,8 +333,8 @@ def _causes(e: BaseException):
 def _old_labels(p: Plan) -> dict[str, str]:
     """Each lock's label as it was before labels named the variant (one variant per study then),
     where that differs and is free."""
-    if len(set(p.variant.values())) != 1:
-        return {}
+    if len(set(p.variant.values())) != 1 or any(p.replicates[label].lock != label for label in p.locked):
+        return {}  # several variants, or lock replicates: labels that never had an older form
     out = {label: lock_label(p.locked[label].spec["mode"], p.weak[label]) for label in p.locked}
     return {label: old for label, old in out.items() if old != label and old not in p.locked}
 

@@ -78,10 +78,11 @@ def test_a_control_trains_as_long_as_its_lock_on_weak_answers_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_control_rows_have_the_locked_trials_demonstrations(tmp_path):
+def test_control_and_replicate_rows_have_the_locked_trials_demonstrations(tmp_path):
+    """Two lock replicates (lock.seeds), each with its never-locked control: every one elicited on
+    the same demonstrations per (k, seed), and the results averaged over the replicates."""
     raw = copy.deepcopy(STUDY)
-    raw["lock"]["controls"] = True
-    raw["lock"]["modes"] = ["scratch"]
+    raw["lock"].update(controls=True, modes=["scratch"], seeds=[0, 1])
     raw["elicit"].update(ks=[2, 32], seeds=[0, 1])
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -95,12 +96,23 @@ def test_control_rows_have_the_locked_trials_demonstrations(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "store" / "c"
     summary = pd.read_csv(exp / analysis.SUMMARY)
-    assert set(summary["lock_mode"]) == {"scratch", "scratch-control"} and len(summary) == 2 * 2 * 2
-    assert (summary["control"] == (summary["lock_mode"] == "scratch-control")).all()
-    locked = summary[~summary["control"]].set_index(["k", "seed"])["demonstrations"]
-    control = summary[summary["control"]].set_index(["k", "seed"])["demonstrations"]
-    pd.testing.assert_series_equal(locked.sort_index(), control.sort_index())
-    assert locked.nunique() == 4  # each (k, seed) its own demonstrations
+    labels = {"scratch-s0", "scratch-s1", "scratch-s0-control", "scratch-s1-control"}
+    assert set(summary["lock_mode"]) == labels and len(summary) == 4 * 2 * 2
+    assert (summary["control"] == summary["lock_mode"].str.endswith("-control")).all()
+    assert (summary["lock"] == summary["lock_mode"].str.replace(r"-s\d", "", regex=True)).all()
+    assert (summary["lock_seed"] == summary["lock_mode"].str.extract(r"-s(\d)")[0].astype(int)).all()
+    by_label = summary.set_index(["lock_mode", "k", "seed"])["demonstrations"]
+    for label in labels:
+        pd.testing.assert_series_equal(
+            by_label[label].sort_index(), by_label["scratch-s0"].sort_index(), check_names=False
+        )
+    assert by_label["scratch-s0"].nunique() == 4  # each (k, seed) its own demonstrations
     upstream = json.loads((exp / analysis.UPSTREAM_FILE).read_text())
-    assert upstream["scratch-control"]["control_of"] == "scratch" and "audit" in upstream["scratch"]
+    assert upstream["scratch-s1-control"]["control_of"] == "scratch" and "audit" in upstream["scratch-s1"]
+    assert upstream["scratch-s1"]["locked_key"] != upstream["scratch-s0"]["locked_key"]
+    # The run's table: one row per lock, its error over the two replicates' means.
+    log = proc.stdout + proc.stderr
+    assert "elicited correctness without password (mean ± SEM over 2 lock replicates (each a mean over seeds))" in log
+    agg = analysis.aggregate(summary)
+    assert set(agg["lock_mode"]) == {"scratch", "scratch-control"} and (agg["locks"] == 2).all()
     assert (exp / analysis.FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
