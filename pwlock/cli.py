@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,8 +100,34 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
     except (ConfigError, StoreError, SandboxError) as e:  # checked before any work: store, name, code sandbox
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except sweeps.Interrupted as e:
+        print(interrupted_message(e), file=sys.stderr)
+        return 128 + e.signum  # as a shell reports a process ended by that signal
     print(f"\nresults: {where}")
     return 0
+
+
+def interrupted_message(e: Any) -> str:
+    """What a stopped sweep (pwlock.sweep.Interrupted) kept, and the command that goes on from there."""
+    head = f"{signal.Signals(e.signum).name}: experiment {e.experiment} stopped"
+    if not e.began:
+        again = shlex.join(["python", *sys.argv])
+        return (
+            f"{head} before its trials began; nothing of it was written. The upstream artifacts built so "
+            f"far are in {e.storage} and will be reused: run the same command again:\n  {again}"
+        )
+    c = e.counts
+    where = (
+        "its trials stopped where they were"
+        if c is None
+        else f"{c['done']} of {sum(c.values())} trials done, {c['running']} stopped at their last checkpoint, "
+        f"{c['pending']} not started" + (f", {c['failed']} failed" if c["failed"] else "")
+    )
+    resume = shlex.join(["python", sys.argv[0], "--resume", "--name", e.experiment, "--storage", e.storage])
+    return (
+        f"{head}: {where}. The store keeps every finished trial's results and the others' last "
+        f"checkpoints; no summary was written. To finish it (finished trials are not run again):\n  {resume}"
+    )
 
 
 def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None, default_config: Path) -> int:

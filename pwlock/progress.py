@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ray.tune import Callback
@@ -32,6 +35,35 @@ log = logging.getLogger(__name__)
 EVERY_ENV = "PWLOCK_PROGRESS_EVERY_S"
 DEFAULT_EVERY_S = 60.0
 STATES = ("pending", "running", "done", "failed")
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A sweep stopped by a signal: which one, and its trials by state at that moment."""
+
+    signal: int
+    counts: dict[str, int]
+
+
+_stop: Stop | None = None  # signals are per process: so is the record of the one that stopped its sweep
+
+
+def stopped() -> Stop | None:
+    """The signal (Ctrl-C, a job stop) that stopped this process's last sweep, if one did."""
+    return _stop
+
+
+# What Tune logs once stopped that is wrong or noise for a pwlock sweep (its Tuner.restore advice
+# instead of --resume, trials not run said to be missing): the driver reports the stop itself.
+_AFTER_STOP = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete", "Failed to fetch")
+
+
+class _QuietAfterStop(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _stop is None or not record.getMessage().startswith(_AFTER_STOP)
+
+
+_QUIET = _QuietAfterStop()
 
 
 def every_s_from_env() -> float:
@@ -69,6 +101,8 @@ class SweepProgress(Callback):
         self._last_line: float | None = None
         self._last_update = float("-inf")
         self._gauges: tuple[Any, Any, Any] | None = None
+        self._trials: list = []
+        self._restore: Any = lambda: None
 
     # Tune pickles the run config, callbacks included, with the experiment: a restored sweep
     # starts counting afresh, and gauges (process-local handles) are never pickled.
@@ -89,6 +123,44 @@ class SweepProgress(Callback):
             ),
             Gauge("pwlock_trial_hours", "pwlock sweep: sum over trials of wall time", tag_keys=("experiment",)),
         )
+        self._catch_stops()
+
+    def _catch_stops(self) -> None:
+        """Ctrl-C (SIGINT) and SIGTERM (a job stop, a preempted driver) both stop the sweep the way
+        Tune stops on SIGINT: one last snapshot of its state, the trials ended where they are (each
+        keeps its last checkpoint). The stop is noted with the counts of that moment, since Tune
+        marks every trial it stops as terminated, and the driver reports it (pwlock.sweep). A second
+        signal stops at once. Called in `setup`, after Tune installed its SIGINT handler."""
+        global _stop
+        _stop = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; Tune then sets none either
+        tune_stop, term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+        def restore() -> None:  # the handlers as they were (Tune's and Ray's) where they are still ours
+            for signum, handler in ((signal.SIGINT, tune_stop), (signal.SIGTERM, term)):
+                if signal.getsignal(signum) is stop:
+                    signal.signal(signum, handler)
+
+        def stop(signum: int, frame: Any) -> None:
+            global _stop
+            _stop = Stop(signum, self._count(self._trials))
+            restore()
+            log.warning(
+                "%s: stopping the sweep: Tune saves its state and the trials stop at their last "
+                "checkpoint (%s again to stop at once)",
+                signal.Signals(signum).name,
+                "Ctrl-C" if signum == signal.SIGINT else "the signal",
+            )
+            if not callable(tune_stop):  # no Python handler was there (SIG_DFL): stop as Python does
+                raise KeyboardInterrupt
+            tune_stop(signal.SIGINT, frame)  # restores the handler from before Tune: the next one stops at once
+
+        self._restore = restore
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+            logging.getLogger(name).addFilter(_QUIET)  # a set: added once however many sweeps
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._running_since[trial.trial_id] = time.monotonic()
@@ -105,12 +177,14 @@ class SweepProgress(Callback):
         self._end(trials, trial, "failed")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._trials = trials  # Tune's own list, for the counts at a stop
         # Tune steps many times a second; recounting thousands of trials once a second is enough.
         if time.monotonic() - self._last_update >= 1.0:
             self.update(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.update(trials, line=True)
+        self._restore()
+        self.update(trials, line=_stop is None)  # after a stop the driver says where the trials are
 
     def _stop_clock(self, trial) -> None:
         started = self._running_since.pop(trial.trial_id, None)
@@ -147,12 +221,16 @@ class SweepProgress(Callback):
             return "running"
         return "pending"  # PENDING, or PAUSED until it runs again
 
+    def _count(self, trials: list) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for trial in trials:
+            counts[self._state(trial)] += 1
+        return counts
+
     def update(self, trials: list, line: bool | None = None) -> None:
         """Recount, set the gauges, and log the summary line when it is due (or `line`)."""
         now = self._last_update = time.monotonic()
-        self.counts = dict.fromkeys(STATES, 0)
-        for trial in trials:
-            self.counts[self._state(trial)] += 1
+        self.counts = dict(_stop.counts) if _stop else self._count(trials)  # stopped: as they were then
         gpu_s = trial_s = 0.0
         for trial_id in set(self._seconds) | set(self._running_since):
             seconds = self._seconds.get(trial_id, 0.0)

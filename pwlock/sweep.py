@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import time
 import uuid
 from typing import Any
@@ -30,7 +31,7 @@ from pwlock.lease import Lease
 from pwlock.logs import setup_logging
 from pwlock.plan import Plan, trial_name
 from pwlock.pricing import describe
-from pwlock.progress import SweepProgress
+from pwlock.progress import SweepProgress, stopped
 from pwlock.stages import build, lock_label
 from pwlock.store import Store, StoreError, StoreSpec
 from pwlock.store_watch import StoreDown, StoreWatch
@@ -106,7 +107,24 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
             )
         )
     with Lease(store, experiment, uuid.uuid4().hex).acquire(take_over) as lease:
-        return _run(p, store, experiment, resume, lease, t0)
+        try:
+            return _run(p, store, experiment, resume, lease, t0)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: where the sweep stopped, for the CLI to say
+            stop = stopped()
+            began = experiment_exists(store, experiment)
+            raise Interrupted(
+                stop.signal if stop else signal.SIGINT, experiment, store.url, began, stop.counts if stop else None
+            ) from None
+
+
+class Interrupted(Exception):
+    """A sweep stopped by a signal. Once its trials began (`began`), the store keeps Tune's state and
+    each trial's last checkpoint, and `--resume` finishes it; `counts`: its trials by state when it
+    stopped (None if it stopped before or without Tune's own stop)."""
+
+    def __init__(self, signum: int, experiment: str, storage: str, began: bool, counts: dict[str, int] | None):
+        super().__init__(f"{signal.Signals(signum).name}: experiment {experiment} stopped")
+        self.signum, self.experiment, self.storage, self.began, self.counts = signum, experiment, storage, began, counts
 
 
 def preflight_sandbox(p: Plan) -> dict[str, dict[str, bool]] | None:
@@ -287,12 +305,15 @@ def _tuner(p: Plan, store: Store, experiment: str, setup: Any, resume: bool, pro
 
 def _fit(tuner: tune.Tuner) -> Any:
     try:
-        return tuner.fit()
+        grid = tuner.fit()
     except Exception as e:  # a StoreWatch stopped it: its message, whatever Tune wrapped it in
         down = next((c for c in _causes(e) if isinstance(c, StoreDown)), None)
         if down is None:
             raise
         raise down from None
+    if stopped():  # Tune stopped on a signal (pwlock.progress) and returned what it had: no results
+        raise KeyboardInterrupt
+    return grid
 
 
 def _results(p: Plan, store: Store, experiment: str, failed: int) -> Any:
