@@ -44,8 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow as pa
 import pyarrow.fs as pafs
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
 from pwlock import integrity
 from pwlock.localfs import whole_files_filesystem
@@ -176,7 +177,9 @@ class Store:
 
         retrying = Retrying(
             retry=retry_if_exception(_transient),
-            stop=stop_after_delay(self.spec.retry_s),
+            # No sleep that would end past retry_s: a store that stays down fails within retry_s
+            # plus one request's time.
+            stop=stop_before_delay(self.spec.retry_s),
             wait=wait_exponential(multiplier=0.5, max=15),
             before_sleep=warn,
             reraise=True,
@@ -189,19 +192,23 @@ class Store:
             kind = "gave up after retrying for %.0f s" % self.spec.retry_s if _transient(e) else "refused"
             raise StoreError(f"store {self.url}: {what} {kind}: {e}") from e
 
-    def check(self, timeout_s: float = 5.0) -> None:
-        """Fail fast with a clear message if the store cannot be written: run before any work."""
+    def quick(self, timeout_s: float = 5.0) -> Store:
+        """The same store, giving up after `timeout_s` and single-try requests: for probes."""
+        spec = StoreSpec(self.spec.url, self.spec.endpoint_url, self.spec.region, timeout_s)
+        fs = self.fs if self.local else s3_filesystem(self.spec, connect_timeout=2, attempts=1)
+        return Store(spec, fs, self.root, self.cache)
+
+    def check(self, timeout_s: float = 5.0, quick: Store | None = None) -> None:
+        """Fail fast with a clear message if the store cannot be written: run before any work.
+        `quick` (from `quick()`) probes without making an S3 client, which, while another thread's
+        request is retrying against a dead server, waits for that request to end."""
         endpoint = s3_endpoint(self.spec)
         if self.local:
             self._check_directory()
             self.clean_scratch()
             return
         probe = self.path(".pwlock-probe", uuid.uuid4().hex)
-        quick = Store(
-            StoreSpec(self.spec.url, self.spec.endpoint_url, self.spec.region, timeout_s),
-            s3_filesystem(self.spec, connect_timeout=2, attempts=1),
-            self.root,
-        )
+        quick = quick or self.quick(timeout_s)
         bucket = self.root.split("/", 1)[0]
         try:
             info = quick.call("looking up the bucket", lambda: quick.fs.get_file_info(bucket))
@@ -505,7 +512,110 @@ class Store:
         """`storage_path` / `storage_filesystem` for tune.RunConfig."""
         if self.local:  # Tune's files written whole or not at all (a full disk cuts none off)
             return {"storage_path": self.root, "storage_filesystem": whole_files_filesystem()}
-        return {"storage_path": self.root, "storage_filesystem": self.fs}
+        return {"storage_path": self.root, "storage_filesystem": pafs.PyFileSystem(TuneS3Handler(self.spec))}
+
+
+class TuneS3Handler(pafs.FileSystemHandler):
+    """An S3 store as Tune's filesystem: each operation retried like the store's own (`Store.call`,
+    for `retry_s`), so that Tune's uploads in trial workers (checkpoints) ride out an outage as
+    pwlock's do, and fail with the store's message once it stays down. Pickled (Tune sends it to
+    trial workers) as its spec: no credentials, and the retries come along."""
+
+    def __init__(self, spec: StoreSpec):
+        self.spec = spec
+        self.store = open_store(spec)
+        self.fs = self.store.fs
+
+    def __reduce__(self):
+        return (TuneS3Handler, (self.spec,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TuneS3Handler) and other.spec == self.spec
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def _call(self, what: str, path: str, fn: Callable[[], T]) -> T:
+        return self.store.call(f"{what} {path} (Tune)", fn)
+
+    def get_type_name(self) -> str:
+        return "pwlock-s3"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self._call("looking up", ",".join(paths), lambda: self.fs.get_file_info(paths))
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self._call("listing", selector.base_dir, lambda: self.fs.get_file_info(selector))
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self._call("creating", path, lambda: self.fs.create_dir(path, recursive=recursive))
+
+    def delete_dir(self, path: str) -> None:
+        self._call("deleting", path, lambda: self.fs.delete_dir(path))
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self._call("emptying", path, lambda: self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok))
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("pwlock's S3 filesystem does not empty the bucket")
+
+    def delete_file(self, path: str) -> None:
+        self._call("deleting", path, lambda: self.fs.delete_file(path))
+
+    def move(self, src: str, dest: str) -> None:
+        self._call("moving", f"{src} to {dest}", lambda: self.fs.move(src, dest))
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self._call("copying", f"{src} to {dest}", lambda: self.fs.copy_file(src, dest))
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        """The whole object, read with retries (Tune's files are small: records and state)."""
+        return pa.BufferReader(self._call("reading", path, lambda: self._read(path)))
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self.open_input_stream(path)
+
+    def _read(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def open_output_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return pa.PythonFile(_SpooledUpload(self, path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        raise OSError("S3 objects cannot be appended to")
+
+
+class _SpooledUpload:
+    """A file kept locally as it is written, uploaded whole when closed, with the store's retries."""
+
+    def __init__(self, handler: TuneS3Handler, path: str):
+        self.handler, self.path, self.closed = handler, path, False
+        self.f = tempfile.SpooledTemporaryFile(max_size=CHUNK)
+
+    def write(self, data: Any) -> int:
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.handler._call("writing", self.path, self._upload)
+        finally:
+            self.f.close()
+
+    def _upload(self) -> None:
+        self.f.seek(0)
+        with self.handler.fs.open_output_stream(self.path) as out:
+            while chunk := self.f.read(CHUNK):
+                out.write(chunk)
 
 
 def _unusable(store: Store, state: ArtifactState) -> StoreError:
@@ -583,8 +693,7 @@ def s3_endpoint(spec: StoreSpec) -> str | None:
 
 class RetryingS3FileSystem(pafs.S3FileSystem):
     """pyarrow's S3 filesystem, pickled as what made it: pyarrow's own pickling drops the retry
-    strategy, so Tune's trial workers, which get the store's filesystem pickled, failed a request
-    in ~2 s of an outage instead of riding it out like the driver. Never holds credentials."""
+    strategy (and the endpoint's scheme and timeouts come along too). Never holds credentials."""
 
     made_from: tuple[StoreSpec, float, int]
 
@@ -592,7 +701,7 @@ class RetryingS3FileSystem(pafs.S3FileSystem):
         return (s3_filesystem, self.made_from)
 
 
-def s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 10) -> RetryingS3FileSystem:
+def s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 3) -> RetryingS3FileSystem:
     """The filesystem of an S3 store; the endpoint and region resolved here travel with it."""
     endpoint = s3_endpoint(spec)
     region = spec.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -600,8 +709,9 @@ def s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 1
     if endpoint:
         scheme, _, host = endpoint.rpartition("://")
         kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
-    # Each request retries on its own too (Tune's checkpoint uploads go through this filesystem):
-    # AWS standard backoff, capped at 20 s, over `attempts` tries rides out a store restart.
+    # Each request retries a blip on its own (AWS standard backoff: under 1 + 2 s over 3 tries);
+    # riding out an outage is Store.call's job, for retry_s. More tries here kept a request against a
+    # dead server going for 70-90 s (10 tries), past retry_s, and a driver's exit waited for it.
     fs = RetryingS3FileSystem(
         region=region,
         connect_timeout=connect_timeout,

@@ -5,6 +5,9 @@ store that stays down. So on every trial failure the driver probes the store (a 
 the probe fails too, it stops the sweep with the store's error and the `--resume` command that
 finishes it once the store is back. Without this, a store killed for good took each trial through
 all its `max_failures` restarts, each a full `retry_s` long, and ended in a raw traceback.
+
+The probe's S3 client is made when the sweep starts: made during an outage, a client waits for
+every request in flight in the driver (Tune's state uploads, retrying) to end first.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pwlock.store import StoreError, StoreSpec, open_store
+from pwlock.store import Store, StoreError, StoreSpec, open_store
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +31,24 @@ class StoreWatch(Callback):
 
     def __init__(self, store: StoreSpec, experiment: str, probe_s: float = 5.0):
         self.store, self.experiment, self.probe_s = store, experiment, probe_s
+        self._stores: tuple[Store, Store] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the run config
+        return {**self.__dict__, "_stores": None}
+
+    def setup(self, **info: Any) -> None:
+        self._clients()
+
+    def _clients(self) -> tuple[Store, Store]:
+        if self._stores is None:
+            store = open_store(self.store)
+            self._stores = store, store.quick(self.probe_s)
+        return self._stores
 
     def _probe(self, trial: Any) -> None:
-        store = open_store(self.store)
+        store, quick = self._clients()
         try:
-            store.check(timeout_s=self.probe_s)
+            store.check(timeout_s=self.probe_s, quick=quick)
         except StoreError as e:
             log.error("trial %s failed and the store does not answer: stopping the sweep", trial)
             raise StoreDown(

@@ -131,8 +131,9 @@ def check_local_results(exp: Path) -> None:
     assert len(analysis.load_summary(str(exp))) == TRIALS
 
 
-def _check_results(server, prefix: str, experiment: str) -> dict:
-    """Every trial's results exactly once, in the bucket and as pwlock.analysis reads them back."""
+def _check_results(server, prefix: str, experiment: str, notebook: bool = True) -> dict:
+    """Every trial's results exactly once, in the bucket and as pwlock.analysis reads them back
+    (with `notebook`, also as the analysis notebook does: a Jupyter kernel, ~10 s)."""
     exp = f"{prefix}/{experiment}"
     objects = bucket_objects(server, exp)
     client = server._client()
@@ -157,8 +158,9 @@ def _check_results(server, prefix: str, experiment: str) -> dict:
     assert len(candidates) == TRIALS * CANDIDATES and not candidates.duplicated(["trial", "candidate"]).any()
     summary = analysis.load_summary(f"s3://{server.bucket}/{exp}")
     assert len(summary) == TRIALS and summary["correctness"].between(0, 1).all()
-    text, images = outputs(run_analysis_notebook(f"s3://{server.bucket}/{exp}"))  # the notebook reads s3:// too
-    assert "elicited correctness without password" in text and len(images) == 1
+    if notebook:  # the notebook reads s3:// too
+        text, images = outputs(run_analysis_notebook(f"s3://{server.bucket}/{exp}"))
+        assert "elicited correctness without password" in text and len(images) == 1
     assert any(k.startswith(f"{prefix}/artifacts/") for k in bucket_objects(server, prefix))
     return _journal(server, exp)
 
