@@ -6,6 +6,17 @@ do the same:
     from pwlock import analysis
     summary = analysis.summarize(analysis.load_candidates("results/local_2026-11-26_15-30-00"))
     analysis.plot_sample_efficiency(summary, "fig.png")
+
+Tune's own APIs read an experiment too, with none of pwlock's code (pwlock.tune_names): one row per
+trial, its last result and its config, `config/run/name` (the trial's name less Tune's id) and its
+lock's baselines (`config/run/locked_no_pwd`, `weak`, `strong`, ...: upstream.json's numbers).
+`Tuner.restore` finds the trainable by its name, `elicitation_trial`; on S3 pass
+`storage_filesystem=` (pwlock.store.open_store(url).fs) to both, and the bucket/prefix path:
+
+    from ray import tune
+    df = tune.ExperimentAnalysis("results/local_2026-11-26_15-30-00").dataframe()
+    def elicitation_trial(config): ...
+    grid = tune.Tuner.restore("results/local_2026-11-26_15-30-00", elicitation_trial).get_results()
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ import uuid
 from typing import Any
 
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 
-from pwlock import analysis, runtime, sandbox
+from pwlock import analysis, runtime, sandbox, tune_names
 from pwlock.analysis import STUDY as STUDY_FILE
 from pwlock.artifacts import Artifact
 from pwlock.audit import table as audit_table
@@ -29,7 +29,7 @@ from pwlock.guards import assess_locks, check_locks
 from pwlock.integrity import FILES
 from pwlock.lease import Lease
 from pwlock.logs import setup_logging
-from pwlock.plan import Plan, trial_name
+from pwlock.plan import Plan, Trial, trial_name
 from pwlock.pricing import describe
 from pwlock.progress import SweepProgress, stopped
 from pwlock.stages import build, lock_label
@@ -167,7 +167,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
             setup.locked_key[old], setup.weak[old] = p.locked[label].key, p.weak[label]
             upstream[old] = upstream[label]
     store.write_text(f"{experiment}/{analysis.UPSTREAM_FILE}", json.dumps(upstream, indent=2))
-    tuner = _tuner(p, store, experiment, setup, resume, progress)
+    tuner = _tuner(p, store, experiment, setup, resume, progress, upstream)
     t_trials = time.perf_counter()
     grid = _fit(tuner)
     timings["trials"] = time.perf_counter() - t_trials
@@ -260,7 +260,15 @@ def _gate(p: Plan, metas: dict[str, dict[str, Any]]) -> None:
         )
 
 
-def _tuner(p: Plan, store: Store, experiment: str, setup: Any, resume: bool, progress: SweepProgress) -> tune.Tuner:
+def _tuner(
+    p: Plan,
+    store: Store,
+    experiment: str,
+    setup: Any,
+    resume: bool,
+    progress: SweepProgress,
+    upstream: dict[str, dict[str, Any]],
+) -> tune.Tuner:
     """A new Tuner over the plan's trials, or with `resume` the experiment's Tuner restored from the store."""
     cfg = p.cfg
     resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, p.engine)
@@ -281,14 +289,13 @@ def _tuner(p: Plan, store: Store, experiment: str, setup: Any, resume: bool, pro
             storage_filesystem=tune_storage.get("storage_filesystem"),
         )
     bookkeeping = runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)
+    names = _portable_names()
     bookkeeping["callbacks"] += [progress, StoreWatch(store.spec, experiment)]  # a restored run config has them
     log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
     return tune.Tuner(
         trainable,
-        param_space={"run": tune.grid_search([t.run_config() for t in p.trials])},
-        tune_config=tune.TuneConfig(
-            reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name
-        ),
+        param_space={"run": tune.grid_search([_tune_config(t, upstream) for t in p.trials])},
+        tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=names, trial_dirname_creator=names),
         run_config=tune.RunConfig(
             name=experiment,
             verbose=1,
@@ -301,6 +308,21 @@ def _tuner(p: Plan, store: Store, experiment: str, setup: Any, resume: bool, pro
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
+
+
+def _tune_config(t: Trial, upstream: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A trial's config in Tune: what varies (its run config), its name (pwlock.tune_names) and its
+    lock's baselines (upstream.json's correctness of the locked model and the policies), all plain
+    values, so that Tune's own results (`ResultGrid.get_dataframe()`, `config/run/...`) have them."""
+    baselines = upstream[t.lock_mode]
+    return {**t.run_config(), "name": t.name, **{k: baselines.get(k) for k in analysis.UPSTREAM}}
+
+
+def _portable_names() -> Any:
+    """The trial namer, registered to be pickled by value: Tune's state holds its code, not a
+    reference to pwlock (pwlock.tune_names)."""
+    cloudpickle.register_pickle_by_value(tune_names)
+    return tune_names.trial_name
 
 
 def _fit(tuner: tune.Tuner) -> Any:
@@ -361,6 +383,8 @@ def _old_labels(p: Plan) -> dict[str, str]:
 
 
 def _trial_name(trial) -> str:
+    """Experiments started before pwlock.tune_names have this function in their Tune state: it stays,
+    so that they still restore."""
     c = trial.config["run"]
     name = trial_name(
         c["lock_mode"], c["method"], c["k"], c["seed"], c.get("demonstrator", "strong"), c.get("domain", ALL_DOMAINS)

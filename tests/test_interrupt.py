@@ -1,6 +1,7 @@
 """Ctrl-C mid-sweep: one message saying what was kept and the command that goes on, a nonzero exit
-and no traceback; then that very command finishes every trial exactly once. Real local Ray, the
-real CLI in subprocesses, a local store."""
+and no traceback; then that very command finishes every trial exactly once. And the experiment, read
+with Tune's own APIs where pwlock's sweep cannot be imported, has its trials' names and baselines.
+Real local Ray, the real CLI in subprocesses, a local store."""
 
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ SLOW["elicit"].update(ks=[8, 32], seeds=[0], sample_budgets=[256, 1024])
 TRIALS = 2
 
 
-@pytest.mark.slow
-def test_ctrl_c_says_what_was_kept_and_its_resume_command_finishes_every_trial_once(tmp_path):
-    config = tmp_path / "slow.yaml"
+@pytest.fixture(scope="module")
+def stopped_then_resumed(tmp_path_factory) -> dict:
+    """A sweep stopped by Ctrl-C once a trial has checkpointed, then the command it printed: what
+    each printed, and what the store held in between."""
+    tmp = tmp_path_factory.mktemp("interrupt")
+    config = tmp / "slow.yaml"
     config.write_text(yaml.safe_dump(SLOW))
-    storage, name = tmp_path / "store", "interrupted"
+    storage, name = tmp / "store", "interrupted"
     exp = storage / name
     driver = _start("--config", str(config), "--storage", str(storage), "--name", name)
     try:
@@ -40,19 +44,35 @@ def test_ctrl_c_says_what_was_kept_and_its_resume_command_finishes_every_trial_o
     finally:
         driver.kill()
     print(out[-4000:])
-    assert driver.returncode == 128 + signal.SIGINT
-    assert "Traceback" not in out and "Tuner.restore" not in out
-    (message,) = [line for line in out.splitlines() if line.startswith("SIGINT: experiment")]
-    assert f"experiment {name} stopped: " in message and f" of {TRIALS} trials done, " in message
-    command = out.splitlines()[out.splitlines().index(message) + 1].strip()
-    assert command.startswith("python ") and f"--resume --name {name} --storage {storage}" in command
-    done_before = {j.parent.name for j in exp.glob(f"{JOURNAL}/*/{DONE}")}
-    assert len(done_before) < TRIALS and not (exp / analysis.SUMMARY).exists()  # nothing that claims to be final
-
+    lines = out.splitlines()
+    message = [line for line in lines if line.startswith("SIGINT: experiment")]
+    command = lines[lines.index(message[0]) + 1].strip() if message else ""
+    stopped = {
+        "done": {j.parent.name for j in exp.glob(f"{JOURNAL}/*/{DONE}")},
+        "summary": (exp / analysis.SUMMARY).exists(),
+    }
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     again = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=900)
     print(again.stdout[-2000:], again.stderr[-4000:])
-    assert again.returncode == 0
+    return {
+        "storage": storage, "name": name, "exp": exp, "returncode": driver.returncode, "out": out,
+        "message": message, "command": command, "stopped": stopped, "again": again,
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_was_kept_and_its_resume_command_finishes_every_trial_once(stopped_then_resumed):
+    r = stopped_then_resumed
+    name, exp = r["name"], r["exp"]
+    assert r["returncode"] == 128 + signal.SIGINT
+    assert "Traceback" not in r["out"] and "Tuner.restore" not in r["out"]
+    (message,) = r["message"]
+    assert f"experiment {name} stopped: " in message and f" of {TRIALS} trials done, " in message
+    assert r["command"].startswith("python ") and f"--resume --name {name} --storage {r['storage']}" in r["command"]
+    done_before = r["stopped"]["done"]
+    assert len(done_before) < TRIALS and not r["stopped"]["summary"]  # nothing that claims to be final
+
+    assert r["again"].returncode == 0
     journals = list((exp / JOURNAL).iterdir())
     assert len(journals) == TRIALS
     for j in journals:
@@ -62,3 +82,46 @@ def test_ctrl_c_says_what_was_kept_and_its_resume_command_finishes_every_trial_o
         rows = [json.loads(line) for line in (exp / j.name / "result.json").read_text().splitlines()]
         assert Counter(r["candidate"] for r in rows) == {r["candidate"]: 1 for r in done}, j.name
     assert len(analysis.load_summary(str(exp))) == TRIALS
+
+
+# Tune's own APIs on the experiment, where pwlock's sweep, trial and plan cannot be imported.
+TUNE_ONLY = """
+import json, sys
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(("pwlock.sweep", "pwlock.trial", "pwlock.plan")):
+            raise ModuleNotFoundError(name + " cannot be imported here")
+
+sys.meta_path.insert(0, Blocked())
+import ray
+from ray import tune
+
+def elicitation_trial(config):  # Tune.restore finds the experiment's trainable by its name
+    raise RuntimeError("never run: the experiment is finished")
+
+path = sys.argv[1]
+frames = {"analysis": tune.ExperimentAnalysis(path).dataframe()}
+ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+frames["restore"] = tune.Tuner.restore(path, elicitation_trial).get_results().get_dataframe()
+print(json.dumps({k: df.to_dict("records") for k, df in frames.items()}, default=str))
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("pwlock"))))
+"""
+
+
+@pytest.mark.slow
+def test_tune_alone_loads_the_experiment_with_names_and_baselines(stopped_then_resumed):
+    exp = stopped_then_resumed["exp"]
+    assert stopped_then_resumed["again"].returncode == 0
+    out = subprocess.run([sys.executable, "-c", TUNE_ONLY, str(exp)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    frames, modules = map(json.loads, out.stdout.splitlines()[-2:])
+    assert not {"pwlock.sweep", "pwlock.trial", "pwlock.plan"} & set(modules)
+    upstream = json.loads((exp / analysis.UPSTREAM_FILE).read_text())
+    journals = {j.name for j in (exp / JOURNAL).iterdir()}
+    for rows in frames.values():
+        assert {r["trial_id"] for r in rows} and len(rows) == TRIALS
+        for r in rows:
+            assert f"{r['config/run/name']}-{r['trial_id']}" in journals  # each trial under its journal's name
+            for key in analysis.UPSTREAM:  # its lock's baselines, as upstream.json has them
+                assert r[f"config/run/{key}"] == upstream[r["config/run/lock_mode"]][key]

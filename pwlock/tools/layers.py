@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "runtime",
             "localcluster",
             "progress",
+            "tune_names",
             "cost",
         ],
     ),
