@@ -120,6 +120,7 @@ class Provider(FakeMultiNodeProvider):
             cache = Path(self.provider_config["cache_root"]) / f"{node_type}-{node_id[-5:]}"
             params = RayParams(
                 node_ip_address="127.0.0.1",
+                include_log_monitor=False,  # the head's reads every node's logs (one machine, one log dir)
                 min_worker_port=0,
                 max_worker_port=0,
                 dashboard_agent_listen_port=0,

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from pwlock.localcluster import LocalCluster, aws_worker_types
 from tests.test_fault_tolerance import _journal, _wait
 
 ROOT = Path(__file__).resolve().parents[1]
-PREFIX = f"cluster-{uuid.uuid4().hex[:6]}"  # one per session: upstream built once for every cluster test
+PREFIX = "cluster"  # in the session's fresh bucket; shared by the cluster tests: upstream built once
 GPU = {"cpus_per_trial": 1, "gpus_per_trial": 1, "cpus_per_stage": 1, "gpus_per_stage": 1}
 
 # test_rl_sweep's engine study cut to one method and three trials (seeds): 3 trials on at most 2
@@ -63,14 +62,17 @@ def cluster(s3_server, tmp_path_factory):
             ray.shutdown()
 
 
-def sweep(c: LocalCluster, study: dict, tmp_path: Path, storage: str, name: str, *args: str) -> subprocess.Popen:
-    """The sweep's CLI as a driver on the head (its own cache), joining the cluster."""
+def sweep(
+    c: LocalCluster, study: dict, tmp_path: Path, storage: str, name: str, script: str = "rl.py", **ray_cfg: float
+) -> subprocess.Popen:
+    """The sweep's CLI (sweeps/`script`) as a driver on the head (its own cache), joining the cluster;
+    `ray_cfg` overrides GPU."""
     config = tmp_path / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({**study, "ray": {"address": c.address, **GPU}}))
+    config.write_text(yaml.safe_dump({**study, "ray": {"address": c.address, **GPU, **ray_cfg}}))
     env = {**os.environ, **c.env, "PWLOCK_CACHE": str(c.cache("driver")), "PWLOCK_PROGRESS_EVERY_S": "1"}
-    command = [sys.executable, str(ROOT / "sweeps" / "rl.py"), "--config", str(config), "--storage", storage]
+    command = [sys.executable, str(ROOT / "sweeps" / script), "--config", str(config), "--storage", storage]
     return subprocess.Popen(
-        [*command, "--name", name, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        [*command, "--name", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
 
 
@@ -100,6 +102,7 @@ def test_engine_sweep_runs_on_autoscaled_gpu_workers(cluster, s3_server, tmp_pat
     head = cluster.head.node_id
     proc = sweep(cluster, STUDY, tmp_path, f"s3://{s3_server.bucket}/{PREFIX}", "engines")
     out, _ = proc.communicate(timeout=900)
+    (tmp_path / "driver.log").write_text(out)
     assert proc.returncode == 0, out[-5000:]
 
     journal = _journal(s3_server, f"{PREFIX}/engines")
