@@ -410,6 +410,15 @@ class Store:
             self.call(f"downloading {info.path}", lambda i=info, t=target: self._download_file(i, t))
         return dest
 
+    def delete_file(self, rel: str) -> None:
+        def delete() -> None:
+            try:
+                self.fs.delete_file(self.path(rel))
+            except FileNotFoundError:
+                pass
+
+        self.call(f"deleting {rel}", delete)
+
     def delete_dir(self, rel: str) -> None:
         def delete() -> None:
             try:

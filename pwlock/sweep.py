@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from ray import cloudpickle, tune
 
-from pwlock import analysis, runtime, sandbox, tune_names
+from pwlock import analysis, runtime, sandbox, tune_names, tune_state
 from pwlock.analysis import STUDY as STUDY_FILE
 from pwlock.artifacts import Artifact
 from pwlock.audit import table as audit_table
@@ -275,8 +275,9 @@ def _tuner(
     # The setup goes to the object store once, not into every trial's config and Tune's state.
     trainable = tune.with_resources(tune.with_parameters(elicitation_trial, setup=setup), resources)
     tune_storage = store.tune_storage()
-    if resume:
-        runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)  # the rest is in the restored run config
+    bookkeeping = runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)  # a restored run has its own
+    unreadable = tune_state.problem(store, experiment) if resume else None
+    if resume and unreadable is None:
         log.info(
             "resuming %s: finished trials stay as they are; the rest go on from their last checkpoint",
             store.uri(experiment),
@@ -288,8 +289,10 @@ def _tuner(
             resume_errored=True,
             storage_filesystem=tune_storage.get("storage_filesystem"),
         )
-    bookkeeping = runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)
     names = _portable_names()
+    if resume:
+        log.warning("resuming %s: Tune's experiment state cannot be read (%s)", store.uri(experiment), unreadable)
+        names = tune_names.RebuiltNames(tune_state.rebuild(store, experiment, [t.name for t in p.trials]))
     bookkeeping["callbacks"] += [progress, StoreWatch(store.spec, experiment)]  # a restored run config has them
     log.info("running %d elicitation trials as Ray Tune trials", len(p.trials))
     return tune.Tuner(

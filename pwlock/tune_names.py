@@ -19,3 +19,15 @@ def trial_name(trial: Any) -> str:
     """Tune's trial_name_creator and trial_dirname_creator: the trial's name from its config, then
     Tune's trial id (`sftlock-sft-k32-seed0-a1b2c_00003`)."""
     return f"{trial.config['run']['name']}-{trial.trial_id}"
+
+
+class RebuiltNames:
+    """The namer of a run rebuilt from the plan because Tune's state could not be read
+    (pwlock.tune_state): each trial under the name its journal has (`earlier`, by run.name), so it
+    goes on from there; a trial without a journal as `trial_name` names it."""
+
+    def __init__(self, earlier: dict[str, str]):
+        self.earlier = earlier
+
+    def __call__(self, trial: Any) -> str:
+        return self.earlier.get(trial.config["run"]["name"]) or trial_name(trial)

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("artifacts", ["artifacts"]),
     ("elicit, policies, stages", ["elicit", "policies", "control", "stages"]),
     ("plan, analysis", ["plan", "pricing", "study_plan", "analysis", "study_record"]),
-    ("trial", ["trial"]),
+    ("trial", ["trial", "tune_state"]),
     ("sweep", ["sweep"]),
     ("cli", ["cli", "__main__", "tools"]),
 ]
