@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -174,9 +175,12 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     errors = [r.error for r in grid if r.error]
     exp_uri = store.uri(experiment)
     if errors:
-        log.error("%d of %d trials failed; first error: %s", len(errors), len(p.trials), errors[0])
+        failed = [_failure(r) for r in grid if r.error]
+        log.error(
+            "%d of %d trials failed, each after its restarts:\n  %s", len(errors), len(p.trials), "\n  ".join(failed)
+        )
         if len(errors) == len(p.trials):
-            raise RuntimeError(f"all {len(errors)} elicitation trials failed; see {exp_uri}") from errors[0]
+            raise RuntimeError(f"all {len(errors)} elicitation trials failed (above: each one's cause); see {exp_uri}")
     if lease.lost:  # another driver runs this experiment now: its results are its to write
         raise StoreError(f"{exp_uri}: this driver's lease was taken over by {lease.lost}; it writes no results")
     t_results = time.perf_counter()
@@ -199,6 +203,16 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_uri}")
     return exp_uri
+
+
+def _failure(r: Any) -> str:
+    """A failed trial's name and its cause in one line; a trial whose actor died before it ran (its
+    worker killed for memory, or crashed, at start-up) says so, and what Ray said of the death."""
+    text = str(r.error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = next((line for line in lines if line.startswith("The actor is dead because")), lines[0] if lines else "")
+    when = " before the trial ran (at start-up)" if "never ran" in text else ""
+    return f"{Path(r.path).name}: {type(r.error).__name__}{when}: {cause[:400]}"
 
 
 def _upstream_report(p: Plan, metas: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

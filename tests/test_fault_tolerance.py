@@ -3,8 +3,10 @@ the driver killed (then --resume). Real local Ray, real SeaweedFS, the real CLI 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -300,3 +302,40 @@ def test_cli_store_errors_are_clear_and_immediate(s3_env, prefix, config, tmp_pa
         timeout=120,
     )
     assert missing.returncode == 2 and "no experiment 'never-ran'" in missing.stderr, missing.stderr
+
+
+# One trial, one restart: what a trial whose actor can never start costs is two starts.
+ONE_TRIAL = copy.deepcopy(STUDY)
+ONE_TRIAL["elicit"].update(ks=[8], seeds=[0])
+ONE_TRIAL["fault_tolerance"]["max_failures"] = 1
+
+
+@pytest.mark.slow
+def test_a_trial_whose_actor_dies_at_start_fails_naming_the_trial_and_the_cause(tmp_path):
+    """Each start of the trial's actor is killed with SIGKILL, as the kernel's OOM killer does, as
+    soon as it appears: the trial fails after its one restart (no hang, no loop), the driver ends with
+    an error, and its log names the trial and says its actor died and why Ray thinks it did."""
+    config = tmp_path / "one.yaml"
+    config.write_text(yaml.safe_dump(ONE_TRIAL))
+    driver = _start("--config", str(config), "--storage", str(tmp_path / "store"), "--name", "oom")
+    killed: set[int] = set()
+    deadline = time.monotonic() + 600
+    try:
+        while driver.poll() is None and time.monotonic() < deadline:
+            for p in _session_processes(driver.pid):
+                try:
+                    title = " ".join(p.cmdline())
+                except psutil.Error:
+                    continue
+                if title.startswith("ray::ImplicitFunc") and p.pid not in killed:
+                    killed.add(p.pid)
+                    p.kill()
+            time.sleep(0.05)
+        out, _ = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    print(out[-3000:])
+    assert driver.returncode == 1 and len(killed) == 2, killed  # the first start and its one restart
+    assert "all 1 elicitation trials failed" in out
+    (line,) = [x for x in out.splitlines() if re.match(r"\s*scratchlock-sft-k8-seed0-\w+: ActorDiedError", x)]
+    assert "The actor is dead because its worker process has died" in line, line
