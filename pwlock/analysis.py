@@ -61,6 +61,21 @@ def experiment_store(path: str | os.PathLike) -> tuple[Store, str]:
     return open_store(parent or "."), name
 
 
+def name_refusal(store: Store, experiment: str, resume: bool) -> str | None:
+    """Why a sweep cannot start `experiment` (one of that name exists) or `--resume` it (none
+    does), or None: the experiment is there once its study.yaml is."""
+    if resume == store.exists(f"{experiment}/{STUDY}"):
+        return None
+    if resume:
+        why = (
+            "nothing to resume: no such experiment (a driver stopped before its trials began leaves none); "
+            "run the same command again without --resume"
+        )
+    else:
+        why = "an experiment of this name exists; pass --resume to finish it, or choose another --name"
+    return f"{store.uri(experiment)}: {why}"
+
+
 def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
     """One row per (trial, epoch candidate) that any trial reported, from a finished (or running)
     experiment's directory or s3:// URL. A candidate reported twice (a trial resumed from an older

@@ -9,12 +9,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pwlock.config import ConfigError, StudyConfig, config_from_dict, read_yaml
 from pwlock.logs import setup_logging
+
+if TYPE_CHECKING:
+    from pwlock.store import Store
 
 log = logging.getLogger("pwlock")
 
@@ -54,35 +57,25 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
     )
     args = parser.parse_args(argv)
     setup_logging()
-    # Heavy (torch, transformers, Ray): imported once the arguments are parsed, so that --help and
-    # usage errors answer at once.
-    from pwlock import study_plan
+    from pwlock.store import StoreError  # pyarrow: not before --help
+
+    try:
+        path = args.config or default_config
+        raw = _checked_flags_and_config(args, path)
+        if not args.resume and isinstance(raw, dict) and "figures" in raw:  # study_plan.is_study
+            return _study(raw, path, args, sweep, default_config)
+        cfg, store = _config_and_store(args, raw, path)
+    except (ConfigError, StoreError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Heavy (torch, transformers, Ray: seconds): imported once the arguments, the config and the
+    # store have passed their checks, so that --help and those mistakes answer at once.
     from pwlock import sweep as sweeps  # `sweep` is the entry point's name
     from pwlock.plan import plan
     from pwlock.pricing import describe
     from pwlock.sandbox import SandboxError
-    from pwlock.store import StoreError, open_store
-
-    def store_of(cfg: StudyConfig):  # --storage, else the config's store, else ./results
-        return open_store(
-            args.storage or cfg.store.url or "results", cfg.store.endpoint_url, cfg.store.region, cfg.store.retry_s
-        )
 
     try:
-        if args.resume and not args.name:
-            raise ConfigError("--resume: name the experiment to finish with --name")
-        if args.resume and (args.config or args.quick):
-            raise ConfigError("--resume: runs the experiment's own config; drop --config / --quick")
-        path = args.config or default_config
-        raw = read_yaml(path)
-        if not args.resume and study_plan.is_study(raw):
-            return _study(raw, path, args, sweep, default_config)
-        cfg = config_from_dict(raw, source=str(path), quick=args.quick)
-        store = store_of(cfg)
-        if args.resume:
-            store.check()
-            cfg = sweeps.load_experiment_config(store, args.name)
-            store = store_of(cfg)
         planned = plan(cfg)  # the one plan: the description, the price and the run all use it
         if args.dry_run:
             print(describe(planned, store))
@@ -105,6 +98,51 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
         return 128 + e.signum  # as a shell reports a process ended by that signal
     print(f"\nresults: {where}")
     return 0
+
+
+def _checked_flags_and_config(args: argparse.Namespace, path: Path) -> Any:
+    """The flags that contradict each other refused, then the config file read (YAML only)."""
+    if args.resume and not args.name:
+        raise ConfigError("--resume: name the experiment to finish with --name")
+    if args.resume and (args.config or args.quick):
+        raise ConfigError("--resume: runs the experiment's own config; drop --config / --quick")
+    return read_yaml(path)
+
+
+def _store_of(args: argparse.Namespace, cfg: StudyConfig) -> Store:
+    """--storage, else the config's store, else ./results."""
+    from pwlock.store import open_store  # pyarrow: not before --help
+
+    s = cfg.store
+    return open_store(args.storage or s.url or "results", s.endpoint_url, s.region, s.retry_s)
+
+
+def _check_store(store: Store) -> None:
+    """The store's check (a file, no parent, not writable, an S3 bucket refused), unless it would make
+    the store's directory: a config refused later (by the plan) must leave nothing behind, and
+    sweep.run checks again before any work."""
+    root = Path(store.root)
+    if not (store.local and not root.exists() and root.parent.is_dir()):
+        store.check()
+
+
+def _config_and_store(args: argparse.Namespace, raw: Any, path: Path) -> tuple[StudyConfig, Store]:
+    """The config to run and its store, with the mistakes of --storage, --name and --resume that the
+    store shows refused: all before any heavy import, and nothing written by a refusal."""
+    from pwlock.analysis import name_refusal  # pandas (under a second): not before --help
+    from pwlock.study_record import read_study
+
+    cfg = config_from_dict(raw, source=str(path), quick=args.quick)
+    store = _store_of(args, cfg)
+    if args.resume:
+        _check_store(store)
+        cfg = read_study(store, args.name)  # refused if it is not there, or was edited since
+        return cfg, _store_of(args, cfg)
+    if not args.dry_run:
+        _check_store(store)
+        if args.name and (refusal := name_refusal(store, args.name, resume=False)):
+            raise ConfigError(refusal)
+    return cfg, store
 
 
 def interrupted_message(e: Any) -> str:
@@ -134,7 +172,7 @@ def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None, d
     """A study description: its plan and cost with --dry-run (nothing built, nothing written);
     refused at once otherwise, with what to run instead."""
     from pwlock import study_plan  # heavy: see main
-    from pwlock.store import open_store
+    from pwlock.store import open_store  # pyarrow: not before --help
 
     s = study_plan.from_dict(raw, str(path))
     if sweep is not None and sweep not in study_plan.SWEEPS:

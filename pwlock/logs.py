@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """pwlock's log lines at `level`; transformers' per-file progress bars off (noise in Ray logs)."""
-    from transformers.utils import logging as hf_logging  # seconds to import: not before the CLI answers --help
-
+    """pwlock's log lines at `level`; transformers' and the hub's per-file progress bars off (noise
+    in Ray logs). Imports nothing heavy: the CLI calls it before its checks."""
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S")
     logging.getLogger("pwlock").setLevel(level)
     # One "Checkpoint successfully created" line per report: 12,000 lines in a 4,000-trial sweep.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    hf_logging.disable_progress_bar()
+    # Read when huggingface_hub is imported (transformers asks it), here and in Ray workers started later.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already: too late for the variable
+        from transformers.utils import logging as hf_logging  # loaded already: costs nothing
+
+        hf_logging.disable_progress_bar()
