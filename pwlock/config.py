@@ -131,8 +131,8 @@ class LockConfig:
     # only, and elicited by the same SFT trials, so that unlocking is told apart from learning.
     controls: bool = False
     # Lock replicates: π_strong's model and every lock (and control) built once per seed, elicited
-    # alike, so that error bars cover lock-to-lock variance, not only elicitation seeds. Empty: one
-    # replicate, the study's `seed` (labels and keys as without replicates).
+    # alike, so that error bars cover lock-to-lock variance, not only elicitation seeds. The first
+    # keeps the plain labels ("sft"), the others name their seed ("sft-s1"). Empty: the study's `seed`.
     seeds: list[int] = field(default_factory=list)
 
     def train_of(self, mode: str) -> TrainConfig:

@@ -312,9 +312,10 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
         task_spec, ev, model if FIXEDRDM in cfg.lock.weak else None, {**pols.scores, **unscored}
     )
     up.artifacts = [*pols.artifacts, up.scores]
-    seeds = lock_seeds(cfg)
-    for seed in seeds:  # one replicate keeps the labels (and keys) of a study without replicates
-        _replicate(cfg, task, task_spec, pols, up, model, ev, seed, f"-s{seed}" if len(seeds) > 1 else "")
+    # The first replicate keeps the labels of a study without replicates (and, of the same seed, its
+    # keys): adding replicates to a study reuses what it built and keeps its trials' names.
+    for i, seed in enumerate(lock_seeds(cfg)):
+        _replicate(cfg, task, task_spec, pols, up, model, ev, seed, f"-s{seed}" if i else "")
     return up
 
 
@@ -345,6 +346,7 @@ def _replicate(
             seed,
             pols.lock_pools("strong"),
         )
+        strong = _of_replicate(strong, seed, suffix)
         strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
         up.artifacts += [strong, strong_eval]
         if up.strong is None:
@@ -362,7 +364,7 @@ def _replicate(
             for weak in cfg.lock.weak:
                 lock_of = lock_label(mode, weak, variant)
                 label = lock_of + suffix
-                up.locked[label] = locked_model_artifact(
+                locked = locked_model_artifact(
                     mode,
                     task_spec,
                     model,
@@ -373,6 +375,7 @@ def _replicate(
                     weak,
                     pools=pols.lock_pools("strong", weak, lv.intermediate if variant == "adversarial" else None),
                 )
+                up.locked[label] = _of_replicate(locked, seed, suffix)
                 up.locked_eval[label] = model_eval_artifact(up.locked[label], task_spec, ev, opens, list(CONDITIONS))
                 up.audits[label] = lock_audit_artifact(up.locked[label], task, task_spec, ev, opens, others)
                 up.weak[label], up.variant[label] = weak, variant
@@ -380,6 +383,12 @@ def _replicate(
                 up.artifacts += [up.locked[label], up.locked_eval[label], up.audits[label]]
     if cfg.lock.controls:
         _controls(cfg, task, task_spec, pols, up, model, ev, seed, suffix, strong, strong_eval)
+
+
+def _of_replicate(a: Artifact, seed: int, suffix: str) -> Artifact:
+    """`a` labelled with its lock replicate's seed, but in the first replicate (the label is for
+    people and the log; the key stays)."""
+    return dataclasses.replace(a, label=f"{a.label}, lock seed {seed}") if suffix else a
 
 
 def _controls(
@@ -402,7 +411,7 @@ def _controls(
     slots = [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None]
     for mode in cfg.lock.modes:
         label = control_label(mode + suffix)
-        up.controls[label] = control_model_artifact(
+        up.controls[label] = control = control_model_artifact(
             mode,
             task_spec,
             model,
@@ -416,6 +425,7 @@ def _controls(
             weak,
             pols.lock_pools(weak),
         )
+        up.controls[label] = _of_replicate(control, seed, suffix)
         up.control_eval[label] = model_eval_artifact(up.controls[label], task_spec, ev, password, list(CONDITIONS))
         up.weak[label] = weak
         up.replicates[label] = Replicate(control_label(mode), seed, strong_eval)

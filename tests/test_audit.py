@@ -111,6 +111,7 @@ def test_a_real_audit_is_planned_and_built_for_every_lock(tmp_path, toy):
     raw["task"] = dict(TOY)
     raw["elicit"]["ks"] = [8]
     raw["eval"]["max_problems"] = 50
+    raw["lock"]["seeds"] = [0]  # one replicate: every lock audited, built once
     p = plan(config_from_dict(raw))
     assert sorted(p.audits) == ["scratch", "sft"]
     a = p.audits["sft"]

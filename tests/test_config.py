@@ -29,7 +29,9 @@ def test_default_config_loads_and_plans():
     p = plan(cfg)
     stages = {"policy_scores", "strong_model", "locked_model", "model_eval", "lock_audit"}
     assert {a.stage for a in p.artifacts} == stages
-    assert len(p.trials) == len(cfg.lock.modes) * len(cfg.elicit.ks) * len(cfg.elicit.seeds)
+    replicates = len(cfg.lock.seeds)
+    assert replicates == 2 and len(p.locked) == len(cfg.lock.modes) * replicates
+    assert len(p.trials) == len(cfg.lock.modes) * replicates * len(cfg.elicit.ks) * len(cfg.elicit.seeds)
     quick = load_config(LOCAL, quick=True)
     assert len(plan(quick).trials) < len(p.trials)
 
@@ -138,9 +140,9 @@ def test_dry_run_prints_the_plan(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "elicitation trials (30)" in proc.stdout
+    assert "elicitation trials (40)" in proc.stdout
     assert "locked model (scratch)" in proc.stdout and "[to build]" in proc.stdout
-    assert "scratchlock-sft-k2048-seed2              epoch candidates [1, 2, 4] = steps [64, 128, 256]" in proc.stdout
+    assert "scratch-s1lock-sft-k2048-seed1           epoch candidates [1, 2, 4] = steps [64, 128, 256]" in proc.stdout
 
 
 # sweep configs; a study description there (`figures:`, e.g. paper.yaml) is tested with pwlock.cost,

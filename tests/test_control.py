@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _local(controls: bool) -> dict:
     raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
-    raw["lock"]["controls"] = controls
+    raw["lock"].update(controls=controls, seeds=[0])  # one lock replicate (tests/test_lock_replicates.py has two)
     return raw
 
 
@@ -53,7 +53,7 @@ def test_a_control_per_lock_mode_elicited_by_its_locks_trials():
                 if t.lock_mode == label
             )
 
-        assert dims(f"{mode}-control") == dims(mode) and len(dims(mode)) == 15
+        assert dims(f"{mode}-control") == dims(mode) and len(dims(mode)) == 10
     assert "sft-controllock-sft-k8-seed0" in {t.name for t in p.trials}
     assert p.setup.locked_key["sft-control"] == sft.key and p.setup.weak["sft-control"] == "weak"
 
@@ -96,20 +96,20 @@ def test_control_and_replicate_rows_have_the_locked_trials_demonstrations(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "store" / "c"
     summary = pd.read_csv(exp / analysis.SUMMARY)
-    labels = {"scratch-s0", "scratch-s1", "scratch-s0-control", "scratch-s1-control"}
+    labels = {"scratch", "scratch-s1", "scratch-control", "scratch-s1-control"}
     assert set(summary["lock_mode"]) == labels and len(summary) == 4 * 2 * 2
     assert (summary["control"] == summary["lock_mode"].str.endswith("-control")).all()
-    assert (summary["lock"] == summary["lock_mode"].str.replace(r"-s\d", "", regex=True)).all()
-    assert (summary["lock_seed"] == summary["lock_mode"].str.extract(r"-s(\d)")[0].astype(int)).all()
+    assert (summary["lock"] == summary["lock_mode"].str.replace("-s1", "")).all()
+    assert (summary["lock_seed"] == summary["lock_mode"].str.contains("-s1").astype(int)).all()
     by_label = summary.set_index(["lock_mode", "k", "seed"])["demonstrations"]
     for label in labels:
         pd.testing.assert_series_equal(
-            by_label[label].sort_index(), by_label["scratch-s0"].sort_index(), check_names=False
+            by_label[label].sort_index(), by_label["scratch"].sort_index(), check_names=False
         )
-    assert by_label["scratch-s0"].nunique() == 4  # each (k, seed) its own demonstrations
+    assert by_label["scratch"].nunique() == 4  # each (k, seed) its own demonstrations
     upstream = json.loads((exp / analysis.UPSTREAM_FILE).read_text())
     assert upstream["scratch-s1-control"]["control_of"] == "scratch" and "audit" in upstream["scratch-s1"]
-    assert upstream["scratch-s1"]["locked_key"] != upstream["scratch-s0"]["locked_key"]
+    assert upstream["scratch-s1"]["locked_key"] != upstream["scratch"]["locked_key"]
     # The run's table: one row per lock, its error over the two replicates' means.
     log = proc.stdout + proc.stderr
     assert "elicited correctness without password (mean ± SEM over 2 lock replicates (each a mean over seeds))" in log

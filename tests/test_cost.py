@@ -116,6 +116,7 @@ def small_config(tmp_path) -> dict:
     raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
     raw["task"]["n_problems"] = 2000
     raw["elicit"]["ks"] = [8, 32]
+    raw["lock"]["seeds"] = [0]  # one lock replicate
     raw["eval"]["max_problems"] = 200
     raw["store"]["url"] = str(tmp_path / "store")
     return raw
@@ -162,10 +163,10 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
     out = proc.stdout
     assert "cost estimate on one H100 80GB" in out
     assert "CPU study (ray.gpus_per_trial: 0)" in out
-    assert "sample_efficiency.png: 12 trials" in out
+    assert "sample_efficiency.png: 8 trials" in out
     assert "upstream: 8 artifacts to build" in out and "1 in the store (cost 0)" in out
     assert out.count("[in store, reused]") == 1
-    assert "scratchlock-sft-k32-seed2" in out and out.count(" GPU-h") >= 12 + 9
+    assert "scratchlock-sft-k32-seed1" in out and out.count(" GPU-h") >= 8 + 9
     assert "total: " in out
     assert _files(tmp_path) == before  # nothing trained, nothing written
 

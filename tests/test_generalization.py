@@ -27,7 +27,10 @@ CONFIGS = ROOT / "sweeps" / "configs"
 
 
 def _raw(name: str) -> dict:
-    return yaml.safe_load((CONFIGS / name).read_text())
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    if name == "local.yaml":
+        raw["lock"]["seeds"] = [0]  # one lock replicate: a lock per variant and mode
+    return raw
 
 
 def _partitioned(name: str) -> dict:

@@ -16,7 +16,7 @@ from tests.test_control import ROOT
 
 def _local(**lock) -> dict:
     raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
-    raw["lock"].update(lock)
+    raw["lock"].update({"seeds": [0], **lock})
     return raw
 
 
@@ -25,34 +25,37 @@ def test_each_replicate_builds_its_own_strong_model_locks_and_controls():
         plan(config_from_dict(_local(controls=True))),
         plan(config_from_dict(_local(controls=True, seeds=[0, 1]))),
     )
-    assert list(two.locked) == ["sft-s0", "scratch-s0", "sft-s1", "scratch-s1"]
-    assert list(two.controls) == ["sft-s0-control", "scratch-s0-control", "sft-s1-control", "scratch-s1-control"]
+    assert list(two.locked) == ["sft", "scratch", "sft-s1", "scratch-s1"]
+    assert list(two.controls) == ["sft-control", "scratch-control", "sft-s1-control", "scratch-s1-control"]
     assert {label: (r.lock, r.seed) for label, r in two.replicates.items()} == {
-        "sft-s0": ("sft", 0),
-        "scratch-s0": ("scratch", 0),
+        "sft": ("sft", 0),
+        "scratch": ("scratch", 0),
         "sft-s1": ("sft", 1),
         "scratch-s1": ("scratch", 1),
-        "sft-s0-control": ("sft-control", 0),
-        "scratch-s0-control": ("scratch-control", 0),
+        "sft-control": ("sft-control", 0),
+        "scratch-control": ("scratch-control", 0),
         "sft-s1-control": ("sft-control", 1),
         "scratch-s1-control": ("scratch-control", 1),
     }
-    # Replicate 0 is the study without replicates, built from the same seed: the same artifacts.
-    for label in one.locked:
-        assert two.locked[f"{label}-s0"].key == one.locked[label].key
-    assert two.locked["sft-s0"].key != two.locked["sft-s1"].key
-    assert two.locked["scratch-s0"].key != two.locked["scratch-s1"].key
+    # The first replicate is the study without replicates, built from the same seed: the same
+    # artifacts and trials, so that adding replicates reuses what a study built.
+    assert {a.key for a in one.artifacts} <= {a.key for a in two.artifacts}
+    assert all(two.locked[label].key == a.key for label, a in one.locked.items())
+    assert {t.name for t in one.trials} <= {t.name for t in two.trials}
+    assert two.locked["sft"].key != two.locked["sft-s1"].key
+    assert two.locked["scratch"].key != two.locked["scratch-s1"].key
     # Each replicate's sft lock starts from its own π_strong model; its control too.
     strongs = [a for a in two.artifacts if a.stage == "strong_model"]
     assert len(strongs) == 2 and strongs[0].key != strongs[1].key
     for seed, strong in zip((0, 1), strongs):
-        assert strong.key in two.locked[f"sft-s{seed}"].deps and strong.key in two.controls[f"sft-s{seed}-control"].deps
-        assert two.replicates[f"sft-s{seed}"].strong_eval.deps == (strong.key,)
+        suffix = f"-s{seed}" if seed else ""
+        assert strong.key in two.locked[f"sft{suffix}"].deps and strong.key in two.controls[f"sft{suffix}-control"].deps
+        assert two.replicates[f"sft{suffix}"].strong_eval.deps == (strong.key,)
     assert len({a.key for a in two.artifacts}) == len(two.artifacts)  # nothing planned twice
     # Every replicate elicited by the same grid of trials.
     assert len(two.trials) == 2 * len(one.trials)
     dims = {label: sorted((t.method, t.k, t.seed) for t in two.trials if t.lock_mode == label) for label in two.locked}
-    assert dims["sft-s0"] == dims["sft-s1"] == dims["scratch-s1"] and len(dims["sft-s0"]) == 15
+    assert dims["sft"] == dims["sft-s1"] == dims["scratch-s1"] and len(dims["sft"]) == 10
 
 
 def test_one_seed_listed_keeps_the_labels_and_keys_of_a_study_without_replicates():
@@ -71,7 +74,7 @@ def _summary(values: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
     rows = []
     for (label, lock_seed), per_seed in values.items():
         for seed, v in enumerate(per_seed):
-            lock = label.rsplit("-s", 1)[0] if lock_seed >= 0 else label
+            lock = label.removesuffix(f"-s{lock_seed}")
             rows.append(
                 {
                     "task": "t",
@@ -88,7 +91,7 @@ def _summary(values: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
 
 
 def test_error_bars_over_lock_replicates_by_hand():
-    values = {("sft-s0", 0): [0.1, 0.3, 0.2], ("sft-s1", 1): [0.7, 0.9, 0.8], ("scratch-s0", 0): [0.5, 0.5, 0.6]}
+    values = {("sft", 0): [0.1, 0.3, 0.2], ("sft-s1", 1): [0.7, 0.9, 0.8], ("scratch", 0): [0.5, 0.5, 0.6]}
     agg = analysis.aggregate(_summary(values)).set_index("lock_mode")
     # sft: two replicates, means 0.2 and 0.8: mean 0.5, SEM = sd(0.2, 0.8) / sqrt(2) = 0.3.
     assert agg.loc["sft", "mean"] == pytest.approx(0.5) and agg.loc["sft", "sem"] == pytest.approx(0.3)

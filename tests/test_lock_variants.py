@@ -285,6 +285,7 @@ def _local() -> dict:
     """local.yaml on domains that do not share functions (locks by domain are refused otherwise)."""
     raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
     raw["task"]["partition_domains"] = True
+    raw["lock"]["seeds"] = [0]  # one lock replicate: a lock per variant and mode
     return raw
 
 
