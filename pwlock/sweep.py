@@ -32,7 +32,7 @@ from pwlock.lease import Lease
 from pwlock.logs import setup_logging
 from pwlock.plan import Plan, Trial, trial_name
 from pwlock.pricing import describe
-from pwlock.progress import SweepProgress, stopped
+from pwlock.progress import SweepProgress, quiet_tune, stopped
 from pwlock.stages import build, lock_label
 from pwlock.store import Store, StoreError, StoreSpec
 from pwlock.store_watch import StoreDown, StoreWatch
@@ -97,16 +97,8 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
     cfg = p.cfg
     store.check()
     experiment = experiment or f"{cfg.name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    if resume != experiment_exists(store, experiment):
-        raise ConfigError(
-            f"{store.uri(experiment)}: "
-            + (
-                "nothing to resume: no such experiment (a driver stopped before its trials began leaves "
-                "none); run the same command again without --resume"
-                if resume
-                else "an experiment of this name exists; pass --resume to finish it, or choose another --name"
-            )
-        )
+    if refusal := analysis.name_refusal(store, experiment, resume):
+        raise ConfigError(refusal)
     with Lease(store, experiment, uuid.uuid4().hex).acquire(take_over) as lease:
         try:
             return _run(p, store, experiment, resume, lease, t0)
@@ -289,6 +281,7 @@ def _tuner(
     # The setup goes to the object store once, not into every trial's config and Tune's state.
     trainable = tune.with_resources(tune.with_parameters(elicitation_trial, setup=setup), resources)
     tune_storage = store.tune_storage()
+    output = quiet_tune()  # a restored run keeps the verbosity it started with
     bookkeeping = runtime.tune_bookkeeping(cfg.fault_tolerance.snapshot_every_s)  # a restored run has its own
     unreadable = tune_state.problem(store, experiment) if resume else None
     if resume and unreadable is None:
@@ -315,7 +308,7 @@ def _tuner(
         tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=names, trial_dirname_creator=names),
         run_config=tune.RunConfig(
             name=experiment,
-            verbose=1,
+            **output,
             **tune_storage,
             **bookkeeping,
             failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.max_failures),

@@ -66,6 +66,7 @@ def test_ctrl_c_says_what_was_kept_and_its_resume_command_finishes_every_trial_o
     name, exp = r["name"], r["exp"]
     assert r["returncode"] == 128 + signal.SIGINT
     assert "Traceback" not in r["out"] and "Tuner.restore" not in r["out"]
+    assert "╭" not in r["out"] and "Trial status" not in r["out"]  # no Tune tables: pwlock.progress's lines
     (message,) = r["message"]
     assert f"experiment {name} stopped: " in message and f" of {TRIALS} trials done, " in message
     assert r["command"].startswith("python ") and f"--resume --name {name} --storage {r['storage']}" in r["command"]
