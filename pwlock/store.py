@@ -521,14 +521,40 @@ class Store:
         """`storage_path` / `storage_filesystem` for tune.RunConfig."""
         if self.local:  # Tune's files written whole or not at all (a full disk cuts none off)
             return {"storage_path": self.root, "storage_filesystem": whole_files_filesystem()}
-        return {"storage_path": self.root, "storage_filesystem": pafs.PyFileSystem(TuneS3Handler(self.spec))}
+        return {"storage_path": self.root, "storage_filesystem": s3_filesystem(self.spec, kind=TuneS3FileSystem)}
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem, pickled as what made it: pyarrow's own pickling drops the retry
+    strategy (and the endpoint's scheme and timeouts come along too). Never holds credentials."""
+
+    made_from: tuple[StoreSpec, float, int]
+
+    def __reduce__(self):
+        return (s3_filesystem, self.made_from)
+
+
+class TuneS3FileSystem(RetryingS3FileSystem):
+    """Tune's filesystem for an S3 store. In the driver, the store's own filesystem: Tune's uploads
+    there (experiment state, results) are snapshots it takes again, and a failed one only logs.
+    Pickled, as Tune sends it to trial workers, it becomes `TuneS3Handler` over the store's spec:
+    a worker's uploads (checkpoints, which fail the trial when they fail) retry for `retry_s` like
+    pwlock's own calls. Not in the driver: a handler is Python called from Arrow's threads, and one
+    of those still retrying when the driver exits (a dead store) aborts the interpreter."""
+
+    def __reduce__(self):
+        return (_worker_filesystem, (self.made_from[0],))
+
+
+def _worker_filesystem(spec: StoreSpec) -> pafs.PyFileSystem:
+    return pafs.PyFileSystem(TuneS3Handler(spec))
 
 
 class TuneS3Handler(pafs.FileSystemHandler):
-    """An S3 store as Tune's filesystem: each operation retried like the store's own (`Store.call`,
-    for `retry_s`), so that Tune's uploads in trial workers (checkpoints) ride out an outage as
-    pwlock's do, and fail with the store's message once it stays down. Pickled (Tune sends it to
-    trial workers) as its spec: no credentials, and the retries come along."""
+    """An S3 store as a trial worker's Tune filesystem: each operation retried like the store's own
+    (`Store.call`, for `retry_s`), so that Tune's uploads in trial workers (checkpoints) ride out an
+    outage as pwlock's do, and fail with the store's message once it stays down. Pickled as its
+    spec: no credentials, and the retries come along."""
 
     def __init__(self, spec: StoreSpec):
         self.spec = spec
@@ -700,18 +726,11 @@ def s3_endpoint(spec: StoreSpec) -> str | None:
     return spec.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-class RetryingS3FileSystem(pafs.S3FileSystem):
-    """pyarrow's S3 filesystem, pickled as what made it: pyarrow's own pickling drops the retry
-    strategy (and the endpoint's scheme and timeouts come along too). Never holds credentials."""
-
-    made_from: tuple[StoreSpec, float, int]
-
-    def __reduce__(self):
-        return (s3_filesystem, self.made_from)
-
-
-def s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 3) -> RetryingS3FileSystem:
-    """The filesystem of an S3 store; the endpoint and region resolved here travel with it."""
+def s3_filesystem(
+    spec: StoreSpec, connect_timeout: float = 5, attempts: int = 3, kind: type = RetryingS3FileSystem
+) -> RetryingS3FileSystem:
+    """The filesystem of an S3 store (a `kind` of RetryingS3FileSystem); the endpoint and region
+    resolved here travel with it."""
     endpoint = s3_endpoint(spec)
     region = spec.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     kwargs: dict[str, Any] = {}
@@ -721,7 +740,7 @@ def s3_filesystem(spec: StoreSpec, connect_timeout: float = 5, attempts: int = 3
     # Each request retries a blip on its own (AWS standard backoff: under 1 + 2 s over 3 tries);
     # riding out an outage is Store.call's job, for retry_s. More tries here kept a request against a
     # dead server going for 70-90 s (10 tries), past retry_s, and a driver's exit waited for it.
-    fs = RetryingS3FileSystem(
+    fs = kind(
         region=region,
         connect_timeout=connect_timeout,
         request_timeout=60,

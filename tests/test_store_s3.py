@@ -146,8 +146,9 @@ def test_the_filesystem_trial_workers_get_rides_out_an_outage(s3_env):
     tune_fs = store.tune_storage()["storage_filesystem"]
     blob = pickle.dumps(tune_fs)
     assert s3_env.secret_key.encode() not in blob and s3_env.access_key.encode() not in blob
+    assert isinstance(tune_fs, pafs.S3FileSystem)  # in the driver: no Python called from Arrow's threads
     in_worker = pickle.loads(blob)
-    assert in_worker.handler.spec == store.spec
+    assert in_worker.handler.spec == store.fs.made_from[0]  # endpoint and region as resolved here
     result = _write_during_outage(s3_env, in_worker, f"{prefix}/from-worker.txt")
     assert result.get("ok") and result["alive_during_outage"], result
     assert f"{prefix.split('/', 1)[1]}/from-worker.txt" in bucket_objects(s3_env, prefix.split("/", 1)[1])
