@@ -212,6 +212,7 @@ class LocalCluster:
                 node_ip_address="127.0.0.1",
                 gcs_server_port=self.port,
                 include_dashboard=False,
+                dashboard_port=_free_port(),  # its minimal server still listens: not on 8265, others' port
                 env_vars={**self.env, "PWLOCK_CACHE": str(self.cache("head"))},
                 **head,
             )
