@@ -279,8 +279,49 @@ def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
     if value == "correctness_selected" and len(paper):
         head = "the same, epochs selected among App. G.3's own budgets (256, 512, 1024)"
         out += f"\n\n{head}:\n{_grid(paper, 'correctness_paper')[0]}"
+    reach = k_reaching(summary, REACH, value)
+    if len(reach):
+        out += f"\n\nsmallest k whose mean reaches {REACH} (the never-locked control's mean at that k):\n"
+        out += reach.astype(object).where(reach.notna(), "-").to_string(index=False)
     up = summary.groupby(["task", "lock_mode"])[[c for c in UPSTREAM if c in summary]].first().round(3)
     return f"{out}\n\nupstream:\n{up.to_string()}"
+
+
+REACH = 0.8  # the level whose smallest k table() reports, lock beside control
+
+
+def k_reaching(summary: pd.DataFrame, level: float = REACH, value: str = "correctness_selected") -> pd.DataFrame:
+    """Per lock (not control) and method, the smallest k whose mean correctness reaches `level`
+    (none: never), its mean, and its never-locked control's mean at that k where the study has one:
+    how far above learning the task again unlocking is, at the k that counts."""
+    sft = with_dimensions(summary[~is_rl(summary)])  # RL trials have no k
+    agg = aggregate(sft[sft["domain"] == "all"], value)
+    keys = ["task", "lock_mode", "method", "demonstrator"]
+    rows = []
+    for (task, lock, method, demonstrator), g in agg.groupby(keys):
+        if lock.endswith(CONTROL_SUFFIX):
+            continue
+        hit = g[g["mean"] >= level].sort_values("k").head(1)
+        k = int(hit["k"].iloc[0]) if len(hit) else None
+        control = agg[
+            (agg["task"] == task)
+            & (agg["lock_mode"] == f"{lock}{CONTROL_SUFFIX}")
+            & (agg["demonstrator"] == demonstrator)
+            & (agg["k"] == k)
+        ]
+        rows.append(
+            {
+                "task": task,
+                "lock": lock,
+                "method": method,
+                "demonstrator": demonstrator,
+                "k": k,
+                "mean": round(float(hit["mean"].iloc[0]), 3) if len(hit) else None,
+                "control": round(float(control["mean"].iloc[0]), 3) if len(control) else None,
+            }
+        )
+    out = pd.DataFrame(rows, columns=["task", "lock", "method", "demonstrator", "k", "mean", "control"])
+    return out.astype({"k": "Int64"})
 
 
 def plot_sample_efficiency(

@@ -110,3 +110,28 @@ def test_experiments_from_before_replicates_aggregate_as_before():
     agg = analysis.aggregate(_summary(values).drop(columns=["lock", "lock_seed"]))
     assert list(agg["lock_mode"]) == ["sft"] and agg["error_over"].tolist() == ["seeds"]
     assert agg["mean"].iloc[0] == pytest.approx(0.2) and agg["sem"].iloc[0] == pytest.approx(0.1 / np.sqrt(3))
+
+
+def test_the_smallest_k_reaching_0_8_beside_the_control_at_that_k():
+    rows = []
+    means = {"sft": [0.3, 0.7, 0.85, 0.95], "sft-control": [0.2, 0.3, 0.5, 0.9], "scratch": [0.1, 0.2, 0.3, 0.5]}
+    for label, per_k in means.items():
+        for k, m in zip((8, 32, 128, 512), per_k):
+            for seed, d in enumerate((-0.01, 0.01)):
+                rows.append(
+                    {
+                        "task": "t",
+                        "lock_mode": label,
+                        "method": "sft",
+                        "k": k,
+                        "seed": seed,
+                        "correctness_selected": m + d,
+                    }
+                )
+    summary = pd.DataFrame(rows)
+    reach = analysis.k_reaching(summary).set_index("lock")
+    assert reach.loc["sft", "k"] == 128 and reach.loc["sft", "mean"] == pytest.approx(0.85)
+    assert reach.loc["sft", "control"] == pytest.approx(0.5)  # the control at k = 128, not where it reaches 0.8
+    assert pd.isna(reach.loc["scratch", "k"]) and pd.isna(reach.loc["scratch", "control"])  # never; no control
+    assert "sft-control" not in reach.index
+    assert "smallest k whose mean reaches 0.8" in analysis.table(summary.assign(correctness=0))
