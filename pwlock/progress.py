@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import ray
 from ray.tune import Callback
 from ray.util.metrics import Gauge
 
@@ -111,6 +112,7 @@ class SweepProgress(Callback):
         self._last_update = float("-inf")
         self._gauges: tuple[Any, Any, Any] | None = None
         self._trials: list = []
+        self._before: threading.Event | None = getattr(self, "_before", None)
         self._restore: Any = lambda: None
 
     # Tune pickles the run config, callbacks included, with the experiment: a restored sweep
@@ -121,9 +123,32 @@ class SweepProgress(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
 
+    def before_trials(self, total: int) -> None:
+        """The gauges from a sweep's start, while its upstream artifacts build (minutes to hours): all
+        `total` trials pending, no hours yet, until Tune's run sets them from its trials (`setup`).
+        Ray drops a gauge's value seconds after it was last set (measured: 2 s), so a thread sets
+        them again every second meanwhile."""
+        self._gauges = self._make_gauges()
+        self.counts = {**dict.fromkeys(STATES, 0), "pending": total}
+        self._set_gauges()
+        stop = self._before = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(1.0) and ray.is_initialized():  # no Ray, no gauges: the sweep ended before Tune
+                self._set_gauges()
+
+        threading.Thread(target=refresh, name="pwlock-gauges", daemon=True).start()
+
     def setup(self, **info: Any) -> None:
+        if self._before is not None:
+            self._before.set()  # Tune's steps set the gauges from now on
         self._reset()
-        self._gauges = (
+        self._gauges = self._make_gauges()
+        self._catch_stops()
+
+    @staticmethod
+    def _make_gauges() -> tuple[Any, Any, Any]:
+        return (
             Gauge("pwlock_trials", "pwlock sweep: trials by state", tag_keys=("experiment", "state")),
             Gauge(
                 "pwlock_gpu_hours",
@@ -132,7 +157,6 @@ class SweepProgress(Callback):
             ),
             Gauge("pwlock_trial_hours", "pwlock sweep: sum over trials of wall time", tag_keys=("experiment",)),
         )
-        self._catch_stops()
 
     def _catch_stops(self) -> None:
         """Ctrl-C (SIGINT) and SIGTERM (a job stop, a preempted driver) both stop the sweep the way
@@ -248,17 +272,21 @@ class SweepProgress(Callback):
             trial_s += seconds
             gpu_s += seconds * self._gpus.get(trial_id, 0.0)
         self.gpu_hours, self.trial_hours = gpu_s / 3600, trial_s / 3600
-        if self._gauges is not None:
-            trials_gauge, gpu_gauge, trial_gauge = self._gauges
-            for state, n in self.counts.items():
-                trials_gauge.set(n, tags={"experiment": self.experiment, "state": state})
-            gpu_gauge.set(self.gpu_hours, tags={"experiment": self.experiment})
-            trial_gauge.set(self.trial_hours, tags={"experiment": self.experiment})
+        self._set_gauges()
         if line is None:
             line = self._last_line is None or now - self._last_line >= self.every_s
         if line:
             self._last_line = now
             log.info("%s", self.summary())
+
+    def _set_gauges(self) -> None:
+        gauges = self._gauges  # once: before_trials' thread may run while setup resets
+        if gauges is not None:
+            trials_gauge, gpu_gauge, trial_gauge = gauges
+            for state, n in self.counts.items():
+                trials_gauge.set(n, tags={"experiment": self.experiment, "state": state})
+            gpu_gauge.set(self.gpu_hours, tags={"experiment": self.experiment})
+            trial_gauge.set(self.trial_hours, tags={"experiment": self.experiment})
 
     def summary(self) -> str:
         c = self.counts

@@ -136,6 +136,8 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     log.info("%s", describe(p, store))
     timings: dict[str, float] = {}
     log.info("ray: %s", runtime.init_ray(cfg.ray))
+    if not resume:  # the dashboard's gauges from now on, not once the upstream artifacts are built
+        progress.before_trials(len(p.trials))
     runtime.check_store(store.local, cfg.store.shared, store.url)
     timings["ray_start"] = time.perf_counter() - t0
     preflight_sandbox(p)

@@ -48,6 +48,8 @@ def test_progress_on_real_tune_trials(tmp_path, monkeypatch, caplog):
         logging_level=logging.WARNING,
     )
     try:
+        early = SweepProgress("before-trials")
+        early.before_trials(7)  # as a sweep does while its upstream artifacts build: no Tune run yet
         every = SweepProgress("every-step", every_s=0)
         hourly = SweepProgress("hourly", every_s=3600)
         caplog.set_level(logging.INFO, logger="pwlock.progress")
@@ -91,7 +93,7 @@ def test_progress_on_real_tune_trials(tmp_path, monkeypatch, caplog):
         # callbacks' final state within a few report intervals.
         def expected() -> dict:
             out = {}
-            for cb in (every, hourly):
+            for cb in (every, hourly, early):
                 for state, n in cb.counts.items():
                     out[("ray_pwlock_trials", frozenset({"experiment": cb.experiment, "state": state}.items()))] = n
                 out[("ray_pwlock_gpu_hours", frozenset({"experiment": cb.experiment}.items()))] = cb.gpu_hours
@@ -106,6 +108,7 @@ def test_progress_on_real_tune_trials(tmp_path, monkeypatch, caplog):
             time.sleep(0.5)
         assert metrics == pytest.approx(expected())
         assert gauge(metrics, "ray_pwlock_trials", experiment="hourly", state="failed") == 1
+        assert gauge(metrics, "ray_pwlock_trials", experiment="before-trials", state="pending") == 7
     finally:
         ray.shutdown()
 
