@@ -358,14 +358,15 @@ def _results(p: Plan, store: Store, experiment: str, failed: int) -> Any:
     except (ValueError, OSError) as e:  # no trial's result reached the store, or the store is out of reach
         raise StoreError(
             f"{e}: see the trials' errors above (a full disk, a store out of reach); once that is fixed, "
-            f"run the same command with --resume --name {experiment} --storage {store.url}"
+            f"run the sweep's script with --resume --name {experiment} --storage {store.url} (and no --config "
+            "or --quick: it runs the experiment's own config)"
         ) from None
     # Tune only logs a failed final upload; results are read back from the store, so check them.
     missing = len(p.trials) - failed - summary["trial"].nunique()
     if missing > 0:
         raise StoreError(
             f"{exp_uri}: the results of {missing} finished trials did not reach the store; "
-            f"run the same command with --resume --name {experiment} to report them again"
+            f"run the sweep's script with --resume --name {experiment} --storage {store.url} to report them again"
         )
     return summary
 
