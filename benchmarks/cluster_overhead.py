@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in wall:
         print(
             f"  {n} node{'s' if n > 1 else ' '}: wall {wall[n]:6.1f} s, {args.trials / wall[n]:5.1f} trials/s, "
-            f"scheduling overhead {overhead[n] * 1000:6.0f} slot-ms per trial"
+            f"scheduling overhead {overhead[n] * 1000:6.0f} slot-ms per trial (runs: "
+            + ", ".join(f"{x:.1f} s" for x in seconds[n])
+            + ")"
         )
     print(f"  3 nodes / 1 node: wall {wall[3] / wall[1]:.2f}x, overhead per trial {overhead[3] / overhead[1]:.2f}x")
     return 0
