@@ -42,7 +42,7 @@ def test_a_store_that_stays_down_stops_the_sweep_with_pwlocks_message(s3_env, pr
     """The server dies for good while trials run: the driver stops the sweep once a trial has failed
     and the store does not answer, naming the store and the --resume command; it comes back, and
     that command finishes the experiment. How long the stop took is printed beside the bound the
-    issue set (retry_s + 60 s), not asserted: benchmarks/README.md has the figures."""
+    issue set (retry_s + 60 s), not asserted: docs/faults.md has the figures."""
     retry_s = 10
     config = tmp_path / "faults.yaml"
     config.write_text(yaml.safe_dump({**STUDY, "store": {"retry_s": retry_s}}))
