@@ -259,7 +259,7 @@ def aggregate(summary: pd.DataFrame, value: str = "correctness_selected") -> pd.
 def error_over(agg: pd.DataFrame) -> str:
     """What an aggregate's error bars are over, in words for a title."""
     if (agg["error_over"] == "lock replicates").all():
-        return f"SEM over {'/'.join(map(str, sorted(agg['locks'].unique())))} lock replicates (each a mean over seeds)"
+        return f"SEM over {'/'.join(map(str, sorted(agg['locks'].unique())))} lock replicates' means"
     return "SEM over seeds" if (agg["error_over"] == "seeds").all() else "SEM over lock replicates, or seeds"
 
 

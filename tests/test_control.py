@@ -112,7 +112,7 @@ def test_control_and_replicate_rows_have_the_locked_trials_demonstrations(tmp_pa
     assert upstream["scratch-s1"]["locked_key"] != upstream["scratch"]["locked_key"]
     # The run's table: one row per lock, its error over the two replicates' means.
     log = proc.stdout + proc.stderr
-    assert "elicited correctness without password (mean ± SEM over 2 lock replicates (each a mean over seeds))" in log
+    assert "elicited correctness without password (mean ± SEM over 2 lock replicates' means)" in log
     agg = analysis.aggregate(summary)
     assert set(agg["lock_mode"]) == {"scratch", "scratch-control"} and (agg["locks"] == 2).all()
     assert (exp / analysis.FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
