@@ -297,6 +297,33 @@ def lock_seeds(cfg: StudyConfig) -> list[int]:
     return list(cfg.lock.seeds) or [cfg.seed]
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What a study's upstream artifacts are made from."""
+
+    cfg: StudyConfig
+    task: Task
+    task_spec: dict[str, Any]
+    pols: PolicyPlan
+    model: dict[str, Any]
+    ev: dict[str, Any]  # the evaluation's identity (how fast it runs left out)
+
+
+@dataclass(frozen=True)
+class _Rep:
+    """One lock replicate: its seed, its labels' suffix, and its π_strong's model and evaluation."""
+
+    seed: int
+    suffix: str
+    strong: Artifact | None = None
+    strong_eval: Artifact | None = None
+
+    def named(self, a: Artifact) -> Artifact:
+        """`a` labelled with the replicate's seed, but in the first replicate (the label is for
+        people and the log; the key stays)."""
+        return dataclasses.replace(a, label=f"{a.label}, lock seed {self.seed}") if self.suffix else a
+
+
 def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: PolicyPlan) -> _Upstream:
     """The policies' scores, then per lock replicate π_strong's model and each lock (variant × mode ×
     π_weak) with its evaluation and audit."""
@@ -314,24 +341,16 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
     up.artifacts = [*pols.artifacts, up.scores]
     # The first replicate keeps the labels of a study without replicates (and, of the same seed, its
     # keys): adding replicates to a study reuses what it built and keeps its trials' names.
+    inputs = _Inputs(cfg, task, task_spec, pols, model, ev)
     for i, seed in enumerate(lock_seeds(cfg)):
-        _replicate(cfg, task, task_spec, pols, up, model, ev, seed, f"-s{seed}" if i else "")
+        _replicate(inputs, up, _Rep(seed, f"-s{seed}" if i else ""))
     return up
 
 
-def _replicate(
-    cfg: StudyConfig,
-    task: Task,
-    task_spec: dict[str, Any],
-    pols: PolicyPlan,
-    up: _Upstream,
-    model: dict,
-    ev: dict,
-    seed: int,
-    suffix: str,
-) -> None:
+def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
     """One lock replicate: its π_strong's model, locks, evaluations, audits and controls, labelled
-    with `suffix`."""
+    with its suffix."""
+    cfg, task, task_spec, pols, model, ev, seed = x.cfg, x.task, x.task_spec, x.pols, x.model, x.ev, rep.seed
     base_lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password, "stop_at": cfg.lock.stop_at}
     password = cfg.lock.password or task.default_password
     strong = strong_eval = None
@@ -346,9 +365,10 @@ def _replicate(
             seed,
             pols.lock_pools("strong"),
         )
-        strong = _of_replicate(strong, seed, suffix)
+        strong = rep.named(strong)
         strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
         up.artifacts += [strong, strong_eval]
+        rep = dataclasses.replace(rep, strong=strong, strong_eval=strong_eval)
         if up.strong is None:
             up.strong, up.strong_eval = strong, strong_eval
     for variant in cfg.lock.variants:
@@ -363,7 +383,7 @@ def _replicate(
             train = asdict(cfg.lock.train_of(mode))
             for weak in cfg.lock.weak:
                 lock_of = lock_label(mode, weak, variant)
-                label = lock_of + suffix
+                label = lock_of + rep.suffix
                 locked = locked_model_artifact(
                     mode,
                     task_spec,
@@ -375,60 +395,43 @@ def _replicate(
                     weak,
                     pools=pols.lock_pools("strong", weak, lv.intermediate if variant == "adversarial" else None),
                 )
-                up.locked[label] = _of_replicate(locked, seed, suffix)
+                up.locked[label] = rep.named(locked)
                 up.locked_eval[label] = model_eval_artifact(up.locked[label], task_spec, ev, opens, list(CONDITIONS))
                 up.audits[label] = lock_audit_artifact(up.locked[label], task, task_spec, ev, opens, others)
                 up.weak[label], up.variant[label] = weak, variant
                 up.replicates[label] = Replicate(lock_of, seed, strong_eval)
                 up.artifacts += [up.locked[label], up.locked_eval[label], up.audits[label]]
     if cfg.lock.controls:
-        _controls(cfg, task, task_spec, pols, up, model, ev, seed, suffix, strong, strong_eval)
+        _controls(x, up, rep)
 
 
-def _of_replicate(a: Artifact, seed: int, suffix: str) -> Artifact:
-    """`a` labelled with its lock replicate's seed, but in the first replicate (the label is for
-    people and the log; the key stays)."""
-    return dataclasses.replace(a, label=f"{a.label}, lock seed {seed}") if suffix else a
-
-
-def _controls(
-    cfg: StudyConfig,
-    task: Task,
-    task_spec: dict[str, Any],
-    pols: PolicyPlan,
-    up: _Upstream,
-    model: dict,
-    ev: dict,
-    seed: int,
-    suffix: str,
-    strong: Artifact | None,
-    strong_eval: Artifact | None,
-) -> None:
+def _controls(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
     """A never-locked control per lock mode, trained as that mode's first lock of this replicate (its
     first π_weak and variant) with π_weak's answers only, and its evaluation."""
+    cfg, task, task_spec, ev = x.cfg, x.task, x.task_spec, x.ev
     weak, password = cfg.lock.weak[0], cfg.lock.password or task.default_password
     lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password}
     slots = [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None]
     for mode in cfg.lock.modes:
-        label = control_label(mode + suffix)
-        up.controls[label] = control = control_model_artifact(
+        label = control_label(mode + rep.suffix)
+        control = control_model_artifact(
             mode,
             task_spec,
-            model,
+            x.model,
             asdict(cfg.lock.train_of(mode)),
             lock,
-            seed,
-            up.locked[lock_label(mode, weak, cfg.lock.variants[0]) + suffix],
-            strong,
+            rep.seed,
+            up.locked[lock_label(mode, weak, cfg.lock.variants[0]) + rep.suffix],
+            rep.strong,
             asdict(cfg.strong.train) if mode == "sft" else None,
             slots,
             weak,
-            pols.lock_pools(weak),
+            x.pols.lock_pools(weak),
         )
-        up.controls[label] = _of_replicate(control, seed, suffix)
+        up.controls[label] = rep.named(control)
         up.control_eval[label] = model_eval_artifact(up.controls[label], task_spec, ev, password, list(CONDITIONS))
         up.weak[label] = weak
-        up.replicates[label] = Replicate(control_label(mode), seed, strong_eval)
+        up.replicates[label] = Replicate(control_label(mode), rep.seed, rep.strong_eval)
         up.artifacts += [up.controls[label], up.control_eval[label]]
 
 
