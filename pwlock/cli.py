@@ -96,6 +96,9 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
     except sweeps.Interrupted as e:
         print(interrupted_message(e), file=sys.stderr)
         return 128 + e.signum  # as a shell reports a process ended by that signal
+    except sweeps.TrialsFailed as e:  # each trial's cause is in the log above: no traceback of one
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"\nresults: {where}")
     return 0
 

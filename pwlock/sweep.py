@@ -110,6 +110,17 @@ def run(p: Plan, store: Store, experiment: str | None = None, resume: bool = Fal
             ) from None
 
 
+class TrialsFailed(RuntimeError):
+    """Trials failed after their restarts (the log names each with its cause); `--resume` runs them
+    again once the cause is fixed."""
+
+    def __init__(self, what: str, experiment: str, store: Store):
+        super().__init__(
+            f"{what}; see {store.uri(experiment)}. Once the cause is fixed, "
+            f"`--resume --name {experiment} --storage {store.url}` runs the failed trials again"
+        )
+
+
 class Interrupted(Exception):
     """A sweep stopped by a signal. Once its trials began (`began`), the store keeps Tune's state and
     each trial's last checkpoint, and `--resume` finishes it; `counts`: its trials by state when it
@@ -174,7 +185,9 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
             "%d of %d trials failed, each after its restarts:\n  %s", len(errors), len(p.trials), "\n  ".join(failed)
         )
         if len(errors) == len(p.trials):
-            raise RuntimeError(f"all {len(errors)} elicitation trials failed (above: each one's cause); see {exp_uri}")
+            raise TrialsFailed(
+                f"all {len(errors)} elicitation trials failed (above: each one's cause)", experiment, store
+            )
     if lease.lost:  # another driver runs this experiment now: its results are its to write
         raise StoreError(f"{exp_uri}: this driver's lease was taken over by {lease.lost}; it writes no results")
     t_results = time.perf_counter()
@@ -195,7 +208,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     log.info("results:\n%s", analysis.table(summary))
     log.info("wrote %s/%s and its figures in %.0f s", exp_uri, analysis.SUMMARY, time.perf_counter() - t0)
     if errors:
-        raise RuntimeError(f"{len(errors)} of {len(p.trials)} elicitation trials failed; see {exp_uri}")
+        raise TrialsFailed(f"{len(errors)} of {len(p.trials)} elicitation trials failed", experiment, store)
     return exp_uri
 
 

@@ -336,6 +336,6 @@ def test_a_trial_whose_actor_dies_at_start_fails_naming_the_trial_and_the_cause(
         driver.kill()
     print(out[-3000:])
     assert driver.returncode == 1 and len(killed) == 2, killed  # the first start and its one restart
-    assert "all 1 elicitation trials failed" in out
+    assert "error: all 1 elicitation trials failed" in out and "runs the failed trials again" in out
     (line,) = [x for x in out.splitlines() if re.match(r"\s*scratchlock-sft-k8-seed0-\w+: ActorDiedError", x)]
     assert "The actor is dead because its worker process has died" in line, line
