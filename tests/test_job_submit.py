@@ -261,6 +261,17 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
     assert gauge(last, "ray_pwlock_gpu_hours", experiment=EXPERIMENT) == 0  # CPU trials: no GPU-hours
     running = [gauge(m, "ray_pwlock_trials", experiment=EXPERIMENT, state="running") for m in seen]
     print(f"scrapes with the sweep's gauges: {len(seen)}; most trials running at once: {max(running)}")
+    # The gauges exist from the sweep's start, while its upstream artifacts build: every trial
+    # pending, none running or done, no hours yet.
+    upstream = [
+        m
+        for m in seen
+        if gauge(m, "ray_pwlock_trials", experiment=EXPERIMENT, state="pending") == n_trials
+        and gauge(m, "ray_pwlock_trials", experiment=EXPERIMENT, state="running") == 0
+    ]
+    assert upstream, "no scrape while the upstream artifacts built"
+    assert all(gauge(m, "ray_pwlock_trial_hours", experiment=EXPERIMENT) == 0 for m in upstream)
+    print(f"scrapes during the upstream builds: {len(upstream)}")
 
     # The working dir went up without .venv, results or other ignored files, and small.
     package = info["runtime_env"]["working_dir"]
