@@ -95,6 +95,7 @@ def test_a_directory_store_is_refused_on_a_multi_node_cluster(cluster, tmp_path)
         cluster.remove(worker)
 
 
+@pytest.mark.slow
 def test_engine_sweep_runs_on_autoscaled_gpu_workers(cluster, s3_server, tmp_path):
     """Zero workers before; the sweep's stages and trials bring GPU workers up; every trial and its
     vLLM engine ran on one worker, never on the head, one trial per GPU at a time; the workers

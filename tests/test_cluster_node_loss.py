@@ -44,6 +44,7 @@ def cluster(s3_server, tmp_path_factory):
             ray.shutdown()
 
 
+@pytest.mark.slow
 def test_a_worker_node_lost_mid_sweep_loses_no_trial_and_runs_none_twice(cluster, s3_env, tmp_path):
     s3_server = s3_env  # its endpoint and credentials in this process too: the results are read back
     nodes = {name: cluster.add_worker(name, GPU_WORKER) for name in ("gpu-a", "gpu-b")}
