@@ -1,10 +1,12 @@
 """A sweep stops when its store is gone, instead of letting every trial fail its retries one by one.
 
 Each trial's store calls already retry for `store.retry_s`; a trial that fails anyway may have met a
-store that stays down. So on every trial failure the driver probes the store (a few seconds); if
-the probe fails too, it stops the sweep with the store's error and the `--resume` command that
-finishes it once the store is back. Without this, a store killed for good took each trial through
-all its `max_failures` restarts, each a full `retry_s` long, and ended in a raw traceback.
+store that stays down. So on every trial failure the driver probes the store, retrying for
+`store.retry_s` as every store call does (a trial that failed for another reason, a lost worker,
+during a blip of the store must not stop the sweep); if the probe fails too, it stops the sweep with
+the store's error and the `--resume` command that finishes it once the store is back. Without this,
+a store killed for good took each trial through all its `max_failures` restarts, each a full
+`retry_s` long, and ended in a raw traceback.
 
 The probe's S3 client is made when the sweep starts: made during an outage, a client waits for
 every request in flight in the driver (Tune's state uploads, retrying) to end first.
@@ -29,8 +31,9 @@ class StoreDown(StoreError):
 class StoreWatch(Callback):
     """Tune callback: after a trial failure, probe the store; stop the sweep if it is gone."""
 
-    def __init__(self, store: StoreSpec, experiment: str, probe_s: float = 5.0):
-        self.store, self.experiment, self.probe_s = store, experiment, probe_s
+    def __init__(self, store: StoreSpec, experiment: str, probe_s: float | None = None):
+        self.store, self.experiment = store, experiment
+        self.probe_s = store.retry_s if probe_s is None else probe_s
         self._stores: tuple[Store, Store] | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the run config
