@@ -2,8 +2,9 @@
 
 Each trial's store calls already retry for `store.retry_s`; a trial that fails anyway may have met a
 store that stays down. So on every trial failure the driver probes the store, retrying for
-`store.retry_s` as every store call does (a trial that failed for another reason, a lost worker,
-during a blip of the store must not stop the sweep); if the probe fails too, it stops the sweep with
+`store.retry_s` as every store call does but at most PROBE_MAX_S (a trial that failed for another
+reason, a lost worker, during a blip of the store must not stop the sweep; a dead store must stop it
+within `retry_s` + 60 s); if the probe fails too, it stops the sweep with
 the store's error and the `--resume` command that finishes it once the store is back. Without this,
 a store killed for good took each trial through all its `max_failures` restarts, each a full
 `retry_s` long, and ended in a raw traceback.
@@ -24,6 +25,9 @@ from pwlock.store import Store, StoreError, StoreSpec, open_store
 log = logging.getLogger(__name__)
 
 
+PROBE_MAX_S = 30.0
+
+
 class StoreDown(StoreError):
     """The store stopped answering during a sweep."""
 
@@ -33,7 +37,7 @@ class StoreWatch(Callback):
 
     def __init__(self, store: StoreSpec, experiment: str, probe_s: float | None = None):
         self.store, self.experiment = store, experiment
-        self.probe_s = store.retry_s if probe_s is None else probe_s
+        self.probe_s = min(store.retry_s, PROBE_MAX_S) if probe_s is None else probe_s
         self._stores: tuple[Store, Store] | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the run config
