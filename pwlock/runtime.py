@@ -3,6 +3,7 @@ are set when pwlock is imported: pwlock/__init__.py.)"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -36,21 +37,42 @@ def init_ray(cfg: RayConfig) -> str:
 
 
 def check_store(local: bool, shared: bool, where: str) -> None:
-    """Refuse a directory store (`local`) on a Ray cluster of more than one node unless the config
-    declares it `shared` (mounted on every node): each node would write its own disk, and trials
-    would miss the artifacts and checkpoints that other nodes wrote. Called right after Ray starts,
-    before any work. A cluster that has only its head when the sweep starts (an autoscaler's zero
-    workers) shows one node here: use an s3:// store there."""
+    """Refuse a directory store (`local`) on a Ray cluster of more than one node, or on one whose
+    autoscaler may add nodes (a head with zero workers so far), unless the config declares it
+    `shared` (mounted on every node): each node would write its own disk, and trials would miss the
+    artifacts and checkpoints that other nodes wrote. Called right after Ray starts, before any work."""
     if not local or shared:
         return
     nodes = [n for n in ray.nodes() if n["Alive"]]
     if len(nodes) > 1:
-        raise ConfigError(
-            f"store {where}: a directory on a Ray cluster of {len(nodes)} nodes: each node would read and "
-            "write its own disk, so trials would not find what other nodes built; use an s3:// store "
-            "(--storage s3://bucket/prefix), or, if every node mounts this directory (NFS, EFS), set "
-            "store.shared: true"
-        )
+        why = f"a Ray cluster of {len(nodes)} nodes"
+    elif types := autoscaled_node_types():
+        why = f"a Ray cluster whose autoscaler may start more nodes (node types: {', '.join(types)})"
+    else:
+        return
+    raise ConfigError(
+        f"store {where}: a directory on {why}: each node would read and write its own disk, so trials "
+        "would not find what other nodes built; use an s3:// store (--storage s3://bucket/prefix), or, if "
+        "every node mounts this directory (NFS, EFS), set store.shared: true"
+    )
+
+
+def autoscaled_node_types() -> list[str]:
+    """The node types the connected cluster's autoscaler has seen, [] where it has none. Ray's monitor
+    runs on every head; without an autoscaling config it names each node's type after the node
+    (`node_<id>`), so only other names mean an autoscaler that can launch nodes. Autoscaler v2
+    (KubeRay's) runs only with an autoscaler."""
+    from ray._private import ray_constants
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    if is_autoscaler_v2(fetch_from_server=True):
+        return ["(autoscaler v2)"]
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    if not status:
+        return []
+    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    return sorted({t for t in mapping.values() if not t.startswith("node_")})
 
 
 # Driver-side Tune settings for big sweeps (Tune reads them when a sweep starts). Measured with

@@ -78,6 +78,11 @@ def sweep(
 
 
 def test_a_directory_store_is_refused_on_a_multi_node_cluster(cluster, tmp_path):
+    # The head alone, but its autoscaler may start aws.yaml's GPU workers: refused already.
+    _wait("the autoscaler's first report", runtime.autoscaled_node_types, timeout=60)
+    assert len(cluster.nodes()) == 1
+    with pytest.raises(ConfigError, match="autoscaler may start more nodes"):
+        runtime.check_store(local=True, shared=False, where=str(tmp_path / "store"))
     worker = cluster.add_worker("cpu-worker", {"CPU": 1})
     try:
         store = tmp_path / "store"
