@@ -6,6 +6,7 @@ The stages themselves are in pwlock.stages and pwlock.policies."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -75,6 +76,7 @@ def build_artifact(store_spec: StoreSpec | str, artifact: Artifact, builders: Ma
         "spec": artifact.spec,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "build_seconds": round(time.perf_counter() - t0, 2),
+        "node_id": _node_id(),
         **result,
     }
     store.commit(artifact.key, scratch, meta, replace=state.meta is not None)
@@ -84,3 +86,9 @@ def build_artifact(store_spec: StoreSpec | str, artifact: Artifact, builders: Ma
         return {**stored, "reused": False}
     log.info("built %s in %.0f s: %s", artifact.label, meta["build_seconds"], artifact.key)
     return {**meta, "reused": False}
+
+
+def _node_id() -> str | None:
+    """The Ray node this build ran on (None outside Ray): where an artifact came from on a cluster."""
+    ray = sys.modules.get("ray")  # never imported here: the CLI's checks run without Ray
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None

@@ -113,33 +113,17 @@ class Provider(FakeMultiNodeProvider):
     each worker on loopback, a bounded object store, its own pwlock cache and the cluster's env."""
 
     def _create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
-        resources = dict(resources)
         with self.lock:
             node_type = tags[TAG_RAY_USER_NODE_TYPE]
             node_id = self._next_hex_node_id()
             cache = Path(self.provider_config["cache_root"]) / f"{node_type}-{node_id[-5:]}"
-            params = RayParams(
-                node_ip_address="127.0.0.1",
-                include_log_monitor=False,  # the head's reads every node's logs (one machine, one log dir)
-                min_worker_port=0,
-                max_worker_port=0,
-                dashboard_agent_listen_port=0,
-                num_cpus=resources.pop("CPU", 0),
-                num_gpus=resources.pop("GPU", 0),
-                object_store_memory=OBJECT_STORE,
-                resources=resources,
-                labels=labels,
-                redis_address=self._gcs_address,
-                gcs_address=self._gcs_address,
-                env_vars={
-                    **self.provider_config["env"],
-                    "PWLOCK_CACHE": str(cache),
-                    "RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id,
-                    "RAY_CLOUD_INSTANCE_ID": node_id,
-                    "RAY_NODE_TYPE_NAME": node_type,
-                },
-            )
-            node = Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False)
+            env = {
+                **self.provider_config["env"],
+                "RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id,
+                "RAY_CLOUD_INSTANCE_ID": node_id,
+                "RAY_NODE_TYPE_NAME": node_type,
+            }
+            node = start_worker(self._gcs_address, resources, cache, env, labels)
             self._nodes[node_id] = {
                 "tags": {
                     TAG_RAY_NODE_KIND: NODE_KIND_WORKER,
@@ -150,6 +134,43 @@ class Provider(FakeMultiNodeProvider):
                 },
                 "node": node,
             }
+
+
+def start_worker(
+    gcs_address: str,
+    resources: dict[str, float],
+    cache: Path,
+    env: dict[str, str],
+    labels: dict[str, str] | None = None,
+) -> Node:
+    """A worker node joining the cluster at `gcs_address` on loopback (where `ray start --address`
+    is refused), with `resources` (CPU, GPU, custom), a bounded object store, `cache` as its pwlock
+    cache and `env` for its processes. Stop it with `node.kill_all_processes(False, False)`."""
+    r = dict(resources)
+    params = RayParams(
+        node_ip_address="127.0.0.1",
+        include_log_monitor=False,  # the head's reads every node's logs (one machine, one log dir)
+        min_worker_port=0,
+        max_worker_port=0,
+        dashboard_agent_listen_port=0,
+        num_cpus=r.pop("CPU", 0),
+        num_gpus=r.pop("GPU", 0),
+        object_store_memory=OBJECT_STORE,
+        resources=r,
+        labels=labels or {},
+        redis_address=gcs_address,
+        gcs_address=gcs_address,
+        env_vars={**env, "PWLOCK_CACHE": str(cache)},
+        runtime_env_dir_name=_runtime_env_dir(cache.name),
+    )
+    return Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False)
+
+
+def _runtime_env_dir(node: str) -> str:
+    """A node's own directory for runtime envs (a job's working dir, unpacked) in the session
+    directory that all nodes on one machine share: a node deleting a package it no longer needs
+    must not delete the one the head's job runs in, as on a cluster each node has its own disk."""
+    return f"runtime_resources_{node}"
 
 
 def _free_port() -> int:
@@ -235,6 +256,7 @@ class LocalCluster:
             resources=r,
             node_ip_address="127.0.0.1",
             env_vars={**self.env, "PWLOCK_CACHE": str(self.cache(name))},
+            runtime_env_dir_name=_runtime_env_dir(name),
         )
 
     def remove(self, node: Node) -> None:

@@ -1,8 +1,10 @@
-"""The cluster workflow end to end on loopback: a Ray head node of its own (`ray start --head`,
-with the dashboard), `ray job submit` of the quick sample-efficiency sweep with the project as
-working dir and the S3 store, SUCCEEDED through the dashboard's job API, the results in the
-bucket, the trials named in the job's log as they finish, and the sweep's progress gauges
-scraped from the head's metrics export port while it runs.
+"""The cluster workflow end to end on loopback: a Ray cluster of two nodes (`ray start --head` with
+the dashboard and no CPU for tasks, and a worker node joining it, each with its own pwlock cache),
+`ray job submit` of the quick sample-efficiency sweep with the project as working dir and the S3
+store, SUCCEEDED through the dashboard's job API, every trial on the worker, the dashboard's node and
+job pages listing both nodes and the job, the results in the bucket, the trials named in the job's
+log as they finish, and the sweep's progress gauges scraped from the head's metrics export port
+while it runs.
 
 The head is stopped by killing the process group it was started in, never with `ray stop`
 (which stops every Ray process on the machine)."""
@@ -20,19 +22,23 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
+from ray._private.node import Node
 
 from pwlock import analysis
 from pwlock.config import load_config
+from pwlock.localcluster import start_worker
 from pwlock.plan import plan
 from pwlock.s3server import free_port
 from tests.conftest import bucket_objects
 from tests.prometheus import gauge, scrape
+from tests.test_fault_tolerance import _journal
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -63,11 +69,14 @@ class Head:
     metrics_port: int
     temp_dir: Path
     log: Path
+    worker: Node | None = None  # a worker node joined to it
 
 
 @pytest.fixture
 def ray_head():
-    """`ray start --head --block` on 127.0.0.1 with every port picked free, in its own process group."""
+    """`ray start --head --block` on 127.0.0.1 with every port picked free, in its own process group,
+    no CPU for tasks (as `cluster/aws.yaml`'s head); then a worker node with two CPUs. Each node has
+    its own pwlock cache."""
     temp_dir = Path(tempfile.mkdtemp(prefix="pwray-", dir="/tmp"))  # Ray's socket paths must stay short
     ports = {name: free_port() for name in RAY_PORTS}
     env = _env_without_aws()
@@ -75,6 +84,7 @@ def ray_head():
         f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` is the venv's, as in the image
     )
     env["RAY_metrics_report_interval_ms"] = "1000"  # processes report their metrics every second, not 10
+    env["PWLOCK_CACHE"] = str(temp_dir / "cache" / "head")
     log = temp_dir / "ray-start.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -86,7 +96,7 @@ def ray_head():
                 "--node-ip-address=127.0.0.1",
                 "--dashboard-host=127.0.0.1",
                 f"--temp-dir={temp_dir}",
-                "--num-cpus=2",
+                "--num-cpus=0",  # as cluster/aws.yaml's head: nothing scheduled there but the job's driver
                 "--num-gpus=0",
                 "--disable-usage-stats",
                 *(f"--{name}={port}" for name, port in ports.items()),
@@ -110,8 +120,12 @@ def ray_head():
             if time.monotonic() > deadline:
                 pytest.fail(f"the head's dashboard did not answer in 120 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
+        # Started from this process: its environment (no AWS setting yet) is what the node gets.
+        head.worker = start_worker(f"127.0.0.1:{ports['port']}", {"CPU": 2}, temp_dir / "cache" / "worker", {})
         yield head
     finally:
+        if head.worker is not None:
+            head.worker.kill_all_processes(check_alive=False, allow_graceful=False)
         _stop(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -164,7 +178,6 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
             "AWS_ENDPOINT_URL": server.endpoint,
             "AWS_REGION": server.region,
             "AWS_EC2_METADATA_DISABLED": "true",
-            "PWLOCK_CACHE": str(tmp_path / "cache"),
             "PWLOCK_PROGRESS_EVERY_S": "5",
         }
     )
@@ -245,6 +258,18 @@ def test_ray_job_submit_runs_the_quick_sweep_on_s3(ray_head, s3_env, tmp_path):
     assert (
         f"progress {EXPERIMENT}: {n_trials} of {n_trials} trials done, 0 running, 0 pending, 0 failed; 0.00 GPU-hours"
     ) in logs
+
+    # Both nodes, and the job, as the dashboard's node and job pages show them; every trial ran on
+    # the worker, which read the locked model from the store into its own cache.
+    nodes = json.loads(_get(f"{ray_head.dashboard}/nodes?view=summary"))["data"]["summary"]
+    alive = {n["raylet"]["nodeId"] for n in nodes if n["raylet"]["state"] == "ALIVE"}
+    assert ray_head.worker.node_id in alive and len(alive) == 2, alive
+    jobs = json.loads(_get(f"{ray_head.dashboard}/api/jobs/"))
+    assert [j["status"] for j in jobs if j.get("submission_id") == submission] == ["SUCCEEDED"]
+    on = Counter(s["node_id"] for e in _journal(server, exp).values() for s in e["starts"])
+    print(f"trials by node: {dict(on)}")
+    assert on == {ray_head.worker.node_id: n_trials}
+    assert any((ray_head.temp_dir / "cache" / "worker").rglob("*.safetensors"))
 
     # The gauges, as Prometheus scrapes them from the head while the sweep runs (or just after).
     deadline = time.monotonic() + 30
