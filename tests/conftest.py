@@ -4,6 +4,7 @@ import atexit
 import faulthandler
 import os
 import sys
+from collections import Counter
 
 import pytest
 
@@ -13,6 +14,13 @@ from pwlock.tasks import make_task
 
 SMALL_TASK = {"name": "function_composition", "seed": 0, "n_problems": 2000}
 TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first: with the suite spread over processes by file (xdist's
+    --dist loadfile), the long files start early instead of ending the run on one process."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # stable: each file's own order kept
 
 
 @pytest.fixture(scope="session")
