@@ -130,6 +130,10 @@ class LockConfig:
     # A never-locked control per mode (pwlock/control.py): trained as its lock, on π_weak's answers
     # only, and elicited by the same SFT trials, so that unlocking is told apart from learning.
     controls: bool = False
+    # Controls for the first this many lock replicates only (None: every replicate). A control
+    # costs as much to build as its lock; where it stays far below the locks, one replicate's
+    # control, with error bars over elicitation seeds, says what the demonstrations teach.
+    control_replicates: int | None = None
     # Lock replicates: π_strong's model and every lock (and control) built once per seed, elicited
     # alike, so that error bars cover lock-to-lock variance, not only elicitation seeds. The first
     # keeps the plain labels ("sft"), the others name their seed ("sft-s1"). Empty: the study's `seed`.
@@ -520,6 +524,14 @@ def _lock_errors(cfg: StudyConfig) -> list[str]:
     if len(set(cfg.lock.seeds)) != len(cfg.lock.seeds):
         twice = sorted({x for x in cfg.lock.seeds if cfg.lock.seeds.count(x) > 1})
         errors.append(f"lock.seeds: expected each seed once (a seed twice builds one lock twice), got {twice} twice")
+    if cfg.lock.control_replicates is not None:
+        if not cfg.lock.controls:
+            errors.append("lock.control_replicates: only used with lock.controls: true")
+        elif cfg.lock.control_replicates < 1:
+            errors.append(
+                f"lock.control_replicates: expected at least 1 (or null: every replicate), "
+                f"got {cfg.lock.control_replicates}"
+            )
     return errors
 
 

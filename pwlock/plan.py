@@ -311,8 +311,10 @@ class _Inputs:
 
 @dataclass(frozen=True)
 class _Rep:
-    """One lock replicate: its seed, its labels' suffix, and its π_strong's model and evaluation."""
+    """One lock replicate: its place in lock.seeds, its seed, its labels' suffix, and its π_strong's
+    model and evaluation."""
 
+    index: int
     seed: int
     suffix: str
     strong: Artifact | None = None
@@ -343,7 +345,7 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
     # keys): adding replicates to a study reuses what it built and keeps its trials' names.
     inputs = _Inputs(cfg, task, task_spec, pols, model, ev)
     for i, seed in enumerate(lock_seeds(cfg)):
-        _replicate(inputs, up, _Rep(seed, f"-s{seed}" if i else ""))
+        _replicate(inputs, up, _Rep(i, seed, f"-s{seed}" if i else ""))
     return up
 
 
@@ -401,7 +403,7 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
                 up.weak[label], up.variant[label] = weak, variant
                 up.replicates[label] = Replicate(lock_of, seed, strong_eval)
                 up.artifacts += [up.locked[label], up.locked_eval[label], up.audits[label]]
-    if cfg.lock.controls:
+    if cfg.lock.controls and (cfg.lock.control_replicates is None or rep.index < cfg.lock.control_replicates):
         _controls(x, up, rep)
 
 

@@ -27,13 +27,16 @@ def _base() -> dict:
 def test_default_config_loads_and_plans():
     cfg = load_config(LOCAL)
     p = plan(cfg)
-    stages = {"policy_scores", "strong_model", "locked_model", "model_eval", "lock_audit"}
+    stages = {"policy_scores", "strong_model", "locked_model", "model_eval", "lock_audit", "control_model"}
     assert {a.stage for a in p.artifacts} == stages
     replicates = len(cfg.lock.seeds)
     assert replicates == 2 and len(p.locked) == len(cfg.lock.modes) * replicates
-    assert len(p.trials) == len(cfg.lock.modes) * replicates * len(cfg.elicit.ks) * len(cfg.elicit.seeds)
-    quick = load_config(LOCAL, quick=True)
-    assert len(plan(quick).trials) < len(p.trials)
+    # A control per mode, for the first replicate: one more locked model's trials per mode.
+    assert list(p.controls) == ["sft-control", "scratch-control"]
+    per_lock = len(cfg.elicit.ks) * len(cfg.elicit.seeds)
+    assert len(p.trials) == len(cfg.lock.modes) * (replicates + 1) * per_lock
+    quick = plan(load_config(LOCAL, quick=True))
+    assert not quick.controls and len(quick.trials) < len(p.trials)
 
 
 def test_plan_keys_are_stable_and_cascade():
@@ -140,7 +143,7 @@ def test_dry_run_prints_the_plan(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "elicitation trials (40)" in proc.stdout
+    assert "elicitation trials (60)" in proc.stdout
     assert "locked model (scratch)" in proc.stdout and "[to build]" in proc.stdout
     assert "scratch-s1lock-sft-k2048-seed1           epoch candidates [1, 2, 4] = steps [64, 128, 256]" in proc.stdout
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pwlock import analysis
-from pwlock.config import config_from_dict
+from pwlock.config import ConfigError, config_from_dict
 from pwlock.plan import plan
 from pwlock.stages import build
 from pwlock.store import open_store
@@ -26,8 +26,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _local(controls: bool) -> dict:
     raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
-    raw["lock"].update(controls=controls, seeds=[0])  # one lock replicate (tests/test_lock_replicates.py has two)
+    raw["lock"].update(
+        controls=controls, control_replicates=None, seeds=[0]
+    )  # one replicate (test_lock_replicates: two)
     return raw
+
+
+def test_controls_for_the_first_replicates_only():
+    raw = _local(True)
+    raw["lock"].update(seeds=[0, 1], control_replicates=1)
+    p = plan(config_from_dict(raw))
+    assert list(p.controls) == ["sft-control", "scratch-control"]
+    assert set(p.locked) == {"sft", "scratch", "sft-s1", "scratch-s1"}
+    assert {t.lock_mode for t in p.trials} == {*p.locked, *p.controls}
+    raw["lock"]["control_replicates"] = None
+    assert len(plan(config_from_dict(raw)).controls) == 4
+    raw["lock"].update(controls=False, control_replicates=1)
+    with pytest.raises(ConfigError, match="lock.control_replicates: only used with lock.controls: true"):
+        config_from_dict(raw)
+    raw["lock"].update(controls=True, control_replicates=0)
+    with pytest.raises(ConfigError, match="lock.control_replicates: expected at least 1"):
+        config_from_dict(raw)
 
 
 def test_a_control_per_lock_mode_elicited_by_its_locks_trials():

@@ -116,7 +116,7 @@ def small_config(tmp_path) -> dict:
     raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
     raw["task"]["n_problems"] = 2000
     raw["elicit"]["ks"] = [8, 32]
-    raw["lock"]["seeds"] = [0]  # one lock replicate
+    raw["lock"].update(seeds=[0], controls=False, control_replicates=None)  # one lock replicate, no control
     raw["eval"]["max_problems"] = 200
     raw["store"]["url"] = str(tmp_path / "store")
     return raw

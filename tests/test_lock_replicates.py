@@ -16,7 +16,7 @@ from tests.test_control import ROOT
 
 def _local(**lock) -> dict:
     raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "local.yaml").read_text())
-    raw["lock"].update({"seeds": [0], **lock})
+    raw["lock"].update({"seeds": [0], "control_replicates": None, **lock})
     return raw
 
 
