@@ -10,6 +10,9 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray._private import ray_constants
+from ray.autoscaler.v2.utils import is_autoscaler_v2
+from ray.experimental.internal_kv import _internal_kv_get
 from ray.tune.logger import JsonLoggerCallback
 
 from pwlock.config import ConfigError, RayConfig
@@ -62,10 +65,6 @@ def autoscaled_node_types() -> list[str]:
     runs on every head; without an autoscaling config it names each node's type after the node
     (`node_<id>`), so only other names mean an autoscaler that can launch nodes. Autoscaler v2
     (KubeRay's) runs only with an autoscaler."""
-    from ray._private import ray_constants
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
-    from ray.experimental.internal_kv import _internal_kv_get
-
     if is_autoscaler_v2(fetch_from_server=True):
         return ["(autoscaler v2)"]
     status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
