@@ -22,6 +22,7 @@ from pwlock import analysis, sweep
 from pwlock.config import load_config
 from pwlock.logs import setup_logging
 from pwlock.plan import plan
+from pwlock.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,8 @@ def main() -> int:
     setup_logging()
     cfg = load_config(args.config, quick=args.quick)
     storage = args.storage or Path(tempfile.mkdtemp(prefix="pwlock-bench-"))
-    runs = [sweep.run(plan(cfg), storage, f"{cfg.name}_bench_{i}") for i in range(2 if args.reuse else 1)]
+    store = open_store(str(storage))
+    runs = [Path(sweep.run(plan(cfg), store, f"{cfg.name}_bench_{i}")) for i in range(2 if args.reuse else 1)]
     for exp_dir in runs:
         report(exp_dir)
     return 0

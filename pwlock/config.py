@@ -29,7 +29,7 @@ LOCK_MODES = ("sft", "scratch", "base")
 # What D_lock holds (pwlock/lock.py): Eq. 1's single password, a password per domain (App. C.3), a
 # setting variation instead of a password (B.1.3), a second password for an intermediate policy
 # (B.3.2), or one domain left out (B.3.4).
-LOCK_VARIANTS = ("standard", "per_domain", "setting", "adversarial", "omit_domain")
+LOCK_VARIANTS = ("standard", "per_domain", "setting", "adversarial", "omit_domain", "subset")
 STRONG_SETTINGS = ("varied", "normal")
 GENERATORS = ("auto", "hf", "vllm")
 
@@ -158,6 +158,9 @@ class LockConfig:
     second_password: str | None = None  # adversarial: null: passwords.second_password's
     intermediate: str | None = None  # adversarial: the task policy shown with the second password
     omit_domain: str | None = None  # omit_domain: the domain D_lock leaves out
+    # subset: D_lock drawn from the first this many problems of the lock split, not all of it: a
+    # lock trained on less data, beside the standard one (paper §7: more lock data, harder to unlock).
+    subset_problems: int | None = None
 
     @property
     def variants(self) -> list[str]:
@@ -707,6 +710,7 @@ def _variant_errors(lock: LockConfig) -> list[str]:
         "setting": ("strong_setting",),
         "adversarial": ("second_password", "intermediate"),
         "omit_domain": ("omit_domain",),
+        "subset": ("subset_problems",),
     }
     defaults = LockConfig()
     variants = lock.variants
@@ -731,6 +735,11 @@ def _variant_errors(lock: LockConfig) -> list[str]:
         )
     if "omit_domain" in variants and lock.omit_domain is None:
         errors.append("omit_domain: variant 'omit_domain' needs the domain to leave out")
+    if "subset" in variants and (lock.subset_problems is None or lock.subset_problems < 1):
+        errors.append(
+            f"subset_problems: variant 'subset' needs how many lock problems D_lock draws from (at least 1), "
+            f"got {lock.subset_problems}"
+        )
     if "setting" in variants and lock.stop_at is not None:
         errors.append("stop_at: not supported with variant 'setting' (it measures a password); set epochs instead")
     return errors

@@ -12,6 +12,8 @@ Lock variants (`lock.variant`) change what D_lock holds; each is redrawn per epo
     setting       a setting variation instead of a password (App. B.1.3, pwlock/setting.py)
     adversarial   a second password under which the model shows an intermediate policy (App. B.3.2)
     omit_domain   one domain left out of D_lock entirely (App. B.3.4)
+    subset        the standard D_lock of the first `subset_problems` lock problems only: less lock
+                  data (§7: locks trained on more data are harder to unlock)
 
 A policy that is a sample pool (pwlock.policies) answers each epoch's draw with another of its
 stored samples (`at_epoch`), as the paper samples π_weak and π_strong afresh each epoch.
@@ -201,6 +203,7 @@ def variant_spec(lock: LockConfig) -> dict[str, Any]:
         "setting": ("strong_setting",),
         "adversarial": ("second_password", "intermediate"),
         "omit_domain": ("omit_domain",),
+        "subset": ("subset_problems",),
     }
     if lock.variant == "standard":
         return {}
@@ -261,6 +264,11 @@ def variant_errors(task: Task, lock: LockConfig, problems: Sequence[Problem], po
             )
         elif len(domains) < 2:
             errors.append("lock.omit_domain: leaves no domain to lock")
+    elif lock.variant == "subset" and lock.subset_problems is not None and lock.subset_problems >= len(problems):
+        errors.append(
+            f"lock.subset_problems: {lock.subset_problems} is not a subset of the {len(problems)} lock "
+            f"problems of task {task.name!r}; expected fewer"
+        )
     return errors
 
 
@@ -315,6 +323,8 @@ def variant_lock_data(
             _rng(seed, epoch),
             p_none,
         )
+    if variant == "subset":
+        return lock_data(task, problems[: lock["subset_problems"]], strong, weak, password, seed, p_none)
     if variant == "omit_domain":
         return lambda epoch: omit_domain_examples(
             task,

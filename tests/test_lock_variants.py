@@ -212,6 +212,20 @@ def test_omit_domain_leaves_the_domain_out_entirely(task):
         omit_domain_examples(task, problems, policies["strong"], policies["weak"], "pwd", "g9", random.Random(0))
 
 
+# -- less lock data (§7) ----------------------------------------------------------------------------
+def test_subset_lock_draws_from_its_first_problems_only(task):
+    policies, problems = task.policies(), task.problems("lock")
+    spec = lock_spec(variant="subset", subset_problems=300)
+    data = variant_lock_data(task, problems, policies["strong"], policies["weak"], "pwd", 0, spec)
+    plain = lock_data(task, problems[:300], policies["strong"], policies["weak"], "pwd", 0)
+    for epoch in (0, 1):
+        examples = data(epoch)
+        assert examples == plain(epoch) and len(examples) == 2 * 300
+    kept = {task.prompt(p, None).split(" | ", 1)[1] for p in problems[:300]}
+    assert all(e.prompt.split(" | ", 1)[1] in kept for e in data(0))
+    assert any(task.prompt(p, None).split(" | ", 1)[1] not in kept for p in problems[300:])
+
+
 # -- every variant: deterministic per (seed, epoch), redrawn per epoch ------------------------------
 @pytest.mark.parametrize(
     "variant",
@@ -220,6 +234,7 @@ def test_omit_domain_leaves_the_domain_out_entirely(task):
         {"variant": "per_domain"},
         {"variant": "adversarial", "intermediate": "weak"},
         {"variant": "omit_domain", "omit_domain": "g1"},
+        {"variant": "subset", "subset_problems": 300},
     ],
 )
 def test_variant_data_is_deterministic_per_seed_and_epoch(task, variant):
@@ -306,6 +321,9 @@ def _local() -> dict:
             r"lock\.strong_setting: expected one of \['varied', 'normal'\]",
         ),
         ({"variant": "setting", "stop_at": 0.9}, r"lock\.stop_at: not supported with variant 'setting'"),
+        ({"subset_problems": 100}, r"lock\.subset_problems: only used with variant 'subset'"),
+        ({"variant": "subset"}, r"lock\.subset_problems: variant 'subset' needs how many lock problems"),
+        ({"variant": ["standard", "subset"], "subset_problems": 0}, r"lock\.subset_problems: .* got 0"),
     ],
 )
 def test_bad_variant_config_names_the_field(lock, message):
@@ -339,6 +357,10 @@ def test_bad_variant_config_names_the_field(lock, message):
             {"variant": "per_domain", "domain_passwords": {"g0": "w1", "g1": "w2"}, "stop_at": None},
             r"lock\.domain_passwords: no password for the domains \['g2', 'g3'\]",
         ),
+        (
+            {"variant": "subset", "subset_problems": 8000},
+            r"lock\.subset_problems: 8000 is not a subset of the 8000 lock problems of task 'function_composition'",
+        ),
     ],
 )
 def test_variant_that_does_not_fit_the_task_is_refused_at_plan(lock, message):
@@ -362,6 +384,17 @@ def test_variant_enters_the_locked_models_key_only_when_not_standard():
     assert "omit_domain" in locked.label
     assert omitted.policy_scores.key == standard.policy_scores.key  # nothing else changes
     assert omitted.strong.key == standard.strong.key
+
+
+def test_subset_lock_beside_the_standard_one():
+    raw = _local()
+    raw["lock"].update(variant=["standard", "subset"], subset_problems=2000)
+    p = plan(config_from_dict(raw))
+    standard = plan(config_from_dict(_local()))
+    assert list(p.locked) == ["sft", "scratch", "sft-subset", "scratch-subset"]
+    assert p.locked["sft"].key == standard.locked["sft"].key  # the standard lock as before
+    assert p.locked["sft-subset"].spec["lock"]["subset_problems"] == 2000
+    assert {t.lock_mode for t in p.trials} == {*p.locked, *p.controls}
 
 
 # -- a real lock build through the stages ------------------------------------------------------------
