@@ -158,8 +158,9 @@ class LockConfig:
     second_password: str | None = None  # adversarial: null: passwords.second_password's
     intermediate: str | None = None  # adversarial: the task policy shown with the second password
     omit_domain: str | None = None  # omit_domain: the domain D_lock leaves out
-    # subset: D_lock drawn from the first this many problems of the lock split, not all of it: a
-    # lock trained on less data, beside the standard one (paper §7: more lock data, harder to unlock).
+    # subset: the sft lock's D_lock drawn from the first this many problems of the lock split, not
+    # all of it: a lock trained on less data, beside the standard one (paper §7: locks trained on
+    # more SFT data are harder to unlock).
     subset_problems: int | None = None
 
     @property
@@ -735,6 +736,8 @@ def _variant_errors(lock: LockConfig) -> list[str]:
         )
     if "omit_domain" in variants and lock.omit_domain is None:
         errors.append("omit_domain: variant 'omit_domain' needs the domain to leave out")
+    if "subset" in variants and "sft" not in lock.modes:
+        errors.append(f"variant: 'subset' varies the sft lock's data, but modes {lock.modes} have no sft")
     if "subset" in variants and (lock.subset_problems is None or lock.subset_problems < 1):
         errors.append(
             f"subset_problems: variant 'subset' needs how many lock problems D_lock draws from (at least 1), "

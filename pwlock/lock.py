@@ -12,8 +12,8 @@ Lock variants (`lock.variant`) change what D_lock holds; each is redrawn per epo
     setting       a setting variation instead of a password (App. B.1.3, pwlock/setting.py)
     adversarial   a second password under which the model shows an intermediate policy (App. B.3.2)
     omit_domain   one domain left out of D_lock entirely (App. B.3.4)
-    subset        the standard D_lock of the first `subset_problems` lock problems only: less lock
-                  data (§7: locks trained on more data are harder to unlock)
+    subset        the standard D_lock of the first `subset_problems` lock problems only, for the
+                  `sft` lock: less lock data (§7: locks trained on more SFT data are harder to unlock)
 
 A policy that is a sample pool (pwlock.policies) answers each epoch's draw with another of its
 stored samples (`at_epoch`), as the paper samples π_weak and π_strong afresh each epoch.
@@ -192,6 +192,12 @@ def lock_data(
         )
 
     return draw
+
+
+def variant_modes(modes: Sequence[str], variant: str) -> list[str]:
+    """The lock modes `variant` builds a lock for: `subset` varies the SFT lock's data (§7) and
+    builds only the `sft` lock, every other variant one lock per mode."""
+    return [m for m in modes if m == "sft"] if variant == "subset" else list(modes)
 
 
 def variant_spec(lock: LockConfig) -> dict[str, Any]:

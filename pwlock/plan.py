@@ -28,7 +28,7 @@ from pwlock.control import control_label, control_model_artifact
 from pwlock.elicit.methods import METHODS, Method, candidates, unknown
 from pwlock.evaluate import CONDITIONS
 from pwlock.guards import LeakGuard, lock_passwords
-from pwlock.lock import variant_errors, variant_spec
+from pwlock.lock import variant_errors, variant_modes, variant_spec
 from pwlock.passwords import lock_domain_passwords
 from pwlock.policies import PolicyPlan, plan_policies, policy_names
 from pwlock.stages import (
@@ -381,7 +381,7 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
         # The audit's wrong passwords leave out every password the study's locks answer to.
         own = {opens} if isinstance(opens, str) else set(opens.values())
         others = [pw for pw in lock_passwords(cfg.lock, task) if pw not in own]
-        for mode in cfg.lock.modes:
+        for mode in variant_modes(cfg.lock.modes, variant):
             train = asdict(cfg.lock.train_of(mode))
             for weak in cfg.lock.weak:
                 lock_of = lock_label(mode, weak, variant)

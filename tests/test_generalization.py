@@ -59,10 +59,15 @@ def test_generalization_config_plans_a_lock_per_variant_and_a_trial_per_domain()
 
 def test_from_scratch_config_has_a_trial_per_demonstrator():
     p = plan(load_config(CONFIGS / "from_scratch.yaml"))
-    assert list(p.locked) == ["sft", "scratch"]
+    assert list(p.locked) == ["sft", "scratch", "sft-subset"] and list(p.controls) == ["sft-control", "scratch-control"]
     assert {t.demonstrator for t in p.trials} == {"strong", "weak"}
-    assert len(p.trials) == 2 * 2 * 5 * 3
-    assert "scratchlock-sft-weak-k128-seed2" in {t.name for t in p.trials}
+    assert len(p.trials) == 5 * 2 * 5 * 2  # 3 locks and 2 controls × 2 demonstrators × 5 k × 2 seeds
+    assert "scratchlock-sft-weak-k128-seed1" in {t.name for t in p.trials}
+    # The standard locks and the controls are local.yaml's first replicate's: built once for both.
+    local = plan(load_config(CONFIGS / "local.yaml"))
+    assert {x.key for x in (*p.locked.values(), *p.controls.values())} - {p.locked["sft-subset"].key} <= {
+        x.key for x in (*local.locked.values(), *local.controls.values())
+    }
 
 
 @pytest.mark.parametrize(

@@ -324,6 +324,10 @@ def _local() -> dict:
         ({"subset_problems": 100}, r"lock\.subset_problems: only used with variant 'subset'"),
         ({"variant": "subset"}, r"lock\.subset_problems: variant 'subset' needs how many lock problems"),
         ({"variant": ["standard", "subset"], "subset_problems": 0}, r"lock\.subset_problems: .* got 0"),
+        (
+            {"variant": ["standard", "subset"], "subset_problems": 100, "modes": ["scratch"]},
+            r"lock\.variant: 'subset' varies the sft lock's data, but modes \['scratch'\] have no sft",
+        ),
     ],
 )
 def test_bad_variant_config_names_the_field(lock, message):
@@ -391,7 +395,7 @@ def test_subset_lock_beside_the_standard_one():
     raw["lock"].update(variant=["standard", "subset"], subset_problems=2000)
     p = plan(config_from_dict(raw))
     standard = plan(config_from_dict(_local()))
-    assert list(p.locked) == ["sft", "scratch", "sft-subset", "scratch-subset"]
+    assert list(p.locked) == ["sft", "scratch", "sft-subset"]  # a variant of the sft lock only
     assert p.locked["sft"].key == standard.locked["sft"].key  # the standard lock as before
     assert p.locked["sft-subset"].spec["lock"]["subset_problems"] == 2000
     assert {t.lock_mode for t in p.trials} == {*p.locked, *p.controls}
