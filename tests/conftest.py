@@ -12,6 +12,10 @@ from pwlock.config import TinyModelConfig
 from pwlock.models import build_tiny_model, word_level_tokenizer
 from pwlock.tasks import make_task
 
+# Every process this test process starts carries its pid (Ray's nodes and workers inherit it), so a
+# test that counts processes by title counts its own, not those of a test running beside it (-n 2).
+os.environ["PWLOCK_TEST_RUN"] = str(os.getpid())
+
 SMALL_TASK = {"name": "function_composition", "seed": 0, "n_problems": 2000}
 TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import pickle
 import time
 
@@ -25,14 +26,16 @@ TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_s
 
 
 def engine_processes(wait_s: float = 0.0) -> list[int]:
-    """Pids of engine actor processes on this machine (Ray titles them `ray::_Engine...`); with
-    `wait_s`, waits that long for them to be gone."""
+    """Pids of the engine actor processes this test process started, directly or through a sweep it
+    ran (Ray titles them `ray::_Engine...`; tests/conftest.py marks what it starts); with `wait_s`,
+    waits that long for them to be gone."""
     deadline = time.monotonic() + wait_s
+    mine = os.environ["PWLOCK_TEST_RUN"]
     while True:
         pids = []
-        for proc in psutil.process_iter(["cmdline"]):
+        for proc in psutil.process_iter(["cmdline", "environ"]):
             cmd = " ".join(proc.info["cmdline"] or [])
-            if cmd.startswith("ray::_Engine"):
+            if cmd.startswith("ray::_Engine") and (proc.info["environ"] or {}).get("PWLOCK_TEST_RUN") == mine:
                 pids.append(proc.pid)
         if not pids or time.monotonic() >= deadline:
             return pids
