@@ -403,7 +403,7 @@ def plot_sample_efficiency(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(out, dpi=120, format="png")
+    fig.savefig(out, dpi=120, format="png", bbox_inches="tight")  # a long legend stays in the picture
     plt.close(fig)
     return out
 
