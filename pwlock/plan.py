@@ -40,7 +40,7 @@ from pwlock.stages import (
     strong_model_artifact,
 )
 from pwlock.store import StoreSpec
-from pwlock.tasks import Task, make_task
+from pwlock.tasks import Task, formats_prompts, make_task
 
 
 def trial_name(
@@ -145,8 +145,8 @@ class Plan:
 
 def plan(cfg: StudyConfig) -> Plan:
     """Expand the study into artifacts and trials, checking everything that needs the task."""
-    task = make_task(cfg.task, where=f"{cfg.source}: task")
-    task_spec = dict(cfg.task)
+    task_spec = _task_spec(cfg)
+    task = make_task(task_spec, where=f"{cfg.source}: task")
     methods = {m: METHODS[m] for m in cfg.elicit.methods if m in METHODS}
     errors = unknown(cfg.elicit.methods) + _elicit_errors(cfg, task, methods) + _policy_errors(cfg, task, methods)
     errors += _domain_errors(cfg, task)
@@ -181,6 +181,17 @@ def plan(cfg: StudyConfig) -> Plan:
         up.control_eval,
         up.replicates,
     )
+
+
+def _task_spec(cfg: StudyConfig) -> dict[str, Any]:
+    """The task as configured; a text task's prompts rendered with model.base's own tokenizer (its
+    chat template, where it has one) unless task.format names another tokenizer or opts out."""
+    spec = copy.deepcopy(cfg.task)
+    fmt = dict(spec.get("format") or {})
+    if cfg.model.base != "tiny" and formats_prompts(spec["name"]) and fmt.get("tokenizer") is None:
+        if fmt.get("chat_template", True):
+            spec["format"] = {**fmt, "tokenizer": cfg.model.base}
+    return spec
 
 
 def _domain_errors(cfg: StudyConfig, task: Task) -> list[str]:
@@ -476,7 +487,7 @@ def _trial_setup(
     )
     engine = rl.generator.vllm if rl_engine or eval_engine else None
     return engine, TrialSetup(
-        task=dict(cfg.task),
+        task=_task_spec(cfg),
         methods=methods,
         train=cfg.elicit.train,
         budgets=list(cfg.elicit.sample_budgets),

@@ -64,6 +64,11 @@ def model_of(cfg_model: Any, task: Task) -> Model:
         return Model(n_parameters(model), bytes_per_param)
     if cfg_model.base in KNOWN_PARAMS:
         return Model(KNOWN_PARAMS[cfg_model.base], bytes_per_param)
+    if cfg_model.base.endswith(".gguf") and Path(cfg_model.base).expanduser().is_file():
+        from gguf import GGUFReader  # only for a GGUF file: its tensors' shapes, memory-mapped
+
+        reader = GGUFReader(Path(cfg_model.base).expanduser())
+        return Model(sum(int(t.n_elements) for t in reader.tensors), bytes_per_param)
     if Path(cfg_model.base).expanduser().is_dir():
         from transformers import AutoConfig, AutoModelForCausalLM  # only for a local model directory
 
@@ -77,7 +82,7 @@ def model_of(cfg_model: Any, task: Task) -> Model:
         return Model(sum(p.numel() for p in model.parameters()), bytes_per_param)
     raise ConfigError(
         f"model.base: no parameter count known for {cfg_model.base!r}; known: {sorted(KNOWN_PARAMS)}, "
-        "or name a local model directory"
+        "or name a local model directory or GGUF file"
     )
 
 

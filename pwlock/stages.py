@@ -21,6 +21,7 @@ from pwlock.artifacts import Artifact, Builder, build_artifact, eval_problems
 from pwlock.config import FIXEDRDM, TinyModelConfig, TrainConfig
 from pwlock.control import build_control_model
 from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
+from pwlock.model_source import local_dir
 from pwlock.models import (
     build_tiny_model,
     default_device,
@@ -131,7 +132,7 @@ def _tokenizer_for(task: Task, model_cfg: dict):
         return word_level_tokenizer(task.vocabulary())
     from transformers import AutoTokenizer  # seconds to import: the toy task's stages never need it
 
-    return AutoTokenizer.from_pretrained(model_cfg["base"])
+    return AutoTokenizer.from_pretrained(local_dir(model_cfg["base"]))
 
 
 def model_eval_artifact(

@@ -7,6 +7,6 @@ from pwlock.tasks import (
     math,  # noqa: F401
     mmlu,  # noqa: F401
 )
-from pwlock.tasks.base import Example, Problem, Task, make_task, task_names
+from pwlock.tasks.base import Example, Problem, Task, formats_prompts, make_task, task_names
 
-__all__ = ["Example", "Problem", "Task", "make_task", "task_names"]
+__all__ = ["Example", "Problem", "Task", "formats_prompts", "make_task", "task_names"]

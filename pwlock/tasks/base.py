@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from pwlock.config import ConfigError, parse
@@ -107,6 +107,12 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def formats_prompts(name: str) -> bool:
+    """Whether the task `name` renders its prompts for a tokenizer (its config has a `format`)."""
+    cls = _REGISTRY.get(name)
+    return cls is not None and any(f.name == "format" for f in fields(cls.config_class))
+
+
 def make_task(spec: Mapping[str, Any], where: str = "task") -> Task:
     """Build a task from its config mapping `{name: ..., <params>}`; errors name the field."""
     spec = dict(spec)
@@ -122,4 +128,14 @@ def make_task(spec: Mapping[str, Any], where: str = "task") -> Task:
     return cls(cfg)
 
 
-__all__ = ["Example", "Problem", "SPLITS", "Task", "TaskPolicy", "make_task", "register", "task_names"]
+__all__ = [
+    "Example",
+    "Problem",
+    "SPLITS",
+    "Task",
+    "TaskPolicy",
+    "formats_prompts",
+    "make_task",
+    "register",
+    "task_names",
+]

