@@ -76,6 +76,7 @@ def build_upstream(p: Plan, store: Store) -> dict[str, dict[str, Any]]:
 
 def _build_in_worker(store: StoreSpec, artifact: Artifact, *upstream: Any) -> dict[str, Any]:
     setup_logging()
+    runtime.use_cpus()
     return build(store, artifact, *upstream)
 
 

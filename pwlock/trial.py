@@ -50,6 +50,7 @@ from pwlock.logs import setup_logging
 from pwlock.models import load_policy, save_policy
 from pwlock.plan import TrialSetup
 from pwlock.policies import resolve
+from pwlock.runtime import use_cpus
 from pwlock.store import Store, open_store
 from pwlock.tasks import make_task
 
@@ -88,7 +89,7 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     domain); `setup`, put in the object store once by tune.with_parameters, the rest."""
     setup_logging()
     c = setup
-    torch.set_num_threads(max(1, int(c.cpus)))
+    use_cpus(c.cpus)
     store = open_store(c.store)
     run = config["run"]
     method, mode, k, seed = run["method"], run["lock_mode"], run["k"], run["seed"]

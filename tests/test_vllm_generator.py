@@ -15,7 +15,7 @@ import torch
 
 from pwlock.config import TinyModelConfig, TrainConfig, VLLMConfig
 from pwlock.generate.hf import HFGenerator
-from pwlock.generate.vllm_actor import numpy_state, vllm_generator
+from pwlock.generate.vllm_actor import numpy_state, take_placements, vllm_generator
 from pwlock.models import build_tiny_model, save_policy
 from pwlock.tasks.base import Example
 from pwlock.train.sft import train_sft
@@ -54,8 +54,12 @@ def test_vllm_greedy_equals_hf_greedy_before_and_after_an_in_place_update(task, 
     model = _trained(task, tokenizer, build_tiny_model(TINY, tokenizer, seed=0), problems[:32], epochs=100)
     hf = HFGenerator(model, tokenizer)
     model_dir = str(save_policy(model, tokenizer, tmp_path / "model"))
+    take_placements()
     with vllm_generator(model_dir, tokenizer, VLLMConfig()) as engine:
         assert len(engine_processes()) == 1
+        # The engine computes with as many threads as its caller (runtime.use_cpus), not what Ray
+        # or vLLM would pick.
+        assert [p["threads"] for p in take_placements()] == [torch.get_num_threads()]
         before = engine.generate(prompts, max_new_tokens=task.max_new_tokens)
         assert before == hf.generate(prompts, max_new_tokens=task.max_new_tokens)
         assert 0 < sum(task.score(p, c[0]) for p, c in zip(problems, before)) < len(problems)

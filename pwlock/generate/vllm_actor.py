@@ -52,6 +52,9 @@ class _Engine:
 
         self.cfg = cfg
         t0 = time.perf_counter()
+        # The engine and its trainer take turns on the trainer's cores: as many threads as it has
+        # (vLLM fixes the count once the engine starts).
+        torch.set_num_threads(cfg["threads"])
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             _check_cpu_head_size(model_dir)
@@ -74,7 +77,12 @@ class _Engine:
         self.served = {"sampled_prompts": 0, "greedy_prompts": 0, "weight_loads": 0}
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "start_seconds": self.start_seconds, "node_id": _node_id()}
+        return {
+            "pid": os.getpid(),
+            "start_seconds": self.start_seconds,
+            "node_id": _node_id(),
+            "threads": torch.get_num_threads(),
+        }
 
     def stats(self) -> dict[str, int]:
         return dict(self.served)
@@ -226,10 +234,12 @@ def vllm_generator(
             placement_group_bundle_index=-1 if bundle_index is None else bundle_index,
             placement_group_capture_child_tasks=False,
         )
-    actor = ray.remote(_Engine).options(**options).remote(model_dir, asdict(cfg))
+    engine_cfg = {**asdict(cfg), "threads": torch.get_num_threads()}  # the caller's, set by runtime.use_cpus
+    actor = ray.remote(_Engine).options(**options).remote(model_dir, engine_cfg)
     try:
         info = ray.get(actor.ready.remote())
         placed = {"node_id": info["node_id"], "trainer_node_id": _node_id(), "pid": info["pid"], "bundle": bundle_index}
+        placed["threads"] = info["threads"]
         _placements.append(placed)
         if pg is not None and placed["node_id"] != placed["trainer_node_id"]:  # STRICT_PACK promises one node
             raise RuntimeError(f"vLLM engine on node {placed['node_id']}, its trainer on {placed['trainer_node_id']}")
