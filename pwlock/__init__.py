@@ -22,5 +22,5 @@ for _var, _value in {
 
 def cache_root() -> _Path:
     """This machine's pwlock cache (PWLOCK_CACHE, default ~/.cache/pwlock): artifacts read from the
-    store, converted models, compiled sandbox programs."""
+    store, converted models, files from PyPI packages, compiled sandbox programs."""
     return _Path(_os.environ.get("PWLOCK_CACHE", _Path.home() / ".cache" / "pwlock"))

