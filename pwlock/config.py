@@ -296,6 +296,11 @@ class RayConfig:
     cpus_per_stage: float = 1.0
     gpus_per_trial: float = 0.0  # e.g. 1 on a GPU cluster; models then train on the GPU Ray assigns
     gpus_per_stage: float = 0.0
+    # Host memory Ray reserves for each trial (its trainer and, on CPU, its engine) and each stage
+    # task, in GB: Ray then starts no more of them on a node than its memory holds, instead of
+    # starting them all and letting its memory monitor kill some. None: no reservation.
+    memory_per_trial_gb: float | None = None
+    memory_per_stage_gb: float | None = None
 
 
 @dataclass
@@ -616,8 +621,12 @@ def _model_and_eval_errors(cfg: StudyConfig) -> list[str]:
 
 
 def _run_errors(cfg: StudyConfig) -> list[str]:
-    """`store:` and `fault_tolerance:`."""
+    """`ray:`, `store:` and `fault_tolerance:`."""
     errors: list[str] = []
+    for name in ("memory_per_trial_gb", "memory_per_stage_gb"):
+        value = getattr(cfg.ray, name)
+        if value is not None and not value > 0:
+            errors.append(f"ray.{name}: expected GB > 0 or null, got {value}")
     if cfg.store.url is not None and "://" in cfg.store.url and not cfg.store.url.startswith(("s3://", "file://")):
         errors.append(f"store.url: expected a directory or s3://bucket/prefix, got {cfg.store.url!r}")
     if cfg.store.endpoint_url is not None and not cfg.store.endpoint_url.startswith(("http://", "https://")):

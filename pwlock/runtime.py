@@ -74,6 +74,28 @@ def check_store(local: bool, shared: bool, where: str) -> None:
     )
 
 
+def memory_bytes(gb: float | None) -> int | None:
+    """A reservation in GB as the bytes Ray's `memory` resource counts (None: no reservation)."""
+    return None if gb is None else int(gb * 1024**3)
+
+
+def check_memory(cfg: RayConfig) -> None:
+    """Refuse a memory reservation (`ray.memory_per_trial_gb`, `memory_per_stage_gb`) that no node
+    can grant, before any work: such trials or stages would wait for resources forever. A cluster
+    whose autoscaler may add nodes is not checked (its node types may have more)."""
+    wanted = [(n, getattr(cfg, n)) for n in ("memory_per_trial_gb", "memory_per_stage_gb") if getattr(cfg, n)]
+    if not wanted or autoscaled_node_types():
+        return
+    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    for name, gb in wanted:
+        if memory_bytes(gb) > largest:
+            raise ConfigError(
+                f"ray.{name}: {gb:g} GB, but the largest node of this Ray cluster has {largest / 1024**3:.1f} GB "
+                "for tasks (Ray's `memory` resource: the node's memory less its object store); lower it or use "
+                "a larger node"
+            )
+
+
 def autoscaled_node_types() -> list[str]:
     """The node types the connected cluster's autoscaler has seen, [] where it has none. Ray's monitor
     runs on every head; without an autoscaling config it names each node's type after the node

@@ -45,9 +45,11 @@ log = logging.getLogger(__name__)
 
 def build_upstream(p: Plan, store: Store) -> dict[str, dict[str, Any]]:
     """Build missing artifacts as Ray tasks, each after the artifacts it depends on."""
-    remote_build = ray.remote(num_cpus=p.cfg.ray.cpus_per_stage, num_gpus=p.cfg.ray.gpus_per_stage, max_retries=1)(
-        _build_in_worker
-    )
+    ray_cfg = p.cfg.ray
+    memory = {"memory": runtime.memory_bytes(ray_cfg.memory_per_stage_gb)} if ray_cfg.memory_per_stage_gb else {}
+    remote_build = ray.remote(
+        num_cpus=ray_cfg.cpus_per_stage, num_gpus=ray_cfg.gpus_per_stage, max_retries=1, **memory
+    )(_build_in_worker)
     refs: dict[str, Any] = {}
     metas: dict[str, dict[str, Any]] = {}
     for a in p.artifacts:
@@ -151,6 +153,7 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     if not resume:  # the dashboard's gauges from now on, not once the upstream artifacts are built
         progress.before_trials(len(p.trials))
     runtime.check_store(store.local, cfg.store.shared, store.url)
+    runtime.check_memory(cfg.ray)
     timings["ray_start"] = time.perf_counter() - t0
     preflight_sandbox(p)
     metas = build_upstream(p, store)
@@ -293,7 +296,8 @@ def _tuner(
 ) -> tune.Tuner:
     """A new Tuner over the plan's trials, or with `resume` the experiment's Tuner restored from the store."""
     cfg = p.cfg
-    resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, p.engine)
+    memory = runtime.memory_bytes(cfg.ray.memory_per_trial_gb)
+    resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, p.engine, memory)
     # The setup goes to the object store once, not into every trial's config and Tune's state.
     trainable = tune.with_resources(tune.with_parameters(elicitation_trial, setup=setup), resources)
     tune_storage = store.tune_storage()

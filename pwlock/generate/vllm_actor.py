@@ -267,13 +267,17 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def trial_resources(cpus: float, gpus: float, engine: VLLMConfig | None) -> Any:
+def trial_resources(cpus: float, gpus: float, engine: VLLMConfig | None, memory: int | None = None) -> Any:
     """A trial's resources: one bundle for the trainer, and one for its engine when it has one and
     there is a GPU to share (same node, `gpu_fraction` of the GPU). On CPU the engine shares the
-    trial's bundle."""
+    trial's bundle. `memory` (bytes of host memory, Ray's `memory` resource) goes to the trainer's
+    bundle: the trial's whole reservation, its engine's included."""
+    trainer: dict[str, float] = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+    if memory:
+        trainer["memory"] = memory
     if engine is None or not gpus:
-        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}] if gpus else [{"CPU": cpus}])
-    trainer = {"CPU": cpus, "GPU": gpus - engine.gpu_fraction}
+        return tune.PlacementGroupFactory([trainer])
+    trainer["GPU"] = gpus - engine.gpu_fraction
     return tune.PlacementGroupFactory(
         [trainer, {"CPU": max(engine.cpus, 0.01), "GPU": engine.gpu_fraction}], strategy="STRICT_PACK"
     )
