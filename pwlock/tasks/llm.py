@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class DataSource:
     splits: list[str] = field(default_factory=list)  # dataset splits, concatenated; [] = all of them
     columns: dict[str, str] = field(default_factory=dict)  # task field -> the source's column, where they differ
     revision: str | None = None  # a hub revision (branch, tag or commit)
+    # Keep this many records, drawn at random (a fixed draw, in their order): a small study on a
+    # big data set, e.g. a smoke run. None: every record.
+    limit: int | None = None
 
     @property
     def is_file(self) -> bool:
@@ -58,6 +62,8 @@ class DataSource:
         local = Path(self.path).expanduser()
         if self.is_local and not local.exists():
             errors.append(f"{where}.path: {self.path}: no such file or directory")
+        if self.limit is not None and self.limit < 1:
+            errors.append(f"{where}.limit: expected a number of records >= 1 or null, got {self.limit}")
         if self.is_file and (self.subsets or self.splits or self.revision):
             errors.append(f"{where}: subsets, splits and revision are for datasets, not the file {self.path}")
         if local.is_file() and local.suffix not in FILE_SUFFIXES:
@@ -65,8 +71,16 @@ class DataSource:
         return errors
 
     def describe(self) -> str:
-        extra = [f"{k} {v}" for k, v in (("subsets", self.subsets), ("splits", self.splits)) if v]
+        extra = [
+            f"{k} {v}" for k, v in (("subsets", self.subsets), ("splits", self.splits), ("limit", self.limit)) if v
+        ]
         return self.path + (f" ({', '.join(extra)})" if extra else "")
+
+    def take(self, rows: list[Any]) -> list[Any]:
+        """`limit` of `rows` drawn at random (always the same draw), in their order; all without one."""
+        if self.limit is None or self.limit >= len(rows):
+            return rows
+        return [rows[i] for i in sorted(random.Random("data-limit").sample(range(len(rows)), self.limit))]
 
 
 def load_records(source: DataSource, required: Sequence[str], where: str = "data") -> list[dict[str, Any]]:
@@ -76,7 +90,7 @@ def load_records(source: DataSource, required: Sequence[str], where: str = "data
     errors = source.validate(where)
     if errors:
         raise ConfigError("; ".join(errors))
-    rows = _read_file(source, where) if source.is_file else _read_dataset(source, where)
+    rows = source.take(_read_file(source, where) if source.is_file else _read_dataset(source, where))
     if not rows:
         raise ConfigError(f"{where}: {source.describe()}: no records")
     rename = {column: name for name, column in source.columns.items()}

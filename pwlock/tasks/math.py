@@ -69,6 +69,7 @@ class MathConfig:
                 name = (pypi.requirement(source.path) or "").partition("==")[0]
                 if name != champ.PACKAGE:
                     errors.append(f"{where}.path: expected pypi:{champ.PACKAGE}==<version>, got {source.path!r}")
+                errors += DataSource(".", limit=source.limit).validate(where)  # its other fields
             else:
                 errors += source.validate(where)
         errors += self.format.validate("format")
@@ -101,7 +102,7 @@ class MathTask(LLMTask):
     def _problems(self, source: DataSource, where: str) -> list[Problem]:
         out = []
         if source.path.startswith(pypi.PREFIX):
-            records = champ.math_records(source.path)
+            records = source.take(champ.math_records(source.path))
         else:
             records = load_records(source, FIELDS, where)
         for i, r in enumerate(records):
