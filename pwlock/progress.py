@@ -107,6 +107,7 @@ class SweepProgress(Callback):
         self._seconds: dict[str, float] = {}  # trial id -> seconds of its finished runs
         self._gpus: dict[str, float] = {}
         self._ended: dict[str, str] = {}  # trial id -> "done" | "failed", as the callbacks said
+        self.restarts: dict[str, int] = {}  # trial name -> times it failed and started again
         self._t0 = time.monotonic()
         self._last_line: float | None = None
         self._last_update = float("-inf")
@@ -202,6 +203,10 @@ class SweepProgress(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._stop_clock(trial)  # it failed and will run again: the time it ran counts
+        n = self.restarts[str(trial)] = self.restarts.get(str(trial), 0) + 1
+        error = trial.get_error()
+        cause = next((ln.strip() for ln in str(error or "").splitlines() if ln.strip()), "no error recorded")
+        log.warning("trial %s failed and starts again from its last checkpoint (restart %d): %s", trial, n, cause[:300])
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._end(trials, trial, "done")
@@ -217,6 +222,13 @@ class SweepProgress(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._restore()
+        if self.restarts:  # Tune's own tally calls these trials errored, whatever their end
+            log.warning(
+                "%d trials failed and started again from their last checkpoint (%d restarts); each counts "
+                "as done or failed by how its last run ended",
+                len(self.restarts),
+                sum(self.restarts.values()),
+            )
         self.update(trials, line=_stop is None)  # after a stop the driver says where the trials are
 
     def _stop_clock(self, trial) -> None:
