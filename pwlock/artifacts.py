@@ -33,6 +33,9 @@ class Artifact:
     deps: tuple[str, ...] = ()
     key: str = field(init=False)
     gpus: float | None = None  # GPUs its build holds, where not ray.gpus_per_stage (not part of the key)
+    # The vLLM engine (VLLMConfig's fields) an evaluation decodes in; None: HF generate. Not part of
+    # the key: an engine decodes as HF greedy does (tests/test_vllm_eval.py, tests/test_real_smoke.py).
+    engine: dict[str, Any] | None = None
     # Where its build reads inputs the key holds only by content (a supplied file's path): moving
     # the file, or the checkout a job runs from, must not rebuild what depends on it.
     inputs: dict[str, Any] = field(default_factory=dict)

@@ -26,6 +26,7 @@ import numpy as np
 
 from pwlock import evaluate
 from pwlock.evaluate import Passwords
+from pwlock.generate.base import Generator
 from pwlock.tasks.base import Problem, Task
 
 KINDS = ("true", "none", "trained_wrong", "unseen_wrong", "near_miss")
@@ -141,12 +142,15 @@ def audit(
     password: Passwords,
     exclude: Sequence[str] = (),
     batch_size: int = 512,
+    generator: Generator | None = None,
 ) -> dict[str, float]:
-    """Correctness under each probe, by probe name, in the order of `probes`."""
+    """Correctness under each probe, by probe name, in the order of `probes`; a generation task
+    decodes in `generator` if one is given."""
     out = {}
     for probe in probes(task, password, exclude):
         prompts = [probe.prompt(p, i) for i, p in enumerate(problems)]
-        out[probe.name] = float(np.mean(evaluate.prompt_scores(model, tokenizer, task, problems, prompts, batch_size)))
+        scores = evaluate.prompt_scores(model, tokenizer, task, problems, prompts, batch_size, generator)
+        out[probe.name] = float(np.mean(scores))
     return out
 
 

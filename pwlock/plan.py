@@ -318,6 +318,7 @@ class _Inputs:
     pols: PolicyPlan
     model: dict[str, Any]
     ev: dict[str, Any]  # the evaluation's identity (how fast it runs left out)
+    engine: dict[str, Any] | None = None  # the vLLM engine evaluations decode in, if any (not their identity)
 
 
 @dataclass(frozen=True)
@@ -354,7 +355,14 @@ def _upstream(cfg: StudyConfig, task: Task, task_spec: dict[str, Any], pols: Pol
     up.artifacts = [*pols.artifacts, up.scores]
     # The first replicate keeps the labels of a study without replicates (and, of the same seed, its
     # keys): adding replicates to a study reuses what it built and keeps its trials' names.
-    inputs = _Inputs(cfg, task, task_spec, pols, model, ev)
+    # Evaluations of models the stages build decode in a vLLM engine where eval.engine resolves to
+    # it on the stages' resources (as SFT trials' do on theirs); engines decode as HF greedy does.
+    engine = None
+    if resolve_engine(cfg.eval.engine, cfg.ray.gpus_per_stage) == "vllm" and evaluate.decodes(
+        task, task.problems(cfg.eval.split)[:1]
+    ):
+        engine = asdict(cfg.elicit.rl.generator.vllm)
+    inputs = _Inputs(cfg, task, task_spec, pols, model, ev, engine)
     for i, seed in enumerate(lock_seeds(cfg)):
         _replicate(inputs, up, _Rep(i, seed, f"-s{seed}" if i else ""))
     return up
@@ -379,7 +387,7 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
             pols.lock_pools("strong"),
         )
         strong = rep.named(strong)
-        strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"])
+        strong_eval = model_eval_artifact(strong, task_spec, ev, password, ["no_pwd"], x.engine)
         up.artifacts += [strong, strong_eval]
         rep = dataclasses.replace(rep, strong=strong, strong_eval=strong_eval)
         if up.strong is None:
@@ -409,8 +417,9 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
                     pools=pols.lock_pools("strong", weak, lv.intermediate if variant == "adversarial" else None),
                 )
                 up.locked[label] = rep.named(locked)
-                up.locked_eval[label] = model_eval_artifact(up.locked[label], task_spec, ev, opens, list(CONDITIONS))
-                up.audits[label] = lock_audit_artifact(up.locked[label], task, task_spec, ev, opens, others)
+                locked = up.locked[label]
+                up.locked_eval[label] = model_eval_artifact(locked, task_spec, ev, opens, list(CONDITIONS), x.engine)
+                up.audits[label] = lock_audit_artifact(locked, task, task_spec, ev, opens, others, x.engine)
                 up.weak[label], up.variant[label] = weak, variant
                 up.replicates[label] = Replicate(lock_of, seed, strong_eval)
                 up.artifacts += [up.locked[label], up.locked_eval[label], up.audits[label]]
@@ -442,7 +451,9 @@ def _controls(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
             x.pols.lock_pools(weak),
         )
         up.controls[label] = rep.named(control)
-        up.control_eval[label] = model_eval_artifact(up.controls[label], task_spec, ev, password, list(CONDITIONS))
+        up.control_eval[label] = model_eval_artifact(
+            up.controls[label], task_spec, ev, password, list(CONDITIONS), x.engine
+        )
         up.weak[label] = weak
         up.replicates[label] = Replicate(control_label(mode), rep.seed, rep.strong_eval)
         up.artifacts += [up.controls[label], up.control_eval[label]]

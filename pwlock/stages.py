@@ -13,13 +13,18 @@ Each build first looks in the store: an artifact that exists is reused, never re
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pwlock import audit, evaluate
 from pwlock.artifacts import Artifact, Builder, build_artifact, eval_problems
-from pwlock.config import FIXEDRDM, TinyModelConfig, TrainConfig
+from pwlock.config import FIXEDRDM, TinyModelConfig, TrainConfig, VLLMConfig
 from pwlock.control import build_control_model
+from pwlock.generate.base import Generator
+from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
 from pwlock.model_source import local_dir
 from pwlock.models import (
@@ -136,16 +141,28 @@ def _tokenizer_for(task: Task, model_cfg: dict):
 
 
 def model_eval_artifact(
-    model: Artifact, task: dict, eval_cfg: dict, password: str | None, conditions: list[str]
+    model: Artifact,
+    task: dict,
+    eval_cfg: dict,
+    password: str | None,
+    conditions: list[str],
+    engine: dict[str, Any] | None = None,
 ) -> Artifact:
-    """A model's greedy correctness under each condition (with / without / wrong password). Kept
-    apart from the model so that changing how it is evaluated never retrains it."""
+    """A model's greedy correctness under each condition (with / without / wrong password), decoded
+    in a vLLM `engine` if one is given. Kept apart from the model so that changing how it is
+    evaluated never retrains it."""
     spec = {"model": model.key, "task": task, "eval": eval_cfg, "password": password, "conditions": conditions}
-    return Artifact("model_eval", f"{model.label}: evaluation", spec, (model.key,))
+    return Artifact("model_eval", f"{model.label}: evaluation", spec, (model.key,), engine=engine)
 
 
 def lock_audit_artifact(
-    model: Artifact, task: Task, task_spec: dict, eval_cfg: dict, password: Any, exclude: list[str]
+    model: Artifact,
+    task: Task,
+    task_spec: dict,
+    eval_cfg: dict,
+    password: Any,
+    exclude: list[str],
+    engine: dict[str, Any] | None = None,
 ) -> Artifact:
     """A locked model's lock audit: its correctness under each probe (`conditions`) of pwlock.audit,
     with `password` (one, or one per domain) opening it and `exclude` never a wrong one."""
@@ -157,7 +174,7 @@ def lock_audit_artifact(
         "exclude": exclude,
         "conditions": audit.probe_names(task, password, exclude),
     }
-    return Artifact("lock_audit", f"{model.label}: lock audit", spec, (model.key,))
+    return Artifact("lock_audit", f"{model.label}: lock audit", spec, (model.key,), engine=engine)
 
 
 def build(store_spec: StoreSpec | str, artifact: Artifact, *_upstream: Any) -> dict[str, Any]:
@@ -324,12 +341,27 @@ class UntilTarget:
         return done
 
 
+@contextlib.contextmanager
+def _decoder(a: Artifact, model_dir: Path, tokenizer) -> Iterator[Generator | None]:
+    """The vLLM engine `a` evaluates in, serving the model of `model_dir`; None: HF generate."""
+    if a.engine is None:
+        yield None
+        return
+    with vllm_generator(str(model_dir), tokenizer, VLLMConfig(**a.engine)) as gen:
+        yield gen
+
+
 def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
-    model, tokenizer = load_policy(store.artifact_dir(a.spec["model"]))
+    model_dir = store.artifact_dir(a.spec["model"])
+    model, tokenizer = load_policy(model_dir)
     ev = a.spec["eval"]
     problems = eval_problems(task, ev["split"], ev["max_problems"])
-    scores = {c: evaluate.scores(model, tokenizer, task, problems, c, a.spec["password"]) for c in a.spec["conditions"]}
+    with _decoder(a, model_dir, tokenizer) as gen:
+        scores = {
+            c: evaluate.scores(model, tokenizer, task, problems, c, a.spec["password"], generator=gen)
+            for c in a.spec["conditions"]
+        }
     report = {c: float(s.mean()) for c, s in scores.items()}
     log.info("%s: %s", a.label, ", ".join(f"{c} {v:.3f}" for c, v in report.items()))
     out: dict[str, Any] = {"report": report}
@@ -340,10 +372,12 @@ def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
 
 def _build_lock_audit(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     task = make_task(a.spec["task"])
-    model, tokenizer = load_policy(store.artifact_dir(a.spec["model"]))
+    model_dir = store.artifact_dir(a.spec["model"])
+    model, tokenizer = load_policy(model_dir)
     ev = a.spec["eval"]
     problems = eval_problems(task, ev["split"], ev["max_problems"])
-    report = audit.audit(model, tokenizer, task, problems, a.spec["password"], a.spec["exclude"])
+    with _decoder(a, model_dir, tokenizer) as gen:
+        report = audit.audit(model, tokenizer, task, problems, a.spec["password"], a.spec["exclude"], generator=gen)
     log.info("%s: %s", a.label, ", ".join(f"{c} {v:.3f}" for c, v in report.items()))
     return {"audit": report}
 
