@@ -281,9 +281,10 @@ class EvalConfig:
     split: str = "val"
     max_problems: int | None = None
     batch_size: int = 512
-    # Where SFT trials decode greedy evaluations of generation tasks (MATH, code, critiques): "hf"
-    # (HF generate in process), "vllm" (a vLLM engine in the trial, given the weights at each epoch
-    # candidate) or "auto" (vllm where trials have GPUs). RL trials evaluate in their own engine
+    # Where greedy evaluations of generation tasks (MATH, code, critiques) are decoded: "hf" (HF
+    # generate in process), "vllm" (a vLLM engine: an SFT trial's own, given the weights at each
+    # epoch candidate; a stage's own for the evaluations and audits of the models it built) or
+    # "auto" (vllm where trials, or stages, have GPUs). RL trials evaluate in their own engine
     # (elicit.rl.generator). Exact-match and classifier tasks need no decoding and start no engine.
     engine: str = "auto"
 

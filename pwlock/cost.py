@@ -409,7 +409,7 @@ class Estimate:
                 f"runs in {where!r}"
                 if where != "config"
                 else "runs where pwlock runs it (trials: in their vLLM engine, per elicit.rl.generator and "
-                "eval.engine; upstream stages: HF generate)"
+                "eval.engine; stages: by eval.engine on their resources)"
             )
             lines.append(
                 f"  evaluation by generation {now}; all in {other!r} the total would be "

@@ -146,9 +146,10 @@ def estimate_plan(
                 c += price.train(model, n_lock, tokens, cfg.strong.train.epochs, cfg.strong.train.batch_size)
             return c + price.overhead(saves=[model]), " (at most: its lock's epochs)"
         if art.stage in ("model_eval", "lock_audit"):  # an evaluation per condition (an audit's: per probe)
-            return (
-                price.evaluate(model, n_eval, tokens, evaluation, len(art.spec["conditions"])) + price.overhead([model])
-            ), ""
+            engine = "hf" if art.engine is None else "vllm"  # where the stage decodes it (eval.engine)
+            points = len(art.spec["conditions"])
+            c = price.evaluate(model, n_eval, tokens, evaluation, points, engine)
+            return c + price.overhead([model], engine=art.engine is not None), ""
         if art.stage in ("policy_model", "sample_pool"):
             return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, task, tokens), ""
         return price.overhead(), ""  # policy scores: the task's own policies, no model

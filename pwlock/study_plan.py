@@ -406,8 +406,9 @@ class _Expansion:
 
         locked = self.artifact(label, price, deps)
 
-        def price_eval() -> Cost:
-            return sum((self.evaluate(t, base, 3) for t in tasks), Cost()) + self.price.overhead([base])
+        def price_eval() -> Cost:  # in a vLLM engine of the stage's (eval.engine auto, a GPU per stage)
+            c = sum((self.evaluate(t, base, 3, POOL_ENGINE) for t in tasks), Cost())
+            return c + self.price.overhead([base], engine=True)
 
         return locked, self.artifact(f"{label}: evaluation", price_eval, (locked,))
 

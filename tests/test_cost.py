@@ -91,7 +91,7 @@ def test_tiny_described_study_is_priced_exactly():
     weak = 13 * 1.2 + evaluation + (10 + 1 + 2)  # π_weak: SFT on 100 examples, evaluated, loaded and saved
     pool = 400 * 50 / 100 + 400 * 100 / 3000 + (10 + 1 + 20)  # its samples on the lock split, in an engine
     lock = 100 * 1.2 + (10 + 1 + 2)  # 800 examples (a strong and a weak one per problem) in 100 steps
-    lock_eval = 3 * evaluation + (10 + 1)  # with, without and with a wrong password
+    lock_eval = 3 * evaluation + (10 + 1 + 20)  # with, without and with a wrong password, in an engine
     assert s == pytest.approx(
         {
             "policy: t, m trained on π_strong": weak,
