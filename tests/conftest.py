@@ -5,6 +5,7 @@ import faulthandler
 import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,17 @@ def local_ray():
     init_ray(RayConfig(num_cpus=2))
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def models_cache(tmp_path_factory) -> Path:
+    """A pwlock cache that the test processes of one run share, for what is slow to make and never
+    changes: SmolLM2 converted from its GGUF package, CHAMP's wheel (each is made once, whole, by
+    whichever process needs it first)."""
+    root = tmp_path_factory.getbasetemp()
+    path = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "pwlock-models-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

