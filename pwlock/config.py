@@ -34,6 +34,7 @@ LOCK_MODES = ("sft", "scratch", "base")
 LOCK_VARIANTS = ("standard", "per_domain", "setting", "adversarial", "omit_domain", "subset")
 STRONG_SETTINGS = ("varied", "normal")
 GENERATORS = ("auto", "hf", "vllm")
+AUTO = "auto"  # ray.memory_per_trial_gb / memory_per_stage_gb: estimated (pwlock.memory)
 
 
 def resolve_engine(choice: str, gpus_per_trial: float) -> str:
@@ -299,9 +300,10 @@ class RayConfig:
     gpus_per_stage: float = 0.0
     # Host memory Ray reserves for each trial (its trainer and, on CPU, its engine) and each stage
     # task, in GB: Ray then starts no more of them on a node than its memory holds, instead of
-    # starting them all and letting its memory monitor kill some. None: no reservation.
-    memory_per_trial_gb: float | None = None
-    memory_per_stage_gb: float | None = None
+    # starting them all and letting its memory monitor kill some. "auto": estimated from the model,
+    # the optimizer and the longest batch (pwlock.memory); None: no reservation.
+    memory_per_trial_gb: float | str | None = None
+    memory_per_stage_gb: float | str | None = None
 
 
 @dataclass
@@ -626,8 +628,8 @@ def _run_errors(cfg: StudyConfig) -> list[str]:
     errors: list[str] = []
     for name in ("memory_per_trial_gb", "memory_per_stage_gb"):
         value = getattr(cfg.ray, name)
-        if value is not None and not value > 0:
-            errors.append(f"ray.{name}: expected GB > 0 or null, got {value}")
+        if value is not None and value != AUTO and (isinstance(value, str) or not value > 0):
+            errors.append(f"ray.{name}: expected GB > 0, 'auto' or null, got {value!r}")
     if cfg.store.url is not None and "://" in cfg.store.url and not cfg.store.url.startswith(("s3://", "file://")):
         errors.append(f"store.url: expected a directory or s3://bucket/prefix, got {cfg.store.url!r}")
     if cfg.store.endpoint_url is not None and not cfg.store.endpoint_url.startswith(("http://", "https://")):

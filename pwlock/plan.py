@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pwlock import evaluate
+from pwlock import evaluate, memory
 from pwlock.artifacts import Artifact
 from pwlock.config import (
     ALL_DOMAINS,
+    AUTO,
     FIXEDRDM,
     NO_DEMONSTRATOR,
     ConfigError,
@@ -142,6 +144,13 @@ class Plan:
         """The registry entries of elicit.methods (the ones every trial gets)."""
         return self.setup.methods
 
+    @functools.cached_property
+    def memory_gb(self) -> tuple[float | None, float | None]:
+        """Host memory Ray reserves per trial and per stage task, in GB (ray.memory_per_trial_gb,
+        memory_per_stage_gb). "auto" is estimated when a run first asks, not when planning: it reads
+        the model's config, and a GGUF source is downloaded and converted for that."""
+        return _memory(self.cfg, self.task, self.methods, self.engine, self.artifacts)
+
 
 def plan(cfg: StudyConfig) -> Plan:
     """Expand the study into artifacts and trials, checking everything that needs the task."""
@@ -181,6 +190,42 @@ def plan(cfg: StudyConfig) -> Plan:
         up.control_eval,
         up.replicates,
     )
+
+
+def _memory(
+    cfg: StudyConfig,
+    task: Task,
+    methods: dict[str, Method],
+    engine: VLLMConfig | None,
+    artifacts: list[Artifact],
+) -> tuple[float | None, float | None]:
+    """ray.memory_per_trial_gb and memory_per_stage_gb in GB, "auto" estimated (pwlock.memory) at
+    model.base's shape for every model a stage trains (a policy of another base is taken as that)."""
+    trial, stage = cfg.ray.memory_per_trial_gb, cfg.ray.memory_per_stage_gb
+    if AUTO not in (trial, stage):
+        return trial, stage
+    shape = memory.shape_of(cfg.model.base, cfg.model.tiny, cfg.model.dtype, task)
+    password = cfg.lock.password or task.default_password
+    tokens = memory.longest_example(task, cfg.model.base, password, ("lock", "elicit"))
+
+    def step(t: TrainConfig, rows: int = 1) -> float:
+        return memory.training_gb(shape, t.optimizer, rows * t.batch_size, tokens, t.bf16_update == "master")
+
+    if trial == AUTO:
+        train = [step(cfg.elicit.train)]
+        if any(m.rl and "dpo" in name for name, m in methods.items()):  # chosen and rejected rows, a reference model
+            train.append(step(cfg.elicit.rl.dpo_train, 2) + shape.params * shape.bytes_per_param / memory.GB)
+        cpu_engine = memory.engine_gb(shape) if engine is not None else None
+        trial = memory.peak_gb(train, cpu_engine, cfg.ray.gpus_per_trial > 0, shape)
+    if stage == AUTO:
+        train = [step(cfg.lock.train_of(mode)) for mode in cfg.lock.modes]
+        train += [step(cfg.strong.train)] if "sft" in cfg.lock.modes else []  # π_strong's model
+        train += [step(pc.train) for pc in cfg.policies.values() if pc.base is not None and pc.train_on is not None]
+        # A stage trains or decodes in an engine (beside the model it evaluates), never both at once.
+        if any(a.engine for a in artifacts) or any(pc.generator.backend == "vllm" for pc in cfg.policies.values()):
+            train.append(memory.engine_gb(shape) + shape.params * shape.bytes_per_param / memory.GB)
+        stage = memory.peak_gb(train, None, cfg.ray.gpus_per_stage > 0, shape)
+    return trial, stage
 
 
 def _task_spec(cfg: StudyConfig) -> dict[str, Any]:

@@ -79,11 +79,11 @@ def memory_bytes(gb: float | None) -> int | None:
     return None if gb is None else int(gb * 1024**3)
 
 
-def check_memory(cfg: RayConfig) -> None:
-    """Refuse a memory reservation (`ray.memory_per_trial_gb`, `memory_per_stage_gb`) that no node
-    can grant, before any work: such trials or stages would wait for resources forever. A cluster
-    whose autoscaler may add nodes is not checked (its node types may have more)."""
-    wanted = [(n, getattr(cfg, n)) for n in ("memory_per_trial_gb", "memory_per_stage_gb") if getattr(cfg, n)]
+def check_memory(per_trial_gb: float | None, per_stage_gb: float | None) -> None:
+    """Refuse a memory reservation (`ray.memory_per_trial_gb`, `memory_per_stage_gb`, as planned)
+    that no node can grant, before any work: such trials or stages would wait for resources
+    forever. A cluster whose autoscaler may add nodes is not checked (its node types may have more)."""
+    wanted = [(n, gb) for n, gb in (("memory_per_trial_gb", per_trial_gb), ("memory_per_stage_gb", per_stage_gb)) if gb]
     if not wanted or autoscaled_node_types():
         return
     largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"]), default=0)

@@ -24,7 +24,7 @@ from pwlock import analysis, runtime, sandbox, tune_names, tune_state
 from pwlock.analysis import STUDY as STUDY_FILE
 from pwlock.artifacts import Artifact
 from pwlock.audit import table as audit_table
-from pwlock.config import ALL_DOMAINS, ConfigError, StudyConfig
+from pwlock.config import ALL_DOMAINS, AUTO, ConfigError, StudyConfig
 from pwlock.generate.vllm_actor import trial_resources
 from pwlock.guards import assess_locks, check_locks
 from pwlock.integrity import FILES
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 def build_upstream(p: Plan, store: Store) -> dict[str, dict[str, Any]]:
     """Build missing artifacts as Ray tasks, each after the artifacts it depends on."""
     ray_cfg = p.cfg.ray
-    memory = {"memory": runtime.memory_bytes(ray_cfg.memory_per_stage_gb)} if ray_cfg.memory_per_stage_gb else {}
+    stage_gb = p.memory_gb[1]
+    memory = {"memory": runtime.memory_bytes(stage_gb)} if stage_gb else {}
     remote_build = ray.remote(
         num_cpus=ray_cfg.cpus_per_stage, num_gpus=ray_cfg.gpus_per_stage, max_retries=1, **memory
     )(_build_in_worker)
@@ -153,7 +154,14 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
     if not resume:  # the dashboard's gauges from now on, not once the upstream artifacts are built
         progress.before_trials(len(p.trials))
     runtime.check_store(store.local, cfg.store.shared, store.url)
-    runtime.check_memory(cfg.ray)
+    runtime.check_memory(*p.memory_gb)
+    if any(p.memory_gb):
+        auto = [n for n in ("trial", "stage") if getattr(cfg.ray, f"memory_per_{n}_gb") == AUTO]
+        log.info(
+            "memory reserved: %s GB per trial, %s GB per stage%s",
+            *p.memory_gb,
+            f" ({' and '.join(auto)} estimated: pwlock.memory)" if auto else "",
+        )
     timings["ray_start"] = time.perf_counter() - t0
     preflight_sandbox(p)
     metas = build_upstream(p, store)
@@ -296,7 +304,7 @@ def _tuner(
 ) -> tune.Tuner:
     """A new Tuner over the plan's trials, or with `resume` the experiment's Tuner restored from the store."""
     cfg = p.cfg
-    memory = runtime.memory_bytes(cfg.ray.memory_per_trial_gb)
+    memory = runtime.memory_bytes(p.memory_gb[0])
     resources = trial_resources(cfg.ray.cpus_per_trial, cfg.ray.gpus_per_trial, p.engine, memory)
     # The setup goes to the object store once, not into every trial's config and Tune's state.
     trainable = tune.with_resources(tune.with_parameters(elicitation_trial, setup=setup), resources)

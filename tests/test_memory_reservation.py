@@ -12,7 +12,7 @@ import ray
 from ray import tune
 
 from pwlock import runtime
-from pwlock.config import ConfigError, RayConfig, VLLMConfig, config_from_dict
+from pwlock.config import ConfigError, VLLMConfig, config_from_dict
 from pwlock.generate.vllm_actor import trial_resources
 
 GIB = 1024**3
@@ -65,11 +65,11 @@ def test_on_a_gpu_the_trainer_bundle_holds_the_trials_memory():
 
 
 def test_a_reservation_no_node_can_grant_is_refused_naming_the_field(small_node):
-    runtime.check_memory(RayConfig(memory_per_trial_gb=2.0, memory_per_stage_gb=1.0))  # fits: no error
+    runtime.check_memory(2.0, 1.0)  # fits: no error
     with pytest.raises(ConfigError, match=r"ray.memory_per_stage_gb: 8 GB, but the largest node .* has 3.0 GB"):
-        runtime.check_memory(RayConfig(memory_per_trial_gb=2.0, memory_per_stage_gb=8.0))
+        runtime.check_memory(2.0, 8.0)
 
 
 def test_a_reservation_that_is_not_positive_is_refused():
-    with pytest.raises(ConfigError, match=r"ray.memory_per_trial_gb: expected GB > 0 or null, got 0"):
+    with pytest.raises(ConfigError, match=r"ray.memory_per_trial_gb: expected GB > 0, 'auto' or null, got 0"):
         config_from_dict({"name": "x", "task": {"name": "function_composition"}, "ray": {"memory_per_trial_gb": 0}})
