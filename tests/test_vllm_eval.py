@@ -290,9 +290,10 @@ def test_auto_engines_are_decided_by_the_trials_resources():
 
 
 def test_the_cost_model_prices_each_evaluation_where_pwlock_decodes_it():
-    """By default (evaluation_engine "config"): upstream models with HF generate, RL and SFT trials
-    in their engine; filtering starts an engine for a generation task's evaluation. "hf" and
-    "vllm" price every evaluation there."""
+    """By default (evaluation_engine "config"): a trained policy's evaluation with HF generate, RL
+    and SFT trials in their engine (locks' evaluations in a stage's engine: tests/test_cost.py);
+    filtering starts an engine for a generation task's evaluation. "hf" and "vllm" price every
+    evaluation there."""
     from tests.test_cost import tiny_study
 
     raw = tiny_study()  # 7e9 parameters: decoding at exactly hf_tok_s / vllm_tok_s; val has 200 problems
