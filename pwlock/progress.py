@@ -204,9 +204,8 @@ class SweepProgress(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._stop_clock(trial)  # it failed and will run again: the time it ran counts
         n = self.restarts[str(trial)] = self.restarts.get(str(trial), 0) + 1
-        error = trial.get_error()
-        cause = next((ln.strip() for ln in str(error or "").splitlines() if ln.strip()), "no error recorded")
-        log.warning("trial %s failed and starts again from its last checkpoint (restart %d): %s", trial, n, cause[:300])
+        # Tune has logged its error just above; reading it back (trial.get_error) would read the store.
+        log.warning("trial %s failed and starts again from its last checkpoint (restart %d)", trial, n)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._end(trials, trial, "done")

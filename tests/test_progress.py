@@ -72,8 +72,13 @@ def test_progress_on_real_tune_trials(tmp_path, monkeypatch, caplog):
             # Every trial ran on one GPU: GPU-hours are trial-hours, and the failed trial's two
             # attempts count too.
             assert cb.trial_hours > 0 and cb.gpu_hours == pytest.approx(cb.trial_hours)
-        finished = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]
+        messages = [r.getMessage() for r in caplog.records]
+        finished = [m for m in messages if m.startswith("trial ") and (" done after " in m or " failed after " in m)]
         assert len(finished) == 2 * 4  # each callback names each trial once, as it ends
+        # x=3's first failure is a restart, said as one by each callback, and counted at the end.
+        restarts = [m for m in messages if " failed and starts again from its last checkpoint (restart 1)" in m]
+        assert len(restarts) == 2 and all(m.startswith("trial x=3 ") for m in restarts)
+        assert sum(m.startswith("1 trials failed and started again from their last checkpoint") for m in messages) == 2
         for x in range(3):
             assert (
                 sum(f"x={x}" in m and " done after " in m and f"best correctness {x / 10:.3f}" in m for m in finished)
