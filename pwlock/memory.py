@@ -8,7 +8,7 @@ log-softmax and its gradient), a CPU vLLM engine beside it (its weights, its KV 
 runtime) and the process itself. Activations are 42·s·b·h bytes per layer in 16-bit, twice that in
 fp32: Korthikanti et al. 2022 count 34 for a GPT block without the s² attention scores (SDPA keeps
 none); a Llama block's SwiGLU keeps more, and 42 fits the peaks measured on SmolLM2-135M-Instruct
-(fp32, AdamW, tests/test_memory_estimate.py: 9.30 GB for 4 rows of 700 tokens, 3.99 GB for 2 of
+(fp32, AdamW, benchmarks/memory_estimate.py: 9.25 GB for 4 rows of 700 tokens, 4.02 GB for 2 of
 256). On a GPU the model lives on the GPU: the host holds the process and a copy of the weights
 while loading.
 """
