@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pwlock import analysis
+from pwlock.artifacts import eval_problems
 from pwlock.config import config_from_dict
 from pwlock.generate.hf import HFGenerator
 from pwlock.generate.vllm_actor import vllm_generator
@@ -99,7 +100,9 @@ def test_no_elicitation_input_carries_the_password(study):
         if a.stage == "sample_pool":
             pool = store.artifact_dir(a.key) / "samples.jsonl"
             texts += [c for line in pool.read_text().splitlines() for c in json.loads(line)["completions"]]
-    assert len(texts) == 2 * len(elicit) + sum(len(q) for q in (p.task.problems("lock"), p.task.problems("val")))
+    # π_weak's pools: one sample per lock problem, its greedy answer per evaluation problem
+    evaluated = eval_problems(p.task, p.cfg.eval.split, p.cfg.eval.max_problems)
+    assert len(texts) == 2 * len(elicit) + len(p.task.problems("lock")) + len(evaluated)
     assert not [t for t in texts if password.lower() in t.lower()]
     assert "leak guard on" in proc.stdout + proc.stderr
 
