@@ -44,6 +44,10 @@ class Shape:
     vocab: int
     bytes_per_param: int  # 4 (fp32) or 2 (bf16)
 
+    @property
+    def weights_gb(self) -> float:
+        return self.params * self.bytes_per_param / GB
+
 
 def training_gb(shape: Shape, optimizer: str, batch_size: int, tokens: int, master_weights: bool = False) -> float:
     """A training step's peak on the CPU: `batch_size` rows of `tokens` tokens (the longest)."""
@@ -55,14 +59,14 @@ def training_gb(shape: Shape, optimizer: str, batch_size: int, tokens: int, mast
 
 def engine_gb(shape: Shape) -> float:
     """A vLLM engine on the CPU: its weights, its KV cache and its runtime."""
-    return shape.params * shape.bytes_per_param / GB + CPU_KV_CACHE_GB + ENGINE_RUNTIME_GB
+    return shape.weights_gb + CPU_KV_CACHE_GB + ENGINE_RUNTIME_GB
 
 
 def peak_gb(train: Iterable[float], engine: float | None, on_gpu: bool, shape: Shape) -> float:
     """A trial's or a stage's peak: its largest training step (`train`, GB each) and, on the CPU,
     its engine beside it; on a GPU only the process and the weights while loading."""
     if on_gpu:
-        return round(PROCESS_GB + shape.params * shape.bytes_per_param / GB, 1)
+        return round(PROCESS_GB + shape.weights_gb, 1)
     return round(PROCESS_GB + max(train, default=0.0) + (engine or 0.0), 1)
 
 

