@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ import psutil
 import ray
 import ray._private.utils as ray_utils
 import yaml
+from ray._private import ray_constants
 from ray._private.node import Node
 from ray._private.parameter import RayParams
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
@@ -40,6 +42,14 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 from ray.cluster_utils import Cluster
+
+
+def _signal(p: psutil.Process, sig: int) -> None:
+    try:
+        p.send_signal(sig)
+    except psutil.Error:  # gone already
+        pass
+
 
 AWS_YAML = Path(__file__).resolve().parents[1] / "cluster" / "aws.yaml"
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head's type
@@ -260,8 +270,18 @@ class LocalCluster:
         )
 
     def remove(self, node: Node) -> None:
-        """Kill a worker node at once, its raylet and every process on it, as when a machine dies."""
+        """Kill a worker node at once, its raylet and every process on it, as when a machine dies.
+
+        Its workers are frozen first: killing a raylet alone leaves them running until they notice,
+        time enough for one to finish a task and write to the store after its node is gone."""
+        raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+        workers = raylet.children(recursive=True)
+        for p in workers:
+            _signal(p, signal.SIGSTOP)
         self.cluster.remove_node(node, allow_graceful=False)
+        for p in workers:
+            _signal(p, signal.SIGKILL)
+        psutil.wait_procs(workers, timeout=10)
 
     def nodes(self) -> list[dict[str, Any]]:
         """The alive nodes as Ray lists them (needs this process connected: ray.init(address=...))."""
