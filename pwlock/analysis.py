@@ -50,6 +50,7 @@ OTHER = "other_domains"  # mean of the per-domain correctness of the domains not
 UPSTREAM = ["locked_with_pwd", "locked_no_pwd", "locked_wrong_pwd", "weak", "strong", "strong_model"]
 # lock.seeds: the label a lock's replicates share (`lock_mode` is the replicate's own) and its seed
 REPLICATE = ["lock", "lock_seed"]
+LR = "lr"  # the learning rate of a method run once per rate (DPO: elicit.rl.dpo_lr_scales)
 
 
 def experiment_store(path: str | os.PathLike) -> tuple[Store, str]:
@@ -106,6 +107,7 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
             "pairs",
             "password_samples",
             "eval_problems",
+            LR,
         )
         if c in out
     ]
@@ -212,8 +214,9 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     out["best_epochs"] = best["epochs"]
     out["rl"] = is_rl(best)
     out["control"] = is_control(best)
-    if "demonstrations" in best:
-        out["demonstrations"] = best["demonstrations"]
+    for col in ("demonstrations", LR):
+        if col in best:
+            out[col] = best[col]
     out["correctness_selected"] = selected["correctness"]
     out["selected_epochs"] = selected["epochs"]
     if OTHER in selected:
@@ -223,13 +226,41 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
     for col in (*REPLICATE, *UPSTREAM):
         if col in best:
             out[col] = best[col]
+    out["lr_selected"] = lr_selected(out)
     front = [*TRIAL_KEYS, *REPLICATE, "rl", "control", "correctness", "best_epochs", "correctness_selected"]
-    front += ["selected_epochs"]
+    front += ["selected_epochs", LR, "lr_selected"]
     front += ["correctness_paper", "paper_epochs", *UPSTREAM]
     rest = sorted(c for c in out.columns if c not in front)
     return out.reset_index()[[c for c in front if c in out.columns] + rest + ["trial"]].sort_values(
         ["lock_mode", "k", "seed"], ignore_index=True
     )
+
+
+def lr_selected(per_trial: pd.DataFrame, value: str = "correctness_selected") -> pd.Series:
+    """Per trial (one row each), whether its learning rate is the one its setting keeps: among the
+    rates a method ran at, the best mean over seeds of `value` (App. G.3 picks DPO's so), for each
+    (task, lock, method, demonstrator, domain, k). True for a trial of a method run at one rate."""
+    if LR not in per_trial or per_trial[LR].isna().all():
+        return pd.Series(True, index=per_trial.index)
+    df = with_dimensions(per_trial)
+    has = df[LR].notna().to_numpy()
+    means = df[has].groupby([*GROUP, LR])[value].mean().rename("m").reset_index()
+    best = means.loc[means.groupby(GROUP)["m"].idxmax(), [*GROUP, LR]].assign(kept=True)
+    kept = df[[*GROUP, LR]].merge(best, on=[*GROUP, LR], how="left")["kept"].eq(True).to_numpy()
+    return pd.Series(~has | kept, index=per_trial.index)
+
+
+def lr_grid(summary: pd.DataFrame, value: str = "correctness_selected") -> pd.DataFrame:
+    """Each setting run at several learning rates: the seed mean of `value` at each rate, and the
+    rate kept (`lr_selected`); empty where no method ran at more than one."""
+    if LR not in summary or summary[LR].isna().all():
+        return pd.DataFrame()
+    df = with_dimensions(summary[summary[LR].notna()])
+    rows = ["task", "lock_mode", "method"] + [c for c in ("demonstrator", "domain", "k") if df[c].nunique() > 1]
+    grid = df.pivot_table(index=rows, columns=LR, values=value, aggfunc="mean").round(3)
+    grid.columns = [f"lr {c:g}" for c in grid.columns]
+    kept = df[df["lr_selected"]].groupby(rows)[LR].first() if "lr_selected" in df else None
+    return grid.assign(kept=kept.map("{:g}".format)) if kept is not None else grid
 
 
 def with_replicates(df: pd.DataFrame) -> pd.DataFrame:
@@ -244,6 +275,8 @@ def aggregate(summary: pd.DataFrame, value: str = "correctness_selected") -> pd.
     the label a lock's replicates share. One lock: over elicitation seeds. Lock replicates
     (lock.seeds): the mean and SEM of the replicates' means, each over its seeds, so that the error
     covers lock-to-lock as well as seed-to-seed variance; `error_over` says which."""
+    if "lr_selected" in summary:  # a method run at several learning rates counts at the rate kept
+        summary = summary[summary["lr_selected"].astype(bool)]
     df = with_replicates(with_dimensions(summary)).drop(columns="lock_mode").rename(columns={"lock": "lock_mode"})
     by_seed = df.groupby(GROUP)[value]
     per_lock = df.groupby([*GROUP, "lock_seed"], dropna=False)[value].mean().groupby(GROUP)
@@ -279,6 +312,9 @@ def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
     if value == "correctness_selected" and len(paper):
         head = "the same, epochs selected among App. G.3's own budgets (256, 512, 1024)"
         out += f"\n\n{head}:\n{_grid(paper, 'correctness_paper')[0]}"
+    lrs = lr_grid(summary, value)
+    if len(lrs):
+        out += f"\n\nlearning rates (seed means; the kept rate's trials are the table's):\n{lrs.to_string()}"
     reach = k_reaching(summary, REACH, value)
     if len(reach):
         out += f"\n\nsmallest k whose mean reaches {REACH} (the never-locked control's mean at that k):\n"
@@ -472,6 +508,9 @@ def rl_curves(candidates: pd.DataFrame) -> pd.DataFrame:
     """Mean ± SEM over seeds of correctness after each RL round, against the samples generated so
     far, per (task, lock, method, k); round 0 is the locked model (or, after SFT, the SFT'd one)."""
     rl = candidates[is_rl(candidates)]
+    if LR in rl and rl[LR].notna().any():  # the rate each setting keeps, by its last round's seed mean
+        last = rl.loc[rl.groupby("trial")["candidate"].idxmax()]
+        rl = rl[rl["trial"].isin(last.loc[lr_selected(last, "correctness"), "trial"])]
     keys = ["task", "lock_mode", "method", "k", "samples"]
     g = rl.groupby(keys)["correctness"]
     out = g.agg(["mean", "count"]).reset_index()

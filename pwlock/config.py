@@ -240,6 +240,9 @@ class RLConfig:
     temperature: float = 1.0
     continuous_reward: bool = False  # weight DPO pairs by the gap of the task's reward (Eq. 2)
     dpo_train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.5e-6 / 2, epochs=1))
+    # DPO and iterated DPO run a trial per learning rate, dpo_train.lr times each scale, and the
+    # analysis keeps the rate with the best seed mean (App. G.3: {1.5, 0.75, 0.375}·10⁻⁶ by default).
+    dpo_lr_scales: list[float] = field(default_factory=lambda: [2.0, 1.0, 0.5])
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     # RL after SFT (App. B.3.3): the policy whose k demonstrations come first.
     sft_demonstrator: str = "weak"
@@ -595,6 +598,12 @@ def _elicit_errors(cfg: StudyConfig) -> list[str]:
         errors.append(f"elicit.seeds: expected each seed once (a seed twice plans one trial twice), got {twice} twice")
     if not budgets or any(b < 1 for b in budgets) or budgets != sorted(set(budgets)):
         errors.append(f"elicit.sample_budgets: expected positive numbers of samples, increasing, got {budgets}")
+    scales = cfg.elicit.rl.dpo_lr_scales
+    if not scales or any(not x > 0 for x in scales) or len(set(scales)) != len(scales) or 1.0 not in scales:
+        errors.append(
+            "elicit.rl.dpo_lr_scales: expected distinct positive multiples of elicit.rl.dpo_train.lr, 1 among "
+            f"them (the configured rate's trials keep their names), got {scales}"
+        )
     return errors
 
 

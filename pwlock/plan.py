@@ -46,11 +46,19 @@ from pwlock.tasks import Task, formats_prompts, make_task
 
 
 def trial_name(
-    lock_mode: str, method: str, k: int, seed: int, demonstrator: str = "strong", domain: str = ALL_DOMAINS
+    lock_mode: str,
+    method: str,
+    k: int,
+    seed: int,
+    demonstrator: str = "strong",
+    domain: str = ALL_DOMAINS,
+    lr: float | None = None,
 ) -> str:
-    """`sftlock-sft-k32-seed0`; a demonstrator other than π_strong and a single domain are named too."""
+    """`sftlock-sft-k32-seed0`; a demonstrator other than π_strong, a single domain and a learning
+    rate other than the configured one (`sftlock-dpo-lr1.5e-06-k0-seed0`) are named too."""
     named = demonstrator not in ("strong", NO_DEMONSTRATOR)
     extra = "".join([f"-{demonstrator}" * named, f"-{domain}" * (domain != ALL_DOMAINS)])
+    extra += f"-lr{lr:g}" if lr is not None else ""
     return f"{lock_mode}lock-{method}{extra}-k{k}-seed{seed}"
 
 
@@ -69,13 +77,14 @@ class Trial:
     epoch_candidates: list[int]  # SFT: epochs at which it is evaluated; RL: its rounds
     demonstrator: str = "strong"  # whose demonstrations SFT trains on
     domain: str = ALL_DOMAINS  # the elicit split's domain the demonstrations come from
+    lr: float | None = None  # a method run per learning rate (Method.lrs): this rate, if not the configured one
 
     @property
     def name(self) -> str:
-        return trial_name(self.lock_mode, self.method, self.k, self.seed, self.demonstrator, self.domain)
+        return trial_name(self.lock_mode, self.method, self.k, self.seed, self.demonstrator, self.domain, self.lr)
 
     def run_config(self) -> dict[str, Any]:
-        return {
+        out = {
             "method": self.method,
             "lock_mode": self.lock_mode,
             "k": self.k,
@@ -83,6 +92,7 @@ class Trial:
             "demonstrator": self.demonstrator,
             "domain": self.domain,
         }
+        return out if self.lr is None else {**out, "lr": self.lr}
 
 
 @dataclass
@@ -505,7 +515,8 @@ def _controls(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
 
 
 def _trials(cfg: StudyConfig, task: str, locks: list[str], methods: dict[str, Method]) -> list[Trial]:
-    """Lock × method × demonstrator × domain × k × seed, as each method's entry says it varies."""
+    """Lock × method × demonstrator × domain × k × learning rate × seed, as each method's entry says
+    it varies."""
     rl, budgets = cfg.elicit.rl, cfg.elicit.sample_budgets
     trials = []
     for label in locks:
@@ -521,9 +532,18 @@ def _trials(cfg: StudyConfig, task: str, locks: list[str], methods: dict[str, Me
                     for k in sorted(cfg.elicit.ks) if method.demonstrations else [0]:
                         rounds = candidates(method, k, budgets, rl)
                         trials += [
-                            Trial(task, label, name, k, seed, rounds, demonstrator, domain) for seed in cfg.elicit.seeds
+                            Trial(task, label, name, k, seed, rounds, demonstrator, domain, lr)
+                            for lr in _lrs(method, rl)
+                            for seed in cfg.elicit.seeds
                         ]
     return trials
+
+
+def _lrs(method: Method, rl: RLConfig) -> list[float | None]:
+    """A trial's `lr` for each rate `method` runs at: None for the configured one (dpo_train.lr)."""
+    if method.lrs is None:
+        return [None]
+    return [None if lr == rl.dpo_train.lr else lr for lr in method.lrs(rl)]
 
 
 def _trial_setup(

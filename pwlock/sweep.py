@@ -426,7 +426,13 @@ def _trial_name(trial) -> str:
     so that they still restore."""
     c = trial.config["run"]
     name = trial_name(
-        c["lock_mode"], c["method"], c["k"], c["seed"], c.get("demonstrator", "strong"), c.get("domain", ALL_DOMAINS)
+        c["lock_mode"],
+        c["method"],
+        c["k"],
+        c["seed"],
+        c.get("demonstrator", "strong"),
+        c.get("domain", ALL_DOMAINS),
+        c.get("lr"),
     )
     return f"{name}-{trial.trial_id}"
 

@@ -24,6 +24,7 @@ lacks from `done.json` and trains nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ import torch
 from ray import tune
 
 from pwlock.artifacts import eval_problems
-from pwlock.config import ALL_DOMAINS
+from pwlock.config import ALL_DOMAINS, RLConfig
 from pwlock.elicit.methods import Elicitation, candidates
 from pwlock.elicit.methods import run as run_method
 from pwlock.generate.vllm_actor import take_placements
@@ -106,6 +107,8 @@ def elicitation_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         "domain": domain,
         "rl": c.methods[method].rl,  # rounds, the last selected (pwlock.analysis), not epoch candidates
     }
+    if c.methods[method].lrs is not None:  # a trial per rate: the analysis keeps the best seed mean's
+        fixed["lr"] = _rl(c, run).dpo_train.lr
 
     known = _records_tune_has()
 
@@ -275,6 +278,13 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def _rl(c: TrialSetup, run: dict[str, Any]) -> RLConfig:
+    """The study's RL settings, at the trial's own DPO learning rate where it has one."""
+    if run.get("lr") is None:
+        return c.rl
+    return dataclasses.replace(c.rl, dpo_train=dataclasses.replace(c.rl.dpo_train, lr=run["lr"]))
+
+
 def _elicitation(
     c: TrialSetup, store: Store, name: str, run: dict[str, Any], model: Any, tokenizer: Any, locked_dir: str
 ) -> Elicitation:
@@ -292,7 +302,7 @@ def _elicitation(
         seed=run["seed"],
         train=c.train,
         budgets=c.budgets,
-        rl=c.rl,
+        rl=_rl(c, run),
         eval_problems=eval_problems(task, c.eval.split, c.eval.max_problems),
         eval_batch_size=c.eval.batch_size,
         eval_engine=c.eval.engine,

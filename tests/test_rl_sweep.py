@@ -41,6 +41,7 @@ STUDY = {
             "dpo_rounds": 2,
             "dpo_problems": 20,
             "dpo_train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 8, "warmup_steps": 0},
+            "dpo_lr_scales": [1.0, 0.5],  # the paper's grid has 3 rates: 2 show the selection
             "generator": {"backend": "vllm"},
         },
     },
@@ -72,10 +73,24 @@ def test_rl_study_with_vllm_engines_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "store" / "rl"
     candidates = analysis.load_candidates(exp)
-    # 2 locks × (4 RL methods + RL after SFT on k=4) × 1 seed, 2 rounds each.
+    # 2 locks × (4 RL methods, DPO and iterated DPO at 2 learning rates, + RL after SFT on k=4) × 1
+    # seed, 2 rounds each.
     assert sorted(candidates["lock_mode"].unique()) == ["sft", "sft-fixedrdm"]
-    per_trial = candidates.groupby(["lock_mode", "method", "k"])["candidate"].apply(sorted)
-    assert len(per_trial) == 10 and all(c == [1, 2] for c in per_trial)
+    per_trial = candidates.groupby("trial")["candidate"].apply(sorted)
+    assert len(per_trial) == 14 and all(c == [1, 2] for c in per_trial)
+    dpo = candidates[candidates["method"].isin(["dpo", "iterated_dpo"])]
+    assert dpo.groupby(["lock_mode", "method"])["lr"].apply(set).map(sorted).tolist() == [[5e-4, 1e-3]] * 4
+    # The summary keeps every rate's trials and marks the one each setting keeps: its seed mean is
+    # the best of the setting's rates, and the table and curves count that rate's trials alone.
+    summary = pd.read_csv(exp / analysis.SUMMARY)
+    grid = summary[summary["method"].isin(["dpo", "iterated_dpo"])]
+    for _, g in grid.groupby(["lock_mode", "method"]):
+        assert g["lr_selected"].sum() == 1
+        assert g.loc[g["lr_selected"], "correctness_selected"].iloc[0] == g["correctness_selected"].max()
+    assert summary.loc[~summary["method"].isin(["dpo", "iterated_dpo"]), "lr_selected"].all()
+    assert "learning rates (seed means; the kept rate's trials are the table's):" in proc.stdout + proc.stderr
+    curves = analysis.rl_curves(candidates)
+    assert len(curves[curves["method"] == "dpo"]) == 2 * 2  # 2 locks × 2 rounds, one rate each
     assert set(candidates.loc[candidates["method"] == "sft+expert_iteration", "k"]) == {4}
     assert set(candidates.loc[candidates["method"] == "dpo", "k"]) == {0}
     # Samples generated: 10·n per iteration (expert iteration, filtering), 2 per problem per DPO round.

@@ -73,8 +73,10 @@ class Method:
     RL) or None (none: its trials have k = 0). `rounds`: an RL method's number of rounds; None for
     a method evaluated at App. G.3's epoch candidates (selected by seed mean). `samples_from`:
     whose samples each round draws, "model" (an engine serves the model) or "weak" (π_weak's).
-    `samples_per_round(rl, n_elicit)`: how many. `run(e, checkpoint, checkpoint_every_s, start)`
-    runs a trial; `price(costs, k, candidates)` is its cost in pwlock.cost's terms."""
+    `samples_per_round(rl, n_elicit)`: how many. `lrs(rl)`: the learning rates of a method run once
+    per rate, the analysis keeping the rate with the best seed mean (None: one run, its configured
+    rate). `run(e, checkpoint, checkpoint_every_s, start)` runs a trial; `price(costs, k,
+    candidates)` is its cost in pwlock.cost's terms."""
 
     name: str
     run: Run
@@ -83,6 +85,7 @@ class Method:
     rounds: Callable[[RLConfig], int] | None = None
     samples_from: str | None = None
     samples_per_round: Callable[[RLConfig, int], int] | None = None
+    lrs: Callable[[RLConfig], list[float]] | None = None
 
     @property
     def rl(self) -> bool:

@@ -195,7 +195,14 @@ def _dpo_rounds(rl) -> int:
     return rl.dpo_rounds
 
 
-DPO = Method("dpo", run_dpo, price_dpo, rounds=_dpo_rounds, samples_from="model", samples_per_round=_per_round)
+def dpo_lrs(rl) -> list[float]:
+    """App. G.3: DPO's learning rate is picked per setting by the best seed mean; a trial per rate."""
+    return [rl.dpo_train.lr * scale for scale in rl.dpo_lr_scales]
+
+
+DPO = Method(
+    "dpo", run_dpo, price_dpo, rounds=_dpo_rounds, samples_from="model", samples_per_round=_per_round, lrs=dpo_lrs
+)
 ITERATED_DPO = Method(
     "iterated_dpo",
     run_iterated_dpo,
@@ -203,4 +210,5 @@ ITERATED_DPO = Method(
     rounds=_dpo_rounds,
     samples_from="model",
     samples_per_round=_per_round,
+    lrs=dpo_lrs,
 )

@@ -57,6 +57,7 @@ def after_sft(base: Method) -> Method:
         rounds=base.rounds,
         samples_from=base.samples_from,
         samples_per_round=base.samples_per_round,
+        lrs=base.lrs,
     )
 
 
