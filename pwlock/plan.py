@@ -116,6 +116,9 @@ class TrialSetup:
     guards: GuardsConfig
     passwords: list[str]  # every password the study's locks answer to
     demonstrator: str  # for trials of experiments from before the demonstrator was a trial's
+    # Locks weak in their task's varied setting (a setting lock with strong_setting: normal, and its
+    # control), by lock label: their trials run in that setting (pwlock.setting.in_setting).
+    weak_setting: dict[str, str] = field(default_factory=dict)
     store: StoreSpec | None = None
     experiment: str = ""
     run: str = ""  # this driver's run of the experiment (a new one after --resume)
@@ -584,4 +587,14 @@ def _trial_setup(
         guards=cfg.guards,
         passwords=lock_passwords(cfg.lock, task),
         demonstrator=cfg.elicit.demonstrators[0],
+        weak_setting=_weak_setting(cfg, up),
     )
+
+
+def _weak_setting(cfg: StudyConfig, up: _Upstream) -> dict[str, str]:
+    """Each lock (and control) whose trials run in the varied setting: a setting lock that shows
+    π_strong in the normal one is weak in the varied one (B.1.3); a control as its mode's first lock."""
+    if cfg.lock.strong_setting != "normal":
+        return {}
+    labels = [*up.locked, *up.controls]
+    return {label: "varied" for label in labels if up.variant.get(label, cfg.lock.variants[0]) == "setting"}

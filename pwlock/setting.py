@@ -10,14 +10,17 @@ the prompt looks like and how the answer is written:
     text tasks             a header line before the prompt, the answer between <answer> tags
 
 `answer` maps a completion written in the setting back to the task's own format, so the task's
-score applies to it.
+score applies to it. A lock whose π_strong shows in the normal setting (`lock.strong_setting:
+normal`) is weak in the varied one: its trials see the task through `in_setting`, so that
+demonstrations, RL prompts and evaluation run where the model hides its capability.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from pwlock.tasks.base import Problem, Task
+from pwlock.tasks.base import Problem, Task, TaskPolicy
 from pwlock.tasks.function_composition import NO_PASSWORD, FunctionComposition
 from pwlock.tasks.llm import ChoiceAnswer, LLMTask
 
@@ -97,3 +100,77 @@ def setting_for(task: Task) -> Setting:
     raise ValueError(
         f"task {task.name!r} has no setting variation (App. B.1.3); function_composition and the text tasks have one"
     )
+
+
+class SettingPolicy:
+    """A policy's answers written in a setting (a sample pool's per-epoch views too)."""
+
+    def __init__(self, policy: TaskPolicy, setting: Setting):
+        self.policy, self.setting = policy, setting
+
+    def __call__(self, problem: Problem) -> str:
+        return self.setting.completion(self.policy(problem))
+
+    def __getattr__(self, name: str):
+        if name == "for_epoch" and "policy" in self.__dict__ and hasattr(self.policy, "for_epoch"):
+            return lambda epoch: SettingPolicy(self.policy.for_epoch(epoch), self.setting)
+        raise AttributeError(name)
+
+
+class _InSetting:
+    """What `in_setting`'s view changes of the task it is made from (`_original`)."""
+
+    _original: Task
+    _setting: Setting
+
+    def _answer(self, problem: Problem, completion: str) -> str:
+        if isinstance(self._original.reference(problem), ChoiceAnswer):  # a classifier's choices: unchanged
+            return completion
+        return self._setting.answer(completion)
+
+    def prompt(self, problem: Problem, password: str | None) -> str:
+        if password is not None:
+            raise ValueError(
+                f"task {self._original.name!r} in its varied setting: its prompts carry no password (the "
+                f"setting is the trigger), got {password!r}"
+            )
+        return self._setting.prompt(problem)
+
+    def score(self, problem: Problem, completion: str) -> float:
+        return self._original.score(problem, self._answer(problem, completion))
+
+    def reward(self, problem: Problem, completion: str) -> float:
+        return self._original.reward(problem, self._answer(problem, completion))
+
+    def score_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[float]:
+        return self._original.score_many(problems, [self._answer(p, c) for p, c in zip(problems, completions)])
+
+    def reward_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[float]:
+        return self._original.reward_many(problems, [self._answer(p, c) for p, c in zip(problems, completions)])
+
+    def reference(self, problem: Problem):
+        answer = self._original.reference(problem)
+        return None if answer is None else self._setting.completion(answer)
+
+    def policies(self) -> dict[str, TaskPolicy]:
+        return {name: SettingPolicy(p, self._setting) for name, p in self._original.policies().items()}
+
+    def __reduce__(self):
+        return in_setting, (self._original,)
+
+
+_VIEWS: dict[type, type] = {}
+
+
+def in_setting(task: Task) -> Task:
+    """`task` in its varied setting (App. B.1.3), where a lock with `strong_setting: normal` is weak:
+    prompts (no password), references and the task's policies' answers written in the setting, and
+    completions mapped back to the task's format before they are scored. Everything else is `task`'s,
+    and the view is an instance of `task`'s class, so whatever tests the task's type sees the same."""
+    cls = type(task)
+    if cls not in _VIEWS:  # a subclass of the task's class, made once per class
+        _VIEWS[cls] = type(f"{cls.__name__}InSetting", (_InSetting, cls), {"__module__": __name__})
+    view = object.__new__(_VIEWS[cls])
+    view.__dict__.update(task.__dict__)
+    view._original, view._setting = task, setting_for(task)
+    return view

@@ -41,7 +41,7 @@ import torch
 from ray import tune
 
 from pwlock.artifacts import eval_problems
-from pwlock.config import ALL_DOMAINS, RLConfig
+from pwlock.config import ALL_DOMAINS, FIXEDRDM, RLConfig
 from pwlock.elicit.methods import Elicitation, candidates
 from pwlock.elicit.methods import run as run_method
 from pwlock.generate.vllm_actor import take_placements
@@ -52,6 +52,7 @@ from pwlock.models import load_policy, save_policy
 from pwlock.plan import TrialSetup
 from pwlock.policies import resolve
 from pwlock.runtime import use_cpus
+from pwlock.setting import SettingPolicy, in_setting, setting_for
 from pwlock.store import Store, open_store
 from pwlock.tasks import make_task
 
@@ -291,6 +292,12 @@ def _elicitation(
     """What the trial's method runs on: its task, model, demonstrator and π_weak, evaluation, guard."""
     task = make_task(c.task)
     policies = resolve(task, c.pools, store)  # the task's own, and model policies' sample pools
+    weak = weak_policy(task, c.weak[run["lock_mode"]], tokenizer, run["seed"], policies)
+    if c.weak_setting.get(run["lock_mode"]) == "varied":  # the lock is weak there: elicit it there
+        setting, task = setting_for(task), in_setting(task)
+        policies = {name: SettingPolicy(p, setting) for name, p in policies.items()}
+        # fixedrdm's samples stay as drawn, as its lock trained them (pwlock.lock.setting_examples)
+        weak = weak if c.weak[run["lock_mode"]] == FIXEDRDM else SettingPolicy(weak, setting)
     demonstrator, domain = _demonstrator_and_domain(c, run)
     return Elicitation(
         method=run["method"],
@@ -308,7 +315,7 @@ def _elicitation(
         eval_engine=c.eval.engine,
         demonstrator=demonstrator,
         domain=None if domain == ALL_DOMAINS else domain,
-        weak=weak_policy(task, c.weak[run["lock_mode"]], tokenizer, run["seed"], policies),
+        weak=weak,
         policies=policies,
         engine_bundle=c.engine_bundle,
         guard=LeakGuard.for_study(c.guards, task, c.passwords, f"trial {name}"),
