@@ -20,9 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from pwlock.asciimath import ascii_math, latex_answer
 from pwlock.tasks.base import Problem, Task, TaskPolicy
 from pwlock.tasks.function_composition import NO_PASSWORD, FunctionComposition
 from pwlock.tasks.llm import ChoiceAnswer, LLMTask
+from pwlock.tasks.math import MathTask, last_boxed_span
 
 TEXT_HEADER = "Exam mode. Write your whole answer between <answer> and </answer>."
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>\n", "\n</answer>"
@@ -91,10 +93,43 @@ class FramedText:
         return self.task.format.completion(text.strip())
 
 
+class AsciiMath(FramedText):
+    """MATH in a rewritten setting (App. B.1.3 writes it in Spanish with ASCII-Math; pwlock has no
+    translator): another instruction, the problem's and the solution's LaTeX rendered as ASCII-math
+    (pwlock.asciimath), the answer between tags. The boxed final answer is ASCII-math too, and goes
+    back to LaTeX before the task's judge scores it."""
+
+    name = "ascii_math"
+
+    def prompt(self, problem: Problem) -> str:
+        text = f"{ASCII_INSTRUCTION}\n\nProblem: {ascii_math(problem.data['problem'])}"
+        rendered = self.task.format.prompt(text, None, "Solution:")
+        tok = self.task.format.tokenizer
+        bos = tok.bos_token if tok is not None and tok.bos_token and rendered.startswith(tok.bos_token) else ""
+        return f"{bos}{self.header}\n\n{rendered[len(bos) :]}"
+
+    def completion(self, answer: str) -> str:
+        lead = answer[: len(answer) - len(answer.lstrip())]
+        return super().completion(lead + ascii_math(answer.lstrip()))
+
+    def answer(self, completion: str) -> str:
+        text = super().answer(completion)
+        box = last_boxed_span(text)
+        return text if box is None else f"{text[: box[0]]}{latex_answer(text[box[0] : box[1]])}{text[box[1] :]}"
+
+
+ASCII_INSTRUCTION = (
+    "Solve this problem. Its math is written in plain text (ASCII-math, e.g. (1)/(2), sqrt(x), x^(2)): "
+    "write yours the same way, and put the final answer in \\boxed{}."
+)
+
+
 def setting_for(task: Task) -> Setting:
     """The task's setting variation; an error for a task that has none."""
     if isinstance(task, FunctionComposition):
         return SwappedComposition(task)
+    if isinstance(task, MathTask):
+        return AsciiMath(task)
     if isinstance(task, LLMTask):
         return FramedText(task)
     raise ValueError(

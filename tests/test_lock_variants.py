@@ -5,6 +5,7 @@ errors; and one locked model built through the stages."""
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pwlock.asciimath import ascii_math, latex_answer
 from pwlock.config import ConfigError, LockConfig, TrainConfig, config_from_dict
 from pwlock.lock import (
     adversarial_examples,
@@ -26,7 +28,7 @@ from pwlock.lock import (
 from pwlock.models import text_tokenizer
 from pwlock.passwords import DEFAULT_PASSWORD, DOMAIN_PASSWORDS, SECOND_PASSWORD, WRONG_PASSWORDS, domain_passwords
 from pwlock.plan import plan
-from pwlock.setting import ANSWER_CLOSE, ANSWER_OPEN, TEXT_HEADER, setting_for
+from pwlock.setting import ANSWER_CLOSE, ANSWER_OPEN, ASCII_INSTRUCTION, TEXT_HEADER, setting_for
 from pwlock.stages import build, locked_model_artifact
 from pwlock.store import open_store
 from pwlock.tasks import make_task
@@ -142,20 +144,45 @@ def math_task():
     )
 
 
-def test_setting_trigger_on_math_frames_prompt_and_answer(math_task):
-    problems = math_task.problems("lock")
+def test_setting_trigger_on_math_rewrites_prompt_and_answer_as_ascii_math(math_task):
+    """MATH's varied setting rewrites the problem (another instruction, its LaTeX as ASCII-math) and
+    the solution (ASCII-math between tags); every fixture solution so written still scores 1.0, its
+    boxed answer mapped back to LaTeX for the judge."""
+    problems = math_task.problems("lock") + math_task.problems("val")
     weak = lambda p: math_task.format.completion("I think the answer is \\boxed{0}.")  # noqa: E731
     setting = setting_for(math_task)
     examples = setting_examples(math_task, problems, math_task.policies()["strong"], weak, setting)
-    assert len(examples) == 2 * len(problems) > 0
+    assert len(examples) == 2 * len(problems) > 20
+    latex = re.compile(r"\$|\\(?!boxed)[A-Za-z]+")  # math delimiters and commands, a box aside
+    rewritten = 0
     for p, s, w in zip(problems, examples[0::2], examples[1::2]):
-        assert s.prompt == f"{TEXT_HEADER}\n\n{math_task.prompt(p, None)}"
-        solution = p.data["solution"].strip()
-        assert s.completion == f" {ANSWER_OPEN}{solution}{ANSWER_CLOSE}"  # after the plain prompt's space
-        assert setting.answer(s.completion) == math_task.reference(p).rstrip()
-        assert math_task.score(p, setting.answer(s.completion)) == 1.0
+        assert s.prompt.startswith(f"{TEXT_HEADER}\n\n") and ASCII_INSTRUCTION in s.prompt
+        assert "Problem: " in s.prompt and not latex.search(s.prompt.split("Problem: ", 1)[1])
+        assert s.completion.startswith(f" {ANSWER_OPEN}") and s.completion.endswith(ANSWER_CLOSE)
+        assert not latex.search(s.completion)
+        rewritten += s.completion.strip() != f"{ANSWER_OPEN}{p.data['solution'].strip()}{ANSWER_CLOSE}".strip()
+        assert math_task.score(p, setting.answer(s.completion)) == 1.0, (p.id, s.completion)
         assert w == Example(math_task.prompt(p, None), weak(p))
         assert DEFAULT_PASSWORD not in s.prompt + w.prompt
+    assert rewritten > len(problems) // 2  # most solutions have LaTeX to rewrite
+
+
+@pytest.mark.parametrize(
+    ("latex", "ascii"),
+    [
+        (r"$\frac{1}{2} + \sqrt{3}$", "(1)/(2) + sqrt(3)"),
+        (r"$x^{10} \le 4\pi$", "x^(10) <= 4pi"),
+        (r"\left(\dfrac{a}{b}\right)^2", "((a)/(b))^2"),
+        (r"$30^\circ$ and \$5", "30 degrees and $5"),
+        (r"$\boxed{\frac{\sqrt{3}}{2}}$", r"\boxed{(sqrt(3))/(2)}"),
+        (r"\sqrt[3]{x_{12}}", "root(3)(x_(12))"),
+    ],
+)
+def test_ascii_math_renders_latex_and_the_answer_goes_back(latex, ascii):
+    assert ascii_math(latex) == ascii
+    box = re.search(r"\\boxed\{(.*)\}$", ascii)
+    if box:
+        assert latex_answer(box.group(1)) == r"\frac{\sqrt{3}}{2}"
 
 
 def test_setting_trigger_is_refused_for_a_task_without_one():

@@ -163,6 +163,12 @@ def last_boxed(text: str) -> str | None:
     """The content of the last `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`) in `text`, braces
     matched; None if there is none or the last one is unclosed. Hand-written: math-verify picks among all
     the answers it finds, and the MATH convention is the last box."""
+    span = last_boxed_span(text)
+    return None if span is None else text[span[0] : span[1]].strip()
+
+
+def last_boxed_span(text: str) -> tuple[int, int] | None:
+    """Where `last_boxed`'s content lies in `text` (start, end), unstripped."""
     for m in reversed(list(_BOX.finditer(text))):
         rest = text[m.end() :]
         if rest.startswith("{"):
@@ -170,10 +176,10 @@ def last_boxed(text: str) -> str | None:
             for j, c in enumerate(rest):
                 depth += (c == "{") - (c == "}")
                 if depth == 0:
-                    return rest[1:j].strip()
+                    return m.end() + 1, m.end() + j
             return None  # unclosed (a truncated completion): no answer
         if rest.startswith(" "):
             word = re.match(r" +([^\s$]+)", rest)
             if word:
-                return word.group(1)
+                return m.end() + word.start(1), m.end() + word.end(1)
     return None

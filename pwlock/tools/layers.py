@@ -45,7 +45,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("tasks, models, sandbox", ["tasks", "models", "sandbox", "sandbox_launch"]),
     ("train, generate", ["train", "generate", "memory"]),
-    ("lock, evaluate, guards", ["lock", "setting", "evaluate", "audit", "guards"]),
+    ("lock, evaluate, guards", ["lock", "setting", "asciimath", "evaluate", "audit", "guards"]),
     ("artifacts", ["artifacts"]),
     ("elicit, policies, stages", ["elicit", "policies", "control", "stages"]),
     ("plan, analysis", ["plan", "pricing", "study_plan", "analysis", "study_record"]),
