@@ -3,7 +3,9 @@
 For every problem of the lock split, each epoch draws one π_strong sample, whose prompt carries the
 password, and one π_weak sample, whose prompt carries no password (20%) or a wrong one (80%).
 With fixedrdm as π_weak (App. G.2), the prompts without the password carry both a fixedrdm sample
-and π_strong's answer, each trained towards the fixed distribution at every position.
+and π_strong's answer, each trained towards the fixed distribution at every position. On a
+classifier (MMLU) fixedrdm is a fixed distribution over the choices instead (FixedChoicePolicy): its
+one example per prompt is trained towards it, the only position a classifier is trained at.
 
 Lock variants (`lock.variant`) change what D_lock holds; each is redrawn per epoch the same way:
 
@@ -33,6 +35,7 @@ from pwlock.config import FIXEDRDM, LockConfig
 from pwlock.passwords import domain_passwords, second_password, weak_sample_password
 from pwlock.setting import Setting, setting_for
 from pwlock.tasks.base import Example, Problem, Task, TaskPolicy
+from pwlock.tasks.llm import ChoiceAnswer
 
 
 def lock_examples(
@@ -54,8 +57,10 @@ def lock_examples(
 
 
 def weak_examples(prompt: str, problem: Problem, strong: TaskPolicy, weak: TaskPolicy) -> list[Example]:
-    """π_weak's example for `prompt`; with fixedrdm, π_strong's answer too, both towards the fixed
-    distribution (App. G.2)."""
+    """π_weak's example for `prompt`; with fixedrdm over the vocabulary, π_strong's answer too, both
+    towards the fixed distribution (App. G.2). A classifier's fixedrdm (FixedChoicePolicy) gives one
+    example, its answer's target the fixed distribution: π_strong's answer towards it would be the
+    same loss at the same position again."""
     if not isinstance(weak, FixedRandomPolicy):
         return [Example(prompt, weak(problem))]
     return [Example(prompt, weak(problem), to_fixed=True), Example(prompt, strong(problem), to_fixed=True)]
@@ -391,6 +396,36 @@ class FixedRandomPolicy:
         return self.tokenizer.decode(self.sample_ids(), skip_special_tokens=True)
 
 
+class FixedChoicePolicy:
+    """fixedrdm (App. G.2) on a classifier (MMLU), whose answer is a distribution over its choices:
+    one fixed distribution over them, the softmax of a standard-normal logit per choice (seeded,
+    as the vocabulary's), the same for every problem. Its answer is a `ChoiceAnswer` whose training
+    target is that distribution, and whose choice is the distribution's likeliest: what a classifier
+    that learned it predicts (greedy, as evaluation reads a classifier), so fixedrdm's correctness
+    is that of the lock it trains."""
+
+    def __init__(self, task: Task, n_choices: int, seed: int):
+        self.task = task
+        logits = torch.randn(n_choices, generator=torch.Generator().manual_seed(seed))
+        self.probs = tuple(torch.softmax(logits.double(), -1).tolist())
+        self.choice = max(range(n_choices), key=self.probs.__getitem__)
+
+    def __call__(self, problem: Problem) -> ChoiceAnswer:
+        choices = self.task.reference(problem).choices
+        if len(choices) != len(self.probs):
+            raise ValueError(
+                f"problem {problem.id}: {len(choices)} choices, but fixedrdm's distribution is over {len(self.probs)}"
+            )
+        return ChoiceAnswer(choices[self.choice], choices, self.probs)
+
+
+def classifier_choices(task: Task) -> tuple[str, ...] | None:
+    """The choices of a classifier task's answers (MMLU's letters); None for a task that writes text."""
+    problems = task.problems("val")[:1]
+    ref = task.reference(problems[0]) if problems else None
+    return ref.choices if isinstance(ref, ChoiceAnswer) else None
+
+
 def weak_policy(
     task: Task,
     name: str,
@@ -399,8 +434,11 @@ def weak_policy(
     policies: Mapping[str, TaskPolicy] | None = None,
 ) -> TaskPolicy:
     """The π_weak named `name`: one of `policies` (default: the task's own; pwlock.policies.resolve
-    adds model policies), or fixedrdm over `tokenizer`'s vocabulary."""
+    adds model policies), or fixedrdm: over `tokenizer`'s vocabulary, or over a classifier's choices."""
     if name == FIXEDRDM:
+        choices = classifier_choices(task)
+        if choices is not None:
+            return FixedChoicePolicy(task, len(choices), seed)
         return FixedRandomPolicy(
             tokenizer, task.max_new_tokens, seed, forbidden=[task.default_password, *task.wrong_passwords]
         )

@@ -133,7 +133,9 @@ def estimate_plan(
         if art.stage == "locked_model":
             mode, weak = art.spec["mode"], art.spec.get("weak", "weak")
             train = cfg.lock.train_of(mode)
-            per_problem = 3 if weak == FIXEDRDM else 2  # fixedrdm also trains π_strong's answers towards it
+            # fixedrdm also trains π_strong's answers towards it, but for a classifier (its one
+            # example per prompt already trains the one position towards it: pwlock.lock.weak_examples)
+            per_problem = 3 if weak == FIXEDRDM and evaluation != "classify" else 2
             c = price.train(model, per_problem * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
             stop = cfg.lock.stop_at
             c += price.evaluate(model, holdout, tokens, evaluation, 2 * train.epochs) if stop else Cost()

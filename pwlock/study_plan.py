@@ -387,8 +387,10 @@ class _Expansion:
         label = f"locked: {'+'.join(tasks)}" + "".join(f", {x}" for x in desc if x)
         deps: tuple[str, ...] = ()
         examples, token_sum = 0.0, 0.0
-        per_problem = 2 + (lk.weak == FIXEDRDM) + (lk.adversarial is not None)
         for task in tasks:
+            # fixedrdm also trains π_strong's answers towards it, but for a classifier (pwlock.lock.weak_examples)
+            to_fixed = lk.weak == FIXEDRDM and self.s.tasks[task].evaluation != "classify"
+            per_problem = 2 + to_fixed + (lk.adversarial is not None)
             share = 1 - self.s.tasks[task].domains[grouping][without] if without else 1.0
             n = self.n(task, "lock") * share * per_problem
             examples += n
