@@ -202,6 +202,19 @@ REFERENCES = "references"  # `train_on`: the task's reference answers
 
 
 @dataclass
+class PolicyDPOConfig:
+    """Iterated DPO after a policy's fine-tuning (Table 1: the critique task's π_strong is SFT on the
+    reference critiques, then iterated DPO on the embedding-distance reward; App. E.2, §6.1)."""
+
+    rounds: int = 12
+    problems: int = 1100  # of the policy's train_split, a seeded draw; each round samples 2 per problem
+    beta: float = 0.1
+    temperature: float = 1.0
+    continuous_reward: bool = True  # pairs weighted by the task's reward gap (Eq. 2); False: its score
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.5e-6 / 2, epochs=1))
+
+
+@dataclass
 class PolicyModelConfig:
     """A policy that is a model, or samples a user supplies (`policies:`; paper §4.1, Table 1, App. E).
 
@@ -225,6 +238,8 @@ class PolicyModelConfig:
     # Samples per problem of the lock split; null: one per lock epoch (D_lock is redrawn each, App. C.1).
     samples_per_problem: int | None = None
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # how pools are generated
+    # Iterated DPO after the fine-tuning on `train_on`, sampling with `generator` (null: none).
+    dpo: PolicyDPOConfig | None = None
 
 
 @dataclass
@@ -705,6 +720,8 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
                 "itself: e.g. 0.85 and 0.9)"
             )
         errors += [f"{w}.train.{e}" for e in _train_errors(p.train)]
+        if p.dpo is not None:
+            errors += _policy_dpo_errors(p, f"{w}.dpo")
     for name in policies:  # follow train_on from each policy: coming back to it is a cycle
         chain, at = [name], policies[name].train_on
         while at in policies and at not in chain:
@@ -712,6 +729,20 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
             at = policies[at].train_on
         if at == name:
             errors.append(f"policies.{name}.train_on: a cycle: {' -> '.join(chain + [name])}")
+    return errors
+
+
+def _policy_dpo_errors(p: PolicyModelConfig, w: str) -> list[str]:
+    errors = [f"{w}.train.{e}" for e in _train_errors(p.dpo.train)]
+    if p.train_on is None:
+        errors.append(f"{w}: DPO follows the fine-tuning on train_on, and train_on is null")
+    for name in ("rounds", "problems"):
+        if getattr(p.dpo, name) < 1:
+            errors.append(f"{w}.{name}: expected >= 1, got {getattr(p.dpo, name)}")
+    if p.dpo.beta <= 0:
+        errors.append(f"{w}.beta: expected > 0, got {p.dpo.beta}")
+    if p.dpo.temperature <= 0:
+        errors.append(f"{w}.temperature: expected > 0 (pairs need two different samples), got {p.dpo.temperature}")
     return errors
 
 

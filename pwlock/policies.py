@@ -17,6 +17,8 @@ every policy score), and on a policy's training split for the policy trained on 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -41,7 +43,8 @@ from pwlock.config import (
     VLLMConfig,
     resolve_engine,
 )
-from pwlock.elicit.base import Method
+from pwlock.elicit.base import Method, SameModel, problem_subset
+from pwlock.elicit.dpo import dpo_elicitation
 from pwlock.elicit.expert_iteration import filtering_draws
 from pwlock.evaluate import choice_probabilities
 from pwlock.generate.hf import HFGenerator
@@ -214,6 +217,26 @@ def policy_model_artifact(
         "seed": seed,
     }
     return Artifact("policy_model", f"policy model ({name})", spec, deps)
+
+
+def policy_dpo_artifact(
+    name: str, task: dict, p: PolicyModelConfig, model: Artifact, seed: int, generator: dict[str, Any]
+) -> Artifact:
+    """`model` (the policy fine-tuned on its `train_on`) improved by iterated DPO on the task's reward
+    (`p.dpo`), sampling the policy's `train_split` with its generator. Its spec keeps the base and dtype:
+    pools sampled from it and their price read them as from any policy model."""
+    spec = {
+        "task": task,
+        "model": model.key,
+        "base": p.base,
+        "dtype": p.dtype,
+        "dpo": asdict(p.dpo),
+        "split": p.train_split,
+        "generator": generator,
+        "seed": seed,
+    }
+    gpus = 0.0 if generator["backend"] == "vllm" else None  # as a pool's: the engine takes its own share
+    return Artifact("policy_dpo", f"policy model ({name}, iterated DPO)", spec, (model.key,), gpus=gpus)
 
 
 def sample_pool_artifact(
@@ -440,7 +463,13 @@ class _PolicyPlanner:
             train_on, deps = {"pool": src.key}, (src.key,)
         else:
             train_on = {"task_policy": p.train_on}
-        return self.add(policy_model_artifact(name, self.task_spec, p, train_on, self.cfg.seed, deps))
+        trained = self.add(policy_model_artifact(name, self.task_spec, p, train_on, self.cfg.seed, deps))
+        if p.dpo is None:
+            return trained
+        if self.classifier:
+            self.plan.errors.append(f"policies.{name}.dpo: task {self.task.name!r} is a classifier; DPO needs text")
+            return trained
+        return self.add(policy_dpo_artifact(name, self.task_spec, p, trained, self.cfg.seed, self.generator(name)))
 
 
 # -- builders -------------------------------------------------------------------------------------
@@ -465,6 +494,47 @@ def build_policy_model(store: Store, a: Artifact, scratch: Path) -> dict[str, An
     stats = train_sft(model, tokenizer, data, TrainConfig(**a.spec["train"]), seed=a.spec["seed"], desc=a.label)
     save_policy(model, tokenizer, scratch)
     return {"train": stats, "examples": len(data), "parameters": n_parameters(model)}
+
+
+def build_policy_dpo(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
+    """Iterated DPO on the fine-tuned policy (`policy_dpo_artifact`): each round samples from, and
+    takes as reference, the model as it was at the round's start (HF in process, or a vLLM engine
+    given each round's weights)."""
+    task = make_task(a.spec["task"])
+    d = a.spec["dpo"]
+    model_dir = store.artifact_dir(a.spec["model"])
+    model, tokenizer = load_policy(model_dir, a.spec["dtype"])
+    ref = copy.deepcopy(model)
+    problems = problem_subset(task.problems(a.spec["split"]), d["problems"], a.spec["seed"])
+    generator = a.spec["generator"]
+    with contextlib.ExitStack() as stack:
+        if generator["backend"] == "vllm":
+            cfg = VLLMConfig(**{**generator["vllm"], "seed": a.spec["seed"]})
+            gen = stack.enter_context(vllm_generator(str(model_dir), tokenizer, cfg))
+        else:
+            gen = SameModel(ref, tokenizer, generator["batch_size"])  # the reference is the sampler
+        records = dpo_elicitation(
+            model,
+            ref,
+            tokenizer,
+            task,
+            gen,
+            problems,
+            [],
+            TrainConfig(**d["train"]),
+            a.spec["seed"],
+            d["rounds"],
+            iterated=True,
+            beta=d["beta"],
+            weighted=d["continuous_reward"],
+            temperature=d["temperature"],
+            max_new_tokens=task.max_new_tokens,
+            on_round=lambda r: log.info(
+                "%s: round %d, %d pairs, margin %.3f", a.label, r["candidate"], r["pairs"], r["margin"]
+            ),
+        )
+    save_policy(model, tokenizer, scratch)
+    return {"rounds": [{k: r[k] for k in ("candidate", "pairs", "margin", "steps")} for r in records]}
 
 
 def build_sample_pool(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pwlock.cost import (
     Pricer,
     Tokens,
     TrialCosts,
+    dpo_pairs,
 )
 from pwlock.models import build_tiny_model, n_parameters, word_level_tokenizer
 from pwlock.plan import STRONG_SPLITS, Plan
@@ -97,6 +98,13 @@ def policy_stage_cost(art: Any, by_key: dict[str, Any], price: Pricer, task: Tas
         m, train = model(art.spec["base"], art.spec["dtype"]), art.spec["train"]
         n = len(task.problems(art.spec["split"])) * art.spec["samples"]
         return price.train(m, n, tokens, train["epochs"], train["batch_size"]) + price.overhead([m], [m])
+    if art.stage == "policy_dpo":  # iterated DPO's rounds: 2 samples per problem, one DPO epoch on the pairs
+        m, d = model(art.spec["base"], art.spec["dtype"]), art.spec["dpo"]
+        problems = min(d["problems"], len(task.problems(art.spec["split"])))
+        engine = "hf" if art.spec["generator"]["backend"] == "hf" else "vllm"
+        step = price.generate(m, 2 * problems, tokens, engine)
+        step += price.dpo(m, dpo_pairs(problems, d["continuous_reward"]), tokens, d["train"]["batch_size"])
+        return step * d["rounds"] + price.overhead([m], [m], engine=engine == "vllm")
     src = art.spec["source"]
     if "jsonl" in src:
         return price.overhead()
@@ -152,7 +160,7 @@ def estimate_plan(
             points = len(art.spec["conditions"])
             c = price.evaluate(model, n_eval, tokens, evaluation, points, engine)
             return c + price.overhead([model], engine=art.engine is not None), ""
-        if art.stage in ("policy_model", "sample_pool"):
+        if art.stage in ("policy_model", "policy_dpo", "sample_pool"):
             return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, task, tokens), ""
         return price.overhead(), ""  # policy scores: the task's own policies, no model
 

@@ -38,7 +38,7 @@ from pwlock.models import (
     word_level_tokenizer,
 )
 from pwlock.passwords import lock_domain_passwords
-from pwlock.policies import Unsampled, build_policy_model, build_sample_pool, resolve
+from pwlock.policies import Unsampled, build_policy_dpo, build_policy_model, build_sample_pool, resolve
 from pwlock.store import Store, StoreSpec
 from pwlock.tasks import Task, make_task
 from pwlock.tasks.base import TaskPolicy
@@ -390,5 +390,6 @@ BUILDERS: dict[str, Builder] = {
     "lock_audit": _build_lock_audit,
     "control_model": build_control_model,
     "policy_model": build_policy_model,
+    "policy_dpo": build_policy_dpo,
     "sample_pool": build_sample_pool,
 }

@@ -108,9 +108,12 @@ def dpo_elicitation(
             "samples": r * k * len(problems),
             "pairs": len(pairs),
             "margin": stats["margin"],
+            # None where nothing is evaluated (a policy's DPO stage: it trains, the pools measure it)
             "correctness": evaluate.correctness(
                 model, tokenizer, task, evaluated, "no_pwd", batch_size=eval_batch_size, generator=decoder
-            ),
+            )
+            if evaluated
+            else None,
             "eval_problems": len(evaluated),
         }
         records.append(record)
