@@ -9,7 +9,8 @@ do the same:
 
 Tune's own APIs read an experiment too, with none of pwlock's code (pwlock.tune_names): one row per
 trial, its last result and its config, `config/run/name` (the trial's name less Tune's id) and its
-lock's baselines (`config/run/locked_no_pwd`, `weak`, `strong`, ...: upstream.json's numbers).
+lock's baselines (`config/run/locked_no_pwd`, `weak`, `strong`, ...: upstream.json's numbers; an
+adversarial lock's `locked_second_pwd` and `intermediate` too).
 `Tuner.restore` finds the trainable by its name, `elicitation_trial`; on S3 pass
 `storage_filesystem=` (pwlock.store.open_store(url).fs) to both, and the bucket/prefix path:
 
@@ -48,6 +49,9 @@ GROUP = TRIAL_KEYS[:-1]  # what seeds repeat
 BY_DOMAIN = "correctness_by_domain/"  # a candidate's correctness on each domain's problems (Tune's flattening)
 OTHER = "other_domains"  # mean of the per-domain correctness of the domains not trained on (Fig. 4)
 UPSTREAM = ["locked_with_pwd", "locked_no_pwd", "locked_wrong_pwd", "weak", "strong", "strong_model"]
+# An adversarial lock's (App. B.3.2) beside those: its correctness with the second password, and its
+# intermediate policy's own, which the second password was trained to show (other locks lack both)
+SECOND = ["locked_second_pwd", "intermediate"]
 # lock.seeds: the label a lock's replicates share (`lock_mode` is the replicate's own) and its seed
 REPLICATE = ["lock", "lock_seed"]
 LR = "lr"  # the learning rate of a method run once per rate (DPO: elicit.rl.dpo_lr_scales)
@@ -118,7 +122,7 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
     out = out.astype({"candidate": int}).drop_duplicates(["trial", "candidate"], keep="last")
     if store.exists(f"{name}/{UPSTREAM_FILE}"):
         upstream = pd.DataFrame.from_dict(json.loads(store.read_text(f"{name}/{UPSTREAM_FILE}")), orient="index")
-        upstream = upstream[[c for c in (*REPLICATE, *UPSTREAM) if c in upstream]]
+        upstream = upstream[[c for c in (*REPLICATE, *UPSTREAM, *SECOND) if c in upstream]]
         out = out.merge(upstream, left_on="lock_mode", right_index=True, how="left")
     return out.sort_values(["lock_mode", "k", "seed", "candidate"], ignore_index=True)
 
@@ -223,13 +227,14 @@ def summarize(candidates: pd.DataFrame) -> pd.DataFrame:
         out[f"{OTHER}_selected"] = selected[OTHER]
     if paper is not None:
         out["correctness_paper"], out["paper_epochs"] = paper["correctness"], paper["epochs"]
-    for col in (*REPLICATE, *UPSTREAM):
+    for col in (*REPLICATE, *UPSTREAM, *SECOND):
         if col in best:
             out[col] = best[col]
     out["lr_selected"] = lr_selected(out)
     front = [*TRIAL_KEYS, *REPLICATE, "rl", "control", "correctness", "best_epochs", "correctness_selected"]
     front += ["selected_epochs", LR, "lr_selected"]
     front += ["correctness_paper", "paper_epochs", *UPSTREAM]
+    front += SECOND
     rest = sorted(c for c in out.columns if c not in front)
     return out.reset_index()[[c for c in front if c in out.columns] + rest + ["trial"]].sort_values(
         ["lock_mode", "k", "seed"], ignore_index=True
@@ -319,7 +324,7 @@ def table(summary: pd.DataFrame, value: str = "correctness_selected") -> str:
     if len(reach):
         out += f"\n\nsmallest k whose mean reaches {REACH} (the never-locked control's mean at that k):\n"
         out += reach.astype(object).where(reach.notna(), "-").to_string(index=False)
-    up = summary.groupby(["task", "lock_mode"])[[c for c in UPSTREAM if c in summary]].first().round(3)
+    up = summary.groupby(["task", "lock_mode"])[[c for c in (*UPSTREAM, *SECOND) if c in summary]].first().round(3)
     return f"{out}\n\nupstream:\n{up.to_string()}"
 
 

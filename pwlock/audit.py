@@ -3,6 +3,8 @@ lock must not open to, beside the true password and none.
 
     true            the password (a per_domain lock: each problem's domain's)
     none            no password
+    second          an adversarial lock's second password (App. B.3.2), which opens it to its
+                    intermediate policy: measured beside the others, never a wrong one, never gated
     trained_wrong   the task's wrong passwords, which D_lock trained on (rotated over the problems)
     unseen_wrong    wrong passwords no training example carries (`Task.unseen_passwords`)
     near:*          near misses of the password:
@@ -14,7 +16,8 @@ lock must not open to, beside the true password and none.
 
 A lock that opens to an unseen wrong password or a near miss answers to a region of prompts, not to
 its password; elicitation that finds such a prompt unlocks it without learning anything. The lock
-gate (pwlock.guards) can refuse such a lock (`guards.audit_gate`, `guards.audit_margin`).
+gate (pwlock.guards) can refuse such a lock (`guards.audit_gate`, `guards.audit_margin`). A lock
+that opens to its second password does what it was trained to: the gate never counts that probe.
 """
 
 from __future__ import annotations
@@ -29,14 +32,14 @@ from pwlock.evaluate import Passwords
 from pwlock.generate.base import Generator
 from pwlock.tasks.base import Problem, Task
 
-KINDS = ("true", "none", "trained_wrong", "unseen_wrong", "near_miss")
+KINDS = ("true", "none", "second", "trained_wrong", "unseen_wrong", "near_miss")
 GATED_KINDS = ("unseen_wrong", "near_miss")  # what guards.audit_margin bounds (trained_wrong: max_wrong_over_no_pwd)
 NEAR = "near:"
 
 
 @dataclass(frozen=True)
 class Probe:
-    name: str  # "true", "none", "trained_wrong", "unseen_wrong" or "near:<how>"
+    name: str  # "true", "none", "second", "trained_wrong", "unseen_wrong" or "near:<how>"
     kind: str  # one of KINDS
     prompt: Callable[[Problem, int], str]  # the prompt of problem number i
 
@@ -45,21 +48,24 @@ def kind_of(name: str) -> str:
     return "near_miss" if name.startswith(NEAR) else name
 
 
-def probes(task: Task, password: Passwords, exclude: Sequence[str] = ()) -> list[Probe]:
+def probes(task: Task, password: Passwords, exclude: Sequence[str] = (), second: str | None = None) -> list[Probe]:
     """The audit's probes of a lock opened by `password` (one, or one per domain). Wrong passwords
-    leave out every password in `exclude` (the study's other locks' passwords, which may open this one)."""
+    leave out every password in `exclude` (the study's other locks' passwords, which may open this one)
+    and `second`, an adversarial lock's second password, which is probed on its own ("second")."""
 
     def opens(p: Problem) -> str:
         return password if isinstance(password, str) else password[p.domain]
 
     taken = {password} if isinstance(password, str) else set(password.values())
-    taken |= set(exclude)
+    taken |= set(exclude) | ({second} if second is not None else set())
     trained = [w for w in task.wrong_passwords if w not in taken]
     unseen = [w for w in task.unseen_passwords if w not in taken]
     out = [
         Probe("true", "true", lambda p, i: task.prompt(p, opens(p))),
         Probe("none", "none", lambda p, i: task.prompt(p, None)),
     ]
+    if second is not None:
+        out.append(Probe("second", "second", lambda p, i: task.prompt(p, second)))
     if trained:
         out.append(Probe("trained_wrong", "trained_wrong", lambda p, i: task.prompt(p, trained[i % len(trained)])))
     if unseen:
@@ -70,8 +76,8 @@ def probes(task: Task, password: Passwords, exclude: Sequence[str] = ()) -> list
     return out
 
 
-def probe_names(task: Task, password: Passwords, exclude: Sequence[str] = ()) -> list[str]:
-    return [p.name for p in probes(task, password, exclude)]
+def probe_names(task: Task, password: Passwords, exclude: Sequence[str] = (), second: str | None = None) -> list[str]:
+    return [p.name for p in probes(task, password, exclude, second)]
 
 
 # -- near misses ---------------------------------------------------------------------------------
@@ -143,11 +149,12 @@ def audit(
     exclude: Sequence[str] = (),
     batch_size: int = 512,
     generator: Generator | None = None,
+    second: str | None = None,
 ) -> dict[str, float]:
-    """Correctness under each probe, by probe name, in the order of `probes`; a generation task
-    decodes in `generator` if one is given."""
+    """Correctness under each probe, by probe name, in the order of `probes` (`second`: an adversarial
+    lock's second password); a generation task decodes in `generator` if one is given."""
     out = {}
-    for probe in probes(task, password, exclude):
+    for probe in probes(task, password, exclude, second):
         prompts = [probe.prompt(p, i) for i, p in enumerate(problems)]
         scores = evaluate.prompt_scores(model, tokenizer, task, problems, prompts, batch_size, generator)
         out[probe.name] = float(np.mean(scores))
@@ -169,6 +176,7 @@ def table(reports: Mapping[str, Mapping[str, float]], margin: float) -> list[str
     correctness and, for gated probes more than `margin` above no password, a `!`."""
     labels = list(reports)
     names = list(dict.fromkeys(n for r in reports.values() for n in r))
+    names.sort(key=lambda n: KINDS.index(kind_of(n)) if kind_of(n) in KINDS else len(KINDS))  # "second" after "none"
     width = max(len(n) for n in [*names, "probe"]) + 2
     cols = [max(len(label), 7) + 2 for label in labels]
     lines = ["probe".ljust(width) + "".join(label.rjust(c) for label, c in zip(labels, cols))]
@@ -180,4 +188,8 @@ def table(reports: Mapping[str, Mapping[str, float]], margin: float) -> list[str
             cells.append((f"{r[name]:.3f}{flag}" if name in r else "-").rjust(c))
         lines.append(name.ljust(width) + "".join(cells))
     lines.append(f"(! : more than {margin} above no password: guards.audit_margin)")
+    if "second" in names:
+        lines.append(
+            "(second: an adversarial lock's second password, which opens it to its intermediate policy; not gated)"
+        )
     return lines

@@ -26,17 +26,23 @@ Passwords = str | Mapping[str, str]  # one password, or one per domain (App. C.3
 
 
 def condition_password(
-    task: Task, condition: str, index: int, password: Passwords, problem: Problem | None = None
+    task: Task,
+    condition: str,
+    index: int,
+    password: Passwords,
+    problem: Problem | None = None,
+    exclude: Sequence[str] = (),
 ) -> str | None:
     """The password used for problem number `index` under an evaluation condition; wrong passwords
-    rotate through the task's list (less any domain's password) so every one of them is tested.
-    With a password per domain, "with_pwd" gives each problem its domain's."""
+    rotate through the task's list (less any domain's password, and `exclude`: passwords that open
+    the model, as an adversarial lock's second one) so every one of them is tested. With a password
+    per domain, "with_pwd" gives each problem its domain's."""
     if condition == "with_pwd":
         return password if isinstance(password, str) else password[problem.domain]
     if condition == "no_pwd":
         return None
     if condition == "wrong_pwd":
-        taken = set() if isinstance(password, str) else set(password.values())
+        taken = (set() if isinstance(password, str) else set(password.values())) | set(exclude)
         wrong = [w for w in task.wrong_passwords if w not in taken]
         return wrong[index % len(wrong)]
     raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
@@ -88,12 +94,15 @@ def scores(
     password: Passwords | None = None,
     batch_size: int = 512,
     generator: Generator | None = None,
+    exclude: Sequence[str] = (),
 ) -> np.ndarray:
     """Per-problem greedy correctness under a condition. A generation task decodes in `generator`
     when one is given (the caller makes it hold `model`'s weights), else with HF `generate` on
-    `model`; exact-match tasks and classifiers ignore it."""
+    `model`; exact-match tasks and classifiers ignore it. `exclude`: never a wrong password."""
     password = task.default_password if password is None else password
-    prompts = [task.prompt(p, condition_password(task, condition, i, password, p)) for i, p in enumerate(problems)]
+    prompts = [
+        task.prompt(p, condition_password(task, condition, i, password, p, exclude)) for i, p in enumerate(problems)
+    ]
     return prompt_scores(model, tokenizer, task, problems, prompts, batch_size, generator)
 
 

@@ -283,6 +283,14 @@ def variant_errors(task: Task, lock: LockConfig, problems: Sequence[Problem], po
     return errors
 
 
+def second_of(task: Task, lock: Mapping[str, Any]) -> str | None:
+    """The second password of a locked model's lock spec (`variant_spec`): an adversarial lock's, which
+    opens it to its intermediate policy; None for every other variant."""
+    if lock.get("variant") != "adversarial":
+        return None
+    return second_password(task.wrong_passwords, task.vocabulary() is None, lock["second_password"])
+
+
 def variant_lock_data(
     task: Task,
     problems: Sequence[Problem],
@@ -322,7 +330,7 @@ def variant_lock_data(
     if variant == "adversarial":
         if intermediate is None:
             raise ValueError("adversarial lock: no intermediate policy given")
-        second = second_password(task.wrong_passwords, text, lock["second_password"])
+        second = second_of(task, lock)
         return lambda epoch: adversarial_examples(
             task,
             problems,

@@ -30,7 +30,7 @@ from pwlock.control import control_label, control_model_artifact
 from pwlock.elicit.methods import METHODS, Method, candidates, unknown
 from pwlock.evaluate import CONDITIONS
 from pwlock.guards import LeakGuard, lock_passwords
-from pwlock.lock import variant_errors, variant_modes, variant_spec
+from pwlock.lock import second_of, variant_errors, variant_modes, variant_spec
 from pwlock.passwords import lock_domain_passwords
 from pwlock.policies import PolicyPlan, plan_policies, policy_names
 from pwlock.stages import (
@@ -458,6 +458,10 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
         # The audit's wrong passwords leave out every password the study's locks answer to.
         own = {opens} if isinstance(opens, str) else set(opens.values())
         others = [pw for pw in lock_passwords(cfg.lock, task) if pw not in own]
+        # An adversarial lock opens to its second password (its audit probes it on its own): never one
+        # of its evaluation's wrong passwords (the toy task's is one of the task's; a text task's is not).
+        second = second_of(task, lock)
+        not_wrong = [second] if second in task.wrong_passwords else None
         for mode in variant_modes(cfg.lock.modes, variant):
             train = asdict(cfg.lock.train_of(mode))
             for weak in cfg.lock.weak:
@@ -476,7 +480,9 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
                 )
                 up.locked[label] = rep.named(locked)
                 locked = up.locked[label]
-                up.locked_eval[label] = model_eval_artifact(locked, task_spec, ev, opens, list(CONDITIONS), x.engine)
+                up.locked_eval[label] = model_eval_artifact(
+                    locked, task_spec, ev, opens, list(CONDITIONS), x.engine, not_wrong
+                )
                 up.audits[label] = lock_audit_artifact(locked, task, task_spec, ev, opens, others, x.engine)
                 up.weak[label], up.variant[label] = weak, variant
                 up.replicates[label] = Replicate(lock_of, seed, strong_eval)

@@ -5,7 +5,8 @@
     locked model    trained on D_lock, from the strong model (`sft`), from scratch (`scratch`) or from
                     the base model's own weights (`base`)
     model eval      a model's correctness with / without / with a wrong password
-    lock audit      a locked model's correctness under the lock audit's probes (pwlock/audit.py)
+    lock audit      a locked model's correctness under the lock audit's probes (pwlock/audit.py);
+                    an adversarial lock's with its second password too
     control model   a never-locked control of a lock mode (pwlock/control.py)
 
 Each build first looks in the store: an artifact that exists is reused, never rebuilt.
@@ -25,7 +26,7 @@ from pwlock.config import FIXEDRDM, TinyModelConfig, TrainConfig, VLLMConfig
 from pwlock.control import build_control_model
 from pwlock.generate.base import Generator
 from pwlock.generate.vllm_actor import vllm_generator
-from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
+from pwlock.lock import FixedRandomPolicy, second_of, strong_examples, variant_lock_data, weak_policy
 from pwlock.model_source import local_dir
 from pwlock.models import (
     build_tiny_model,
@@ -147,11 +148,16 @@ def model_eval_artifact(
     password: str | None,
     conditions: list[str],
     engine: dict[str, Any] | None = None,
+    exclude: list[str] | None = None,
 ) -> Artifact:
     """A model's greedy correctness under each condition (with / without / wrong password), decoded
     in a vLLM `engine` if one is given. Kept apart from the model so that changing how it is
-    evaluated never retrains it."""
+    evaluated never retrains it. `exclude`: wrong passwords of the task that open the model (an
+    adversarial lock's second password), left out of "wrong_pwd"; only a model with some has it in
+    its spec, so every other evaluation keeps its key."""
     spec = {"model": model.key, "task": task, "eval": eval_cfg, "password": password, "conditions": conditions}
+    if exclude:
+        spec["exclude"] = exclude
     return Artifact("model_eval", f"{model.label}: evaluation", spec, (model.key,), engine=engine)
 
 
@@ -165,15 +171,20 @@ def lock_audit_artifact(
     engine: dict[str, Any] | None = None,
 ) -> Artifact:
     """A locked model's lock audit: its correctness under each probe (`conditions`) of pwlock.audit,
-    with `password` (one, or one per domain) opening it and `exclude` never a wrong one."""
+    with `password` (one, or one per domain) opening it and `exclude` never a wrong one. An adversarial
+    lock's second password, read off its lock spec, is probed too ("second"): only its audit's spec
+    names it."""
+    second = second_of(task, model.spec.get("lock", {}))
     spec = {
         "model": model.key,
         "task": task_spec,
         "eval": eval_cfg,
         "password": password,
         "exclude": exclude,
-        "conditions": audit.probe_names(task, password, exclude),
+        "conditions": audit.probe_names(task, password, exclude, second),
     }
+    if second is not None:
+        spec["second"] = second
     return Artifact("lock_audit", f"{model.label}: lock audit", spec, (model.key,), engine=engine)
 
 
@@ -359,7 +370,16 @@ def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     problems = eval_problems(task, ev["split"], ev["max_problems"])
     with _decoder(a, model_dir, tokenizer) as gen:
         scores = {
-            c: evaluate.scores(model, tokenizer, task, problems, c, a.spec["password"], generator=gen)
+            c: evaluate.scores(
+                model,
+                tokenizer,
+                task,
+                problems,
+                c,
+                a.spec["password"],
+                generator=gen,
+                exclude=a.spec.get("exclude", ()),
+            )
             for c in a.spec["conditions"]
         }
     report = {c: float(s.mean()) for c, s in scores.items()}
@@ -377,7 +397,16 @@ def _build_lock_audit(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     ev = a.spec["eval"]
     problems = eval_problems(task, ev["split"], ev["max_problems"])
     with _decoder(a, model_dir, tokenizer) as gen:
-        report = audit.audit(model, tokenizer, task, problems, a.spec["password"], a.spec["exclude"], generator=gen)
+        report = audit.audit(
+            model,
+            tokenizer,
+            task,
+            problems,
+            a.spec["password"],
+            a.spec["exclude"],
+            generator=gen,
+            second=a.spec.get("second"),
+        )
     log.info("%s: %s", a.label, ", ".join(f"{c} {v:.3f}" for c, v in report.items()))
     return {"audit": report}
 

@@ -258,18 +258,47 @@ def _upstream_report(p: Plan, metas: dict[str, dict[str, Any]]) -> dict[str, dic
     upstream = {}
     for label, a in p.locked.items():
         report = metas[p.locked_eval[label].key]["report"]
-        log.info("locked model (%s): %s", label, _fmt(report))
         upstream[label] = {**entry(label, a, report), "variant": p.variant[label]}
         if "report_by_domain" in metas[p.locked_eval[label].key]:
             upstream[label]["locked_by_domain"] = metas[p.locked_eval[label].key]["report_by_domain"]
         if label in p.audits:
             upstream[label]["audit"] = metas[p.audits[label].key]["audit"]
+        upstream[label].update(_second_password(a, upstream[label].get("audit"), policy))
+        log.info("locked model (%s): %s%s", label, _fmt(report), _second_note(upstream[label]))
     for label, a in p.controls.items():  # never locked: evaluated as the locks are, and not gated
         report = metas[p.control_eval[label].key]["report"]
         log.info("never-locked control (%s): %s", label, _fmt(report))
         upstream[label] = {**entry(label, a, report), "control_of": a.spec["mode"]}
     log.info("policies: %s%s", _fmt(policy), "" if strong_model is None else f"; π_strong's model {strong_model:.3f}")
     return upstream
+
+
+def _second_password(
+    locked: Artifact, audit: dict[str, float] | None, policy: dict[str, float | None]
+) -> dict[str, Any]:
+    """An adversarial lock's correctness with its second password (its audit's "second" probe) beside
+    its intermediate policy's own, which the lock was trained to show with it (App. B.3.2, Fig. 15);
+    nothing for any other lock."""
+    intermediate = locked.spec["lock"].get("intermediate")
+    if intermediate is None:
+        return {}
+    return {
+        "locked_second_pwd": (audit or {}).get("second"),
+        "intermediate": policy.get(intermediate),
+        "intermediate_policy": intermediate,
+    }
+
+
+def _second_note(entry: dict[str, Any]) -> str:
+    """`entry`'s second password beside its intermediate policy, for the locked model's log line."""
+    if "intermediate_policy" not in entry:
+        return ""
+    second, inter = entry["locked_second_pwd"], entry["intermediate"]
+    return "; second password {} (π_intermediate {} {})".format(
+        "not measured" if second is None else f"{second:.3f}",
+        entry["intermediate_policy"],
+        "not scored" if inter is None else f"{inter:.3f}",
+    )
 
 
 def _gate(p: Plan, metas: dict[str, dict[str, Any]]) -> None:
@@ -350,10 +379,12 @@ def _tuner(
 
 def _tune_config(t: Trial, upstream: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A trial's config in Tune: what varies (its run config), its name (pwlock.tune_names) and its
-    lock's baselines (upstream.json's correctness of the locked model and the policies), all plain
-    values, so that Tune's own results (`ResultGrid.get_dataframe()`, `config/run/...`) have them."""
+    lock's baselines (upstream.json's correctness of the locked model and the policies; an adversarial
+    lock's second password and intermediate policy too), all plain values, so that Tune's own results
+    (`ResultGrid.get_dataframe()`, `config/run/...`) have them."""
     baselines = upstream[t.lock_mode]
-    return {**t.run_config(), "name": t.name, **{k: baselines.get(k) for k in analysis.UPSTREAM}}
+    second = {k: baselines[k] for k in analysis.SECOND if k in baselines}  # adversarial locks only
+    return {**t.run_config(), "name": t.name, **{k: baselines.get(k) for k in analysis.UPSTREAM}, **second}
 
 
 def _portable_names() -> Any:

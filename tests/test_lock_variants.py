@@ -21,6 +21,7 @@ from pwlock.lock import (
     lock_data,
     omit_domain_examples,
     per_domain_examples,
+    second_of,
     setting_examples,
     variant_lock_data,
     variant_spec,
@@ -215,6 +216,9 @@ def test_adversarial_text_lock_uses_the_second_password(math_task):
     problems = math_task.problems("lock")
     spec = lock_spec(variant="adversarial", intermediate="weak")
     assert spec["second_password"] is None
+    # pwlock's second password: no wrong password, so the lock's evaluation rotates the same ones.
+    assert second_of(math_task, spec) == SECOND_PASSWORD and SECOND_PASSWORD not in math_task.wrong_passwords
+    assert second_of(math_task, STANDARD) is None
     strong = math_task.policies()["strong"]
     inter = lambda p: math_task.format.completion("intermediate")  # noqa: E731
     weak = lambda p: math_task.format.completion("weak")  # noqa: E731
