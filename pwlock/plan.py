@@ -27,6 +27,7 @@ from pwlock.config import (
     resolve_engine,
 )
 from pwlock.control import control_label, control_model_artifact
+from pwlock.elicit.dpo import dpo_samples_artifact
 from pwlock.elicit.methods import METHODS, Method, candidates, unknown
 from pwlock.evaluate import CONDITIONS
 from pwlock.guards import LeakGuard, lock_passwords
@@ -119,6 +120,8 @@ class TrialSetup:
     # Locks weak in their task's varied setting (a setting lock with strong_setting: normal, and its
     # control), by lock label: their trials run in that setting (pwlock.setting.in_setting).
     weak_setting: dict[str, str] = field(default_factory=dict)
+    # Plain DPO's samples drawn upstream, by `dpo_samples_of(lock, seed)`: the artifacts' keys.
+    dpo_samples: dict[str, str] = field(default_factory=dict)
     store: StoreSpec | None = None
     experiment: str = ""
     run: str = ""  # this driver's run of the experiment (a new one after --resume)
@@ -177,11 +180,13 @@ def plan(cfg: StudyConfig) -> Plan:
     if errors:
         raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
     up = _upstream(cfg, task, task_spec, pols)
+    dpo_samples = _dpo_samples(cfg, task_spec, methods, up)
     trials = _trials(cfg, task.name, list(up.locked), methods)
     # Each control is elicited by its lock's SFT trials: the same demonstrations, k, epochs and seeds.
     sft_methods = {name: m for name, m in methods.items() if m.demonstrations == "trial"}
     trials += _trials(cfg, task.name, list(up.controls), sft_methods)
     engine, setup = _trial_setup(cfg, task, task_spec, methods, up, pols)
+    setup.dpo_samples = {where: a.key for where, a in dpo_samples.items()}
     return Plan(
         cfg,
         task_spec,
@@ -203,6 +208,29 @@ def plan(cfg: StudyConfig) -> Plan:
         up.control_eval,
         up.replicates,
     )
+
+
+def dpo_samples_of(lock: str, seed: int) -> str:
+    """Where TrialSetup.dpo_samples files the samples of a lock's trials of one seed."""
+    return f"{lock}/seed{seed}"
+
+
+def _dpo_samples(
+    cfg: StudyConfig, task_spec: dict[str, Any], methods: dict[str, Method], up: _Upstream
+) -> dict[str, Artifact]:
+    """The upstream samples of methods that sample the locked model alone (plain DPO), one artifact
+    per lock and elicitation seed, shared by the trials of every learning rate; added to the build."""
+    if not any(m.samples_from == "locked" for m in methods.values()):
+        return {}
+    rl = cfg.elicit.rl
+    generator = {**asdict(rl.generator), "backend": resolve_engine(rl.generator.backend, cfg.ray.gpus_per_stage)}
+    out = {
+        dpo_samples_of(label, seed): dpo_samples_artifact(locked, task_spec, rl, seed, generator)
+        for label, locked in up.locked.items()
+        for seed in cfg.elicit.seeds
+    }
+    up.artifacts += list(out.values())
+    return out
 
 
 def _memory(

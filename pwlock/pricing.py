@@ -27,8 +27,9 @@ from pwlock.cost import (
     TrialCosts,
     dpo_pairs,
 )
+from pwlock.elicit.dpo import price_dpo_samples
 from pwlock.models import build_tiny_model, n_parameters, word_level_tokenizer
-from pwlock.plan import STRONG_SPLITS, Plan
+from pwlock.plan import STRONG_SPLITS, Plan, dpo_samples_of
 from pwlock.stages import HOLDOUT_SIZE
 from pwlock.store import Store
 from pwlock.tasks import Task
@@ -160,6 +161,8 @@ def estimate_plan(
             points = len(art.spec["conditions"])
             c = price.evaluate(model, n_eval, tokens, evaluation, points, engine)
             return c + price.overhead([model], engine=art.engine is not None), ""
+        if art.stage == "dpo_samples":  # plain DPO's rounds of samples, shared by its learning rates' trials
+            return price_dpo_samples(price, model, tokens, art, len(task.problems("elicit"))), ""
         if art.stage in ("policy_model", "policy_dpo", "sample_pool"):
             return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, task, tokens), ""
         return price.overhead(), ""  # policy scores: the task's own policies, no model
@@ -204,6 +207,8 @@ def estimate_plan(
         deps += (p.strong_eval.key,) if p.strong_eval else ()
         if method.demonstrations and t.demonstrator in p.policies.elicit:  # a model's samples
             deps += (p.policies.elicit[t.demonstrator],)
+        if method.samples_from == "locked":  # the lock's samples for this seed, drawn upstream
+            deps += (p.setup.dpo_samples[dpo_samples_of(t.lock_mode, t.seed)],)
         figure = RL_FIGURE if method.rl else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
         trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps))
     est = Estimate(

@@ -24,6 +24,7 @@ from pwlock import audit, evaluate
 from pwlock.artifacts import Artifact, Builder, build_artifact, eval_problems
 from pwlock.config import FIXEDRDM, TinyModelConfig, TrainConfig, VLLMConfig
 from pwlock.control import build_control_model
+from pwlock.elicit.dpo import build_dpo_samples
 from pwlock.generate.base import Generator
 from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.lock import FixedRandomPolicy, second_of, strong_examples, variant_lock_data, weak_policy
@@ -420,5 +421,6 @@ BUILDERS: dict[str, Builder] = {
     "control_model": build_control_model,
     "policy_model": build_policy_model,
     "policy_dpo": build_policy_dpo,
+    "dpo_samples": build_dpo_samples,
     "sample_pool": build_sample_pool,
 }

@@ -431,10 +431,33 @@ class _Expansion:
                         for c, deps, name in self.trial_kinds(f, unit, domain, method, lk.weak):
                             trial_id = f"{f.id}/{locks[0]}/{name}"
                             self.trials += [
-                                Item(f"{trial_id}/seed{seed}/lr{lr}", name, c, 1.0, (f.id,), locks + deps)
+                                Item(
+                                    f"{trial_id}/seed{seed}/lr{lr}",
+                                    name,
+                                    c,
+                                    1.0,
+                                    (f.id,),
+                                    locks + deps + self.dpo_samples(unit, locks[0], method, seed),
+                                )
                                 for seed in range(seeds)
                                 for lr in range(lrs)
                             ]
+
+    def dpo_samples(self, unit: list[str], lock: str, method: str, seed: int) -> tuple[str, ...]:
+        """Plain DPO's samples of a lock for one seed, drawn once upstream for its learning rates'
+        trials (pwlock.elicit.dpo.dpo_samples_artifact); nothing for another method."""
+        if METHODS[method].samples_from != "locked":
+            return ()
+        rl, m = self.s.defaults.rl, self.model(self.s.tasks[unit[0]].strong_base)
+
+        def price() -> Cost:
+            c = self.price.overhead([m], engine=True)
+            for t in unit:
+                problems = min(rl.dpo_problems, self.n(t, "elicit"))
+                c += self.price.generate(m, SAMPLES_PER_PROBLEM * problems, self.tokens(t), POOL_ENGINE) * rl.dpo_rounds
+            return c
+
+        return (self.artifact(f"{lock}: DPO samples, seed {seed}", price, (lock,)),)
 
     def trial_kinds(self, f: FigureSpec, unit: list[str], domain: str | None, method: str, weak: str):
         """(cost, artifacts, name) of one trial per demonstrator × k (SFT), or one per method (RL)."""
@@ -453,7 +476,7 @@ class _Expansion:
             # an RL trial's engine samples, and evaluates a generation task (filtering's and SFT's, that alone)
             generates = any(self.s.tasks[t].evaluation == "generate" for t in unit)
             c = self.price.overhead(
-                [m], engine=generates or (METHODS[method].rl and METHODS[method].samples_from != "weak")
+                [m], engine=generates or (METHODS[method].rl and METHODS[method].samples_from == "model")
             )
             name = method + (f" on {k} {dem}" if dem else "") + (f" from {domain}" if domain else "")
             if k:
@@ -476,11 +499,13 @@ class _Expansion:
                         sampled = self.price.generate(m, per, toks, POOL_ENGINE)
                     step = sampled + self.price.train(m, rl.n, toks, rl.epochs_per_iteration, d.batch_size)
                     rounds = rl.iterations
-                else:
+                else:  # plain DPO's samples are drawn upstream (`dpo_samples`); iterated DPO draws its own
                     problems = min(rl.dpo_problems, n_elicit)
-                    step = self.price.generate(m, SAMPLES_PER_PROBLEM * problems, toks, POOL_ENGINE) + self.price.dpo(
-                        m, dpo_pairs(problems, f.continuous_reward), toks, d.batch_size
+                    shared = METHODS[method].samples_from == "locked"
+                    sampled = (
+                        Cost() if shared else self.price.generate(m, SAMPLES_PER_PROBLEM * problems, toks, POOL_ENGINE)
                     )
+                    step = sampled + self.price.dpo(m, dpo_pairs(problems, f.continuous_reward), toks, d.batch_size)
                     rounds = rl.dpo_rounds
                 c += step * rounds + self.rl_evaluation(unit, m, rounds)
             yield c, deps, name

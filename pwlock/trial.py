@@ -49,7 +49,7 @@ from pwlock.guards import LeakGuard
 from pwlock.lock import weak_policy
 from pwlock.logs import setup_logging
 from pwlock.models import load_policy, save_policy
-from pwlock.plan import TrialSetup
+from pwlock.plan import TrialSetup, dpo_samples_of
 from pwlock.policies import resolve
 from pwlock.runtime import use_cpus
 from pwlock.setting import SettingPolicy, in_setting, setting_for
@@ -279,6 +279,14 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def _dpo_samples(c: TrialSetup, store: Store, run: dict[str, Any]) -> str | None:
+    """The local directory of the trial's DPO samples drawn upstream, for a method that reads them."""
+    key = c.dpo_samples.get(dpo_samples_of(run["lock_mode"], run["seed"]))
+    if key is None or c.methods[run["method"]].samples_from != "locked":
+        return None
+    return str(store.artifact_dir(key))
+
+
 def _rl(c: TrialSetup, run: dict[str, Any]) -> RLConfig:
     """The study's RL settings, at the trial's own DPO learning rate where it has one."""
     if run.get("lr") is None:
@@ -316,6 +324,7 @@ def _elicitation(
         demonstrator=demonstrator,
         domain=None if domain == ALL_DOMAINS else domain,
         weak=weak,
+        dpo_samples=_dpo_samples(c, store, run),
         policies=policies,
         engine_bundle=c.engine_bundle,
         guard=LeakGuard.for_study(c.guards, task, c.passwords, f"trial {name}"),

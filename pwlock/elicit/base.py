@@ -58,6 +58,7 @@ class Elicitation:
     guard: LeakGuard | None = None  # refuses demonstrations, prompts and π_weak samples carrying the password
     domain: str | None = None  # demonstrations from this domain of the elicit split only (None: all)
     eval_engine: str = "hf"  # where SFT evaluates a generation task: "hf" in process, or "vllm" (eval.engine)
+    dpo_samples: str | None = None  # plain DPO: the directory of its samples drawn upstream (pwlock.elicit.dpo)
 
 
 Run = Callable[[Elicitation, Checkpoint, "float | None", "dict | None"], None]
@@ -72,7 +73,8 @@ class Method:
     elicit.domains are dimensions of the trial grid), "rl" (SFT on elicit.rl.sft_demonstrator before
     RL) or None (none: its trials have k = 0). `rounds`: an RL method's number of rounds; None for
     a method evaluated at App. G.3's epoch candidates (selected by seed mean). `samples_from`:
-    whose samples each round draws, "model" (an engine serves the model) or "weak" (π_weak's).
+    whose samples each round draws: "model" (an engine serves the model), "weak" (π_weak's) or
+    "locked" (the locked model's, drawn once upstream for a lock and seed: plain DPO's).
     `samples_per_round(rl, n_elicit)`: how many. `lrs(rl)`: the learning rates of a method run once
     per rate, the analysis keeping the rate with the best seed mean (None: one run, its configured
     rate). `run(e, checkpoint, checkpoint_every_s, start)` runs a trial; `price(costs, k,

@@ -16,33 +16,46 @@ round samples (iterated DPO's next reference is that trained model: nothing to g
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from pwlock import evaluate
-from pwlock.config import TrainConfig
-from pwlock.cost import Cost, TrialCosts, dpo_pairs
+from pwlock.artifacts import Artifact
+from pwlock.config import RLConfig, TrainConfig, VLLMConfig
+from pwlock.cost import Cost, Model, Pricer, Tokens, TrialCosts, dpo_pairs
 from pwlock.elicit.base import (
     Checkpoint,
     Elicitation,
     Method,
     SameModel,
     Watched,
+    backend,
     eval_schedule,
+    evaluation_engine,
     generator,
     problem_subset,
     rounds,
 )
 from pwlock.elicit.expert_iteration import price_rounds, round_eval_problems
 from pwlock.generate.base import Generator
+from pwlock.generate.hf import HFGenerator
+from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.models import load_policy
+from pwlock.store import Store
+from pwlock.tasks import make_task
 from pwlock.tasks.base import Problem, Task
 from pwlock.train.dpo import DEFAULT_BETA, preference_pairs, train_dpo
 
 SAMPLES_PER_PROBLEM = 2  # per round: one pair per problem at most
+log = logging.getLogger(__name__)
 
 
 def dpo_elicitation(
@@ -67,8 +80,11 @@ def dpo_elicitation(
     eval_every: int = 1,
     eval_problems_between: int | None = None,
     evaluator: Generator | None = None,
+    stored: Callable[[int], list[list[str]]] | None = None,
 ) -> list[dict]:
-    """Rounds `start`+1 .. `rounds` of sampling and one DPO epoch. `ref` is the frozen reference:
+    """Rounds `start`+1 .. `rounds` of sampling and one DPO epoch. With `stored`, round r's samples
+    are `stored(r)` (plain DPO's, drawn once upstream: `dpo_samples_artifact`), and `generator` is
+    not used. `ref` is the frozen reference:
     the locked model (DPO) or the model at the start of round `start`+1 (iterated DPO); the
     generator must already hold its weights. After each round, greedy correctness without password
     on `eval_problems` (or its subset, see `round_eval_problems`) against the samples generated so
@@ -86,11 +102,14 @@ def dpo_elicitation(
             ref.load_state_dict(model.state_dict())
             if decoder is None:  # else the engine was given these weights for the last evaluation
                 generator.load_weights(ref.state_dict())
-        elif decoder is not None and r > start + 1:  # the fixed reference back, after the last evaluation
+        elif decoder is not None and r > start + 1 and stored is None:  # the fixed reference back
             generator.load_weights(ref.state_dict())
-        torch.manual_seed(seed * 1000 + r)  # the generator's sampling
         k = SAMPLES_PER_PROBLEM
-        samples = generator.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens)
+        if stored is not None:
+            samples = stored(r)
+        else:
+            torch.manual_seed(seed * 1000 + r)  # the generator's sampling
+            samples = generator.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens)
         flat = reward_many([p for p in problems for _ in range(k)], [s for drawn in samples for s in drawn])
         pairs = [
             pair
@@ -133,6 +152,40 @@ def _run(
         ref = copy.deepcopy(e.model)
     else:
         ref, _ = load_policy(e.locked_dir, str(next(e.model.parameters()).dtype).removeprefix("torch."), e.model.device)
+    problems = problem_subset(r.problems, rl.dpo_problems, e.seed)
+    if not iterated and e.dpo_samples is not None:  # drawn upstream: an engine evaluates, if anything
+        rounds_of = stored_rounds(e.dpo_samples, [p.id for p in problems])
+
+        def stored(n: int) -> list[list[str]]:
+            samples = rounds_of(n)
+            r.watch([c for drawn in samples for c in drawn])
+            return samples
+
+        with evaluation_engine(e, backend(rl)) as engine:
+            dpo_elicitation(
+                e.model,
+                ref,
+                e.tokenizer,
+                e.task,
+                None,
+                problems,
+                e.eval_problems,
+                rl.dpo_train,
+                e.seed,
+                rl.dpo_rounds,
+                False,
+                rl.beta,
+                rl.continuous_reward,
+                rl.temperature,
+                e.task.max_new_tokens,
+                on_round=r.on_round,
+                start=r.done,
+                eval_batch_size=e.eval_batch_size,
+                evaluator=engine,
+                stored=stored,
+                **eval_schedule(rl),
+            )
+        return
     with generator(e, ref) as gen:
         dpo_elicitation(
             e.model,
@@ -140,7 +193,7 @@ def _run(
             e.tokenizer,
             e.task,
             Watched(gen, r.watch),
-            problem_subset(r.problems, rl.dpo_problems, e.seed),
+            problems,
             e.eval_problems,
             rl.dpo_train,
             e.seed,
@@ -158,6 +211,66 @@ def _run(
         )
 
 
+ROUNDS_FILE = "rounds.jsonl"  # a DPO samples artifact: {"round", "ids", "samples"} per line
+
+
+def dpo_samples_artifact(
+    locked: Artifact, task_spec: dict[str, Any], rl: RLConfig, seed: int, generator: dict[str, Any]
+) -> Artifact:
+    """Plain DPO's samples for the trials of one lock and seed: each round's 2 samples per problem of
+    the seed's problem subset, from the locked model (the fixed reference and sampler). They are the
+    same at every learning rate, so they are drawn once, here, and shared by the rates' trials."""
+    spec = {
+        "model": locked.key,
+        "task": task_spec,
+        "problems": rl.dpo_problems,
+        "rounds": rl.dpo_rounds,
+        "temperature": rl.temperature,
+        "seed": seed,
+        "generator": generator,
+    }
+    gpus = 0.0 if generator["backend"] == "vllm" else None  # a vLLM engine takes its GPU share itself
+    return Artifact("dpo_samples", f"{locked.label}: DPO samples, seed {seed}", spec, (locked.key,), gpus=gpus)
+
+
+def build_dpo_samples(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
+    task = make_task(a.spec["task"])
+    seed, rounds = a.spec["seed"], a.spec["rounds"]
+    problems = problem_subset(task.problems("elicit"), a.spec["problems"], seed)
+    prompts = [task.prompt(p, None) for p in problems]
+    model_dir = str(store.artifact_dir(a.spec["model"]))
+    generator = a.spec["generator"]
+    with contextlib.ExitStack() as stack:
+        if generator["backend"] == "vllm":
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            gen = stack.enter_context(vllm_generator(model_dir, tokenizer, VLLMConfig(**generator["vllm"])))
+        else:
+            model, tokenizer = load_policy(model_dir)
+            gen = HFGenerator(model, tokenizer, generator["batch_size"])
+        with open(scratch / ROUNDS_FILE, "w", encoding="utf-8") as f:
+            for r in range(1, rounds + 1):
+                torch.manual_seed(seed * 1000 + r)  # as a trial that samples itself seeds round r
+                temperature, n = a.spec["temperature"], SAMPLES_PER_PROBLEM
+                samples = gen.generate(prompts, n=n, temperature=temperature, max_new_tokens=task.max_new_tokens)
+                f.write(json.dumps({"round": r, "ids": [p.id for p in problems], "samples": samples}) + "\n")
+                log.info("%s: round %d of %d", a.label, r, rounds)
+    return {"rounds": rounds, "problems": len(problems)}
+
+
+def stored_rounds(path: str, ids: Sequence[str]) -> Callable[[int], list[list[str]]]:
+    """Round r's samples from a DPO samples artifact's directory, checked to be for `ids`."""
+    rows = [json.loads(line) for line in (Path(path) / ROUNDS_FILE).read_text().splitlines()]
+    by_round = {row["round"]: row for row in rows}
+
+    def get(r: int) -> list[list[str]]:
+        row = by_round.get(r)
+        if row is None or row["ids"] != list(ids):
+            raise ValueError(f"{path}: no samples of round {r} for this trial's problems; the artifact is not its own")
+        return row["samples"]
+
+    return get
+
+
 def run_dpo(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: float | None, start: dict | None) -> None:
     """DPO on pairs of the model's samples, the locked model as reference throughout."""
     _run(e, checkpoint, checkpoint_every_s, start, iterated=False)
@@ -171,15 +284,25 @@ def run_iterated_dpo(
 
 
 def _price(c: TrialCosts, candidates: list[int], before: Cost, iterated: bool) -> Cost:
+    """A trial's rounds; plain DPO's samples are the upstream stage's (`price_dpo_samples`), so its
+    engine evaluates only, and only a generation task."""
     per = _per_round(c.rl, c.n_elicit)
     pairs = dpo_pairs(per // 2, c.rl.continuous_reward)
-    step = c.price.generate(c.model, per, c.tokens, c.engine) + c.price.dpo(
-        c.model, pairs, c.tokens, c.rl.dpo_train.batch_size
-    )
-    overhead = c.price.overhead([c.model], engine=c.engine == "vllm") + before
+    sampled = c.price.generate(c.model, per, c.tokens, c.engine) if iterated else Cost()
+    step = sampled + c.price.dpo(c.model, pairs, c.tokens, c.rl.dpo_train.batch_size)
+    engine = c.engine == "vllm" and (iterated or c.evaluation == "generate")
+    overhead = c.price.overhead([c.model], engine=engine) + before
     if not iterated:  # its reference is the locked model, loaded again
         overhead += Cost(overhead_s=c.model.gb / c.price.a.load_gb_s)
     return price_rounds(c, len(candidates), step, overhead)
+
+
+def price_dpo_samples(price: Pricer, model: Model, tokens: Tokens, a: Artifact, n_elicit: int) -> Cost:
+    """A DPO samples artifact: every round's samples from the locked model, in the stage's engine."""
+    engine = "hf" if a.spec["generator"]["backend"] == "hf" else "vllm"
+    per = SAMPLES_PER_PROBLEM * min(a.spec["problems"], n_elicit)
+    sampled = price.generate(model, per, tokens, engine) * a.spec["rounds"]
+    return sampled + price.overhead([model], engine=engine == "vllm")
 
 
 def price_dpo(c: TrialCosts, k: int, candidates: list[int], before: Cost = Cost()) -> Cost:
@@ -204,7 +327,7 @@ def dpo_lrs(rl) -> list[float]:
 
 
 DPO = Method(
-    "dpo", run_dpo, price_dpo, rounds=_dpo_rounds, samples_from="model", samples_per_round=_per_round, lrs=dpo_lrs
+    "dpo", run_dpo, price_dpo, rounds=_dpo_rounds, samples_from="locked", samples_per_round=_per_round, lrs=dpo_lrs
 )
 ITERATED_DPO = Method(
     "iterated_dpo",
