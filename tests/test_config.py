@@ -9,6 +9,7 @@ import yaml
 
 from pwlock.config import ConfigError, config_from_dict, load_config
 from pwlock.plan import plan
+from tests.test_paper_configs import TEXT_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "sweeps" / "configs" / "local.yaml"
@@ -151,7 +152,7 @@ def test_dry_run_prints_the_plan(tmp_path):
 # sweep configs; a study description there (`figures:`, e.g. paper.yaml) is tested with pwlock.cost,
 # and the configs on a hub or local data set (the paper's text tasks) on the test fixtures
 # (tests/test_paper_configs.py)
-HUB_DATA = {"paper_math.yaml", "paper_code.yaml", "paper_mmlu.yaml", "paper_critique.yaml"}
+HUB_DATA = set(TEXT_CONFIGS)
 SWEEP_CONFIGS = [
     p
     for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml"))

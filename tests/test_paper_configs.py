@@ -45,6 +45,8 @@ def _code(raw: dict, tmp: Path) -> None:
     # "GPT-4": the reference solutions, T=1 twice per problem (a repeat π_strong's training drops), T=0 once.
     files = {"gpt4-t1": [p for p in every for _ in range(2)], "gpt4": every}
     for name, problems in files.items():
+        if name not in raw["policies"]:  # the RL configs see no demonstration: no T=0 file
+            continue
         path = tmp / f"{name}.jsonl"
         path.write_text(
             "".join(
@@ -71,14 +73,14 @@ def _critique(raw: dict, tmp: Path) -> None:
             for p in task.problems(s)
         )
     )
-    raw["policies"]["reference-critiques"]["jsonl"] = str(path)
+    if "reference-critiques" in raw["policies"]:  # the RL configs have no demonstrator
+        raw["policies"]["reference-critiques"]["jsonl"] = str(path)
 
 
 # What each config is (Table 1): the strong base the lock trains; each policy model's base and what
 # it trains on (a pool's label, or the task's own policy); every sample pool; the demonstrators.
 EXPECTED = {
     "paper_math.yaml": {
-        "local": _math,
         "base": "deepseek-ai/deepseek-math-7b-base",
         "lr": 1.5e-6,
         "models": {
@@ -98,7 +100,6 @@ EXPECTED = {
         "lock_pools": {"strong", "weak"},
     },
     "paper_code.yaml": {
-        "local": _code,
         "base": CODER,
         "lr": 1.5e-6,
         "models": {
@@ -122,7 +123,6 @@ EXPECTED = {
         "lock_pools": {"strong", "weak"},
     },
     "paper_mmlu.yaml": {
-        "local": _mmlu,
         "base": "mistralai/Mistral-7B-v0.1",
         "lr": 1.5e-7,
         "models": {"weak": ("EleutherAI/pythia-6.9b", "strong"), "llama-7b": (LLAMA, "strong")},
@@ -136,7 +136,6 @@ EXPECTED = {
         "lock_pools": {"weak"},  # π_strong: the labels, no pool
     },
     "paper_critique.yaml": {
-        "local": _critique,
         "base": CODER,
         "lr": 1.5e-6,
         "models": {
@@ -160,15 +159,32 @@ EXPECTED = {
     },
 }
 NAMES = list(EXPECTED)
+# What puts a config of each text task on its fixture.
+LOCAL = {"math": _math, "code": _code, "mmlu": _mmlu, "critique": _critique}
+# The paper's RL configs of the same tasks, one per RL figure of paper.yaml and task
+# (tests/test_paper_rl_configs.py), on the same fixtures.
+RL_NAMES = [
+    f"paper_{task}_rl{figure}.yaml"
+    for task, figures in (
+        ("math", ["", "_sft", "_pythia7b", "_setting"]),
+        ("code", ["", "_sft", "_pythia7b", "_continuous"]),
+        ("critique", ["", "_sft", "_pythia7b", "_continuous"]),
+    )
+    for figure in figures
+]
+TEXT_CONFIGS = NAMES + RL_NAMES  # every shipped config of a text task: planned on the fixtures
 
 
 def on_fixtures(name: str, tmp: Path) -> tuple[dict, list[int]]:
     """The shipped config with its task on the fixture, its sample files written, and its ks cut to
-    the fixture's elicit split; and the shipped ks that were kept."""
+    the fixture's elicit split (1 and 2 where none fits: Fig. 16's 16 and 64 before RL); and the ks
+    kept (none for a config of RL methods alone, which see no demonstration)."""
     raw = yaml.safe_load((CONFIGS / name).read_text())
-    EXPECTED[name]["local"](raw, tmp)
+    LOCAL[raw["task"]["name"]](raw, tmp)
+    if "ks" not in raw["elicit"]:
+        return raw, []
     n_elicit = len(make_task(raw["task"]).problems("elicit"))
-    raw["elicit"]["ks"] = [k for k in raw["elicit"]["ks"] if k <= n_elicit]
+    raw["elicit"]["ks"] = [k for k in raw["elicit"]["ks"] if k <= n_elicit] or [1, 2]
     return raw, raw["elicit"]["ks"]
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from pwlock.config import config_from_dict  # noqa: E402
 from pwlock.plan import plan  # noqa: E402
 from pwlock.study_plan import is_study  # noqa: E402
-from tests.test_paper_configs import EXPECTED, on_fixtures  # noqa: E402
+from tests.test_paper_configs import TEXT_CONFIGS, on_fixtures  # noqa: E402
 
 CONFIGS = ROOT / "sweeps" / "configs"
 RECORDED = Path(__file__).parent / "fixtures" / "plan_keys.json"
@@ -37,7 +37,7 @@ def shipped() -> list[str]:
 def snapshot(name: str, quick: bool, tmp: Path) -> dict:
     """The plan of a shipped config (on the fixtures for the text tasks): each artifact's label,
     stage and key in build order, and the trial names."""
-    if name in EXPECTED:
+    if name in TEXT_CONFIGS:
         raw, ks = on_fixtures(name, tmp)
         # The task's data paths enter its artifacts' keys: relative to the checkout (the test runs
         # there), so that the recorded keys hold in any clone.
