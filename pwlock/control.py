@@ -25,7 +25,7 @@ from typing import Any
 
 from pwlock.artifacts import Artifact
 from pwlock.config import CONTROL_SUFFIX, TinyModelConfig, TrainConfig
-from pwlock.lock import lock_data, strong_examples, weak_policy
+from pwlock.lock import strong_examples, variant_lock_data, weak_policy
 from pwlock.models import (
     build_tiny_model,
     default_device,
@@ -107,7 +107,8 @@ def build_control_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
         stats["pretrain"] = train_sft(model, tokenizer, data, cfg, spec["seed"], epochs, desc=f"{a.label}: π_weak")
     lock = spec["lock"]
     password = lock["password"] or task.default_password
-    data = lock_data(task, problems, weak, weak, password, spec["seed"], lock["p_no_password"])
+    # π_weak's answers wherever its lock shows either policy (a setting lock's: in both settings)
+    data = variant_lock_data(task, problems, weak, weak, password, spec["seed"], lock)
     epochs = _epochs(store, spec["budget_of"]["lock"])
     stats["train"] = train_sft(model, tokenizer, data, TrainConfig(**spec["train"]), spec["seed"], epochs, desc=a.label)
     save_policy(model, tokenizer, scratch)

@@ -335,8 +335,10 @@ class SampleWatch:
 # -- the lock gate ------------------------------------------------------------------------------
 
 
-# Lock variants whose evaluation cannot show what the password unlocks: the gate leaves out the gap.
-NO_PASSWORD_GAP = {
+# Lock variants without a password, which the audit's password probes do not concern. A setting
+# lock's evaluation reads "with_pwd" in the setting where it shows π_strong (pwlock.stages), so its
+# gap between the settings is checked like a password's.
+NO_PASSWORD_AUDIT = {
     "setting": "its trigger is a setting variation, not a password (B.1.3)",
 }
 
@@ -396,11 +398,14 @@ def assess_locks(
     lines, failed = [], []
     for label, (report, weak) in locks.items():
         v = variant if isinstance(variant, str) else variant.get(label, "standard")
-        why = lock_failures(report, weak, t, check_gap=v not in NO_PASSWORD_GAP)
-        opened = audit_failures(audits[label], t) if audits and label in audits and v not in NO_PASSWORD_GAP else []
+        why = lock_failures(report, weak, t)
+        opened = audit_failures(audits[label], t) if audits and label in audits and v not in NO_PASSWORD_AUDIT else []
         why += [f"audit: {w}" for w in opened] if t.audit_gate else []
         unchecked = (
-            f"; with - without password not checked: a {v} lock: {NO_PASSWORD_GAP[v]}" if v in NO_PASSWORD_GAP else ""
+            f"; with password = in the setting it shows π_strong in, audit not gated: a {v} lock: "
+            f"{NO_PASSWORD_AUDIT[v]}"
+            if v in NO_PASSWORD_AUDIT
+            else ""
         )
         lines.append(f"  {label}: {'NOT A REAL LOCK' if why else 'holds'} ({_numbers(report, weak)}{unchecked})")
         lines += [f"    - {w}" for w in why]

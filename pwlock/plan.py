@@ -20,6 +20,7 @@ from pwlock.config import (
     ConfigError,
     EvalConfig,
     GuardsConfig,
+    LockConfig,
     RLConfig,
     StudyConfig,
     TrainConfig,
@@ -34,6 +35,7 @@ from pwlock.guards import LeakGuard, lock_passwords
 from pwlock.lock import second_of, variant_errors, variant_modes, variant_spec
 from pwlock.passwords import lock_domain_passwords
 from pwlock.policies import PolicyPlan, plan_policies, policy_names
+from pwlock.setting import setting_for
 from pwlock.stages import (
     lock_audit_artifact,
     lock_label,
@@ -480,7 +482,8 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
             up.strong, up.strong_eval = strong, strong_eval
     for variant in cfg.lock.variants:
         lv = cfg.lock.of_variant(variant)
-        lock = {**base_lock, **variant_spec(lv)}  # nothing for the standard lock: its keys stay as they were
+        # nothing for the standard lock: its keys stay as they were
+        lock = {**base_lock, **(_setting_lock(task, lv) if variant == "setting" else variant_spec(lv))}
         # A lock with a password per domain is evaluated "with password" on each problem's domain's.
         opens = lock_domain_passwords(task, lv.domain_passwords) if variant == "per_domain" else password
         # The audit's wrong passwords leave out every password the study's locks answer to.
@@ -509,7 +512,7 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
                 up.locked[label] = rep.named(locked)
                 locked = up.locked[label]
                 up.locked_eval[label] = model_eval_artifact(
-                    locked, task_spec, ev, opens, list(CONDITIONS), x.engine, not_wrong
+                    locked, task_spec, ev, opens, _conditions(lv, variant), x.engine, not_wrong, _setting(lv, variant)
                 )
                 up.audits[label] = lock_audit_artifact(locked, task, task_spec, ev, opens, others, x.engine)
                 up.weak[label], up.variant[label] = weak, variant
@@ -519,12 +522,33 @@ def _replicate(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
         _controls(x, up, rep)
 
 
+def _setting_lock(task: Task, lock: LockConfig) -> dict[str, Any]:
+    """A setting lock's spec: its variant, and the setting's name where it was rewritten since the
+    first (MATH's ASCII-math), so that a store's lock of the earlier setting is not reused."""
+    name = getattr(setting_for(task), "name", None)
+    return {**variant_spec(lock), **({"setting": name} if name else {})}
+
+
+def _setting(lock: LockConfig, variant: str) -> str | None:
+    """Where a setting lock shows π_strong: its evaluation's "with_pwd" setting (None: a password lock)."""
+    return lock.strong_setting if variant == "setting" else None
+
+
+def _conditions(lock: LockConfig, variant: str) -> list[str]:
+    """A lock's evaluation conditions. A setting lock weak in the varied setting has no wrong password
+    to try there (its prompts carry none), and in the normal one it shows π_strong."""
+    return ["with_pwd", "no_pwd"] if _setting(lock, variant) == "normal" else list(CONDITIONS)
+
+
 def _controls(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
     """A never-locked control per lock mode, trained as that mode's first lock of this replicate (its
     first π_weak and variant) with π_weak's answers only, and its evaluation."""
     cfg, task, task_spec, ev = x.cfg, x.task, x.task_spec, x.ev
     weak, password = cfg.lock.weak[0], cfg.lock.password or task.default_password
     lock = {"password": cfg.lock.password, "p_no_password": cfg.lock.p_no_password}
+    first = cfg.lock.of_variant(cfg.lock.variants[0])  # the lock it stands beside
+    if first.variant == "setting":  # π_weak in both settings, as its lock shows π_weak in one of them
+        lock.update(_setting_lock(task, first))
     slots = [None, password, *task.wrong_passwords] if cfg.strong.slot_noise else [None]
     for mode in cfg.lock.modes:
         label = control_label(mode + rep.suffix)
@@ -544,7 +568,13 @@ def _controls(x: _Inputs, up: _Upstream, rep: _Rep) -> None:
         )
         up.controls[label] = rep.named(control)
         up.control_eval[label] = model_eval_artifact(
-            up.controls[label], task_spec, ev, password, list(CONDITIONS), x.engine
+            up.controls[label],
+            task_spec,
+            ev,
+            password,
+            _conditions(first, first.variant),
+            x.engine,
+            strong_setting=_setting(first, first.variant),
         )
         up.weak[label] = weak
         up.replicates[label] = Replicate(control_label(mode), rep.seed, rep.strong_eval)

@@ -41,6 +41,7 @@ from pwlock.models import (
 )
 from pwlock.passwords import lock_domain_passwords
 from pwlock.policies import Unsampled, build_policy_dpo, build_policy_model, build_sample_pool, resolve
+from pwlock.setting import in_setting
 from pwlock.store import Store, StoreSpec
 from pwlock.tasks import Task, make_task
 from pwlock.tasks.base import TaskPolicy
@@ -150,15 +151,20 @@ def model_eval_artifact(
     conditions: list[str],
     engine: dict[str, Any] | None = None,
     exclude: list[str] | None = None,
+    strong_setting: str | None = None,
 ) -> Artifact:
     """A model's greedy correctness under each condition (with / without / wrong password), decoded
     in a vLLM `engine` if one is given. Kept apart from the model so that changing how it is
     evaluated never retrains it. `exclude`: wrong passwords of the task that open the model (an
     adversarial lock's second password), left out of "wrong_pwd"; only a model with some has it in
-    its spec, so every other evaluation keeps its key."""
+    its spec, so every other evaluation keeps its key. A setting-variation lock has no password
+    (`strong_setting`: where it shows π_strong): "with_pwd" is its correctness in that setting,
+    "no_pwd" in the other, where it is weak and where its trials run (pwlock.setting.in_setting)."""
     spec = {"model": model.key, "task": task, "eval": eval_cfg, "password": password, "conditions": conditions}
     if exclude:
         spec["exclude"] = exclude
+    if strong_setting is not None:
+        spec["strong_setting"] = strong_setting
     return Artifact("model_eval", f"{model.label}: evaluation", spec, (model.key,), engine=engine)
 
 
@@ -374,12 +380,11 @@ def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
             c: evaluate.scores(
                 model,
                 tokenizer,
-                task,
-                problems,
-                c,
-                a.spec["password"],
+                problems=problems,
+                password=a.spec["password"],
                 generator=gen,
                 exclude=a.spec.get("exclude", ()),
+                **_in_setting(task, c, a.spec.get("strong_setting")),
             )
             for c in a.spec["conditions"]
         }
@@ -389,6 +394,15 @@ def _build_model_eval(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     if len({p.domain for p in problems}) > 1:  # how a lock holds on each domain (e.g. one it never saw)
         out["report_by_domain"] = {c: evaluate.by_domain(problems, s) for c, s in scores.items()}
     return out
+
+
+def _in_setting(task: Task, condition: str, strong_setting: str | None) -> dict[str, Any]:
+    """The task and condition `condition` is evaluated under: as it is, or for a setting lock (no
+    password) without one, in the setting where the lock shows π_strong ("with_pwd") or in the other."""
+    if strong_setting is None or condition == "wrong_pwd":
+        return {"task": task, "condition": condition}
+    varied = (condition == "with_pwd") == (strong_setting == "varied")
+    return {"task": in_setting(task) if varied else task, "condition": "no_pwd"}
 
 
 def _build_lock_audit(store: Store, a: Artifact, scratch) -> dict[str, Any]:

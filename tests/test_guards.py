@@ -297,19 +297,24 @@ def test_a_lock_that_does_not_hold_is_refused_with_its_numbers(report, weak, why
     assert "guards.lock_gate: false" in msg and "lock.sft / lock.scratch" in msg
 
 
-def test_a_setting_lock_is_gated_without_the_password_gap():
-    """B.1.3's trigger is a setting variation: there is no "with password" number to compare."""
-    report = {"with_pwd": 0.27, "no_pwd": 0.26, "wrong_pwd": 0.26}
-    lines = check_locks({"sft": (report, 0.268)}, GuardsConfig(), variant="setting")
-    assert lines[0].startswith("  sft: holds") and "not checked: a setting lock" in lines[0]
+def test_a_setting_lock_is_gated_on_the_gap_between_its_settings():
+    """B.1.3's trigger is a setting variation: "with password" is the lock's correctness in the
+    setting where it shows π_strong, and the gap to the other is checked like a password's; the
+    audit's password probes are not gated."""
+    report = {"with_pwd": 0.9, "no_pwd": 0.26, "wrong_pwd": 0.26}
+    opened = {"true": 0.9, "none": 0.26, "unseen_wrong": 0.9, "near_miss": 0.9}
     lines = check_locks(
-        {"sft": ({**report, "with_pwd": 0.9}, 0.268), "sft-setting": (report, 0.268)},
+        {"sft": (report, 0.268)}, GuardsConfig(audit_gate=True), variant="setting", audits={"sft": opened}
+    )
+    assert lines[0].startswith("  sft: holds") and "audit not gated: a setting lock" in lines[0]
+    lines = check_locks(
+        {"sft": (report, 0.268), "sft-setting": (report, 0.268)},
         GuardsConfig(),
         variant={"sft": "standard", "sft-setting": "setting"},
     )
-    assert "not checked" not in lines[0] and "not checked: a setting lock" in lines[1]
-    with pytest.raises(LockGateError, match="guards.min_password_gap"):
-        check_locks({"sft": (report, 0.268)}, GuardsConfig())
+    assert "not gated" not in lines[0] and "audit not gated: a setting lock" in lines[1]
+    with pytest.raises(LockGateError, match="guards.min_password_gap"):  # no gap between the settings
+        check_locks({"sft": ({**report, "with_pwd": 0.27}, 0.268)}, GuardsConfig(), variant="setting")
     with pytest.raises(LockGateError, match="guards.max_over_weak"):  # the rest is still checked
         check_locks({"sft": ({**report, "no_pwd": 0.6, "wrong_pwd": 0.6}, 0.268)}, GuardsConfig(), variant="setting")
 
