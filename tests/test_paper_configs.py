@@ -96,7 +96,7 @@ EXPECTED = {
             "samples of llama-7b (elicit, 1/problem)",
             "samples of llama-7b (val, greedy)",
         },
-        "demonstrators": ["llama-7b"],
+        "demonstrators": ["references", "llama-7b"],
         "lock_pools": {"strong", "weak"},
     },
     "paper_code.yaml": {
@@ -238,7 +238,7 @@ def test_a_paper_config_plans_its_policies_pools_lock_and_grid_on_the_fixture(na
     assert all(by_key[k].label == f"samples of {n} (lock, 8/problem)" for n, k in lock.spec["pools"].items())
     # The trial grid: SFT, each demonstrator × k × 3 seeds, on the one lock.
     assert cfg.elicit.train.lr == want["lr"]
-    assert set(p.policies.elicit) == set(want["demonstrators"]) - {"strong"}
+    assert set(p.policies.elicit) == set(want["demonstrators"]) - {"strong", "references"}  # the task's own
     grid = {(t.lock_mode, t.method, t.demonstrator, t.k, t.seed) for t in p.trials}
     assert len(p.trials) == len(grid) == len(want["demonstrators"]) * len(ks) * 3
     assert grid == {("base", "sft", d, k, s) for d in want["demonstrators"] for k in ks for s in (0, 1, 2)}

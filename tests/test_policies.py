@@ -16,6 +16,7 @@ import yaml
 
 from pwlock import analysis
 from pwlock.config import ConfigError, TinyModelConfig, config_from_dict
+from pwlock.elicit.sft import demonstrations
 from pwlock.generate.hf import HFGenerator
 from pwlock.lock import lock_data
 from pwlock.models import build_tiny_model, save_policy
@@ -474,3 +475,20 @@ def test_a_policy_entry_of_the_wrong_shape_is_named(entry, message):
         config_from_dict(
             {"name": "x", "task": {"name": "function_composition"}, "policies": {"weak": entry}}, source="s.yaml"
         )
+
+
+def test_the_references_stay_a_demonstrator_beside_a_model_pi_strong(hub, tmp_path):
+    """With `strong` a model policy, the task's reference answers are still a demonstrator by name
+    (`references`): Table 1's high-quality demonstrations next to an overridden π_strong."""
+    raw = study(hub)
+    raw["elicit"]["demonstrator"] = ["references", "gpt4"]
+    p = plan(config_from_dict(raw))
+    assert {t.demonstrator for t in p.trials} == {"references", "gpt4"}
+    assert "references" not in p.policies.elicit  # the task's own: no pool to build
+    task = make_task(TASK)
+    policies = resolve(task, p.policies.trial_pools(), open_store(str(tmp_path / "store")))
+    demos = demonstrations(task, 4, 0, "references", policies=policies)
+    by_prompt = {task.prompt(q, None): q for q in task.problems("elicit")}
+    assert len(demos) == 4 and all(d.completion == task.reference(by_prompt[d.prompt]) for d in demos)
+    with pytest.raises(ValueError, match="policy 'strong' is a model"):  # π_strong itself has no elicit pool here
+        policies["strong"](task.problems("elicit")[0])

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pwlock.config import ConfigError
+from pwlock.config import REFERENCES, ConfigError
 from pwlock.sandbox import Limits, Program, RunResult, Sandbox
 from pwlock.tasks import code_data, code_harness
 from pwlock.tasks.base import Problem, TaskPolicy, register
@@ -272,7 +272,8 @@ class CodeTask(LLMTask):
         return self.format.completion(f"```{FENCE_TAGS[lang][0]}\n{problem.data['solutions'][lang][0].rstrip()}\n```")
 
     def policies(self) -> dict[str, TaskPolicy]:
-        return {"strong": self.reference}
+        # "references" stays reachable when a model policy overrides "strong" (a demonstrator)
+        return {"strong": self.reference, REFERENCES: self.reference}
 
     @property
     def max_new_tokens(self) -> int:

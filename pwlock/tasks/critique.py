@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pwlock.config import ConfigError
+from pwlock.config import REFERENCES, ConfigError
 from pwlock.tasks.base import Problem, TaskPolicy, register
 from pwlock.tasks.llm import DataSource, FormatConfig, LLMTask, load_records, seeded_splits
 
@@ -95,7 +95,8 @@ class CritiqueTask(LLMTask):
         return self.format.completion(problem.data["critique"])
 
     def policies(self) -> dict[str, TaskPolicy]:
-        return {"strong": self.reference}
+        # "references" stays reachable when a model policy overrides "strong" (a demonstrator)
+        return {"strong": self.reference, REFERENCES: self.reference}
 
     def score(self, problem: Problem, completion: str) -> float:
         return float(self.reward(problem, completion) >= self.cfg.threshold)

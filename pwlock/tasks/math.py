@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from pwlock import pypi
-from pwlock.config import ConfigError
+from pwlock.config import REFERENCES, ConfigError
 from pwlock.tasks import champ
 from pwlock.tasks.base import Problem, TaskPolicy, register
 from pwlock.tasks.equivalence import Equivalence
@@ -143,7 +143,8 @@ class MathTask(LLMTask):
         return self.format.completion(problem.data["solution"])
 
     def policies(self) -> dict[str, TaskPolicy]:
-        return {"strong": self.reference}
+        # "references" stays reachable when a model policy overrides "strong" (a demonstrator)
+        return {"strong": self.reference, REFERENCES: self.reference}
 
     @property
     def max_new_tokens(self) -> int:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pwlock.config import ConfigError
+from pwlock.config import REFERENCES, ConfigError
 from pwlock.tasks.base import Problem, TaskPolicy, register
 from pwlock.tasks.llm import ChoiceAnswer, DataSource, FormatConfig, LLMTask, load_records, seeded_splits
 
@@ -200,9 +200,11 @@ class MMLUTask(LLMTask):
         return self.answer(problem.data["answer"])
 
     def policies(self) -> dict[str, TaskPolicy]:
-        if self.cfg.strong == "labels":
-            return {"strong": self.reference}
-        return {"strong": self.soft_label}
+        # "references" (the labels) stays reachable when "strong" is the soft labels or a model policy
+        return {
+            "strong": self.reference if self.cfg.strong == "labels" else self.soft_label,
+            REFERENCES: self.reference,
+        }
 
     def soft_label(self, problem: Problem) -> ChoiceAnswer:
         probs = self._soft[problem.id]
