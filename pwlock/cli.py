@@ -72,11 +72,12 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
     # store have passed their checks, so that --help and those mistakes answer at once.
     from pwlock import sweep as sweeps  # `sweep` is the entry point's name
     from pwlock.plan import plan
-    from pwlock.pricing import describe
+    from pwlock.pricing import check_fit, describe
     from pwlock.sandbox import SandboxError
 
     try:
         planned = plan(cfg)  # the one plan: the description, the price and the run all use it
+        check_fit(planned)  # every trial fits its GPU, or nothing runs
         if args.dry_run:
             print(describe(planned, store))
             return 0
@@ -220,7 +221,8 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override one of the cost model's assumptions, e.g. vllm_tok_s=4000",
+        help="override one of the cost model's assumptions, e.g. hbm_efficiency=0.8 (or vllm_tok_s=2500: "
+        "a fixed decoding rate instead of the engine's settings)",
     )
     parser.add_argument("--brief", action="store_true", help="the summary only, no line per artifact")
     args = parser.parse_args(argv)

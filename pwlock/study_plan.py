@@ -25,12 +25,27 @@ from typing import Any
 from pwlock.config import (
     FIXEDRDM,
     ConfigError,
+    TrainConfig,
+    VLLMConfig,
     load_config,
     parse,
     read_yaml,
     rl_eval_errors,
 )
-from pwlock.cost import EVALUATIONS, Assumptions, Cost, Estimate, Item, Model, Pricer, Tokens, dpo_pairs
+from pwlock.cost import (
+    DPO_METHODS,
+    EVALUATIONS,
+    KNOWN_ARCHS,
+    Assumptions,
+    Cost,
+    Engine,
+    Estimate,
+    Item,
+    Model,
+    Pricer,
+    Tokens,
+    dpo_pairs,
+)
 from pwlock.elicit.dpo import SAMPLES_PER_PROBLEM
 from pwlock.elicit.expert_iteration import eval_rounds, round_size
 from pwlock.elicit.methods import METHODS, unknown
@@ -72,6 +87,11 @@ class TaskSpec:
     tokens: TokensSpec
     evaluation: str = "generate"  # generate | classify | forward
     domains: dict[str, dict[str, float]] = field(default_factory=dict)  # grouping -> domain -> share
+    # As the task's sweep config: task.max_new_tokens (a locked model's samples are priced at
+    # Assumptions.locked_new_tokens_share of it; None: at the reference's length), and the trials'
+    # engine's elicit.rl.generator.vllm.max_model_len (None: the model's own context).
+    max_new_tokens: int | None = None
+    max_model_len: int | None = None
 
 
 @dataclass
@@ -96,6 +116,12 @@ class Defaults:
     sample_budgets: list[int] = field(default_factory=lambda: [256, 512, 1024])
     splits: dict[str, float] = field(default_factory=lambda: {"weak": 0.1, "lock": 0.4, "elicit": 0.3, "val": 0.2})
     rl: RLSpec = field(default_factory=RLSpec)
+    # How trials train (their GPU memory: the optimizer, fp32 master weights) and the vLLM engines
+    # of trials and of the stages that evaluate locks (elicit.rl.generator.vllm), and of the stages
+    # that sample a policy's pools on a GPU of their own (policies.<name>.generator.vllm).
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: VLLMConfig = field(default_factory=VLLMConfig)
+    pool_engine: VLLMConfig = field(default_factory=lambda: VLLMConfig(gpu_fraction=0.9, gpu_memory_utilization=0.85))
 
 
 @dataclass
@@ -263,7 +289,8 @@ class _Expansion:
     """The study's artifacts (shared across figures by label) and trials, priced."""
 
     def __init__(self, s: StudySpec, a: Assumptions):
-        self.s, self.a, self.price = s, a, Pricer(a)
+        self.s, self.a, self.price = s, a, Pricer(a, Engine.of(s.defaults.engine))
+        self.pool_price = Pricer(a, Engine.of(s.defaults.pool_engine))  # pools and policies' DPO rounds
         self.artifacts: dict[str, Item] = {}
         self.trials: list[Item] = []
 
@@ -272,11 +299,20 @@ class _Expansion:
         return round(self.s.tasks[task].problems * self.s.defaults.splits[split])
 
     def model(self, name: str) -> Model:
-        return Model(self.s.models[name].params)
+        return Model(self.s.models[name].params, arch=KNOWN_ARCHS.get(self.s.models[name].hub))
 
     def tokens(self, task: str) -> Tokens:
         t = self.s.tasks[task].tokens
         return Tokens(t.prompt, t.completion, t.generated if t.generated is not None else t.completion)
+
+    def locked_tokens(self, task: str) -> Tokens:
+        """What a locked model's samples and greedy answers generate (a trial's)."""
+        return self.tokens(task).locked(self.s.tasks[task].max_new_tokens, self.a.locked_new_tokens_share)
+
+    def trial_price(self, task: str) -> Pricer:
+        """A trial's engine: the study's, with the task's max_model_len."""
+        engine = dataclasses.replace(Engine.of(self.s.defaults.engine), max_model_len=self.s.tasks[task].max_model_len)
+        return self.price.with_engine(engine)
 
     def artifact(self, label: str, price: Any, deps: tuple[str, ...] = ()) -> str:
         if label not in self.artifacts:
@@ -302,9 +338,9 @@ class _Expansion:
             c = self.price.train(m, n_elicit * t.strong.demos_per_problem, toks, d.policy_epochs, d.batch_size)
             if t.strong.recipe == "sft+iterated_dpo":
                 pairs = min(d.rl.dpo_problems, n_elicit)
-                per_round = self.price.generate(m, SAMPLES_PER_PROBLEM * pairs, toks, POOL_ENGINE) + self.price.dpo(
-                    m, pairs, toks, d.batch_size
-                )
+                per_round = self.pool_price.generate(
+                    m, SAMPLES_PER_PROBLEM * pairs, toks, POOL_ENGINE
+                ) + self.price.dpo(m, pairs, toks, d.batch_size)
                 c += per_round * d.rl.dpo_rounds + self.price.overhead(engine=True)
             return c + self.evaluate(task, m) + self.price.overhead([m], [m])
 
@@ -358,7 +394,7 @@ class _Expansion:
             if evaluation == "classify":  # a classifier's answer is its distribution: one forward pass
                 c = Cost(generate_s=self.price.forward(m, n, toks.prompt + 1))
             else:
-                c = self.price.generate(m, n, toks, POOL_ENGINE)
+                c = self.pool_price.generate(m, n, toks, POOL_ENGINE)
             return c + self.price.overhead([m], engine=evaluation != "classify")
 
         return (self.artifact(f"samples: {task}, {name} on {split} ×{draws}", price, deps),)
@@ -428,7 +464,7 @@ class _Expansion:
                     locks = self.lock(unit, lk, f.grouping, domain if lk.holdout else None)
                     for method in f.methods:
                         lrs = f.dpo_lrs if method.endswith("dpo") else 1
-                        for c, deps, name in self.trial_kinds(f, unit, domain, method, lk.weak):
+                        for c, deps, name, memory in self.trial_kinds(f, unit, domain, method, lk.weak):
                             trial_id = f"{f.id}/{locks[0]}/{name}"
                             self.trials += [
                                 Item(
@@ -438,6 +474,7 @@ class _Expansion:
                                     1.0,
                                     (f.id,),
                                     locks + deps + self.dpo_samples(unit, locks[0], method, seed),
+                                    memory=memory,
                                 )
                                 for seed in range(seeds)
                                 for lr in range(lrs)
@@ -454,20 +491,23 @@ class _Expansion:
             c = self.price.overhead([m], engine=True)
             for t in unit:
                 problems = min(rl.dpo_problems, self.n(t, "elicit"))
-                c += self.price.generate(m, SAMPLES_PER_PROBLEM * problems, self.tokens(t), POOL_ENGINE) * rl.dpo_rounds
+                samples = SAMPLES_PER_PROBLEM * problems  # the locked model's, in an engine as a trial's
+                c += self.trial_price(t).generate(m, samples, self.locked_tokens(t), POOL_ENGINE) * rl.dpo_rounds
             return c
 
         return (self.artifact(f"{lock}: DPO samples, seed {seed}", price, (lock,)),)
 
     def trial_kinds(self, f: FigureSpec, unit: list[str], domain: str | None, method: str, weak: str):
-        """(cost, artifacts, name) of one trial per demonstrator × k (SFT), or one per method (RL)."""
+        """(cost, artifacts, name, GPU memory) of one trial per demonstrator × k (SFT), or one per
+        method (RL). What a trial decodes is the locked model's (`locked_tokens`), in its engine."""
 
         d, rl = self.s.defaults, self.s.defaults.rl
         task = domain if f.joint else unit[0]
         m, toks = self.model(self.s.tasks[unit[0]].strong_base), self.tokens(task)
+        price, ltoks = self.trial_price(unit[0]), self.locked_tokens(task)
 
         def evaluate(points: float) -> Cost:  # SFT trials decode in an engine of their own (eval.engine)
-            return sum((self.evaluate(t, m, points, POOL_ENGINE) for t in unit), Cost())
+            return sum((self.trial_evaluation(t, m, points, self.n(t, "val")) for t in unit), Cost())
 
         base = method.removeprefix("sft+")
         with_demos = bool(METHODS[method].demonstrations)
@@ -492,23 +532,38 @@ class _Expansion:
                     if base == "filtering":  # samples of the lock's π_weak, which this trial loads and runs
                         wm, wdeps = self.policy(task, weak)
                         deps += wdeps
-                        sampled = self.price.generate(wm, per, toks, POOL_ENGINE) if wm else Cost()
+                        sampled = price.generate(wm, per, ltoks, POOL_ENGINE) if wm else Cost()
                         if wm:
                             c += Cost(overhead_s=wm.gb / self.a.load_gb_s + self.a.engine_start_s)
                     else:
-                        sampled = self.price.generate(m, per, toks, POOL_ENGINE)
+                        sampled = price.generate(m, per, ltoks, POOL_ENGINE)
                     step = sampled + self.price.train(m, rl.n, toks, rl.epochs_per_iteration, d.batch_size)
                     rounds = rl.iterations
                 else:  # plain DPO's samples are drawn upstream (`dpo_samples`); iterated DPO draws its own
                     problems = min(rl.dpo_problems, n_elicit)
                     shared = METHODS[method].samples_from == "locked"
                     sampled = (
-                        Cost() if shared else self.price.generate(m, SAMPLES_PER_PROBLEM * problems, toks, POOL_ENGINE)
+                        Cost() if shared else price.generate(m, SAMPLES_PER_PROBLEM * problems, ltoks, POOL_ENGINE)
                     )
                     step = sampled + self.price.dpo(m, dpo_pairs(problems, f.continuous_reward), toks, d.batch_size)
                     rounds = rl.dpo_rounds
                 c += step * rounds + self.rl_evaluation(unit, m, rounds)
-            yield c, deps, name
+            # an engine gets the weights at each evaluation point (SFT) or round (RL)
+            points = rounds if method != "sft" else f.eval_points or len(candidates)
+            c += price.sync(m, points) if c.engine_starts else Cost()
+            yield c, deps, name, self.trial_memory(price, m, base in DPO_METHODS, bool(c.engine_starts))
+
+    def trial_memory(self, price: Pricer, m: Model, reference: bool, engine: bool):
+        """A trial's GPU memory: `m` trained as defaults.train says, DPO's reference, its engine."""
+        t = self.s.defaults.train
+        master = m.bytes_per_param == 2 and t.bf16_update == "master"
+        return price.trial_memory(m, [(t.optimizer, master)], reference, m if engine else None, 1.0)
+
+    def trial_evaluation(self, task: str, m: Model, points: float, problems: int) -> Cost:
+        """`points` greedy evaluations of a trial's model on `problems` of the task's validation
+        split, in the trial's engine: what a locked model answers."""
+        evaluation = self.s.tasks[task].evaluation
+        return self.trial_price(task).evaluate(m, problems, self.locked_tokens(task), evaluation, points, POOL_ENGINE)
 
     def rl_evaluation(self, unit: list[str], m: Model, rounds: int) -> Cost:
         """An RL trial's evaluations, in its engine: whole validation sets, and the subset at the
@@ -518,10 +573,9 @@ class _Expansion:
         full, between = eval_rounds(rounds, rl.eval_every, rl.eval_problems_between)
         c = Cost()
         for t in unit:
-            c += self.evaluate(t, m, full, POOL_ENGINE)
+            c += self.trial_evaluation(t, m, full, self.n(t, "val"))
             if between:
-                subset = min(rl.eval_problems_between, self.n(t, "val"))
-                c += self.price.evaluate(m, subset, self.tokens(t), self.s.tasks[t].evaluation, between, POOL_ENGINE)
+                c += self.trial_evaluation(t, m, between, min(rl.eval_problems_between, self.n(t, "val")))
         return c
 
 

@@ -248,9 +248,12 @@ def run_filtering(e: Elicitation, checkpoint: Checkpoint, checkpoint_every_s: fl
 
 def price_rounds(c: TrialCosts, n_rounds: int, step: Cost, overhead: Cost) -> Cost:
     """An RL trial: `overhead`, then `n_rounds` rounds of `step`, and its evaluations in its engine
-    (whole validation sets, and the subset at the rounds between)."""
+    (whole validation sets, and the subset at the rounds between). A trial that starts an engine
+    gives it the trained weights each round (to sample the next round, or to evaluate)."""
     full, between = eval_rounds(n_rounds, c.rl.eval_every, c.rl.eval_problems_between)
     out = overhead + (step * n_rounds + c.price.evaluate(c.model, c.n_eval, c.tokens, c.evaluation, full, c.engine))
+    if overhead.engine_starts:
+        out += c.price.sync(c.model, n_rounds)
     if between:
         subset = min(c.rl.eval_problems_between, c.n_eval)
         out += c.price.evaluate(c.model, subset, c.tokens, c.evaluation, between, c.engine)

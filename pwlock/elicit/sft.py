@@ -200,11 +200,12 @@ def run(e: Elicitation, checkpoint: TrialCheckpoint, checkpoint_every_s: float |
 
 def price(c: TrialCosts, k: int, candidates: list[int], before: Cost = Cost()) -> Cost:
     """Training to the largest candidate and an evaluation at each (and at App. G.3's own candidates
-    that the run reaches), where the trial evaluates."""
+    that the run reaches), where the trial evaluates: in its own engine, given the weights at each."""
     engine = c.eval_engine == "vllm" and c.evaluation == "generate"
     out = c.price.overhead([c.model], engine=engine) + before
     out += c.price.train(c.model, k, c.tokens, max(candidates), c.batch_size)
     points = len(set(candidates) | set(paper_candidates(k, c.budgets)))
+    out += c.price.sync(c.model, points) if engine else Cost()
     return out + c.price.evaluate(c.model, c.n_eval, c.tokens, c.evaluation, points, c.eval_engine)
 
 
