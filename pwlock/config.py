@@ -240,6 +240,11 @@ class PolicyModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # how pools are generated
     # Iterated DPO after the fine-tuning on `train_on`, sampling with `generator` (null: none).
     dpo: PolicyDPOConfig | None = None
+    # A classifier's (MMLU) soft labels (App. B.2): the policy answers with its model's distribution
+    # over the choices, read on every problem by a stage of its own (pwlock.soft_labels), not with
+    # samples. Its model trains on the labels (`train_on: references`) of the weak split (default)
+    # or the lock split; `base` null: model.base, in model.dtype.
+    soft_labels: bool = False
 
 
 @dataclass
@@ -689,7 +694,9 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
                 f"{w}: {name!r} cannot name a policy (letters, digits, '-', '_', '.'; not "
                 f"{REFERENCES!r} or {FIXEDRDM!r})"
             )
-        if (p.base is None) == (p.jsonl is None):
+        if p.soft_labels:
+            errors += _soft_labels_errors(p, w)
+        elif (p.base is None) == (p.jsonl is None):
             errors.append(
                 f"{w}: expected either base (a model) or jsonl (its samples), not {'both' if p.base else 'neither'}"
             )
@@ -729,6 +736,40 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
             at = policies[at].train_on
         if at == name:
             errors.append(f"policies.{name}.train_on: a cycle: {' -> '.join(chain + [name])}")
+    return errors
+
+
+# Where a soft-label model (pwlock.soft_labels) may train: never on the labels of the problems its
+# distributions are elicited or evaluated on.
+SOFT_LABEL_SPLITS = ("weak", "lock")
+
+
+def _soft_labels_errors(p: PolicyModelConfig, w: str) -> list[str]:
+    """A soft-label policy (App. B.2): a model trained on the labels of a split its distributions are
+    never elicited or evaluated on; no supplied samples."""
+    errors = []
+    if p.jsonl is not None:
+        errors.append(
+            f"{w}.soft_labels: the distributions of a model trained on the labels, made by pwlock; not with "
+            "jsonl (supplied samples). For distributions you made, use task.strong: soft_labels with "
+            "task.soft_labels: <file>"
+        )
+    if p.base is None and p.dtype != PolicyModelConfig.dtype:
+        errors.append(f"{w}.dtype: with base left out the soft-label model is model.base in model.dtype; set base too")
+    if p.train_on != REFERENCES:
+        errors.append(
+            f"{w}.train_on: soft labels come from a model trained on the ground-truth labels (App. B.2): "
+            f"expected {REFERENCES!r}, got {p.train_on!r}"
+        )
+    if p.train_split not in SOFT_LABEL_SPLITS:
+        errors.append(
+            f"{w}.train_split: soft labels are read on the elicit and validation problems too, whose labels "
+            f"must not train their model; expected one of {list(SOFT_LABEL_SPLITS)}, got {p.train_split!r}"
+        )
+    if p.samples_per_problem is not None:
+        errors.append(f"{w}.samples_per_problem: soft labels are one distribution per problem, not samples")
+    if p.dpo is not None:
+        errors.append(f"{w}.dpo: soft labels are a classifier's distributions; DPO needs text")
     return errors
 
 

@@ -263,7 +263,7 @@ def _memory(
     if stage == AUTO:
         train = [step(cfg.lock.train_of(mode)) for mode in cfg.lock.modes]
         train += [step(cfg.strong.train)] if "sft" in cfg.lock.modes else []  # π_strong's model
-        train += [step(pc.train) for pc in cfg.policies.values() if pc.base is not None and pc.train_on is not None]
+        train += [step(pc.train) for pc in cfg.policies.values() if pc.jsonl is None and pc.train_on is not None]
         # A stage trains or decodes in an engine (beside the model it evaluates), never both at once.
         if any(a.engine for a in artifacts) or any(pc.generator.backend == "vllm" for pc in cfg.policies.values()):
             train.append(memory.engine_gb(shape) + shape.weights_gb)

@@ -4,8 +4,11 @@
                    one split (π_weak: the weak base on π_strong's samples on the weak split)
     sample pool    n samples per problem of one split, from a policy's model (HF `generate` or a
                    vLLM engine) or read from a user's JSONL file, kept as JSONL in the artifact
+    soft labels    a classifier's policy as its model's distributions over the choices on every
+                   problem (App. B.2; pwlock.soft_labels), one artifact for every use
     PoolPolicy     a pool as a TaskPolicy (problem -> completion); in D_lock, drawn again each
-                   epoch, epoch e shows the problem's sample e (App. C.1: a fresh sample per epoch)
+                   epoch, epoch e shows the problem's sample e (App. C.1: a fresh sample per epoch);
+                   soft labels' answer is the problem's distribution, the same each epoch
 
 A study's `policies:` (config.PolicyModelConfig) add to and override the task's own policies by
 name. `plan_policies` makes the artifacts their uses need: pools on the lock split (one sample per
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -51,10 +55,12 @@ from pwlock.generate.hf import HFGenerator
 from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.model_source import local_dir
 from pwlock.models import load_policy, n_parameters, save_policy
+from pwlock.soft_labels import SOFT_LABELS, soft_answer, soft_labels_artifact
 from pwlock.store import Store
 from pwlock.tasks import Task, make_task
 from pwlock.tasks.base import Example, Problem, TaskPolicy
 from pwlock.tasks.llm import ChoiceAnswer, LLMTask
+from pwlock.tasks.mmlu import read_soft_labels
 from pwlock.train.sft import train_sft
 
 log = logging.getLogger(__name__)
@@ -141,17 +147,33 @@ def as_completion(task: Task, problem: Problem, text: str, supplied: bool = Fals
 
 # -- a pool as a policy ---------------------------------------------------------------------------
 class _Pool:
-    """A pool's samples, read from the store on first use (trials resolve pools they may not use)."""
+    """A pool's samples, read from the store on first use (trials resolve pools they may not use);
+    or soft labels (pwlock.soft_labels), each problem's distribution over the choices."""
 
     def __init__(self, name: str, key: str, store: Store, task: Task):
         self.name, self.key, self.store, self.task = name, key, store, task
 
     @cached_property
+    def dir(self) -> Path:
+        return self.store.artifact_dir(self.key)
+
+    @cached_property
+    def soft(self) -> dict[str, tuple[float, ...]] | None:
+        path = self.dir / SOFT_LABELS
+        return read_soft_labels(path) if path.is_file() else None
+
+    @cached_property
     def samples(self) -> dict[str, list[str]]:
-        path = self.store.artifact_dir(self.key) / SAMPLES
+        path = self.dir / SAMPLES
         return {row["id"]: row["completions"] for row in map(json.loads, path.read_text().splitlines())}
 
     def get(self, problem: Problem, draw: int) -> str:
+        if self.soft is not None:  # one distribution per problem: every draw is it
+            if problem.id not in self.soft:
+                raise ValueError(
+                    f"policy {self.name!r}: its soft labels {self.key} have no distribution for problem {problem.id!r}"
+                )
+            return soft_answer(self.task, problem, self.soft[problem.id])
         completions = self.samples.get(problem.id)
         if not completions:
             raise ValueError(
@@ -336,7 +358,7 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict, methods: Mappin
 def _use_errors(cfg: StudyConfig, task: Task, methods: Mapping[str, Method]) -> list[str]:
     """What stops the model policies before any artifact is planned: unknown training sources, and
     uses pwlock cannot serve with a model π_weak."""
-    errors = []
+    errors = _soft_labels_errors(cfg, task)
     known = policy_names(task, cfg)
     for name, p in cfg.policies.items():
         if p.train_on not in (None, REFERENCES) and p.train_on not in known:
@@ -354,13 +376,44 @@ def _use_errors(cfg: StudyConfig, task: Task, methods: Mapping[str, Method]) -> 
     return errors
 
 
+def _soft_labels_errors(cfg: StudyConfig, task: Task) -> list[str]:
+    """Soft-label policies the task cannot serve: a task that is no classifier, and π_strong's soft
+    labels asked of the stage and supplied as a file at once."""
+    soft = [name for name, p in cfg.policies.items() if p.soft_labels]
+    if not soft:
+        return []
+    sample = task.problems("lock")[:1]
+    if not sample or not isinstance(task.reference(sample[0]), ChoiceAnswer):
+        return [
+            f"policies.{name}.soft_labels: task {task.name!r} is no classifier; soft labels are a "
+            "distribution over a classifier's choices (MMLU's letters, App. B.2)"
+            for name in soft
+        ]
+    supplied = cfg.task.get("soft_labels")
+    if "strong" in soft and supplied is not None:
+        return [
+            f"policies.strong.soft_labels: π_strong's soft labels are made by pwlock here, and task.soft_labels "
+            f"supplies them as a file ({supplied}) too; drop task.soft_labels (and task.strong: soft_labels) "
+            "or policies.strong"
+        ]
+    return []
+
+
+def _planned(cfg: StudyConfig, p: PolicyModelConfig) -> PolicyModelConfig:
+    """A policy as the plan builds it: a soft-label policy without a base is model.base, in model.dtype."""
+    if p.soft_labels and p.base is None:
+        return dataclasses.replace(p, base=cfg.model.base, dtype=cfg.model.dtype)
+    return p
+
+
 class _PolicyPlanner:
     """Plans each model policy's artifacts once: its trained model (if it is trained) and its
-    sample pools, shared by every use; supplied JSONL files are read once."""
+    sample pools, shared by every use (a soft-label policy's distributions: one artifact for
+    all); supplied JSONL files are read once."""
 
     def __init__(self, cfg: StudyConfig, task: Task, task_spec: dict, plan: PolicyPlan):
         self.cfg, self.task, self.task_spec, self.plan = cfg, task, task_spec, plan
-        self.models = cfg.policies
+        self.models = {name: _planned(cfg, p) for name, p in cfg.policies.items()}
         sample = task.problems("elicit")[:1]
         self.classifier = bool(sample) and isinstance(task.reference(sample[0]), ChoiceAnswer)
         self.supplied: dict[str, tuple[dict, dict]] = {}  # name -> (samples by id, source spec)
@@ -394,6 +447,9 @@ class _PolicyPlanner:
         self, name: str, split: str, n: int, temperature: float, why: str, max_problems: int | None = None
     ) -> Artifact | None:
         p = self.models[name]
+        if p.soft_labels:  # its distributions on every problem serve every split and use
+            model = self.model(name)
+            return self.add(soft_labels_artifact(name, self.task_spec, model, p.base, p.dtype)) if model else None
         source, deps = self.source(name)
         if p.jsonl is not None:
             problems = eval_problems(self.task, split, max_problems)

@@ -42,6 +42,7 @@ from pwlock.models import (
 from pwlock.passwords import lock_domain_passwords
 from pwlock.policies import Unsampled, build_policy_dpo, build_policy_model, build_sample_pool, resolve
 from pwlock.setting import in_setting
+from pwlock.soft_labels import build_soft_labels
 from pwlock.store import Store, StoreSpec
 from pwlock.tasks import Task, make_task
 from pwlock.tasks.base import TaskPolicy
@@ -437,4 +438,5 @@ BUILDERS: dict[str, Builder] = {
     "policy_dpo": build_policy_dpo,
     "dpo_samples": build_dpo_samples,
     "sample_pool": build_sample_pool,
+    "soft_labels": build_soft_labels,
 }

@@ -11,7 +11,8 @@ is trained and scored as a classifier over the four letters: the loss and the pr
 the letters' tokens only (`llm.ChoiceAnswer`; see `train.sft` and `evaluate`).
 
 The strong policy is the ground-truth label, or soft labels (App. B.2): a distribution over the
-letters per question, read from a file (see `write_soft_labels`).
+letters per question, read from a file (see `write_soft_labels`). A study's policy with
+`soft_labels: true` makes them instead, from a model trained on the labels (pwlock.soft_labels).
 """
 
 from __future__ import annotations
