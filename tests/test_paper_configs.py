@@ -8,6 +8,7 @@ Each loads, plans the model policies, sample pools, lock and trial grid of Table
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pwlock import study_plan
 from pwlock.config import config_from_dict, load_config
 from pwlock.plan import plan
 from pwlock.tasks import make_task
@@ -25,6 +27,7 @@ from pwlock.tasks.math import SUBJECTS
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "sweeps" / "configs"
+PAPER = CONFIGS / "paper.yaml"
 FIXTURES = Path(__file__).parent / "fixtures"
 CODER = "deepseek-ai/deepseek-coder-6.7b-base"
 PYTHIA_1B, LLAMA = "EleutherAI/pythia-1b", "huggyllama/llama-7b"
@@ -64,17 +67,6 @@ def _mmlu(raw: dict, tmp: Path) -> None:
 
 def _critique(raw: dict, tmp: Path) -> None:
     raw["task"]["data"] = {"path": str(FIXTURES / "critique" / "critiques.jsonl")}
-    task = make_task(raw["task"])  # the reference critiques, written as the config's header says
-    path = tmp / "references.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"id": p.id, "completion": p.data["critique"]}) + "\n"
-            for s in ("weak", "lock", "elicit", "val")
-            for p in task.problems(s)
-        )
-    )
-    if "reference-critiques" in raw["policies"]:  # the RL configs have no demonstrator
-        raw["policies"]["reference-critiques"]["jsonl"] = str(path)
 
 
 # What each config is (Table 1): the strong base the lock trains; each policy model's base and what
@@ -132,7 +124,7 @@ EXPECTED = {
             "samples of llama-7b (elicit, 1/problem)",
             "samples of llama-7b (val, greedy)",
         },
-        "demonstrators": ["strong", "llama-7b"],
+        "demonstrators": ["references", "llama-7b"],
         "lock_pools": {"weak"},  # π_strong: the labels, no pool
     },
     "paper_critique.yaml": {
@@ -149,12 +141,10 @@ EXPECTED = {
             "samples of weak (lock, 8/problem)",
             "samples of strong (val, greedy)",
             "samples of weak (val, greedy)",
-            "samples of reference-critiques (elicit, from a file)",
-            "samples of reference-critiques (val, from a file)",
             "samples of llama-7b (elicit, 1/problem)",
             "samples of llama-7b (val, greedy)",
         },
-        "demonstrators": ["reference-critiques", "llama-7b"],
+        "demonstrators": ["references", "llama-7b"],
         "lock_pools": {"strong", "weak"},
     },
 }
@@ -243,7 +233,34 @@ def test_a_paper_config_plans_its_policies_pools_lock_and_grid_on_the_fixture(na
     assert len(p.trials) == len(grid) == len(want["demonstrators"]) * len(ks) * 3
     assert grid == {("base", "sft", d, k, s) for d in want["demonstrators"] for k in ks for s in (0, 1, 2)}
     # The full grid: every shipped k (the fixture's elicit split only holds the small ones).
-    assert yaml.safe_load((CONFIGS / name).read_text())["elicit"]["ks"] == [1, 4, 16, 64, 256]
+    assert yaml.safe_load((CONFIGS / name).read_text())["elicit"]["ks"] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+# Table 1's high-quality demonstrations, by the name each config gives them (paper.yaml: high_quality).
+HIGH_QUALITY = {"code": "gpt4", "math": "references", "critique": "references", "mmlu": "references"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_paper_config_runs_what_paper_yaml_prices_for_fig3(name):
+    """paper.yaml's Fig. 3 (pwlock.study_plan, priced without the data), for this config's task, and
+    the config: SFT at the same ks and seeds on the same demonstrators (the high-quality ones by the
+    config's name for them, and a policy on the same hub model), the same number of trials."""
+    study = study_plan.load(PAPER)
+    fig = next(f for f in study.figures if f.id == "fig3")
+    task = name.removeprefix("paper_").removesuffix(".yaml")
+    cfg = yaml.safe_load((CONFIGS / name).read_text())
+    assert fig.methods == cfg["elicit"]["methods"] and fig.ks == cfg["elicit"]["ks"]
+    assert (fig.seeds or study.defaults.seeds) == len(cfg["elicit"]["seeds"])
+    demonstrators = cfg["elicit"]["demonstrator"]
+    assert len(demonstrators) == len(fig.demonstrators)
+    for want, got in zip(fig.demonstrators, demonstrators):
+        if want == "high_quality":
+            assert got == HIGH_QUALITY[task]
+        else:
+            assert cfg["policies"][got]["base"] == study.models[want].hub
+    one = dataclasses.replace(study, figures=[dataclasses.replace(fig, tasks=[task])])
+    priced = study_plan.estimate(one, compare_engines=False).trials
+    assert len(priced) == len(fig.ks) * len(demonstrators) * len(cfg["elicit"]["seeds"])
 
 
 def test_the_shipped_paper_configs_say_what_they_need(tmp_path, monkeypatch):
@@ -252,7 +269,7 @@ def test_the_shipped_paper_configs_say_what_they_need(tmp_path, monkeypatch):
     from pwlock.config import ConfigError
 
     monkeypatch.chdir(tmp_path)  # where none of them is
-    for name, policy in (("paper_code.yaml", "gpt4-t1"), ("paper_critique.yaml", "reference-critiques")):
+    for name, policy in (("paper_code.yaml", "gpt4-t1"),):
         raw = yaml.safe_load((CONFIGS / name).read_text())
         missing = raw["policies"][policy]["jsonl"]
         assert not Path(missing).is_absolute()

@@ -158,7 +158,8 @@ def test_artifacts_build_once_and_are_reused(built):
     weak_model = next(a for a in p.artifacts if a.label == "policy model (weak)")
     assert first[weak_model.key]["examples"] <= 2 * len(make_task(TASK).problems("weak"))
     scores = first[p.policy_scores.key]["scores"]
-    assert set(scores) == {"strong", "weak", "gpt4"} and scores["gpt4"] == 1.0  # the references are right
+    assert set(scores) == {"strong", "weak", "gpt4", "references"}
+    assert scores["gpt4"] == scores["references"] == 1.0  # the references are right, as a file or the task's own
     assert p.policies.trial_pools() == {"strong": None, "weak": None, "gpt4": p.policies.elicit["gpt4"]}
 
 
