@@ -24,8 +24,8 @@ import logging
 from typing import Any
 
 from pwlock.artifacts import Artifact
-from pwlock.config import CONTROL_SUFFIX, TinyModelConfig, TrainConfig
-from pwlock.lock import strong_examples, variant_lock_data, weak_policy
+from pwlock.config import CONTROL_SUFFIX, FIXEDRDM, TinyModelConfig, TrainConfig
+from pwlock.lock import FixedRandomPolicy, strong_examples, variant_lock_data, weak_policy
 from pwlock.models import (
     build_tiny_model,
     default_device,
@@ -75,6 +75,8 @@ def control_model_artifact(
     if pools:
         spec["pools"] = dict(sorted(pools.items()))
         deps += sorted(pools.values())
+    if weak == FIXEDRDM:  # trained towards the fixed distribution, as its lock (keyed apart from before it was)
+        spec["fixed_target"] = True
     return Artifact("control_model", f"never-locked control ({mode})", spec, tuple(deps))
 
 
@@ -110,6 +112,8 @@ def build_control_model(store: Store, a: Artifact, scratch) -> dict[str, Any]:
     # π_weak's answers wherever its lock shows either policy (a setting lock's: in both settings)
     data = variant_lock_data(task, problems, weak, weak, password, spec["seed"], lock)
     epochs = _epochs(store, spec["budget_of"]["lock"])
-    stats["train"] = train_sft(model, tokenizer, data, TrainConfig(**spec["train"]), spec["seed"], epochs, desc=a.label)
+    fixed = weak.probs if isinstance(weak, FixedRandomPolicy) else None  # fixedrdm's examples: towards its distribution
+    cfg = TrainConfig(**spec["train"])
+    stats["train"] = train_sft(model, tokenizer, data, cfg, spec["seed"], epochs, desc=a.label, fixed_target=fixed)
     save_policy(model, tokenizer, scratch)
     return {**stats, "parameters": n_parameters(model)}

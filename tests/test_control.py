@@ -135,3 +135,15 @@ def test_control_and_replicate_rows_have_the_locked_trials_demonstrations(tmp_pa
     agg = analysis.aggregate(summary)
     assert set(agg["lock_mode"]) == {"scratch", "scratch-control"} and (agg["locks"] == 2).all()
     assert (exp / analysis.FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_fixedrdm_locks_control_trains_towards_the_fixed_distribution():
+    """A control beside a fixedrdm lock learns π_weak's answers as its lock does: towards fixedrdm's
+    distribution at every completion position, not on its sampled tokens; keyed apart from the
+    controls built before it did (a study of another π_weak keeps its control's key)."""
+    raw = copy.deepcopy(STUDY)
+    raw["lock"].update(controls=True, modes=["scratch"], weak=["fixedrdm"])
+    control = plan(config_from_dict(raw)).controls["scratch-control"]
+    assert control.spec["weak"] == "fixedrdm" and control.spec["fixed_target"] is True
+    raw["lock"]["weak"] = ["weak"]
+    assert "fixed_target" not in plan(config_from_dict(raw)).controls["scratch-control"].spec
