@@ -76,7 +76,9 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
     from pwlock.sandbox import SandboxError
 
     try:
-        planned = plan(cfg)  # the one plan: the description, the price and the run all use it
+        # the one plan: the description, the price and the run all use it (on the problems task.keep's
+        # filter kept, where the store holds it)
+        planned = plan(cfg, store)
         check_fit(planned)  # every trial fits its GPU, or nothing runs
         if args.dry_run:
             print(describe(planned, store))
@@ -241,7 +243,7 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
             est = study_plan.estimate(study_plan.from_dict(raw, str(args.file)), store, overrides)
         else:
             a = Assumptions().with_overrides(overrides, "--assume")
-            est = estimate_plan(plan(config_from_dict(raw, source=str(args.file))), store, a)
+            est = estimate_plan(plan(config_from_dict(raw, source=str(args.file)), store), store, a)
     except (ConfigError, StoreError, yaml.YAMLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from pwlock.guards import LeakGuard, lock_passwords
 from pwlock.lock import second_of, variant_errors, variant_modes, variant_spec
 from pwlock.passwords import lock_domain_passwords
 from pwlock.policies import PolicyPlan, plan_policies, policy_names
+from pwlock.problem_filter import Keep, plan_keep
 from pwlock.setting import setting_for
 from pwlock.stages import (
     lock_audit_artifact,
@@ -44,7 +45,7 @@ from pwlock.stages import (
     policy_scores_artifact,
     strong_model_artifact,
 )
-from pwlock.store import StoreSpec
+from pwlock.store import Store, StoreSpec
 from pwlock.tasks import Task, formats_prompts, make_task
 
 
@@ -156,6 +157,10 @@ class Plan:
     control_eval: dict[str, Artifact] = field(default_factory=dict)
     # lock.seeds: which replicate each lock's and control's label is, by label
     replicates: dict[str, Replicate] = field(default_factory=dict)
+    # task.keep: the problem filter and the task before it (pwlock.problem_filter); while it is
+    # pending (not in the store the plan was made with) the plan is provisional: `task` has every
+    # problem, and a run builds the filter, then plans again.
+    keep: Keep | None = None
 
     @property
     def methods(self) -> dict[str, Method]:
@@ -170,18 +175,29 @@ class Plan:
         return _memory(self.cfg, self.task, self.methods, self.engine, self.artifacts)
 
 
-def plan(cfg: StudyConfig) -> Plan:
-    """Expand the study into artifacts and trials, checking everything that needs the task."""
+def plan(cfg: StudyConfig, store: Store | None = None) -> Plan:
+    """Expand the study into artifacts and trials, checking everything that needs the task. A study
+    that keeps only the problems a policy solves (`task.keep`) is planned on the problems its filter
+    kept where `store` holds the filter, else provisionally (Plan.keep, pwlock.problem_filter)."""
     task_spec = _task_spec(cfg)
     task = make_task(task_spec, where=f"{cfg.source}: task")
+    keep = plan_keep(cfg, task, task_spec, store)
+    if keep is not None:  # the kept problems from here on (every problem while the filter is pending)
+        task, task_spec = keep.task, keep.task_spec
     methods = {m: METHODS[m] for m in cfg.elicit.methods if m in METHODS}
     errors = unknown(cfg.elicit.methods) + _elicit_errors(cfg, task, methods) + _policy_errors(cfg, task, methods)
     errors += _domain_errors(cfg, task)
-    pols = plan_policies(cfg, task, task_spec, methods) if not errors else PolicyPlan()  # models and sample pools
+    pols = (  # models and sample pools; a model the filter sampled stays the one it sampled
+        plan_policies(cfg, task, task_spec, methods, keep.models if keep else None, bool(keep and keep.pending))
+        if not errors
+        else PolicyPlan()
+    )
     errors += pols.errors
     if errors:
         raise ConfigError(f"{cfg.source}: " + "; ".join(errors))
     up = _upstream(cfg, task, task_spec, pols)
+    if keep is not None:  # the filter and what it reads first
+        up.artifacts = list({a.key: a for a in [*keep.artifacts, *up.artifacts]}.values())
     dpo_samples = _dpo_samples(cfg, task_spec, methods, up)
     trials = _trials(cfg, task.name, list(up.locked), methods)
     # Each control is elicited by its lock's SFT trials: the same demonstrations, k, epochs and seeds.
@@ -209,6 +225,7 @@ def plan(cfg: StudyConfig) -> Plan:
         up.controls,
         up.control_eval,
         up.replicates,
+        keep,
     )
 
 
@@ -273,8 +290,10 @@ def _memory(
 
 def _task_spec(cfg: StudyConfig) -> dict[str, Any]:
     """The task as configured; a text task's prompts rendered with model.base's own tokenizer (its
-    chat template, where it has one) unless task.format names another tokenizer or opts out."""
+    chat template, where it has one) unless task.format names another tokenizer or opts out.
+    `task.keep` is the plan's (pwlock.problem_filter), not the task's: left out."""
     spec = copy.deepcopy(cfg.task)
+    spec.pop("keep", None)
     fmt = dict(spec.get("format") or {})
     if cfg.model.base != "tiny" and formats_prompts(spec["name"]) and fmt.get("tokenizer") is None:
         if fmt.get("chat_template", True):

@@ -117,7 +117,7 @@ def coverage_errors(
 
 
 def unknown_ids(samples: Mapping[str, list[tuple[int, str]]], path: str, task: Task, where: str) -> list[str]:
-    known = {p.id for split in ("weak", "lock", "elicit", "val") for p in task.problems(split)}
+    known = task.problem_ids()  # a problem a filter left out (the code task's task.keep) is still one
     bad = [(lines[0][0], pid) for pid, lines in samples.items() if pid not in known]
     if not bad:
         return []
@@ -318,9 +318,19 @@ def policy_names(task: Task, cfg: StudyConfig) -> set[str]:
     return set(task.policies()) | set(cfg.policies)
 
 
-def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict, methods: Mapping[str, Method]) -> PolicyPlan:
+def plan_policies(
+    cfg: StudyConfig,
+    task: Task,
+    task_spec: dict,
+    methods: Mapping[str, Method],
+    models: Mapping[str, Artifact | None] | None = None,
+    defer_coverage: bool = False,
+) -> PolicyPlan:
     """The artifacts the study's model policies need for their uses, or the errors that stop them
-    (naming `policies.<name>.<field>` or the file and line); reads supplied JSONL files."""
+    (naming `policies.<name>.<field>` or the file and line); reads supplied JSONL files. `models`:
+    policies whose model is already planned (the code task's problem filter samples them before it
+    keeps problems, pwlock.problem_filter), used as they are. `defer_coverage`: a supplied file that
+    lacks some problems is not refused yet (a plan made before the filter kept its problems)."""
     plan = PolicyPlan(names=tuple(cfg.policies))
     if not cfg.policies:
         return plan
@@ -335,7 +345,8 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict, methods: Mappin
     plan.errors.extend(_use_errors(cfg, task, methods))
     if plan.errors:
         return plan
-    planner = _PolicyPlanner(cfg, task, task_spec, plan)
+    planner = _PolicyPlanner(cfg, task, task_spec, plan, defer_coverage)
+    planner.trained.update(models or {})
     epochs = max(cfg.lock.train_of(m).epochs for m in cfg.lock.modes)
     try:
         for name in [n for n in dict.fromkeys(lock_roles + demonstrators + filtered) if n in cfg.policies]:
@@ -353,6 +364,32 @@ def plan_policies(cfg: StudyConfig, task: Task, task_spec: dict, methods: Mappin
     except ValueError as e:  # a supplied file that cannot be read
         plan.errors.append(str(e))
     return plan
+
+
+def plan_pools(
+    cfg: StudyConfig,
+    task: Task,
+    task_spec: dict,
+    name: str,
+    splits: Sequence[str],
+    n: int,
+    temperature: float,
+    why: str,
+) -> tuple[PolicyPlan, dict[str, str], dict[str, Artifact | None]]:
+    """Model policy `name`'s pools of n samples per problem of each of `splits` at `temperature` (a
+    supplied file's: what it holds) for a use of the study's own (`why`, in errors): the artifacts
+    they need, each pool's key by split, and the models planned for them (its own, and those of
+    the policies it trains on), by policy."""
+    plan = PolicyPlan(names=(name,))
+    planner = _PolicyPlanner(cfg, task, task_spec, plan)
+    pools = {}
+    try:
+        for split in splits:
+            if a := planner.pool(name, split, n, temperature, why):
+                pools[split] = a.key
+    except ValueError as e:  # a supplied file that cannot be read
+        plan.errors.append(str(e))
+    return plan, pools, dict(planner.trained)
 
 
 def _use_errors(cfg: StudyConfig, task: Task, methods: Mapping[str, Method]) -> list[str]:
@@ -411,8 +448,9 @@ class _PolicyPlanner:
     sample pools, shared by every use (a soft-label policy's distributions: one artifact for
     all); supplied JSONL files are read once."""
 
-    def __init__(self, cfg: StudyConfig, task: Task, task_spec: dict, plan: PolicyPlan):
+    def __init__(self, cfg: StudyConfig, task: Task, task_spec: dict, plan: PolicyPlan, defer_coverage: bool = False):
         self.cfg, self.task, self.task_spec, self.plan = cfg, task, task_spec, plan
+        self.defer_coverage = defer_coverage
         self.models = {name: _planned(cfg, p) for name, p in cfg.policies.items()}
         sample = task.problems("elicit")[:1]
         self.classifier = bool(sample) and isinstance(task.reference(sample[0]), ChoiceAnswer)
@@ -458,8 +496,10 @@ class _PolicyPlanner:
                 if why == "scores":  # a file without the evaluation problems leaves its policy unscored
                     log.info("policy %s: %s; it is not scored", name, missing[0])
                     return None
-                self.plan.errors.extend(missing)
-                return None
+                if not self.defer_coverage:
+                    self.plan.errors.extend(missing)
+                    return None
+                log.info("%s; checked again once task.keep's filter has kept its problems", missing[0])
             temperature, generator = None, None  # what the file holds
         else:
             generator = self.generator(name)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from pwlock import problem_filter
 from pwlock.analysis import FIGURE, GENERALIZATION_FIGURE, RL_FIGURE
 from pwlock.artifacts import eval_problems
 from pwlock.config import FIXEDRDM, ConfigError, ModelConfig, resolve_engine
@@ -194,7 +195,10 @@ def estimate_plan(
             locked = tokens.locked(task.max_new_tokens, a.locked_new_tokens_share)
             return price_dpo_samples(stage, model, locked, art, len(task.problems("elicit"))), ""
         if art.stage in ("policy_model", "policy_dpo", "sample_pool", "soft_labels"):
-            return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, task, tokens), ""
+            on = p.keep.every if p.keep is not None and art.key in p.keep.keys else task  # the filter's: all problems
+            return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, on, tokens), ""
+        if art.stage == "problem_filter":  # programs run in the sandbox, on every problem
+            return problem_filter.price(price, art, p.keep.every, cfg.ray.cpus_per_stage), ""
         return price.overhead(), ""  # policy scores: the task's own policies, no model
 
     artifacts = []
@@ -290,6 +294,7 @@ def describe(p: Plan, store: Store | None = None) -> str:
     except ConfigError as e:  # e.g. a hub model of unknown size: the plan stands without its cost
         est, hours, why = None, {}, str(e)
     lines = [f"study {p.cfg.name!r} from {p.cfg.source}: task {p.task_spec['name']}"]
+    lines += [p.keep.describe()] if p.keep is not None else []
     lines.append(f"upstream artifacts ({len(p.artifacts)}):")
     for a in p.artifacts:
         state = "" if store is None else ("  [in store, reused]" if store.has(a.key) else "  [to build]")

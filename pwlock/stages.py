@@ -8,6 +8,7 @@
     lock audit      a locked model's correctness under the lock audit's probes (pwlock/audit.py);
                     an adversarial lock's with its second password too
     control model   a never-locked control of a lock mode (pwlock/control.py)
+    problem filter  the code problems a policy solves (`task.keep`, pwlock/problem_filter.py)
 
 Each build first looks in the store: an artifact that exists is reused, never rebuilt.
 """
@@ -41,6 +42,7 @@ from pwlock.models import (
 )
 from pwlock.passwords import lock_domain_passwords
 from pwlock.policies import Unsampled, build_policy_dpo, build_policy_model, build_sample_pool, resolve
+from pwlock.problem_filter import build_problem_filter
 from pwlock.setting import in_setting
 from pwlock.soft_labels import build_soft_labels
 from pwlock.store import Store, StoreSpec
@@ -439,4 +441,5 @@ BUILDERS: dict[str, Builder] = {
     "dpo_samples": build_dpo_samples,
     "sample_pool": build_sample_pool,
     "soft_labels": build_soft_labels,
+    "problem_filter": build_problem_filter,
 }

@@ -1,6 +1,8 @@
 """A study from config to results: plan -> upstream stages as Ray tasks -> Tune trials -> results.
 
 plan      expand the grid, compute every artifact's content key, validate against the task
+filter    a study that keeps the problems a policy solves (`task.keep`) builds that filter first,
+          then plans again on the problems it kept (pwlock.problem_filter)
 stages    build missing upstream artifacts as Ray tasks (reused when the store has them)
 trials    one Ray Tune trial per elicitation run (lock mode × k × seed)
 results   summary.csv and the figure under <storage>/<experiment>/
@@ -30,7 +32,7 @@ from pwlock.guards import assess_locks, check_locks
 from pwlock.integrity import FILES
 from pwlock.lease import Lease
 from pwlock.logs import setup_logging
-from pwlock.plan import Plan, Trial, trial_name
+from pwlock.plan import Plan, Trial, plan, trial_name
 from pwlock.pricing import describe
 from pwlock.progress import SweepProgress, quiet_tune, stopped
 from pwlock.stages import build, lock_label
@@ -75,6 +77,18 @@ def build_upstream(p: Plan, store: Store) -> dict[str, dict[str, Any]]:
     for key, meta in zip(refs, ray.get(list(refs.values()))):
         metas[key] = meta
     return metas
+
+
+def _plan_after_filter(p: Plan, store: Store) -> Plan:
+    """A provisional plan's problem filter (`task.keep`) built, with what it reads; then the study
+    planned again on the problems it kept (the plan proper: its keys, checks and trials)."""
+    build_upstream(dataclasses.replace(p, artifacts=p.keep.artifacts), store)
+    again = plan(p.cfg, store)
+    if again.keep is None or again.keep.pending:
+        raise RuntimeError(f"the problem filter {p.keep.artifact.key} was built but the store does not hold it")
+    log.info("%s", again.keep.describe())
+    log.info("%s", describe(again, store))
+    return again
 
 
 def _build_in_worker(store: StoreSpec, artifact: Artifact, *upstream: Any) -> dict[str, Any]:
@@ -164,6 +178,8 @@ def _run(p: Plan, store: Store, experiment: str, resume: bool, lease: Lease, t0:
         )
     timings["ray_start"] = time.perf_counter() - t0
     preflight_sandbox(p)
+    if p.keep is not None and p.keep.pending:
+        p = _plan_after_filter(p, store)
     metas = build_upstream(p, store)
     timings["upstream"] = time.perf_counter() - t0 - timings["ray_start"]
     reused = sum(m.get("reused", False) for m in metas.values())

@@ -24,6 +24,7 @@ from pwlock.config import config_from_dict, load_config
 from pwlock.plan import plan
 from pwlock.tasks import make_task
 from pwlock.tasks.math import SUBJECTS
+from pwlock.tasks.splits import SPLITS
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "sweeps" / "configs"
@@ -100,6 +101,8 @@ EXPECTED = {
             "llama-7b": (LLAMA, "samples of strong (weak, 1/problem)"),
         },
         "pools": {
+            "samples of gpt4 (weak, from a file)",  # GPT-4's T=0 answers to every problem: the filter's
+            "samples of gpt4 (lock, from a file)",
             "samples of gpt4-t1 (elicit, from a file)",
             "samples of strong (weak, 1/problem)",
             "samples of strong (lock, 8/problem)",
@@ -232,6 +235,16 @@ def test_a_paper_config_plans_its_policies_pools_lock_and_grid_on_the_fixture(na
     grid = {(t.lock_mode, t.method, t.demonstrator, t.k, t.seed) for t in p.trials}
     assert len(p.trials) == len(grid) == len(want["demonstrators"]) * len(ks) * 3
     assert grid == {("base", "sft", d, k, s) for d in want["demonstrators"] for k in ks for s in (0, 1, 2)}
+    # Code keeps the problems GPT-4 solves at T=0 (§4.2, App. E.1): its one answer to every problem of
+    # every split, run before the rest (provisional here: no store holds the filter).
+    if name == "paper_code.yaml":
+        keep = p.keep
+        assert (keep.cfg.solved_by, keep.cfg.samples, keep.cfg.min_passing, keep.pending) == ("gpt4", 1, 1, True)
+        filtered = [by_key[k] for k in keep.artifact.spec["pools"].values()]
+        assert sorted(a.spec["split"] for a in filtered) == sorted(SPLITS) and all(a.spec["n"] == 1 for a in filtered)
+        assert [a.key for a in p.artifacts[: len(keep.artifacts)]] == [a.key for a in keep.artifacts]
+    else:
+        assert p.keep is None
     # The full grid: every shipped k (the fixture's elicit split only holds the small ones).
     assert yaml.safe_load((CONFIGS / name).read_text())["elicit"]["ks"] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 

@@ -229,12 +229,21 @@ def test_a_paper_rl_config_shares_its_sft_siblings_task_policies_and_lock(name, 
             assert policy in ("pythia-410m", "pythia-7b")
             assert pc | {"base": None} == sibling["policies"]["weak"] | {"base": None}, policy
     # What the config needs of the sibling's policies: no demonstrator of its SFT (GPT-4's T=0
-    # solutions, the reference critiques, Llama-7B).
-    assert not {"gpt4", "reference-critiques", "llama-7b"} & set(cfg["policies"])
+    # solutions, the reference critiques, Llama-7B), but for the problem filter's policy (code's: GPT-4).
+    assert cfg["task"].get("keep") == sibling["task"].get("keep")
+    assert not {"gpt4", "reference-critiques", "llama-7b"} & set(cfg["policies"]) - {
+        cfg["task"].get("keep", {}).get("solved_by")
+    }
     raw, _ = on_fixtures(name, tmp_path)
-    ours = {a.label: a.key for a in plan(config_from_dict(raw, source=name)).artifacts}
+    mine = plan(config_from_dict(raw, source=name))
     raw, _ = on_fixtures(f"paper_{task}.yaml", tmp_path)  # the same sample files: the same keys
-    theirs = {a.label: a.key for a in plan(config_from_dict(raw, source="sibling")).artifacts}
+    sibling_plan = plan(config_from_dict(raw, source="sibling"))
+    # The same problem filter (code: the problems GPT-4 solves), and what follows it by label.
+    filters = [[a.key for a in p.keep.artifacts] if p.keep else None for p in (mine, sibling_plan)]
+    assert filters[0] == filters[1]
+    ours, theirs = (
+        {a.label: a.key for a in p.artifacts if not p.keep or a.key not in p.keep.keys} for p in (mine, sibling_plan)
+    )
     shared = (set(ours) & set(theirs)) - {"policy scores"}  # scores every policy of the config
     assert {label: ours[label] for label in shared} == {label: theirs[label] for label in shared}
     assert "samples of strong (lock, 8/problem)" in shared and "samples of strong (weak, 1/problem)" in shared

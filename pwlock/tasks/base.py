@@ -73,6 +73,11 @@ class Task(ABC):
     def reward_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[float]:
         return [self.reward(p, c) for p, c in zip(problems, completions)]
 
+    def problem_ids(self) -> set[str]:
+        """Every problem's id, in any split, and those a filter left out of them (the code task's
+        `task.keep`): the ids a file of samples may name."""
+        return {p.id for split in SPLITS for p in self.problems(split)}
+
     def reference(self, problem: Problem) -> str | None:
         """A correct completion, where the task knows one."""
         return None

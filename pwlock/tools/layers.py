@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("train, generate", ["train", "generate", "memory"]),
     ("lock, evaluate, guards", ["lock", "setting", "asciimath", "evaluate", "audit", "guards"]),
     ("artifacts", ["artifacts"]),
-    ("elicit, policies, stages", ["elicit", "policies", "soft_labels", "control", "stages"]),
+    ("elicit, policies, stages", ["elicit", "policies", "soft_labels", "control", "problem_filter", "stages"]),
     ("plan, analysis", ["plan", "pricing", "study_plan", "analysis", "study_record"]),
     ("trial", ["trial", "tune_state"]),
     ("sweep", ["sweep"]),
