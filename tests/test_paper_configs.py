@@ -165,19 +165,37 @@ RL_NAMES = [
     )
     for figure in figures
 ]
-TEXT_CONFIGS = NAMES + RL_NAMES  # every shipped config of a text task: planned on the fixtures
+# The paper's other SFT figures (Fig. 7, 8, 9a, 12, 15) and its generalization figures (Fig. 4, 17)
+# of the same tasks (tests/test_paper_figures.py), on the same fixtures.
+FIGURE_NAMES = [
+    f"paper_{task}_{figure}.yaml"
+    for task, figures in (
+        ("math", ["strong", "weak", "other_weak", "setting", "adversarial", "category", "level"]),
+        ("math", [f"holdout_{d}" for d in ("algebra", "geometry", "numbers")]),
+        ("code", ["strong", "weak", "other_weak", "adversarial"]),
+        ("critique", ["strong", "weak", "other_weak", "adversarial"]),
+        ("mmlu", ["strong", "weak", "other_weak", "soft", "category"]),
+        ("mmlu", [f"holdout_{d}" for d in ("stem", "bio", "law", "misc")]),
+    )
+    for figure in figures
+]
+TEXT_CONFIGS = NAMES + RL_NAMES + FIGURE_NAMES  # every shipped config of a text task: planned on the fixtures
 
 
 def on_fixtures(name: str, tmp: Path) -> tuple[dict, list[int]]:
     """The shipped config with its task on the fixture, its sample files written, and its ks cut to
-    the fixture's elicit split (1 and 2 where none fits: Fig. 16's 16 and 64 before RL); and the ks
-    kept (none for a config of RL methods alone, which see no demonstration)."""
+    the fixture's elicit split, or to its smallest domain the demonstrations come from (1 and 2
+    where none fits: Fig. 16's 16 and 64 before RL, Fig. 4's 4; 1 alone in a domain of one
+    problem); and the ks kept (none for a config of RL methods alone, which see no demonstration)."""
     raw = yaml.safe_load((CONFIGS / name).read_text())
     LOCAL[raw["task"]["name"]](raw, tmp)
     if "ks" not in raw["elicit"]:
         return raw, []
-    n_elicit = len(make_task(raw["task"]).problems("elicit"))
-    raw["elicit"]["ks"] = [k for k in raw["elicit"]["ks"] if k <= n_elicit] or [1, 2]
+    elicit = make_task(raw["task"]).problems("elicit")
+    domains = raw["elicit"].get("domains", ["all"])
+    domains = [domains] if isinstance(domains, str) else domains
+    n = min([len(elicit)] + [sum(p.domain == d for p in elicit) for d in domains if d != "all"])
+    raw["elicit"]["ks"] = [k for k in raw["elicit"]["ks"] if k <= n] or [1, 2][:n]
     return raw, raw["elicit"]["ks"]
 
 
