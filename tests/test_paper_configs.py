@@ -308,12 +308,12 @@ def test_the_shipped_paper_configs_say_what_they_need(tmp_path, monkeypatch):
             config_from_dict(raw, source=name)
 
 
-# Runs sweeps/sample_efficiency.py as `python sweeps/sample_efficiency.py --dry-run --config C
-# --storage S` would, once per (config, store) pair, in one interpreter (imports take most of a run).
+# Runs each `python sweeps/<sweep>.py --dry-run --config C --storage S` in one interpreter (imports
+# take most of a run).
 DRIVER = """
 import runpy, sys
-script, pairs = sys.argv[1], sys.argv[2:]
-for config, store in zip(pairs[::2], pairs[1::2]):
+args = sys.argv[1:]
+for script, config, store in zip(args[::3], args[1::3], args[2::3]):
     sys.argv = [script, "--dry-run", "--config", config, "--storage", store]
     try:
         runpy.run_path(script, run_name="__main__")
@@ -322,33 +322,32 @@ for config, store in zip(pairs[::2], pairs[1::2]):
 """
 
 
-@pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory) -> dict[str, tuple[str, dict, Path]]:
-    """Each config's --dry-run (on the fixtures) with the hub offline and an empty Hugging Face home:
-    a model it tried to fetch would fail the run, or land there."""
-    root = tmp_path_factory.mktemp("dry_runs")
+def dry_runs_of(root: Path, runs: list[tuple[str, str]]) -> dict[str, tuple[str, dict, Path]]:
+    """Each (sweep, config name)'s `sweeps/<sweep>.py --dry-run` on the fixtures, with the hub offline
+    and an empty Hugging Face home (a model it tried to fetch would fail the run, or land there):
+    config name -> (its output, the config as run, its directory)."""
     args, raws = [], {}
-    for name in NAMES:
+    for sweep, name in runs:
         tmp = root / name.removesuffix(".yaml")
         tmp.mkdir()
         raws[name], _ = on_fixtures(name, tmp)
         (tmp / name).write_text(yaml.safe_dump(raws[name]))
-        args += [str(tmp / name), str(tmp / "store")]
+        args += [str(ROOT / "sweeps" / f"{sweep}.py"), str(tmp / name), str(tmp / "store")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(root / "hf")}
     proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(ROOT / "sweeps" / "sample_efficiency.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=root,
+        [sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
     )
     parts = re.split(r"=== exit (\S+)\n", proc.stdout)  # output, exit code, output, exit code, ..., ""
     outs, codes = parts[0:-1:2], parts[1::2]
-    assert len(codes) == len(NAMES), proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert codes == ["0"] * len(NAMES), (codes, proc.stderr[-4000:])
+    assert len(codes) == len(runs), proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert codes == ["0"] * len(runs), (codes, proc.stderr[-4000:])
     assert not list((root / "hf").rglob("models--*"))  # no model in the hub cache
-    return {name: (out, raws[name], root / name.removesuffix(".yaml")) for name, out in zip(NAMES, outs)}
+    return {name: (out, raws[name], root / name.removesuffix(".yaml")) for (_, name), out in zip(runs, outs)}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> dict[str, tuple[str, dict, Path]]:
+    return dry_runs_of(tmp_path_factory.mktemp("dry_runs"), [("sample_efficiency", name) for name in NAMES])
 
 
 @pytest.mark.parametrize("name", NAMES)

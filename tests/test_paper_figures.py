@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +31,7 @@ from pwlock.config import FIXEDRDM, config_from_dict, load_config
 from pwlock.elicit.sft import DEFAULT_BUDGETS, epoch_candidates, paper_candidates
 from pwlock.plan import plan, trial_name
 from pwlock.tasks import make_task
-from tests.test_paper_configs import CONFIGS, FIGURE_NAMES, HIGH_QUALITY, NAMES, ROOT, on_fixtures
+from tests.test_paper_configs import CONFIGS, FIGURE_NAMES, HIGH_QUALITY, NAMES, dry_runs_of, on_fixtures
 from tests.test_paper_rl_configs import RL, task_of
 
 PAPER = CONFIGS / "paper.yaml"
@@ -392,44 +389,14 @@ def test_a_figure_config_shares_its_siblings_task_model_policies_and_lock(name, 
 
 
 # -- --dry-run, through the sweep each figure names --------------------------------------------------
-DRIVER = """
-import runpy, sys
-args = sys.argv[1:]
-for script, config, store in zip(args[::3], args[1::3], args[2::3]):
-    sys.argv = [script, "--dry-run", "--config", config, "--storage", store]
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except SystemExit as e:
-        print(f"=== exit {e.code}", flush=True)
-"""
-
-
 def sweep_of(name: str) -> str:
     return figure(figure_of(name)).sweep
 
 
 @pytest.fixture(scope="module")
 def dry_runs(tmp_path_factory) -> dict[str, tuple[str, dict, Path]]:
-    """Each config's `sweeps/<its figure's sweep>.py --dry-run` (on the fixtures) with the hub
-    offline and an empty Hugging Face home: a model it tried to fetch would fail the run, or land there."""
-    root = tmp_path_factory.mktemp("figure_dry_runs")
-    args, raws = [], {}
-    for name in FIGURE_NAMES:
-        tmp = root / name.removesuffix(".yaml")
-        tmp.mkdir()
-        raws[name], _ = on_fixtures(name, tmp)
-        (tmp / name).write_text(yaml.safe_dump(raws[name]))
-        args += [str(ROOT / "sweeps" / f"{sweep_of(name)}.py"), str(tmp / name), str(tmp / "store")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(root / "hf")}
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
-    )
-    parts = re.split(r"=== exit (\S+)\n", proc.stdout)  # output, exit code, output, exit code, ..., ""
-    outs, codes = parts[0:-1:2], parts[1::2]
-    assert len(codes) == len(FIGURE_NAMES), proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert codes == ["0"] * len(FIGURE_NAMES), (codes, proc.stderr[-4000:])
-    assert not list((root / "hf").rglob("models--*"))  # no model in the hub cache
-    return {name: (out, raws[name], root / name.removesuffix(".yaml")) for name, out in zip(FIGURE_NAMES, outs)}
+    """Each config's `sweeps/<its figure's sweep>.py --dry-run` on the fixtures."""
+    return dry_runs_of(tmp_path_factory.mktemp("figure_dry_runs"), [(sweep_of(name), name) for name in FIGURE_NAMES])
 
 
 @pytest.mark.parametrize("name", FIGURE_NAMES)

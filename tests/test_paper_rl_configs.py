@@ -12,10 +12,7 @@ their number of trials."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,7 @@ from pwlock import study_plan
 from pwlock.config import FIXEDRDM, TrainConfig, config_from_dict, load_config
 from pwlock.cost import KNOWN_PARAMS
 from pwlock.plan import plan, trial_name
-from tests.test_paper_configs import CONFIGS, DRIVER, RL_NAMES, ROOT, on_fixtures
+from tests.test_paper_configs import CONFIGS, RL_NAMES, dry_runs_of, on_fixtures
 
 PAPER = CONFIGS / "paper.yaml"
 EI, FILTERING, DPO, IDPO = "expert_iteration", "filtering", "dpo", "iterated_dpo"
@@ -253,31 +250,7 @@ def test_a_paper_rl_config_shares_its_sft_siblings_task_policies_and_lock(name, 
 
 @pytest.fixture(scope="module")
 def dry_runs(tmp_path_factory) -> dict[str, tuple[str, dict, Path]]:
-    """Each config's `sweeps/rl.py --dry-run` (on the fixtures) with the hub offline and an empty
-    Hugging Face home: a model it tried to fetch would fail the run, or land there."""
-    root = tmp_path_factory.mktemp("rl_dry_runs")
-    args, raws = [], {}
-    for name in RL_NAMES:
-        tmp = root / name.removesuffix(".yaml")
-        tmp.mkdir()
-        raws[name], _ = on_fixtures(name, tmp)
-        (tmp / name).write_text(yaml.safe_dump(raws[name]))
-        args += [str(tmp / name), str(tmp / "store")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(root / "hf")}
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(ROOT / "sweeps" / "rl.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=root,
-    )
-    parts = re.split(r"=== exit (\S+)\n", proc.stdout)  # output, exit code, output, exit code, ..., ""
-    outs, codes = parts[0:-1:2], parts[1::2]
-    assert len(codes) == len(RL_NAMES), proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert codes == ["0"] * len(RL_NAMES), (codes, proc.stderr[-4000:])
-    assert not list((root / "hf").rglob("models--*"))  # no model in the hub cache
-    return {name: (out, raws[name], root / name.removesuffix(".yaml")) for name, out in zip(RL_NAMES, outs)}
+    return dry_runs_of(tmp_path_factory.mktemp("rl_dry_runs"), [("rl", name) for name in RL_NAMES])
 
 
 @pytest.mark.parametrize("name", RL_NAMES)

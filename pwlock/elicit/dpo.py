@@ -20,7 +20,7 @@ import contextlib
 import copy
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from pwlock.elicit.base import (
     Checkpoint,
     Elicitation,
     Method,
+    Rounds,
     SameModel,
     Watched,
     backend,
@@ -153,46 +154,13 @@ def _run(
     else:
         ref, _ = load_policy(e.locked_dir, str(next(e.model.parameters()).dtype).removeprefix("torch."), e.model.device)
     problems = problem_subset(r.problems, rl.dpo_problems, e.seed)
-    if not iterated and e.dpo_samples is not None:  # drawn upstream: an engine evaluates, if anything
-        rounds_of = stored_rounds(e.dpo_samples, [p.id for p in problems])
-
-        def stored(n: int) -> list[list[str]]:
-            samples = rounds_of(n)
-            r.watch([c for drawn in samples for c in drawn])
-            return samples
-
-        with evaluation_engine(e, backend(rl)) as engine:
-            dpo_elicitation(
-                e.model,
-                ref,
-                e.tokenizer,
-                e.task,
-                None,
-                problems,
-                e.eval_problems,
-                rl.dpo_train,
-                e.seed,
-                rl.dpo_rounds,
-                False,
-                rl.beta,
-                rl.continuous_reward,
-                rl.temperature,
-                e.task.max_new_tokens,
-                on_round=r.on_round,
-                start=r.done,
-                eval_batch_size=e.eval_batch_size,
-                evaluator=engine,
-                stored=stored,
-                **eval_schedule(rl),
-            )
-        return
-    with generator(e, ref) as gen:
+    with _sampling(e, r, ref, problems, iterated) as (gen, evaluator, stored):
         dpo_elicitation(
             e.model,
             ref,
             e.tokenizer,
             e.task,
-            Watched(gen, r.watch),
+            gen,
             problems,
             e.eval_problems,
             rl.dpo_train,
@@ -206,9 +174,32 @@ def _run(
             on_round=r.on_round,
             start=r.done,
             eval_batch_size=e.eval_batch_size,
-            evaluator=None if isinstance(gen, SameModel) else gen,
+            evaluator=evaluator,
+            stored=stored,
             **eval_schedule(rl),
         )
+
+
+@contextlib.contextmanager
+def _sampling(
+    e: Elicitation, r: Rounds, ref: PreTrainedModel, problems: Sequence[Problem], iterated: bool
+) -> Iterator[tuple[Generator | None, Generator | None, Callable[[int], list[list[str]]] | None]]:
+    """(the sampler, the engine that evaluates, the stored rounds) of a DPO trial: plain DPO reads
+    its samples drawn upstream where it has them, and an engine evaluates, if anything; otherwise
+    the generator serving the reference samples (and evaluates, an engine)."""
+    if not iterated and e.dpo_samples is not None:
+        rounds_of = stored_rounds(e.dpo_samples, [p.id for p in problems])
+
+        def stored(n: int) -> list[list[str]]:
+            samples = rounds_of(n)
+            r.watch([c for drawn in samples for c in drawn])
+            return samples
+
+        with evaluation_engine(e, backend(e.rl)) as engine:
+            yield None, engine, stored
+        return
+    with generator(e, ref) as gen:
+        yield Watched(gen, r.watch), None if isinstance(gen, SameModel) else gen, None
 
 
 ROUNDS_FILE = "rounds.jsonl"  # a DPO samples artifact: {"round", "ids", "samples"} per line
