@@ -63,7 +63,7 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
         path = args.config or default_config
         raw = _checked_flags_and_config(args, path)
         if not args.resume and isinstance(raw, dict) and "figures" in raw:  # study_plan.is_study
-            return _study(raw, path, args, sweep, default_config)
+            return _study(raw, path, args, sweep)
         cfg, store = _config_and_store(args, raw, path)
     except (ConfigError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -174,7 +174,7 @@ def interrupted_message(e: Any) -> str:
     )
 
 
-def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None, default_config: Path) -> int:
+def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None) -> int:
     """A study description: its plan and cost with --dry-run (nothing built, nothing written);
     refused at once otherwise, with what to run instead."""
     from pwlock import study_plan  # heavy: see main
@@ -184,7 +184,7 @@ def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None, d
     if sweep is not None and sweep not in study_plan.SWEEPS:
         raise ValueError(f"sweep {sweep!r}: expected one of {list(study_plan.SWEEPS)}")
     if not args.dry_run:
-        raise ConfigError(study_plan.run_instead(s, sweep, default_config))
+        raise ConfigError(study_plan.run_instead(s, sweep))
     if args.quick:
         raise ConfigError(f"--quick: {path} is a study description; it has no smoke run (drop --quick)")
     store = open_store(args.storage) if args.storage else None  # artifacts there count as built

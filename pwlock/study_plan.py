@@ -662,9 +662,10 @@ def _hours(h: float) -> str:
     return f"{h:,.2f} GPU-h" if h < 10 else f"{h:,.0f} GPU-h"
 
 
-def run_instead(s: StudySpec, sweep: str | None = None, example: str | Path = "sweeps/configs/local.yaml") -> str:
-    """Why a study description cannot run, and what to run instead for the figures of `sweep`:
-    the sweep configs it names, or one per task in the shape of `example` (the sweep's own default)."""
+def run_instead(s: StudySpec, sweep: str | None = None) -> str:
+    """Why a study description cannot run, and what to run instead for the figures of `sweep`: the
+    sweep configs it names, and for the text tasks' figures the paper configs, one per figure and
+    task (tests/test_paper_figures.py checks them against the description)."""
     figures = [f for f in s.figures if sweep is None or f.sweep == sweep]
     configs = [f"{f.id}: {Path(s.source).parent / f.config}" for f in figures if f.config is not None]
     described = [f.id for f in figures if f.config is None]
@@ -678,8 +679,8 @@ def run_instead(s: StudySpec, sweep: str | None = None, example: str | Path = "s
         out += f": the configs the study names ({'; '.join(configs)})"
     if described:
         out += (
-            f"{';' if configs else ':'} figures {', '.join(described)} name no config yet: write one per task "
-            f"(task.name math, code, critique or mmlu), in the shape of {example}"
+            f"{';' if configs else ':'} figures {', '.join(described)} run from "
+            f"{Path(s.source).parent}/paper_<task>*.yaml, a config per figure and task (docs/policies.md)"
         )
     return out
 

@@ -313,9 +313,9 @@ def test_a_study_description_without_dry_run_is_refused_at_once_with_what_to_run
     err = proc.stderr
     assert "paper.yaml is a study description (`figures:`), not a sweep config" in err
     assert "--dry-run" in err and "fig13: " in err and "paper_toy_weak.yaml" in err
-    assert "figures fig3, fig7, fig8, fig9a, fig12, fig12-soft, fig15 name no config yet" in err
+    assert "figures fig3, fig7, fig8, fig9a, fig12, fig12-soft, fig15 run from " in err and "paper_<task>*.yaml" in err
     proc = _sweep_cmd("rl", "--quick", cwd=tmp_path)
-    assert proc.returncode == 2 and "figures fig5, fig9b, fig14, fig16, fig16-lock name no config" in proc.stderr
+    assert proc.returncode == 2 and "figures fig5, fig9b, fig14, fig16, fig16-lock run from " in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no store, no Ray session, no results
 
 
