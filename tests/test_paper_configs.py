@@ -345,6 +345,20 @@ def dry_runs_of(root: Path, runs: list[tuple[str, str]]) -> dict[str, tuple[str,
     return {name: (out, raws[name], root / name.removesuffix(".yaml")) for (_, name), out in zip(runs, outs)}
 
 
+def assert_priced(out: str, raw: dict, path: Path, p) -> list[str]:
+    """A --dry-run's output (of the config `raw` at `path`, planned as `p`): its header, every artifact
+    priced and none in the (empty) store, every trial priced, the estimate on an H100. Its lines."""
+    assert out.startswith(f"study {raw['name']!r} from {path}: task {raw['task']['name']}")
+    lines = out.splitlines()
+    for a in p.artifacts:
+        line = next(x for x in lines if a.key in x)
+        assert line.endswith("GPU-h  [to build]") and a.label in line, line
+    for t in p.trials:
+        assert any(x.strip().startswith(t.name + " ") and x.endswith("GPU-h") for x in lines), t.name
+    assert "cost estimate unavailable" not in out and "cost estimate on one H100 80GB" in out
+    return lines
+
+
 @pytest.fixture(scope="module")
 def dry_runs(tmp_path_factory) -> dict[str, tuple[str, dict, Path]]:
     return dry_runs_of(tmp_path_factory.mktemp("dry_runs"), [("sample_efficiency", name) for name in NAMES])
@@ -353,14 +367,7 @@ def dry_runs(tmp_path_factory) -> dict[str, tuple[str, dict, Path]]:
 @pytest.mark.parametrize("name", NAMES)
 def test_a_paper_config_dry_run_prints_gpu_hours_without_fetching_a_model(name, dry_runs):
     out, raw, tmp = dry_runs[name]
-    assert out.startswith(f"study {raw['name']!r} from {tmp / name}: task {raw['task']['name']}")
     p = plan(config_from_dict(raw, source=str(tmp / name)))
-    lines = out.splitlines()
-    for a in p.artifacts:  # every artifact of the plan, priced, and none in the (empty) store
-        line = next(x for x in lines if a.key in x)
-        assert line.endswith("GPU-h  [to build]") and a.label in line, line
-    for t in p.trials:
-        assert any(x.strip().startswith(t.name + " ") and x.endswith("GPU-h") for x in lines), t.name
-    assert "cost estimate unavailable" not in out and "cost estimate on one H100 80GB" in out
+    assert_priced(out, raw, tmp / name, p)
     assert "total: " in out and f"for {len(p.trials)} trials and {len(p.artifacts)} artifacts" in out
     assert not (tmp / "store").exists() or not any((tmp / "store").iterdir())  # nothing built

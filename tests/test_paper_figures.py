@@ -31,7 +31,7 @@ from pwlock.config import FIXEDRDM, config_from_dict, load_config
 from pwlock.elicit.sft import DEFAULT_BUDGETS, epoch_candidates, paper_candidates
 from pwlock.plan import plan, trial_name
 from pwlock.tasks import make_task
-from tests.test_paper_configs import CONFIGS, FIGURE_NAMES, HIGH_QUALITY, NAMES, dry_runs_of, on_fixtures
+from tests.test_paper_configs import CONFIGS, FIGURE_NAMES, HIGH_QUALITY, NAMES, assert_priced, dry_runs_of, on_fixtures
 from tests.test_paper_rl_configs import RL, task_of
 
 PAPER = CONFIGS / "paper.yaml"
@@ -404,15 +404,8 @@ def test_a_figure_config_dry_run_prints_gpu_hours_without_fetching_a_model(name,
     out, raw, tmp = dry_runs[name]
     # The header's command is the sweep its figure names.
     assert f"python sweeps/{sweep_of(name)}.py --config sweeps/configs/{name} --dry-run" in header(name)
-    assert out.startswith(f"study {raw['name']!r} from {tmp / name}: task {raw['task']['name']}")
     _, _, p = planned(name)  # the same config on the same fixtures: the same plan
-    lines = out.splitlines()
-    for a in p.artifacts:  # every artifact of the plan, priced, and none in the (empty) store
-        line = next(x for x in lines if a.key in x)
-        assert line.endswith("GPU-h  [to build]") and a.label in line, line
-    for t in p.trials:
-        assert any(x.strip().startswith(t.name + " ") and x.endswith("GPU-h") for x in lines), t.name
-    assert "cost estimate unavailable" not in out and "cost estimate on one H100 80GB" in out
+    assert_priced(out, raw, tmp / name, p)
     total = re.search(r"total: ([\d.,]+) GPU-h for (\d+) trials and (\d+) artifacts", out)
     assert total and float(total[1].replace(",", "")) > 0
     assert (int(total[2]), int(total[3])) == (len(p.trials), len(p.artifacts))

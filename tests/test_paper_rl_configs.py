@@ -22,7 +22,7 @@ from pwlock import study_plan
 from pwlock.config import FIXEDRDM, TrainConfig, config_from_dict, load_config
 from pwlock.cost import KNOWN_PARAMS
 from pwlock.plan import plan, trial_name
-from tests.test_paper_configs import CONFIGS, RL_NAMES, dry_runs_of, on_fixtures
+from tests.test_paper_configs import CONFIGS, RL_NAMES, assert_priced, dry_runs_of, on_fixtures
 
 PAPER = CONFIGS / "paper.yaml"
 EI, FILTERING, DPO, IDPO = "expert_iteration", "filtering", "dpo", "iterated_dpo"
@@ -256,16 +256,11 @@ def dry_runs(tmp_path_factory) -> dict[str, tuple[str, dict, Path]]:
 @pytest.mark.parametrize("name", RL_NAMES)
 def test_a_paper_rl_config_dry_run_prints_gpu_hours_without_fetching_a_model(name, dry_runs):
     out, raw, tmp = dry_runs[name]
-    assert out.startswith(f"study {raw['name']!r} from {tmp / name}: task {raw['task']['name']}")
     p = plan(config_from_dict(raw, source=str(tmp / name)))
-    lines = out.splitlines()
-    for a in p.artifacts:  # every artifact of the plan, priced, and none in the (empty) store
-        line = next(x for x in lines if a.key in x)
-        assert line.endswith("GPU-h  [to build]") and a.label in line, line
+    lines = assert_priced(out, raw, tmp / name, p)
     for t in p.trials:  # every trial, with its rounds and its price
         line = next(x for x in lines if x.strip().startswith(t.name + " "))
         assert " rounds × " in line and line.endswith("GPU-h"), line
-    assert "cost estimate unavailable" not in out and "cost estimate on one H100 80GB" in out
     total = re.search(r"total: ([\d.,]+) GPU-h for (\d+) trials and (\d+) artifacts", out)
     assert total and float(total[1].replace(",", "")) > 0
     assert (int(total[2]), int(total[3])) == (len(p.trials), len(p.artifacts))
