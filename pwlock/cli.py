@@ -62,7 +62,7 @@ def main(argv: list[str], default_config: Path, description: str | None = None, 
     try:
         path = args.config or default_config
         raw = _checked_flags_and_config(args, path)
-        if not args.resume and isinstance(raw, dict) and "figures" in raw:  # study_plan.is_study
+        if not args.resume and isinstance(raw, dict) and "figures" in raw:  # description.is_description
             return _study(raw, path, args, sweep)
         cfg, store = _config_and_store(args, raw, path)
     except (ConfigError, StoreError, ValueError) as e:
@@ -177,18 +177,18 @@ def interrupted_message(e: Any) -> str:
 def _study(raw: dict, path: Path, args: argparse.Namespace, sweep: str | None) -> int:
     """A study description: its plan and cost with --dry-run (nothing built, nothing written);
     refused at once otherwise, with what to run instead."""
-    from pwlock import study_plan  # heavy: see main
+    from pwlock import description  # heavy: see main
     from pwlock.store import open_store  # pyarrow: not before --help
 
-    s = study_plan.from_dict(raw, str(path))
-    if sweep is not None and sweep not in study_plan.SWEEPS:
-        raise ValueError(f"sweep {sweep!r}: expected one of {list(study_plan.SWEEPS)}")
+    d = description.from_dict(raw, str(path))
+    if sweep is not None and sweep not in description.SWEEPS:
+        raise ValueError(f"sweep {sweep!r}: expected one of {list(description.SWEEPS)}")
     if not args.dry_run:
-        raise ConfigError(study_plan.run_instead(s, sweep))
+        raise ConfigError(description.run_instead(d, sweep))
     if args.quick:
         raise ConfigError(f"--quick: {path} is a study description; it has no smoke run (drop --quick)")
     store = open_store(args.storage) if args.storage else None  # artifacts there count as built
-    print(study_plan.describe(s, study_plan.estimate(s, store), sweep))
+    print(description.describe(d, description.estimate(d, store), sweep))
     return 0
 
 
@@ -205,7 +205,7 @@ def _parse_assume(items: Sequence[str]) -> dict[str, Any]:
 COST_USAGE = """GPU-hours before launch, from pwlock's cost model (pwlock.cost, pwlock.pricing).
 
     python -m pwlock cost sweeps/configs/paper_toy.yaml   # a sweep's config: its real plan
-    python -m pwlock cost sweeps/configs/paper.yaml       # the paper's whole study (pwlock.study_plan)
+    python -m pwlock cost sweeps/configs/paper.yaml       # the paper's whole study (pwlock.description)
 """
 
 
@@ -229,7 +229,7 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--brief", action="store_true", help="the summary only, no line per artifact")
     args = parser.parse_args(argv)
     setup_logging()
-    from pwlock import study_plan  # heavy: see main
+    from pwlock import description  # heavy: see main
     from pwlock.cost import Assumptions
     from pwlock.plan import plan
     from pwlock.pricing import estimate_plan
@@ -239,8 +239,8 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
         overrides = _parse_assume(args.assume)
         store = open_store(args.storage) if args.storage else None
         raw = read_yaml(args.file, "study or config file")  # read once: its keys say which it is
-        if study_plan.is_study(raw):
-            est = study_plan.estimate(study_plan.from_dict(raw, str(args.file)), store, overrides)
+        if description.is_description(raw):
+            est = description.estimate(description.from_dict(raw, str(args.file)), store, overrides)
         else:
             a = Assumptions().with_overrides(overrides, "--assume")
             est = estimate_plan(plan(config_from_dict(raw, source=str(args.file)), store), store, a)

@@ -485,14 +485,16 @@ def _at(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
-def load_config(path: str | os.PathLike, quick: bool = False) -> StudyConfig:
-    return config_from_dict(read_yaml(path), source=str(path), quick=quick)
+def load_config(path: str | os.PathLike, quick: bool = False, data: bool = True) -> StudyConfig:
+    return config_from_dict(read_yaml(path), source=str(path), quick=quick, data=data)
 
 
-def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> StudyConfig:
+def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False, data: bool = True) -> StudyConfig:
+    """The sweep config `raw`, checked. With `data` False the files of data it names are not read
+    (a config priced at given task sizes: pwlock.description)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    if "figures" in raw:  # sweeps/configs/paper.yaml and the like: read by pwlock.study_plan
+    if "figures" in raw:  # sweeps/configs/paper.yaml and the like: read by pwlock.description
         raise ConfigError(
             f"{source}: a study description (`figures:`), not a sweep config: a sweep's --dry-run "
             "or `python -m pwlock cost` prints its plan and cost; to run, give a sweep config"
@@ -508,13 +510,13 @@ def config_from_dict(raw: Any, source: str = "<dict>", quick: bool = False) -> S
     cfg = parse(StudyConfig, raw, source)
     if isinstance(cfg.elicit.domains, str):
         cfg.elicit.domains = [cfg.elicit.domains]
-    errors = validate(cfg)
+    errors = validate(cfg, data)
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
     return cfg
 
 
-def validate(cfg: StudyConfig) -> list[str]:
+def validate(cfg: StudyConfig, data: bool = True) -> list[str]:
     """Checks that need no task: ranges, names, files. Task-dependent checks live in the plan."""
     errors: list[str] = []
     if not cfg.name or not all(c.isalnum() or c in "-_." for c in cfg.name):
@@ -523,7 +525,7 @@ def validate(cfg: StudyConfig) -> list[str]:
         errors.append("task.name: missing")
     errors += _lock_errors(cfg) + _elicit_errors(cfg) + _model_and_eval_errors(cfg) + _run_errors(cfg)
     errors += [f"guards.{e}" for e in _guards_errors(cfg.guards)]
-    errors += _policies_errors(cfg.policies)
+    errors += _policies_errors(cfg.policies, data)
     return errors
 
 
@@ -683,9 +685,10 @@ def _run_errors(cfg: StudyConfig) -> list[str]:
     return errors
 
 
-def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
-    """Task-free checks of `policies:`: each a model or a JSONL file, files that exist, `train_on`
-    without cycles (names that no policy has are checked against the task, in the plan)."""
+def _policies_errors(policies: dict[str, PolicyModelConfig], data: bool = True) -> list[str]:
+    """Task-free checks of `policies:`: each a model or a JSONL file, files that exist (where `data`
+    is at hand), `train_on` without cycles (names that no policy has are checked against the task,
+    in the plan)."""
     errors = []
     for name, p in policies.items():
         w = f"policies.{name}"
@@ -701,7 +704,7 @@ def _policies_errors(policies: dict[str, PolicyModelConfig]) -> list[str]:
                 f"{w}: expected either base (a model) or jsonl (its samples), not {'both' if p.base else 'neither'}"
             )
         if p.jsonl is not None:
-            if not Path(p.jsonl).expanduser().is_file():
+            if data and not Path(p.jsonl).expanduser().is_file():
                 errors.append(f"{w}.jsonl: {p.jsonl}: file not found")
             if p.train_on is not None:
                 errors.append(f"{w}.train_on: a policy of supplied samples (jsonl) trains on nothing")

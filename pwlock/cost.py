@@ -8,7 +8,7 @@ engine start). GPU-hours are wall time × the GPU share Ray reserves for the sta
 artifact already in the store costs 0.
 
     python -m pwlock cost sweeps/configs/paper_toy.yaml   # a sweep's config: its real plan
-    python -m pwlock cost sweeps/configs/paper.yaml       # the paper's whole study (pwlock.study_plan)
+    python -m pwlock cost sweeps/configs/paper.yaml       # the paper's whole study (pwlock.description)
 
 This module is the price list and the arithmetic; pricing a sweep's plan is pwlock.pricing.
 """
@@ -554,7 +554,6 @@ class Item:
     figures: tuple[str, ...] = ()  # trials: the figures they feed
     deps: tuple[str, ...] = ()  # ids of the artifacts it needs
     in_store: bool = False
-    buildable: bool = True  # False: described only (a study description's LLM artifacts), not planned by a sweep
     note: str = ""  # e.g. "at most" when training stops early at a target
     memory: GpuMemory | None = None  # a trial's GPU memory (None: a CPU study's, or not known)
 
@@ -677,12 +676,6 @@ class Estimate:
             f"  upstream: {len(built)} artifacts to build {_h(sum(a.gpu_hours for a in built))}, "
             f"{len(self.artifacts) - len(built)} in the store (cost 0)"
         )
-        unbuildable = [a for a in built if not a.buildable]
-        if unbuildable:
-            lines.append(
-                f"  of which {len(unbuildable)} priced from their description (their sweep configs plan "
-                "them where the data is)"
-            )
         return lines + self.totals() + self.fit_lines()
 
     def totals(self) -> list[str]:
@@ -718,7 +711,7 @@ class Estimate:
         if detail:
             lines.append(f"upstream artifacts ({len(self.artifacts)}):")
             for a in self.artifacts:
-                state = "[in store, reused]" if a.in_store else "[to build]" if a.buildable else "[to build; described]"
+                state = "[in store, reused]" if a.in_store else "[to build]"
                 lines.append(f"  {a.label:<58} {_h(a.gpu_hours):>12}  {state}{a.note}")
         lines += self.summary()[1:]  # its first line repeats the header
         lines.append(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ from pwlock.stages import (
 )
 from pwlock.store import Store, StoreSpec
 from pwlock.tasks import Task, formats_prompts, make_task
+from pwlock.tasks.sized import TaskSize, sized
 
 
 def trial_name(
@@ -175,12 +177,16 @@ class Plan:
         return _memory(self.cfg, self.task, self.methods, self.engine, self.artifacts)
 
 
-def plan(cfg: StudyConfig, store: Store | None = None) -> Plan:
+def plan(cfg: StudyConfig, store: Store | None = None, sizes: Mapping[str, TaskSize] | None = None) -> Plan:
     """Expand the study into artifacts and trials, checking everything that needs the task. A study
     that keeps only the problems a policy solves (`task.keep`) is planned on the problems its filter
-    kept where `store` holds the filter, else provisionally (Plan.keep, pwlock.problem_filter)."""
+    kept where `store` holds the filter, else provisionally (Plan.keep, pwlock.problem_filter). A task
+    named in `sizes` is planned at that size, its data not read (pwlock.tasks.sized): for a price."""
     task_spec = _task_spec(cfg)
-    task = make_task(task_spec, where=f"{cfg.source}: task")
+    size = (sizes or {}).get(task_spec["name"])
+    task = make_task(task_spec, where=f"{cfg.source}: task", data=size is None)
+    if size is not None:
+        task = sized(task, size, f"sizes.{task.name}")
     keep = plan_keep(cfg, task, task_spec, store)
     if keep is not None:  # the kept problems from here on (every problem while the filter is pending)
         task, task_spec = keep.task, keep.task_spec

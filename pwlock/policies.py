@@ -61,6 +61,8 @@ from pwlock.tasks import Task, make_task
 from pwlock.tasks.base import Example, Problem, TaskPolicy
 from pwlock.tasks.llm import ChoiceAnswer, LLMTask
 from pwlock.tasks.mmlu import read_soft_labels
+from pwlock.tasks.sized import is_sized
+from pwlock.tasks.splits import SPLITS
 from pwlock.train.sft import train_sft
 
 log = logging.getLogger(__name__)
@@ -465,6 +467,10 @@ class _PolicyPlanner:
         return self.built[a.key]
 
     def jsonl(self, name: str) -> tuple[dict, dict]:
+        unread = is_sized(self.task) and not Path(self.models[name].jsonl).expanduser().exists()
+        if name not in self.supplied and unread:  # priced at a given size without the file: keyed by its path
+            samples = {p.id: [(1, "")] for split in SPLITS for p in self.task.problems(split)}
+            self.supplied[name] = samples, {"jsonl": f"unread {self.models[name].jsonl}"}
         if name not in self.supplied:
             path = self.models[name].jsonl
             samples = read_jsonl(path, f"policies.{name}.jsonl")

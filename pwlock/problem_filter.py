@@ -221,6 +221,9 @@ def price(pricer: Pricer, a: Artifact, task: CodeTask, cpus: float) -> Cost:
     for split in SPLITS:
         for p in task.problems(split):
             d = p.data
+            if not d:  # a placeholder (a task priced at a given size, pwlock.tasks.sized): one run
+                runs += n
+                continue
             runs += n * (len(d["tests"]) if d["kind"] == "stdio" else sum(1 for g in d["calls"] if g) + 1)
             compiles += n * (task.language_of(p) == "cpp")
     workers = task.cfg.workers or max(1.0, cpus)

@@ -1,31 +1,39 @@
 """The cost model: exact prices on hand-computable work, artifacts in the store at cost 0, the
-plan printed by --dry-run (nothing trained or written), the paper's study priced, bad study files
-refused with the field named; a vLLM engine's decoding rate from its settings, locked models'
+plan printed by --dry-run (nothing trained or written); a study description priced as its configs'
+plans (a task at a given size, its data unread), the paper's study priced, bad descriptions refused
+with the field named; a vLLM engine's decoding rate from its settings, locked models'
 lengths, weight syncs, and trials that do not fit their GPU refused with the numbers."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pwlock import study_plan
+from pwlock import description
 from pwlock.cli import cost_main as main
 from pwlock.config import ConfigError, VLLMConfig, config_from_dict, load_config, read_yaml
-from pwlock.cost import KNOWN_ARCHS, KNOWN_PARAMS, Assumptions, DoesNotFit, Engine, Model, Pricer, Tokens
+from pwlock.cost import KNOWN_ARCHS, KNOWN_PARAMS, Assumptions, DoesNotFit, Engine, Model, Pricer, Tokens, dpo_pairs
 from pwlock.plan import plan
-from pwlock.pricing import estimate_plan, model_of
+from pwlock.pricing import estimate_plan, evaluation_of, model_of, task_tokens
 from pwlock.stages import build, eval_problems
 from pwlock.store import open_store
 from pwlock.tasks import make_task
+from pwlock.tasks.math import MathTask
+from pwlock.tasks.sized import TaskSize, is_sized
+from pwlock.tasks.splits import SPLITS
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = ROOT / "sweeps" / "configs" / "paper.yaml"
+CONFIGS = ROOT / "sweeps" / "configs"
+PAPER = CONFIGS / "paper.yaml"
 
 # Round numbers: a 7e9-parameter model trains at 1 ms per token (6N / (0.5 × 8.4e13)), a forward
 # pass costs a third of that, vLLM decodes 100 tokens/s (the fixed what-if figure), loading its
@@ -46,23 +54,33 @@ SIMPLE = dict(
 )
 
 
-def tiny_study() -> dict:
-    return {
-        "name": "tiny",
-        "defaults": {"seeds": 1, "lock_epochs": 1, "policy_epochs": 1, "batch_size": 8, "sample_budgets": [8]},
-        "assumptions": {k: [list(p) for p in v] if isinstance(v, tuple) else v for k, v in SIMPLE.items()},
-        "models": {"m": {"params": 7e9}},
-        "tasks": {
-            "t": {
-                "problems": 1000,
-                "strong_base": "m",
-                "weak_base": "m",
-                "strong": {"recipe": "labels"},
-                "tokens": {"prompt": 100, "completion": 50},
-            }
-        },
-        "figures": [{"id": "f", "title": "F", "sweep": "sample_efficiency", "tasks": ["t"], "ks": [4]}],
-    }
+def paper_sizes() -> dict[str, TaskSize]:
+    """The paper's text tasks at their size (sweeps/configs/paper.yaml's `sizes:`)."""
+    return description.load(PAPER).sizes
+
+
+def sized_plan(name: str, mutate=None, sizes: dict | None = None):
+    """A shipped config planned as paper.yaml plans it: its task at the paper's size, its data unread."""
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    if mutate is not None:
+        mutate(raw)
+    return plan(config_from_dict(raw, source=name, data=False), sizes=sizes or paper_sizes())
+
+
+TOY_FIGURES = [
+    {"id": "f6", "title": "F6", "sweep": "from_scratch", "configs": ["paper_toy.yaml"]},
+    {"id": "f13", "title": "F13", "sweep": "sample_efficiency", "configs": ["paper_toy_weak.yaml"]},
+]
+
+
+def tiny_description(tmp_path: Path, **fields) -> Path:
+    """A description of the two toy paper configs (copied beside it; their data is generated, so it
+    gives no sizes), with `fields` added or replaced."""
+    for name in ("paper_toy.yaml", "paper_toy_weak.yaml"):
+        shutil.copy(CONFIGS / name, tmp_path / name)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "figures": copy.deepcopy(TOY_FIGURES), **fields}))
+    return path
 
 
 def test_pricer_interpolates_mfu_and_floor_in_log_parameters():
@@ -87,34 +105,59 @@ def test_pricer_interpolates_mfu_and_floor_in_log_parameters():
     assert price.overhead([m], [m], engine=True).overhead_s == pytest.approx(10 + 1 + 2 + 20)
 
 
-def test_tiny_described_study_is_priced_exactly():
-    est = study_plan.estimate(study_plan.from_dict(tiny_study(), "tiny.yaml"), compare_engines=False)
-    s = {a.label: a.cost.seconds for a in est.artifacts}
-    # splits of 1,000 problems: weak 100, lock 400, elicit 300, val 200; π_strong is the labels
-    evaluation = 200 * 50 / 100 + 200 * 100 / 3000  # greedy answers on val, and their prefill
-    weak = 13 * 1.2 + evaluation + (10 + 1 + 2)  # π_weak: SFT on 100 examples, evaluated, loaded and saved
-    pool = 400 * 50 / 100 + 400 * 100 / 3000 + (10 + 1 + 20)  # its samples on the lock split, in an engine
-    lock = 100 * 1.2 + (10 + 1 + 2)  # 800 examples (a strong and a weak one per problem) in 100 steps
-    lock_eval = 3 * evaluation + (10 + 1 + 20)  # with, without and with a wrong password, in an engine
-    assert s == pytest.approx(
-        {
-            "policy: t, m trained on π_strong": weak,
-            "samples: t, π_weak (m) on lock ×1": pool,
-            "locked: t": lock,
-            "locked: t: evaluation": lock_eval,
-        }
-    )
-    # one trial: k = 4, candidates {8/4} = [2] epochs of one step of 600 tokens, one evaluation in
-    # the trial's engine (started for it: a generation task), given the weights once
-    (trial,) = est.trials
-    assert trial.cost.seconds == pytest.approx((10 + 1 + 20) + 2 * 0.6 + evaluation + 2)
-    assert trial.cost.sync_s == pytest.approx(2)
-    total = weak + pool + lock + lock_eval + trial.cost.seconds
-    assert est.gpu_hours == pytest.approx(total / 3600)
-    kinds = est.hours_by_kind()
-    assert kinds["training"] == pytest.approx((13 * 1.2 + 100 * 1.2 + 2 * 0.6) / 3600)
-    assert sum(kinds.values()) == pytest.approx(est.gpu_hours)
-    assert all(not a.buildable for a in est.artifacts)  # described: pwlock has no stage for them yet
+def test_a_description_prices_each_configs_plan_and_a_shared_artifact_once(tmp_path):
+    est = description.estimate(description.load(tiny_description(tmp_path)), compare_engines=False)
+    priced = {
+        fig: estimate_plan(plan(load_config(CONFIGS / name)), compare_engines=False)
+        for fig, name in (("f6", "paper_toy.yaml"), ("f13", "paper_toy_weak.yaml"))
+    }
+    # every trial of each config's plan, under its figure, named after its config, priced as its plan
+    want = {
+        f"{name}/{t.id}": (fig, t.cost.seconds)
+        for (fig, p), name in zip(priced.items(), ("paper_toy", "paper_toy_weak"))
+        for t in p.trials
+    }
+    assert {t.id: (t.figures[0], t.cost.seconds) for t in est.trials} == want
+    # the artifacts: each key once (Fig. 13's upstream is Fig. 6's), priced as the plans price it
+    first = {}
+    for p in priced.values():
+        for i in p.artifacts:
+            first.setdefault(i.id, i)
+    assert len(first) < sum(len(p.artifacts) for p in priced.values())  # shared between the two
+    assert {i.id: i.cost.seconds for i in est.artifacts} == {k: i.cost.seconds for k, i in first.items()}
+    trial_h = sum(t.gpu_hours for p in priced.values() for t in p.trials)
+    assert est.gpu_hours == pytest.approx(trial_h + sum(i.gpu_hours for i in first.values()))
+    assert {f: [t.id for t in ts] for f, _, ts, _ in est.by_figure()} == {
+        f: [k for k, (g, _) in want.items() if g == f] for f in ("f6", "f13")
+    }
+
+
+def test_a_task_at_a_given_size_is_planned_without_its_data():
+    p = sized_plan("paper_math_category.yaml")  # MATH is not here; its size is paper.yaml's
+    assert is_sized(p.task) and isinstance(p.task, MathTask)  # the task's own class: its setting, its checks
+    assert {s: len(p.task.problems(s)) for s in SPLITS} == {"weak": 1500, "lock": 6000, "elicit": 3000, "val": 2000}
+    shares = Counter(q.domain for q in p.task.problems("elicit"))
+    assert set(shares) == {"algebra", "geometry", "numbers"}  # the grouping the config asks for
+    assert shares["algebra"] / 3000 == pytest.approx(0.576, abs=0.03)
+    assert task_tokens(p.task, p.task.default_password) == Tokens(150, 250, 250)  # paper.yaml's tokens
+    with pytest.raises(RuntimeError, match="placeholder problems"):
+        p.task.score(p.task.problems("val")[0], "42")
+    # MMLU at its size is a classifier, as on its data
+    assert evaluation_of(sized_plan("paper_mmlu.yaml").task) == "classify"
+    # code: GPT-4's sample files are not here either; its pools are planned, keyed by the files' paths
+    c = sized_plan("paper_code.yaml")
+    files = {a.spec["source"]["jsonl"] for a in c.artifacts if a.stage == "sample_pool" and "jsonl" in a.spec["source"]}
+    assert files == {"unread data/code_gpt4_t0.jsonl", "unread data/code_gpt4_t1.jsonl"}
+    # a grouping the size does not give is refused, naming the field
+    sizes = {"math": dataclasses.replace(paper_sizes()["math"], domains={"type": {"algebra": 1.0}})}
+    with pytest.raises(ConfigError, match=_re("sizes.math.domains: task 'math' groups by 'level'")):
+        sized_plan("paper_math_level.yaml", sizes=sizes)
+    # without a size, the data is checked as a sweep checks it
+    with pytest.raises(ConfigError, match=_re("policies.gpt4-t1.jsonl: data/code_gpt4_t1.jsonl: file not found")):
+        load_config(CONFIGS / "paper_code.yaml")
+    raw = yaml.safe_load((CONFIGS / "paper_critique.yaml").read_text())
+    with pytest.raises(ConfigError, match=_re("task.data.path: data/critiques.jsonl: no such file or directory")):
+        plan(config_from_dict(raw, source="critique.yaml", data=False), sizes={"math": paper_sizes()["math"]})
 
 
 def small_config(tmp_path) -> dict:
@@ -177,100 +220,102 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
 
 
 def test_paper_study_is_priced_and_reuses_artifacts_across_figures():
-    study = study_plan.load(PAPER)
-    est = study_plan.estimate(study)
+    d = description.load(PAPER)
+    est = description.estimate(d)
     assert math.isfinite(est.gpu_hours) and est.gpu_hours > 0
     # Evaluating in HF generate instead prices it at HF's fixed, measured rate (1,398 tok/s, a whole
     # GPU at batch 128), which beats a trial's engine with 0.25 of the GPU (a 7B model's KV cache
     # then holds a dozen sequences): the comparison is printed, whichever way it goes.
     assert math.isfinite(est.other_engine_gpu_hours) and est.other_engine_gpu_hours != est.gpu_hours
     figures = {fig: trials for fig, _, trials, _ in est.by_figure()}
-    assert set(figures) == {f.id for f in study.figures} and all(figures.values())
+    assert set(figures) == {f.id for f in d.figures} and all(figures.values())
     # Fig. 5: 3 tasks × 3 locks × (expert iteration, filtering, 3 DPO and 3 iterated-DPO learning rates) × 3 seeds
     assert len(figures["fig5"]) == 3 * 3 * 8 * 3
-    # each artifact is priced once though several figures need it (e.g. the default locks)
+    # each artifact is priced once though several configs and figures need it (one key): code's lock
     ids = [a.id for a in est.artifacts]
     assert len(ids) == len(set(ids))
-    code_lock = [f for f, _, _, arts in est.by_figure() if any(a.label == "locked: code" for a in arts)]
-    assert {"fig3", "fig5", "fig7", "fig12"} <= set(code_lock)
+    (code_lock,) = {a.key for a in sized_plan("paper_code.yaml").locked.values()}
+    users = {f for f, _, _, arts in est.by_figure() if any(a.id == code_lock for a in arts)}
+    assert {"fig3", "fig5", "fig7", "fig12"} <= users
     # Fig. 13's toy sweep has the same upstream keys as Fig. 6's: built once
-    toy = [a for a in est.artifacts if a.buildable]
+    toy = [a for a in est.artifacts if a.label.startswith("function_composition: ")]
     assert len(toy) == 9  # policy scores, strong model + evaluation, 2 locks + evaluations + audits
     kinds = est.hours_by_kind()
     assert all(v > 0 for v in kinds.values()) and sum(kinds.values()) == pytest.approx(est.gpu_hours)
 
 
-def test_cost_command_on_a_study_file_and_a_sweep_config(tmp_path, capsys):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study()))
+def test_cost_command_on_a_description_and_a_sweep_config(tmp_path, capsys):
+    path = tiny_description(tmp_path)
     assert main([str(path), "--brief"]) == 0
     out = capsys.readouterr().out
-    assert "F: 1 trials" in out and "total: " in out
-    assert main([str(path), "--brief", "--assume", "vllm_tok_s=50"]) == 0
+    assert "F6: 42 trials" in out and "F13: 42 trials" in out and "total: " in out
+    assert main([str(path), "--brief", "--assume", "mfu=[[1e9, 0.1]]"]) == 0
     slower = capsys.readouterr().out
     assert slower != out
-    assert main([str(ROOT / "sweeps" / "configs" / "paper_toy.yaml"), "--brief"]) == 0
+    assert main([str(CONFIGS / "paper_toy.yaml"), "--brief"]) == 0
     out = capsys.readouterr().out
     assert "sample_efficiency.png: 42 trials" in out and "CPU study" not in out
-
-
-def _bad(mutate) -> dict:
-    raw = copy.deepcopy(tiny_study())
-    mutate(raw)
-    return raw
 
 
 @pytest.mark.parametrize(
     "mutate, message",
     [
+        (lambda r: r["figures"][0].update(sweep="train"), "figures[0] (f6).sweep: expected one of ['sample_"),
+        (lambda r: r["figures"][0].update(configs=["nope.yaml"]), "figures[0] (f6).configs: "),
+        (lambda r: r["figures"][0].update(configs=[]), "figures[0] (f6).configs: expected the sweep configs"),
+        (lambda r: r["figures"][1].update(id="f6"), "figures[1] (f6).id: 'f6' names two figures"),
+        (lambda r: r["figures"][0].update(ks=[4]), "figures[0].ks: unknown key"),
+        (lambda r: r.update(figures=[]), "figures: expected at least one figure"),
+        (lambda r: r.update(sizes={"nope": SIZE}), "sizes.nope: no task 'nope'"),
+        (lambda r: r.update(sizes={"math": {**SIZE, "problems": 0}}), "sizes.math.problems: expected >= 4, got 0"),
         (
-            lambda r: r["figures"][0].update(ks=[4, -1]),
-            "figures[0].ks[1]: expected a positive number of demonstrations",
+            lambda r: r.update(sizes={"math": {**SIZE, "splits": {"weak": 1}}}),
+            "sizes.math.problems: expected either problems or splits",
         ),
-        (lambda r: r["figures"][0].update(tasks=["nope"]), "figures[0].tasks[0]: unknown task 'nope'"),
-        (lambda r: r["figures"][0].update(methods=["ppo"]), "figures[0].methods[0]: unknown method 'ppo'"),
-        (lambda r: r["figures"][0].update(locks=[{"weak": "gpt5"}]), "figures[0].locks[0].weak: expected default"),
-        (lambda r: r["figures"][0].update(ks="many"), "figures[0].ks: expected a list, got 'many'"),
-        (lambda r: r["models"]["m"].update(params="big"), "models.m.params: expected a number, got 'big'"),
-        (lambda r: r["tasks"]["t"].pop("problems"), "tasks.t.problems: missing"),
-        (lambda r: r["tasks"]["t"].update(tokenz={}), "tasks.t.tokenz: unknown key"),
-        (lambda r: r["tasks"]["t"].update(strong_base="m2"), "tasks.t.strong_base: unknown model 'm2'"),
-        (lambda r: r["tasks"]["t"]["tokens"].update(prompt=0), "tasks.t.tokens.prompt: expected a positive number"),
         (
-            lambda r: r["defaults"].update(splits={"weak": 0.5, "lock": 0.5}),
-            "defaults.splits: expected positive shares",
+            lambda r: r.update(sizes={"math": {**SIZE, "tokens": {"prompt": 0, "completion": 5}}}),
+            "sizes.math.tokens.prompt: expected > 0, got 0",
         ),
+        (
+            lambda r: r.update(sizes={"math": {**SIZE, "domains": {"type": {"algebra": 0.5, "geometry": 0.4}}}}),
+            "sizes.math.domains.type: expected shares > 0 that sum to 1",
+        ),
+        (lambda r: r.update(reference_gpu_hours=-1), "reference_gpu_hours: expected > 0, got -1"),
     ],
 )
-def test_bad_study_files_name_the_field(mutate, message):
-    with pytest.raises(ConfigError, match="^tiny.yaml: .*" + _re(message)):
-        study_plan.from_dict(_bad(mutate), "tiny.yaml")
+def test_bad_descriptions_name_the_field(mutate, message, tmp_path):
+    raw = yaml.safe_load(tiny_description(tmp_path).read_text())
+    mutate(raw)
+    with pytest.raises(ConfigError, match="tiny.yaml: .*" + _re(message)):
+        description.from_dict(raw, str(tmp_path / "tiny.yaml"))
+
+
+SIZE = {"problems": 100, "tokens": {"prompt": 10, "completion": 5}}
 
 
 def test_bad_assumptions_name_the_field(tmp_path, capsys):
-    raw = _bad(lambda r: r["assumptions"].update(vllm_tokps=1))
+    path = tiny_description(tmp_path, assumptions={"vllm_tokps": 1})
     with pytest.raises(ConfigError, match=_re("assumptions.vllm_tokps: unknown assumption")):
-        study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"))
-    raw = _bad(lambda r: r["assumptions"].update(evaluation_engine="tgi"))
+        description.estimate(description.load(path))
+    path = tiny_description(tmp_path, assumptions={"evaluation_engine": "tgi"})
     expected = "assumptions: evaluation_engine: expected one of ['config', 'hf', 'vllm']"
     with pytest.raises(ConfigError, match=_re(expected)):
-        study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"))
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study()))
+        description.estimate(description.load(path))
+    path = tiny_description(tmp_path)
     assert main([str(path), "--assume", "vllm_tok_s=fast"]) == 2
     assert "--assume.vllm_tok_s: expected float, got 'fast'" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: cannot read" in capsys.readouterr().err
 
 
-def test_every_shipped_study_file_loads():
-    studies = [p for p in sorted((ROOT / "sweeps" / "configs").glob("*.yaml")) if study_plan.is_study(read_yaml(p))]
-    assert PAPER in studies
-    for path in studies:
-        assert study_plan.load(path).figures
+def test_every_shipped_description_loads():
+    found = [p for p in sorted(CONFIGS.glob("*.yaml")) if description.is_description(read_yaml(p))]
+    assert PAPER in found
+    for path in found:
+        assert description.load(path).figures
         with pytest.raises(ConfigError, match="a study description"):
             load_config(path)
-    assert load_config(ROOT / "sweeps" / "configs" / "paper_toy_weak.yaml").elicit.demonstrator == "weak"
+    assert load_config(CONFIGS / "paper_toy_weak.yaml").elicit.demonstrator == "weak"
 
 
 def _re(text: str) -> str:
@@ -290,9 +335,9 @@ def _sweep_cmd(sweep: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
     )
 
 
-@pytest.mark.parametrize("sweep", study_plan.SWEEPS)
+@pytest.mark.parametrize("sweep", description.SWEEPS)
 def test_each_sweep_dry_run_prints_its_figures_of_the_paper_and_the_whole_total(sweep, tmp_path):
-    study = study_plan.load(PAPER)
+    study = description.load(PAPER)
     proc = _sweep_cmd(sweep, "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -302,7 +347,7 @@ def test_each_sweep_dry_run_prints_its_figures_of_the_paper_and_the_whole_total(
         assert (f"  {f.title}: " in out) == (f.sweep == sweep), f.id
     assert "upstream artifacts (" in out and "[to build" in out
     # the whole study: each sweep's part, the total, against the paper's ~4,000 GPU-hours
-    assert all(f"  sweeps/{name}.py: " in out for name in study_plan.SWEEPS)
+    assert all(f"  sweeps/{name}.py: " in out for name in description.SWEEPS)
     assert "  total: " in out and "against the paper (App. F): about 4,000 GPU-hours; this estimate is " in out
     assert list(tmp_path.iterdir()) == []  # nothing built, nothing written
 
@@ -313,9 +358,10 @@ def test_a_study_description_without_dry_run_is_refused_at_once_with_what_to_run
     err = proc.stderr
     assert "paper.yaml is a study description (`figures:`), not a sweep config" in err
     assert "--dry-run" in err and "fig13: " in err and "paper_toy_weak.yaml" in err
-    assert "figures fig3, fig7, fig8, fig9a, fig12, fig12-soft, fig15 run from " in err and "paper_<task>*.yaml" in err
+    assert "give sweeps/sample_efficiency.py one of its configs with --config: fig3: " in err
+    assert "paper_math.yaml" in err and "fig5: " not in err
     proc = _sweep_cmd("rl", "--quick", cwd=tmp_path)
-    assert proc.returncode == 2 and "figures fig5, fig9b, fig14, fig16, fig16-lock run from " in proc.stderr
+    assert proc.returncode == 2 and "; fig9b: " in proc.stderr and "paper_math_rl_setting.yaml" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no store, no Ray session, no results
 
 
@@ -330,52 +376,31 @@ def test_study_dry_run_counts_what_the_given_store_has(tmp_path):
 
 
 # -- RL evaluation on a subset between whole-set rounds; DPO pairs ------------------------------------
-def test_rl_evaluation_schedule_and_dpo_pairs_are_priced_as_run():
-    raw = tiny_study()
-    raw["figures"] = [
-        {"id": "ei", "title": "EI", "sweep": "rl", "tasks": ["t"], "methods": ["expert_iteration"]},
-        {"id": "dpo", "title": "DPO", "sweep": "rl", "tasks": ["t"], "methods": ["dpo"]},
-        {
-            "id": "wdpo",
-            "title": "weighted DPO",
-            "sweep": "rl",
-            "tasks": ["t"],
-            "methods": ["dpo"],
-            "continuous_reward": True,
-        },
-    ]
-    raw["defaults"]["rl"] = {"iterations": 5, "dpo_rounds": 5, "n": 4, "dpo_problems": 100}
-
-    def trial_s(rl: dict) -> dict[str, float]:
-        r = copy.deepcopy(raw)
-        r["defaults"]["rl"].update(rl)
-        est = study_plan.estimate(study_plan.from_dict(r, "tiny.yaml"), compare_engines=False)
-        return {t.figures[0]: t.cost for t in est.trials}
-
-    every = trial_s({})
-    sched = trial_s({"eval_every": 2, "eval_problems_between": 20})
-    evaluation = 200 * 50 / 100 + 200 * 100 / 3000  # the whole validation split (200 problems), as above
-    subset = 20 * 50 / 100 + 20 * 100 / 3000
-    for fig in ("ei", "dpo"):
-        assert every[fig].evaluate_s == pytest.approx(5 * evaluation)
-        # rounds 2, 4 and the last on all 200 problems; rounds 1 and 3 on the same 20
-        assert sched[fig].evaluate_s == pytest.approx(3 * evaluation + 2 * subset)
-        assert sched[fig].train_s == every[fig].train_s and sched[fig].generate_s == every[fig].generate_s
+def test_dpo_pairs_are_priced_as_run():
     # 0/1 scores: a pair is kept when its 2 samples differ, 2p(1 - p) <= 1/2 of the problems; a
-    # continuous reward keeps (nearly) all 100
-    price = Pricer(Assumptions(**SIMPLE))
-    m, toks = Model(7e9), Tokens(100, 50, 50)
-    assert every["dpo"].train_s == pytest.approx(5 * price.dpo(m, 50, toks, 8).train_s)
-    assert every["wdpo"].train_s == pytest.approx(5 * price.dpo(m, 100, toks, 8).train_s)
+    # continuous reward keeps (nearly) all
+    assert dpo_pairs(100, False) == 50 and dpo_pairs(100, True) == 100
+    a = Assumptions()
+    for continuous in (True, False):  # DPO and iterated DPO on code, each round's pairs trained once
+        p = sized_plan(
+            "paper_code_rl_continuous.yaml", lambda r: r["elicit"]["rl"].update(continuous_reward=continuous)
+        )
+        rl, task = p.cfg.elicit.rl, p.task
+        tokens = task_tokens(task, task.default_password).locked(task.max_new_tokens, a.locked_new_tokens_share)
+        pairs = dpo_pairs(min(rl.dpo_problems, len(task.problems("elicit"))), continuous)
+        per_round = Pricer(a).dpo(model_of(p.cfg.model, task), pairs, tokens, rl.dpo_train.batch_size).train_s
+        for t in estimate_plan(p, compare_engines=False).trials:
+            assert t.cost.train_s == pytest.approx(rl.dpo_rounds * per_round), t.id
 
 
 def test_a_sweeps_rl_evaluation_schedule_is_priced_from_its_config():
     raw = yaml.safe_load((ROOT / "sweeps" / "configs" / "rl.yaml").read_text())
     raw["elicit"]["methods"] = ["expert_iteration"]
 
-    def evaluated(rl: dict) -> tuple[float, int, int]:
+    def evaluated(rl: dict, method: str = "expert_iteration") -> tuple[float, int, int]:
         r = copy.deepcopy(raw)
         r["elicit"]["rl"].update(rl)
+        r["elicit"]["methods"] = [method]
         p = plan(config_from_dict(r))
         est = estimate_plan(p, compare_engines=False)
         n_eval = len(eval_problems(make_task(p.task_spec), p.cfg.eval.split, p.cfg.eval.max_problems))
@@ -383,6 +408,11 @@ def test_a_sweeps_rl_evaluation_schedule_is_priced_from_its_config():
 
     full, rounds, n_eval = evaluated({})
     sched, _, _ = evaluated({"eval_every": 3, "eval_problems_between": 7})
+    whole = sum(1 for r in range(1, rounds + 1) if r % 3 == 0 or r == rounds)
+    assert sched / full == pytest.approx((whole * n_eval + (rounds - whole) * 7) / (rounds * n_eval))
+    # DPO's rounds: the same schedule
+    full, rounds, n_eval = evaluated({}, "dpo")
+    sched, _, _ = evaluated({"eval_every": 3, "eval_problems_between": 7}, "dpo")
     whole = sum(1 for r in range(1, rounds + 1) if r % 3 == 0 or r == rounds)
     assert sched / full == pytest.approx((whole * n_eval + (rounds - whole) * 7) / (rounds * n_eval))
 
@@ -425,39 +455,32 @@ def test_decode_throughput_follows_the_engines_kv_cache():
 
 
 def test_a_locked_models_samples_are_priced_at_a_share_of_max_new_tokens():
-    raw = tiny_study()
-    raw["tasks"]["t"]["max_new_tokens"] = 400
+    p = sized_plan("paper_math.yaml")  # max_new_tokens 1024; references of 250 tokens
+    lock_eval = next(a for a in p.artifacts if a.stage == "model_eval" and a.spec["model"] == p.locked["base"].key)
 
-    def seconds(overrides: dict) -> dict[str, float]:
-        est = study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"), overrides=overrides, compare_engines=False)
-        return {"trial": est.trials[0].cost.evaluate_s} | {a.label: a.cost.evaluate_s for a in est.artifacts}
+    def evaluate_s(share: float) -> tuple[float, float]:
+        est = estimate_plan(p, a=Assumptions(locked_new_tokens_share=share), compare_engines=False)
+        stage = next(i for i in est.artifacts if i.id == lock_eval.key)
+        return est.trials[0].cost.evaluated_tokens, stage.cost.evaluated_tokens
 
-    prefill = 200 * 100 / 3000
-    s = seconds({})
-    assert s["trial"] == pytest.approx(200 * 200 / 100 + prefill)  # half of 400 new tokens, not the reference's 50
-    assert s["locked: t: evaluation"] == pytest.approx(3 * (200 * 50 / 100 + prefill))  # a stage: the reference's
-    # a share below the reference's length leaves the reference's
-    assert seconds({"locked_new_tokens_share": 0.1})["trial"] == pytest.approx(200 * 50 / 100 + prefill)
+    half, stage = evaluate_s(0.5)
+    n_eval = len(eval_problems(p.task, p.cfg.eval.split, p.cfg.eval.max_problems))
+    points = len(p.trials[0].epoch_candidates)
+    assert half == pytest.approx(points * n_eval * 512)  # half of 1,024 new tokens, not the reference's 250
+    # a share below the reference's length leaves the reference's; a stage decodes the reference's length
+    assert evaluate_s(0.1)[0] == pytest.approx(points * n_eval * 250)
+    assert stage == evaluate_s(0.1)[1] == pytest.approx(len(lock_eval.spec["conditions"]) * n_eval * 250)
 
 
 def test_weight_syncs_are_priced_per_round_and_per_epoch_candidate():
-    raw = tiny_study()
-    raw["defaults"].update(sample_budgets=[8, 16], rl={"iterations": 5, "dpo_rounds": 3, "n": 4, "dpo_problems": 100})
-    raw["figures"] += [
-        {"id": "ei", "title": "EI", "sweep": "rl", "tasks": ["t"], "methods": ["expert_iteration"]},
-        {"id": "idpo", "title": "iterated DPO", "sweep": "rl", "tasks": ["t"], "methods": ["iterated_dpo"]},
-    ]
-    est = study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"), compare_engines=False)
-    syncs = {t.figures[0]: t.cost.sync_s for t in est.trials}
-    # 14 GB at 14 GB/s plus 1 s: 2 s a sync; SFT's k = 4 has epoch candidates 2 and 4
-    assert syncs == pytest.approx({"f": 2 * 2, "ei": 5 * 2, "idpo": 3 * 2})
-    assert sum(t.cost.sync_s for t in est.trials) / 3600 == pytest.approx(est.hours_by_kind()["weight syncs"])
-    # a classifier decodes nothing: an SFT trial starts no engine and syncs nothing
-    raw["tasks"]["t"]["evaluation"] = "classify"
-    est = study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"), compare_engines=False)
-    assert {t.figures[0]: t.cost.sync_s for t in est.trials}["f"] == 0
     # by default a 7B model's 13.8 GB at 2 GB/s, plus 1 s
     assert Pricer(Assumptions()).sync(MATH_7B, 12).sync_s == pytest.approx(12 * (13.82 / 2 + 1))
+    # an SFT trial gives its evaluation engine the weights at each epoch candidate
+    p = sized_plan("paper_math.yaml")
+    for t, item in zip(p.trials, estimate_plan(p, compare_engines=False).trials):
+        assert item.cost.sync_s == pytest.approx(Pricer(Assumptions()).sync(MATH_7B, len(t.epoch_candidates)).sync_s)
+    # a classifier decodes nothing: an SFT trial starts no engine and syncs nothing
+    assert all(t.cost.sync_s == 0 for t in estimate_plan(sized_plan("paper_mmlu.yaml"), compare_engines=False).trials)
     # a sweep's RL trials that start an engine (filtering on an exact-match task starts none): one
     # sync a round
     p = plan(config_from_dict(yaml.safe_load((ROOT / "sweeps" / "configs" / "rl.yaml").read_text())))
@@ -526,18 +549,12 @@ def test_the_shipped_configs_fit_and_a_cpu_study_has_nothing_to_fit(tmp_path):
         assert est.trials and all(t.memory.fits and t.memory.engine_starts for t in est.trials), name
         assert max(t.memory.total for t in est.trials) <= 80, name
     # The paper's study: every trial fits; the largest are the DPO trials on Deepseek-Math-7B (Lion,
-    # its frozen reference, the engine's 0.25), reported, not refused (a description runs nothing).
-    est = study_plan.estimate(study_plan.load(PAPER), compare_engines=False)
+    # its frozen reference, the engine's 0.25).
+    est = description.estimate(description.load(PAPER), compare_engines=False)
     assert est.misfits() == []
     top = max((t for t in est.trials if t.memory), key=lambda t: t.memory.total)
-    assert top.label in ("dpo", "iterated_dpo") and top.memory.total == pytest.approx(4 * 13.82 + 20)
-    assert "; all 1,716 trials fit" in "\n".join(est.summary())
-    raw = tiny_study()
-    raw["models"]["m"]["params"] = 7e10
-    est = study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"), compare_engines=False)
-    assert "DOES NOT FIT: 1 trials (f/locked: t/sft on 4 high_quality/seed0/lr0): needs 440.0 GB" in "\n".join(
-        est.summary()
-    )
+    assert top.id.startswith("paper_math_rl") and "dpo" in top.id and top.memory.total == pytest.approx(4 * 13.82 + 20)
+    assert f"; all {len(est.trials):,} trials fit" in "\n".join(est.summary())
     # The toy study on a quarter of a GPU fits its 20 GB; a CPU study has no GPU to fit.
     toy = estimate_plan(plan(load_config(ROOT / "sweeps" / "configs" / "paper_toy.yaml")), compare_engines=False)
     assert all(t.memory.capacity == 20 and t.memory.fits for t in toy.trials)

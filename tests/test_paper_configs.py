@@ -8,7 +8,6 @@ Each loads, plans the model policies, sample pools, lock and trial grid of Table
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -19,12 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pwlock import study_plan
 from pwlock.config import config_from_dict, load_config
 from pwlock.plan import plan
 from pwlock.tasks import make_task
 from pwlock.tasks.math import SUBJECTS
 from pwlock.tasks.splits import SPLITS
+from tests.paper_record import figure, priced_trials, record
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "sweeps" / "configs"
@@ -273,11 +272,11 @@ HIGH_QUALITY = {"code": "gpt4", "math": "references", "critique": "references", 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_paper_config_runs_what_paper_yaml_prices_for_fig3(name):
-    """paper.yaml's Fig. 3 (pwlock.study_plan, priced without the data), for this config's task, and
-    the config: SFT at the same ks and seeds on the same demonstrators (the high-quality ones by the
-    config's name for them, and a policy on the same hub model), the same number of trials."""
-    study = study_plan.load(PAPER)
-    fig = next(f for f in study.figures if f.id == "fig3")
+    """The paper's Fig. 3 (tests/fixtures/paper_figures.yaml), for this config's task, and the config:
+    SFT at the same ks and seeds on the same demonstrators (the high-quality ones by the config's
+    name for them, and a policy on the same hub model); paper.yaml prices the config's trials for
+    Fig. 3, as many as the paper's grid."""
+    study, fig = record(), figure("fig3")
     task = name.removeprefix("paper_").removesuffix(".yaml")
     cfg = yaml.safe_load((CONFIGS / name).read_text())
     assert fig.methods == cfg["elicit"]["methods"] and fig.ks == cfg["elicit"]["ks"]
@@ -289,9 +288,7 @@ def test_a_paper_config_runs_what_paper_yaml_prices_for_fig3(name):
             assert got == HIGH_QUALITY[task]
         else:
             assert cfg["policies"][got]["base"] == study.models[want].hub
-    one = dataclasses.replace(study, figures=[dataclasses.replace(fig, tasks=[task])])
-    priced = study_plan.estimate(one, compare_engines=False).trials
-    assert len(priced) == len(fig.ks) * len(demonstrators) * len(cfg["elicit"]["seeds"])
+    assert len(priced_trials("fig3", name)) == len(fig.ks) * len(fig.demonstrators) * study.defaults.seeds
 
 
 def test_the_shipped_paper_configs_say_what_they_need(tmp_path, monkeypatch):

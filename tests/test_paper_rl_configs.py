@@ -5,23 +5,23 @@ files written from the fixture's references, hub model ids as shipped). Each pla
 (locks × methods × seeds × DPO learning rates, × k for RL after SFT) with the paper's RL settings, on
 the task, policies and lock of its SFT sibling (a store the sibling built serves it); its trials run
 a vLLM engine beside the trainer on one 80 GB GPU; and its --dry-run prints GPU-hours for every
-artifact and trial with the hub offline and no model fetched. The figure's description in paper.yaml
-(what pwlock.study_plan prices without the data) and the config agree, dimension by dimension and in
-their number of trials."""
+artifact and trial with the hub offline and no model fetched. The paper's figure as recorded in
+tests/fixtures/paper_figures.yaml and the config agree, dimension by dimension; paper.yaml names the
+config for its figure and prices as many trials as the config plans."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pwlock import study_plan
+from pwlock import description
 from pwlock.config import FIXEDRDM, TrainConfig, config_from_dict, load_config
 from pwlock.cost import KNOWN_PARAMS
 from pwlock.plan import plan, trial_name
+from tests.paper_record import LockSpec, Record, figure, priced_trials, record
 from tests.test_paper_configs import CONFIGS, RL_NAMES, assert_priced, dry_runs_of, on_fixtures
 
 PAPER = CONFIGS / "paper.yaml"
@@ -79,9 +79,11 @@ def shipped(name: str) -> dict:
 
 
 def test_every_rl_figure_of_the_paper_has_a_config_per_task():
-    study = study_plan.load(PAPER)
-    figures = {(f.id, t) for f in study.figures if f.sweep == "rl" for t in f.tasks}
+    figures = {(f.id, t) for f in record().figures if f.sweep == "rl" for t in f.tasks}
     assert figures == {(w["figure"], task_of(name)) for name, w in RL.items()}
+    # paper.yaml runs each RL figure by those configs, through sweeps/rl.py
+    named = {(f.id, c) for f in description.load(PAPER).figures if f.sweep == "rl" for c in f.configs}
+    assert named == {(w["figure"], name) for name, w in RL.items()}
     assert sorted(RL) == sorted(RL_NAMES)  # and each is planned on the fixtures (test_plan_keys.py, test_config.py)
 
 
@@ -166,7 +168,7 @@ def test_a_paper_rl_config_engine_fits_beside_its_trainer_on_an_80gb_gpu(name):
     assert (1 - v["gpu_memory_utilization"]) * gpu - 4 * weights >= 4e9
 
 
-def _paper_lock(study: study_plan.StudySpec, lk: study_plan.LockSpec, policies: dict) -> tuple[str, bool]:
+def _paper_lock(study: Record, lk: LockSpec, policies: dict) -> tuple[str, bool]:
     """A paper.yaml lock as the config names its π_weak (the task's, fixedrdm, or a policy whose base
     is that model's hub id), and whether it is a setting variation."""
     if lk.weak in ("default", FIXEDRDM):
@@ -179,12 +181,12 @@ def _paper_lock(study: study_plan.StudySpec, lk: study_plan.LockSpec, policies: 
 
 @pytest.mark.parametrize("name", RL_NAMES)
 def test_a_paper_rl_config_runs_what_paper_yaml_prices_for_its_figure(name, tmp_path):
-    """paper.yaml's figure, for this config's task (pwlock.study_plan, priced without the data), and
-    the config: the same locks, methods, seeds, DPO rates, reward, demonstrator and ks, RL settings
-    and, at the paper's size, the same number of trials."""
-    study = study_plan.load(PAPER)
-    w, task = want(name), task_of(name)
-    fig = next(f for f in study.figures if f.id == w["figure"])
+    """The paper's figure (tests/fixtures/paper_figures.yaml), for this config's task, and the config:
+    the same locks, methods, seeds, DPO rates, reward, demonstrator and ks, RL settings; paper.yaml
+    prices the config's trials for that figure, as many as the config plans on the fixtures."""
+    study = record()
+    w = want(name)
+    fig = figure(w["figure"])
     cfg = shipped(name)
     rl, lock = cfg["elicit"]["rl"], cfg["lock"]
     setting = lock.get("variant") == "setting" and lock.get("strong_setting") == "normal"
@@ -204,8 +206,7 @@ def test_a_paper_rl_config_runs_what_paper_yaml_prices_for_its_figure(name, tmp_
     assert (d.eval_every, d.eval_problems_between) == (rl["eval_every"], rl["eval_problems_between"])
     # The trials paper.yaml prices for this figure and task, and the config's (on the fixtures: the
     # same grid, Fig. 16's ks cut to two that fit).
-    one = dataclasses.replace(study, figures=[dataclasses.replace(fig, tasks=[task])])
-    priced = study_plan.estimate(one, compare_engines=False).trials
+    priced = priced_trials(w["figure"], name)
     raw, _ = on_fixtures(name, tmp_path)
     assert len(priced) == len(plan(config_from_dict(raw, source=name)).trials)
 

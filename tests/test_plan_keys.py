@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pwlock.config import config_from_dict  # noqa: E402
+from pwlock.description import is_description  # noqa: E402
 from pwlock.plan import plan  # noqa: E402
-from pwlock.study_plan import is_study  # noqa: E402
 from tests.test_paper_configs import TEXT_CONFIGS, on_fixtures  # noqa: E402
 
 CONFIGS = ROOT / "sweeps" / "configs"
@@ -31,7 +31,7 @@ RECORDED = Path(__file__).parent / "fixtures" / "plan_keys.json"
 
 
 def shipped() -> list[str]:
-    return sorted(p.name for p in CONFIGS.glob("*.yaml") if not is_study(yaml.safe_load(p.read_text())))
+    return sorted(p.name for p in CONFIGS.glob("*.yaml") if not is_description(yaml.safe_load(p.read_text())))
 
 
 def snapshot(name: str, quick: bool, tmp: Path) -> dict:

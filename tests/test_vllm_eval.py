@@ -20,7 +20,7 @@ import psutil
 import pytest
 import torch
 
-from pwlock import evaluate, study_plan
+from pwlock import evaluate
 from pwlock.config import GeneratorConfig, RLConfig, TrainConfig, VLLMConfig
 from pwlock.elicit import methods
 from pwlock.elicit.dpo import dpo_elicitation
@@ -290,49 +290,25 @@ def test_auto_engines_are_decided_by_the_trials_resources():
 
 
 def test_the_cost_model_prices_each_evaluation_where_pwlock_decodes_it():
-    """By default (evaluation_engine "config"): a trained policy's evaluation with HF generate, RL
-    and SFT trials in their engine (locks' evaluations in a stage's engine: tests/test_cost.py);
-    filtering starts an engine for a generation task's evaluation. "hf" and "vllm" price every
-    evaluation there."""
-    from tests.test_cost import tiny_study
+    """By default (evaluation_engine "config"): SFT and RL trials evaluate in their engine, a lock's
+    evaluation stage where eval.engine puts it, a policy's greedy pool in its generator; "hf" and
+    "vllm" price every evaluation there. On the paper's MATH configs at the paper's size."""
+    from pwlock.cost import Assumptions
+    from pwlock.pricing import estimate_plan
+    from tests.test_cost import sized_plan
 
-    raw = tiny_study()  # 7e9 parameters: decoding at exactly hf_tok_s / vllm_tok_s; val has 200 problems
-    raw["assumptions"].pop("evaluation_engine")
-    raw["assumptions"]["hf_tok_s"] = 50.0  # vllm_tok_s 100
-    raw["defaults"]["rl"] = {"n": 4, "iterations": 2}
-    raw["figures"].append(
-        {"id": "g", "title": "G", "sweep": "rl", "tasks": ["t"], "methods": ["expert_iteration", "filtering"]}
-    )
-    prefill = 200 * 100 / 3000  # the prompts' forward pass
-    hf, vllm = 200 * 50 / 50 + prefill, 200 * 50 / 100 + prefill  # one greedy evaluation on val
+    def evaluations(name: str, engine: str) -> dict[str, float]:
+        est = estimate_plan(sized_plan(name), a=Assumptions(evaluation_engine=engine), compare_engines=False)
+        return {i.id: i.cost.evaluate_s for i in est.trials + est.artifacts if i.cost.evaluate_s}
 
-    def evaluations(overrides: dict) -> dict[str, float]:
-        est = study_plan.estimate(study_plan.from_dict(raw, "tiny.yaml"), overrides=overrides, compare_engines=False)
-        out = {t.label: t.cost.evaluate_s for t in est.trials}
-        out["π_weak"] = next(a.cost.evaluate_s for a in est.artifacts if a.label.startswith("policy:"))
-        out["filtering overhead"] = next(t.cost.overhead_s for t in est.trials if t.label == "filtering")
-        return out
-
-    # one SFT evaluation (k = 4: one epoch candidate), two RL rounds
-    assert evaluations({}) == pytest.approx(
-        {
-            "sft on 4 high_quality": vllm,
-            "expert_iteration": 2 * vllm,
-            "filtering": 2 * vllm,
-            "π_weak": hf,
-            # start, load, its evaluation engine; π_weak's load and engine
-            "filtering overhead": 10 + 1 + 20 + (1 + 20),
-        }
-    )
-    assert evaluations({"evaluation_engine": "hf"}) == pytest.approx(
-        {
-            "sft on 4 high_quality": hf,
-            "expert_iteration": 2 * hf,
-            "filtering": 2 * hf,
-            "π_weak": hf,
-            "filtering overhead": 10 + 1 + 20 + (1 + 20),
-        }
-    )
-    assert evaluations({"evaluation_engine": "vllm"})["sft on 4 high_quality"] == pytest.approx(vllm)
-    raw["tasks"]["t"]["evaluation"] = "classify"  # a classifier: no decoding, no engine for filtering's evaluation
-    assert evaluations({})["filtering overhead"] == pytest.approx(10 + 1 + (1 + 20))
+    for name in ("paper_math.yaml", "paper_math_rl.yaml"):  # SFT trials; expert iteration, filtering, DPO
+        config, hf, vllm = (evaluations(name, e) for e in ("config", "hf", "vllm"))
+        p = sized_plan(name)
+        trials = [t.name for t in p.trials]
+        assert trials and all(config[t] == vllm[t] != hf[t] for t in trials), name  # in the trial's engine
+        for a in p.artifacts:  # the stages: eval.engine's engine (HF generate by default), else vLLM
+            if a.key in config and a.stage in ("model_eval", "lock_audit"):
+                assert config[a.key] == (hf if a.engine is None else vllm)[a.key], a.label
+    # a classifier decodes nothing: the engine changes no evaluation
+    mmlu = [evaluations("paper_mmlu.yaml", e) for e in ("config", "hf", "vllm")]
+    assert mmlu[0] == mmlu[1] == mmlu[2]

@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("lock, evaluate, guards", ["lock", "setting", "asciimath", "evaluate", "audit", "guards"]),
     ("artifacts", ["artifacts"]),
     ("elicit, policies, stages", ["elicit", "policies", "soft_labels", "control", "problem_filter", "stages"]),
-    ("plan, analysis", ["plan", "pricing", "study_plan", "analysis", "study_record"]),
+    ("plan, analysis", ["plan", "pricing", "description", "analysis", "study_record"]),
     ("trial", ["trial", "tune_state"]),
     ("sweep", ["sweep"]),
     ("cli", ["cli", "__main__", "tools"]),
