@@ -209,8 +209,7 @@ def plan(cfg: StudyConfig, store: Store | None = None, sizes: Mapping[str, TaskS
     # Each control is elicited by its lock's SFT trials: the same demonstrations, k, epochs and seeds.
     sft_methods = {name: m for name, m in methods.items() if m.demonstrations == "trial"}
     trials += _trials(cfg, task.name, list(up.controls), sft_methods)
-    engine, setup = _trial_setup(cfg, task, task_spec, methods, up, pols)
-    setup.dpo_samples = {where: a.key for where, a in dpo_samples.items()}
+    engine, setup = _trial_setup(cfg, task, task_spec, methods, up, pols, dpo_samples)
     return Plan(
         cfg,
         task_spec,
@@ -645,6 +644,7 @@ def _trial_setup(
     methods: dict[str, Method],
     up: _Upstream,
     pols: PolicyPlan,
+    dpo_samples: dict[str, Artifact],
 ) -> tuple[VLLMConfig | None, TrialSetup]:
     """The engine each trial starts (if any) and what every trial gets. Engines are chosen here for
     the trials' resources, not by each trial where it lands (a driver on a CPU head node would
@@ -677,6 +677,7 @@ def _trial_setup(
         passwords=lock_passwords(cfg.lock, task),
         demonstrator=cfg.elicit.demonstrators[0],
         weak_setting=_weak_setting(cfg, up),
+        dpo_samples={where: a.key for where, a in dpo_samples.items()},
     )
 
 
