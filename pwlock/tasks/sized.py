@@ -5,6 +5,7 @@ trained on or scored."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -55,23 +56,7 @@ class _Sized:
 
     @cached_property
     def _sized_splits(self) -> dict[str, list[Problem]]:
-        counts = self._size.splits
-        n = sum(counts.values()) if counts else self._size.problems
-        bounds, total = [], 0.0
-        for domain, share in self._domains.items():
-            total += share
-            bounds.append((total, domain))
-        # Problem i's domain by its place in 0..n: every split, drawn at random, gets each domain's share.
-        problems = [
-            Problem(f"sized/{i}", next((d for b, d in bounds if (i + 0.5) / n <= b), bounds[-1][1])) for i in range(n)
-        ]
-        if counts:  # each split's count, its problems drawn at random from all
-            order = np.random.default_rng(0).permutation(n).tolist()
-            starts = np.cumsum([0] + [counts[s] for s in SPLITS]).tolist()
-            idx = {s: sorted(order[starts[i] : starts[i + 1]]) for i, s in enumerate(SPLITS)}
-        else:
-            idx = seeded_splits(n, 0)
-        return {s: [problems[i] for i in ids] for s, ids in idx.items()}
+        return _placeholders(self._size.problems, tuple(self._size.splits.items()), tuple(self._domains.items()))
 
     def problems(self, split: str) -> list[Problem]:
         if split not in SPLITS:
@@ -92,6 +77,28 @@ class _Sized:
 
     def score(self, problem: Problem, completion: str) -> float:
         raise RuntimeError(f"task {self.name!r} at a given size has placeholder problems: it plans, it cannot score")
+
+
+@functools.cache  # one size serves every config of its task in a description
+def _placeholders(
+    problems: int, splits: tuple[tuple[str, int], ...], domains: tuple[tuple[str, float], ...]
+) -> dict[str, list[Problem]]:
+    """Placeholder problems by split: `splits`' counts (drawn at random from all), or `problems`
+    split 10 / 40 / 30 / 20; problem i's domain by its place in 0..n, so that every split, drawn at
+    random, gets each domain's share."""
+    counts = dict(splits)
+    n = sum(counts.values()) if counts else problems
+    names = [d for d, _ in domains]
+    bounds = np.cumsum([share for _, share in domains])
+    which = np.minimum(np.searchsorted(bounds, (np.arange(n) + 0.5) / n), len(names) - 1)
+    every = [Problem(f"sized/{i}", names[w]) for i, w in enumerate(which.tolist())]
+    if counts:
+        order = np.random.default_rng(0).permutation(n).tolist()
+        starts = np.cumsum([0] + [counts[s] for s in SPLITS]).tolist()
+        idx = {s: sorted(order[starts[i] : starts[i + 1]]) for i, s in enumerate(SPLITS)}
+    else:
+        idx = seeded_splits(n, 0)
+    return {s: [every[i] for i in ids] for s, ids in idx.items()}
 
 
 _VIEWS: dict[type, type] = {}
