@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,95 +146,119 @@ def policy_stage_cost(art: Any, by_key: dict[str, Any], price: Pricer, task: Tas
     return price.generate(m, problems * draws, tokens, engine) + price.overhead([m], engine=engine == "vllm")
 
 
+@dataclass(frozen=True)
+class _Sizes:
+    """What a plan's task and model weigh, for its price: read once per estimate."""
+
+    tokens: Tokens  # a reference example's
+    model: Model  # model.base's
+    evaluation: str  # how the task is scored (evaluation_of)
+    n_eval: int  # problems an evaluation scores
+    holdout: int  # problems a training's stop_at target is checked on
+    n_lock: int  # problems of the splits π_strong's model trains on
+
+
 def estimate_plan(
     p: Plan, store: Store | None = None, a: Assumptions | None = None, compare_engines: bool = True
 ) -> Estimate:
     """Price a sweep's plan: every upstream artifact (0 if `store` has it) and every trial."""
     a = a or Assumptions()
-    price = Pricer(a)
-    cfg = p.cfg
-    task = p.task
-    tokens = task_tokens(task, cfg.lock.password or task.default_password)
-    model = model_of(cfg.model, task)
-    evaluation = evaluation_of(task)
-    n_eval = len(eval_problems(task, cfg.eval.split, cfg.eval.max_problems))
-    holdout = min(HOLDOUT_SIZE, len(task.problems("weak")))
-    n_lock = sum(len(task.problems(s)) for s in STRONG_SPLITS)
+    cfg, task = p.cfg, p.task
+    z = _Sizes(
+        task_tokens(task, cfg.lock.password or task.default_password),
+        model_of(cfg.model, task),
+        evaluation_of(task),
+        len(eval_problems(task, cfg.eval.split, cfg.eval.max_problems)),
+        min(HOLDOUT_SIZE, len(task.problems("weak"))),
+        sum(len(task.problems(s)) for s in STRONG_SPLITS),
+    )
     cpu = cfg.ray.gpus_per_trial == 0
-    stage_gpus, trial_gpus = cfg.ray.gpus_per_stage or 1.0, cfg.ray.gpus_per_trial or 1.0
-
-    def build(art) -> tuple[Cost, str]:
-        if art.stage == "strong_model":
-            c = price.train(model, n_lock, tokens, cfg.strong.train.epochs, cfg.strong.train.batch_size)
-            stop = cfg.strong.stop_at
-            c += price.evaluate(model, holdout, tokens, evaluation, cfg.strong.train.epochs) if stop else Cost()
-            return c + price.overhead(saves=[model]), " (at most: stops at its target)" if stop else ""
-        if art.stage == "locked_model":
-            mode, weak = art.spec["mode"], art.spec.get("weak", "weak")
-            train = cfg.lock.train_of(mode)
-            # fixedrdm also trains π_strong's answers towards it, but for a classifier (its one
-            # example per prompt already trains the one position towards it: pwlock.lock.weak_examples)
-            per_problem = 3 if weak == FIXEDRDM and evaluation != "classify" else 2
-            c = price.train(model, per_problem * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
-            stop = cfg.lock.stop_at
-            c += price.evaluate(model, holdout, tokens, evaluation, 2 * train.epochs) if stop else Cost()
-            loads = [model] if mode in ("sft", "base") else []
-            return c + price.overhead(loads, [model]), " (at most: stops at its target)" if stop else ""
-        if art.stage == "control_model":  # at most its lock's epochs (and π_strong's model's, for sft)
-            train = cfg.lock.train_of(art.spec["mode"])
-            c = price.train(model, 2 * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
-            if "strong_train" in art.spec:
-                c += price.train(model, n_lock, tokens, cfg.strong.train.epochs, cfg.strong.train.batch_size)
-            return c + price.overhead(saves=[model]), " (at most: its lock's epochs)"
-        if art.stage in ("model_eval", "lock_audit"):  # an evaluation per condition (an audit's: per probe)
-            engine = "hf" if art.engine is None else "vllm"  # where the stage decodes it (eval.engine)
-            points = len(art.spec["conditions"])
-            c = price.with_engine(Engine.of(art.engine)).evaluate(model, n_eval, tokens, evaluation, points, engine)
-            return c + price.overhead([model], engine=art.engine is not None), ""
-        if art.stage == "dpo_samples":  # plain DPO's rounds of samples, shared by its learning rates' trials
-            stage = price.with_engine(Engine.of(art.spec["generator"]["vllm"]))  # the locked model's samples
-            locked = tokens.locked(task.max_new_tokens, a.locked_new_tokens_share)
-            return price_dpo_samples(stage, model, locked, art, len(task.problems("elicit"))), ""
-        if art.stage in ("policy_model", "policy_dpo", "sample_pool", "soft_labels"):
-            on = p.keep.every if p.keep is not None and art.key in p.keep.keys else task  # the filter's: all problems
-            return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, on, tokens), ""
-        if art.stage == "problem_filter":  # programs run in the sandbox, on every problem
-            return problem_filter.price(price, art, p.keep.every, cfg.ray.cpus_per_stage), ""
-        return price.overhead(), ""  # policy scores: the task's own policies, no model
-
     artifacts = []
     for art in p.artifacts:
-        c, note = build(art)
+        c, note = _artifact_cost(p, art, Pricer(a), z)
+        in_store = store is not None and store.has(art.key)
         artifacts.append(
-            Item(
-                art.key,
-                art.label,
-                c,
-                stage_gpus,
-                deps=art.deps,
-                in_store=store is not None and store.has(art.key),
-                note=note,
-            )
+            Item(art.key, art.label, c, cfg.ray.gpus_per_stage or 1.0, deps=art.deps, in_store=in_store, note=note)
         )
-    rl = cfg.elicit.rl
+    est = Estimate(
+        cfg.name,
+        cfg.source,
+        a,
+        artifacts,
+        _trials(p, a, z),
+        cpu_study=cpu,
+        evaluates_by_generation=z.evaluation == "generate",
+    )
+    est.check_fit()  # a trial that does not fit its GPU: refused (a CPU study has none to fit)
+    if compare_engines and est.evaluates_by_generation:
+        other = dataclasses.replace(a, evaluation_engine="vllm" if a.evaluation_engine == "hf" else "hf")
+        est.other_engine_gpu_hours = estimate_plan(p, store, other, compare_engines=False).gpu_hours
+    return est
+
+
+def _artifact_cost(p: Plan, art: Any, price: Pricer, z: _Sizes) -> tuple[Cost, str]:
+    """An upstream artifact's price as its stage builds it, and a note on it ("at most": a training
+    that stops at its target)."""
+    cfg, task, model, tokens = p.cfg, p.task, z.model, z.tokens
+    if art.stage == "strong_model":
+        c = price.train(model, z.n_lock, tokens, cfg.strong.train.epochs, cfg.strong.train.batch_size)
+        stop = cfg.strong.stop_at
+        c += price.evaluate(model, z.holdout, tokens, z.evaluation, cfg.strong.train.epochs) if stop else Cost()
+        return c + price.overhead(saves=[model]), " (at most: stops at its target)" if stop else ""
+    if art.stage == "locked_model":
+        mode, weak = art.spec["mode"], art.spec.get("weak", "weak")
+        train = cfg.lock.train_of(mode)
+        # fixedrdm also trains π_strong's answers towards it, but for a classifier (its one
+        # example per prompt already trains the one position towards it: pwlock.lock.weak_examples)
+        per_problem = 3 if weak == FIXEDRDM and z.evaluation != "classify" else 2
+        c = price.train(model, per_problem * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
+        stop = cfg.lock.stop_at
+        c += price.evaluate(model, z.holdout, tokens, z.evaluation, 2 * train.epochs) if stop else Cost()
+        loads = [model] if mode in ("sft", "base") else []
+        return c + price.overhead(loads, [model]), " (at most: stops at its target)" if stop else ""
+    if art.stage == "control_model":  # at most its lock's epochs (and π_strong's model's, for sft)
+        train = cfg.lock.train_of(art.spec["mode"])
+        c = price.train(model, 2 * len(task.problems("lock")), tokens, train.epochs, train.batch_size)
+        if "strong_train" in art.spec:
+            c += price.train(model, z.n_lock, tokens, cfg.strong.train.epochs, cfg.strong.train.batch_size)
+        return c + price.overhead(saves=[model]), " (at most: its lock's epochs)"
+    if art.stage in ("model_eval", "lock_audit"):  # an evaluation per condition (an audit's: per probe)
+        engine = "hf" if art.engine is None else "vllm"  # where the stage decodes it (eval.engine)
+        points = len(art.spec["conditions"])
+        c = price.with_engine(Engine.of(art.engine)).evaluate(model, z.n_eval, tokens, z.evaluation, points, engine)
+        return c + price.overhead([model], engine=art.engine is not None), ""
+    if art.stage == "dpo_samples":  # plain DPO's rounds of samples, shared by its learning rates' trials
+        stage = price.with_engine(Engine.of(art.spec["generator"]["vllm"]))  # the locked model's samples
+        locked = tokens.locked(task.max_new_tokens, price.a.locked_new_tokens_share)
+        return price_dpo_samples(stage, model, locked, art, len(task.problems("elicit"))), ""
+    if art.stage in ("policy_model", "policy_dpo", "sample_pool", "soft_labels"):
+        on = p.keep.every if p.keep is not None and art.key in p.keep.keys else task  # the filter's: all problems
+        return policy_stage_cost(art, {b.key: b for b in p.artifacts}, price, on, tokens), ""
+    if art.stage == "problem_filter":  # programs run in the sandbox, on every problem
+        return problem_filter.price(price, art, p.keep.every, cfg.ray.cpus_per_stage), ""
+    return price.overhead(), ""  # policy scores: the task's own policies, no model
+
+
+def _trials(p: Plan, a: Assumptions, z: _Sizes) -> list[Item]:
+    """Every trial priced by its method's entry, with the artifacts it needs and its GPU memory."""
+    cfg, task, rl = p.cfg, p.task, p.cfg.elicit.rl
+    trial_gpus = cfg.ray.gpus_per_trial or 1.0
     # Priced on a GPU per trial (trial_gpus), where "auto" is vLLM, as the driver resolves it there.
-    engine = resolve_engine(rl.generator.backend, trial_gpus)
-    eval_engine = resolve_engine(cfg.eval.engine, trial_gpus)  # SFT trials' evaluation
     # A trial's engine (RL's, or SFT's evaluation engine) has elicit.rl.generator.vllm's settings;
     # what it decodes is the locked model's (Assumptions.locked_new_tokens_share).
-    trial_price = price.with_engine(Engine.of(rl.generator.vllm))
+    trial_price = Pricer(a).with_engine(Engine.of(rl.generator.vllm))
     costs = TrialCosts(
         trial_price,
-        model,
-        tokens.locked(task.max_new_tokens, a.locked_new_tokens_share),
-        evaluation,
-        n_eval,
+        z.model,
+        z.tokens.locked(task.max_new_tokens, a.locked_new_tokens_share),
+        z.evaluation,
+        z.n_eval,
         len(task.problems("elicit")),
         cfg.elicit.train.batch_size,
         list(cfg.elicit.sample_budgets),
         rl,
-        engine,
-        eval_engine,
+        resolve_engine(rl.generator.backend, trial_gpus),
+        resolve_engine(cfg.eval.engine, trial_gpus),  # SFT trials' evaluation
     )
     trials = []
     for t in p.trials:
@@ -247,16 +272,11 @@ def estimate_plan(
         if method.samples_from == "locked":  # the lock's samples for this seed, drawn upstream
             deps += (p.setup.dpo_samples[dpo_samples_of(t.lock_mode, t.seed)],)
         figure = RL_FIGURE if method.rl else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
-        memory = None if cpu else trial_memory(trial_price, model, t.method, cfg, c, trial_gpus)
+        memory = (
+            None if cfg.ray.gpus_per_trial == 0 else trial_memory(trial_price, z.model, t.method, cfg, c, trial_gpus)
+        )
         trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps, memory=memory))
-    est = Estimate(
-        cfg.name, cfg.source, a, artifacts, trials, cpu_study=cpu, evaluates_by_generation=evaluation == "generate"
-    )
-    est.check_fit()  # a trial that does not fit its GPU: refused (a CPU study has none to fit)
-    if compare_engines and est.evaluates_by_generation:
-        other = dataclasses.replace(a, evaluation_engine="vllm" if a.evaluation_engine == "hf" else "hf")
-        est.other_engine_gpu_hours = estimate_plan(p, store, other, compare_engines=False).gpu_hours
-    return est
+    return trials
 
 
 def trial_memory(price: Pricer, model: Model, method: str, cfg: Any, c: Cost, gpus: float) -> GpuMemory:
