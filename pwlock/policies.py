@@ -50,7 +50,7 @@ from pwlock.config import (
 from pwlock.elicit.base import Method, SameModel, problem_subset
 from pwlock.elicit.dpo import dpo_elicitation
 from pwlock.elicit.expert_iteration import filtering_draws
-from pwlock.evaluate import choice_probabilities
+from pwlock.evaluate import choice_probabilities, classifies
 from pwlock.generate.hf import HFGenerator
 from pwlock.generate.vllm_actor import vllm_generator
 from pwlock.model_source import local_dir
@@ -62,7 +62,6 @@ from pwlock.tasks.base import Example, Problem, TaskPolicy
 from pwlock.tasks.llm import ChoiceAnswer, LLMTask
 from pwlock.tasks.mmlu import read_soft_labels
 from pwlock.tasks.sized import is_sized
-from pwlock.tasks.splits import SPLITS
 from pwlock.train.sft import train_sft
 
 log = logging.getLogger(__name__)
@@ -148,6 +147,12 @@ def as_completion(task: Task, problem: Problem, text: str, supplied: bool = Fals
 
 
 # -- a pool as a policy ---------------------------------------------------------------------------
+def read_pool(artifact_dir: Path) -> dict[str, list[str]]:
+    """A sample pool artifact's samples: problem id -> its completions."""
+    rows = (artifact_dir / SAMPLES).read_text().splitlines()
+    return {row["id"]: row["completions"] for row in map(json.loads, rows)}
+
+
 class _Pool:
     """A pool's samples, read from the store on first use (trials resolve pools they may not use);
     or soft labels (pwlock.soft_labels), each problem's distribution over the choices."""
@@ -166,8 +171,7 @@ class _Pool:
 
     @cached_property
     def samples(self) -> dict[str, list[str]]:
-        path = self.dir / SAMPLES
-        return {row["id"]: row["completions"] for row in map(json.loads, path.read_text().splitlines())}
+        return read_pool(self.dir)
 
     def get(self, problem: Problem, draw: int) -> str:
         if self.soft is not None:  # one distribution per problem: every draw is it
@@ -421,8 +425,7 @@ def _soft_labels_errors(cfg: StudyConfig, task: Task) -> list[str]:
     soft = [name for name, p in cfg.policies.items() if p.soft_labels]
     if not soft:
         return []
-    sample = task.problems("lock")[:1]
-    if not sample or not isinstance(task.reference(sample[0]), ChoiceAnswer):
+    if not classifies(task, task.problems("lock")[:1]):
         return [
             f"policies.{name}.soft_labels: task {task.name!r} is no classifier; soft labels are a "
             "distribution over a classifier's choices (MMLU's letters, App. B.2)"
@@ -454,8 +457,7 @@ class _PolicyPlanner:
         self.cfg, self.task, self.task_spec, self.plan = cfg, task, task_spec, plan
         self.defer_coverage = defer_coverage
         self.models = {name: _planned(cfg, p) for name, p in cfg.policies.items()}
-        sample = task.problems("elicit")[:1]
-        self.classifier = bool(sample) and isinstance(task.reference(sample[0]), ChoiceAnswer)
+        self.classifier = classifies(task, task.problems("elicit")[:1])
         self.supplied: dict[str, tuple[dict, dict]] = {}  # name -> (samples by id, source spec)
         self.built: dict[str, Artifact] = {}
         self.trained: dict[str, Artifact | None] = {}
@@ -467,12 +469,11 @@ class _PolicyPlanner:
         return self.built[a.key]
 
     def jsonl(self, name: str) -> tuple[dict, dict]:
-        unread = is_sized(self.task) and not Path(self.models[name].jsonl).expanduser().exists()
-        if name not in self.supplied and unread:  # priced at a given size without the file: keyed by its path
-            samples = {p.id: [(1, "")] for split in SPLITS for p in self.task.problems(split)}
-            self.supplied[name] = samples, {"jsonl": f"unread {self.models[name].jsonl}"}
+        path = self.models[name].jsonl
+        if name not in self.supplied and is_sized(self.task) and not Path(path).expanduser().exists():
+            # priced at a given size without the file: a sample for every problem, keyed by its path
+            self.supplied[name] = {pid: [(1, "")] for pid in self.task.problem_ids()}, {"jsonl": f"unread {path}"}
         if name not in self.supplied:
-            path = self.models[name].jsonl
             samples = read_jsonl(path, f"policies.{name}.jsonl")
             self.plan.errors.extend(unknown_ids(samples, path, self.task, f"policies.{name}.jsonl"))
             self.supplied[name] = samples, {"jsonl": file_digest(path)}  # by content: its path is an input
@@ -678,7 +679,7 @@ def generate_samples(
     over them (sharpened or flattened by the temperature; its argmax when greedy)."""
     prompts = [task.prompt(p, None) for p in problems]
     draws = 1 if temperature == 0 else n
-    if isinstance(task.reference(problems[0]), ChoiceAnswer):
+    if classifies(task, problems):
         return _sample_choices(task, model_dir, dtype, problems, prompts, n, temperature, seed)
     if generator["backend"] == "vllm":
         out = _vllm_generate(model_dir, prompts, draws, temperature, task.max_new_tokens, seed, generator["vllm"])

@@ -18,7 +18,6 @@ from pwlock.artifacts import eval_problems
 from pwlock.config import FIXEDRDM, ConfigError, ModelConfig, resolve_engine
 from pwlock.cost import (
     CHARS_PER_TOKEN,
-    DPO_METHODS,
     KNOWN_ARCHS,
     KNOWN_PARAMS,
     Arch,
@@ -35,13 +34,14 @@ from pwlock.cost import (
     TrialCosts,
     dpo_pairs,
 )
+from pwlock.elicit.base import Method
 from pwlock.elicit.dpo import price_dpo_samples
+from pwlock.evaluate import classifies
 from pwlock.models import build_tiny_model, n_parameters, word_level_tokenizer
 from pwlock.plan import STRONG_SPLITS, Plan, dpo_samples_of
 from pwlock.stages import HOLDOUT_SIZE
 from pwlock.store import Store
 from pwlock.tasks import Task
-from pwlock.tasks.llm import ChoiceAnswer
 from pwlock.train.sft import steps_per_epoch
 
 
@@ -60,7 +60,7 @@ def task_tokens(task: Task, password: str, sample: int = 200) -> Tokens:
 
 def evaluation_of(task: Task) -> str:
     """How the task is scored: a classifier's forward pass, a teacher-forced one, or generation."""
-    if isinstance(task.reference(task.problems("val")[0]), ChoiceAnswer):
+    if classifies(task, task.problems("val")[:1]):
         return "classify"
     return "forward" if task.exact_match else "generate"
 
@@ -272,21 +272,19 @@ def _trials(p: Plan, a: Assumptions, z: _Sizes) -> list[Item]:
         if method.samples_from == "locked":  # the lock's samples for this seed, drawn upstream
             deps += (p.setup.dpo_samples[dpo_samples_of(t.lock_mode, t.seed)],)
         figure = RL_FIGURE if method.rl else FIGURE if t.domain == "all" else GENERALIZATION_FIGURE
-        memory = (
-            None if cfg.ray.gpus_per_trial == 0 else trial_memory(trial_price, z.model, t.method, cfg, c, trial_gpus)
-        )
+        memory = None if cfg.ray.gpus_per_trial == 0 else trial_memory(trial_price, z.model, method, cfg, c, trial_gpus)
         trials.append(Item(t.name, t.name, c, trial_gpus, (figure,), deps, memory=memory))
     return trials
 
 
-def trial_memory(price: Pricer, model: Model, method: str, cfg: Any, c: Cost, gpus: float) -> GpuMemory:
+def trial_memory(price: Pricer, model: Model, method: Method, cfg: Any, c: Cost, gpus: float) -> GpuMemory:
     """A trial's GPU memory: its model trained by the optimizers its method uses (DPO's
     elicit.rl.dpo_train, SFT's and expert iteration's elicit.train), DPO's frozen reference (the
     locked model, or iterated DPO's copy of the model at the round's start: elicit/dpo.py), and the
     engine it starts, if any (`c.engine_starts`)."""
-    dpo = method.removeprefix("sft+") in DPO_METHODS
+    dpo = method.pairs
     trains = [cfg.elicit.rl.dpo_train] if dpo else []
-    trains += [cfg.elicit.train] if not dpo or method.startswith("sft+") else []
+    trains += [cfg.elicit.train] if not dpo or method.demonstrations == "rl" else []  # SFT before RL
     master = cfg.model.dtype == "bfloat16"
     kinds = [(t.optimizer, master and t.bf16_update == "master") for t in trains]
     return price.trial_memory(model, kinds, dpo, model if c.engine_starts else None, gpus)

@@ -54,7 +54,7 @@ from typing import Any
 from pwlock.artifacts import Artifact
 from pwlock.config import ConfigError, StudyConfig, parse
 from pwlock.cost import Cost, Pricer
-from pwlock.policies import SAMPLES, as_completion, plan_pools, policy_names
+from pwlock.policies import as_completion, plan_pools, policy_names, read_pool
 from pwlock.store import Store
 from pwlock.tasks import Task, make_task
 from pwlock.tasks.code import CodeTask, KeepConfig, KeptProblems
@@ -175,11 +175,6 @@ def built_kept(store: Store, artifact: Artifact) -> list[str] | None:
     return sorted(i for ids in data["kept"].values() for i in ids)
 
 
-def _pool_samples(store: Store, key: str) -> dict[str, list[str]]:
-    path = Path(store.artifact_dir(key)) / SAMPLES
-    return {row["id"]: row["completions"] for row in map(json.loads, path.read_text().splitlines())}
-
-
 def build_problem_filter(store: Store, a: Artifact, scratch: Path) -> dict[str, Any]:
     """Run each problem's samples against its tests in the sandbox (each distinct program once) and
     keep the problems with at least `min_passing` passing samples, split by split."""
@@ -188,7 +183,7 @@ def build_problem_filter(store: Store, a: Artifact, scratch: Path) -> dict[str, 
     answers: dict[str, list[str]] = {}  # problem id -> its samples
     problems = {}
     for split in SPLITS:
-        samples = _pool_samples(store, pools[split]) if pools else None
+        samples = read_pool(Path(store.artifact_dir(pools[split]))) if pools else None
         for p in task.problems(split):
             problems[p.id] = p
             if samples is None:  # the task's own policy: its one answer counts as each of the n

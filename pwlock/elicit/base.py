@@ -77,8 +77,9 @@ class Method:
     "locked" (the locked model's, drawn once upstream for a lock and seed: plain DPO's).
     `samples_per_round(rl, n_elicit)`: how many. `lrs(rl)`: the learning rates of a method run once
     per rate, the analysis keeping the rate with the best seed mean (None: one run, its configured
-    rate). `run(e, checkpoint, checkpoint_every_s, start)` runs a trial; `price(costs, k,
-    candidates)` is its cost in pwlock.cost's terms."""
+    rate). `pairs`: it trains on pairs of samples with elicit.rl.dpo_train beside a frozen
+    reference model (DPO). `run(e, checkpoint, checkpoint_every_s, start)` runs a trial;
+    `price(costs, k, candidates)` is its cost in pwlock.cost's terms."""
 
     name: str
     run: Run
@@ -88,6 +89,7 @@ class Method:
     samples_from: str | None = None
     samples_per_round: Callable[[RLConfig, int], int] | None = None
     lrs: Callable[[RLConfig], list[float]] | None = None
+    pairs: bool = False
 
     @property
     def rl(self) -> bool:

@@ -318,7 +318,14 @@ def dpo_lrs(rl) -> list[float]:
 
 
 DPO = Method(
-    "dpo", run_dpo, price_dpo, rounds=_dpo_rounds, samples_from="locked", samples_per_round=_per_round, lrs=dpo_lrs
+    "dpo",
+    run_dpo,
+    price_dpo,
+    rounds=_dpo_rounds,
+    samples_from="locked",
+    samples_per_round=_per_round,
+    lrs=dpo_lrs,
+    pairs=True,
 )
 ITERATED_DPO = Method(
     "iterated_dpo",
@@ -328,4 +335,5 @@ ITERATED_DPO = Method(
     samples_from="model",
     samples_per_round=_per_round,
     lrs=dpo_lrs,
+    pairs=True,
 )

@@ -58,6 +58,7 @@ def after_sft(base: Method) -> Method:
         samples_from=base.samples_from,
         samples_per_round=base.samples_per_round,
         lrs=base.lrs,
+        pairs=base.pairs,
     )
 
 

@@ -102,8 +102,8 @@ class Task(ABC):
 
 
 _REGISTRY: dict[str, type[Task]] = {}
-# A data source's missing file or directory (pwlock.tasks.llm.DataSource.validate), by field
-_UNREAD = re.compile(r"^\w+(\[\d+\])?\.path: .*: no such file or directory$")
+NO_DATA = "no such file or directory"  # a data source's path that is not there (pwlock.tasks.llm.DataSource)
+_UNREAD = re.compile(rf"^\w+(\[\d+\])?\.path: .*: {NO_DATA}$")  # that error, by field
 
 
 def register(cls: type[Task]) -> type[Task]:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from pwlock.config import ConfigError
 from pwlock.model_source import base_errors, local_dir
 from pwlock.passwords import DEFAULT_PASSWORD, UNSEEN_WRONG_PASSWORDS, WRONG_PASSWORDS, surround
-from pwlock.tasks.base import Problem, Task
+from pwlock.tasks.base import NO_DATA, Problem, Task
 from pwlock.tasks.splits import SPLITS, split_indices
 
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -61,7 +61,7 @@ class DataSource:
         errors = []
         local = Path(self.path).expanduser()
         if self.is_local and not local.exists():
-            errors.append(f"{where}.path: {self.path}: no such file or directory")
+            errors.append(f"{where}.path: {self.path}: {NO_DATA}")
         if self.limit is not None and self.limit < 1:
             errors.append(f"{where}.limit: expected a number of records >= 1 or null, got {self.limit}")
         if self.is_file and (self.subsets or self.splits or self.revision):

@@ -63,6 +63,9 @@ class _Sized:
             raise KeyError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         return self._sized_splits[split]
 
+    def problem_ids(self) -> set[str]:  # its placeholders' (the task's own may read its data)
+        return {p.id for split in SPLITS for p in self.problems(split)}
+
     def prompt(self, problem: Problem, password: str | None) -> str:
         length = round(self._size.tokens.prompt * CHARS_PER_TOKEN)
         ends = f"{password} " if password else ""
